@@ -1,0 +1,537 @@
+"""Byte-level BPE tokenizer: trained here in Python, run by ``tiktoken``, plus the chat template.
+
+What it does
+------------
+* ``train_bpe`` learns byte-level BPE merges (Sennrich et al. 2016, "Neural Machine Translation of Rare
+  Words with Subword Units", Algorithm 1; byte-level as in GPT-2, Radford et al. 2019, section 2.2)
+  from a text corpus. The corpus is first split into pre-tokens with the GPT-2 regex, so merges never
+  cross a word/space/punctuation boundary.
+* ``Tokenizer`` wraps a ``tiktoken.Encoding`` built from the learned merges (rank of a token = the
+  index of the merge that created it, after the 256 single bytes), so encoding runs in tiktoken's
+  Rust BPE. ``Tokenizer.gpt2()`` gives OpenAI's GPT-2 vocabulary instead, when its files are cached
+  locally (nothing is ever downloaded).
+* ``render_conversation`` / ``render_prompt`` turn chat messages into token ids with the fixed template
+  ``<|user|>{text}<|end|><|assistant|>{text}<|end|>...`` and a loss mask that is 1 exactly on the
+  assistant's content tokens and its closing ``<|end|>``.
+
+How to use it
+-------------
+    tok = Tokenizer.train(corpus_text, vocab_size=2048)   # 256 bytes + 1787 merges + 5 specials
+    tok.save("out/tiny/tokenizer/tokenizer.json")
+    tok = Tokenizer.load("out/tiny/tokenizer/tokenizer.json")
+    ids, mask = render_conversation(tok, [{"role": "user", "content": "Hi"},
+                                          {"role": "assistant", "content": "Hello!"}])
+    prompt_ids = render_prompt(tok, "What is the capital of France?")   # ends with <|assistant|>
+
+``encode`` ALWAYS treats its input as plain text: the string ``"<|end|>"`` typed by a user becomes
+ordinary bytes, never the control token. Control tokens enter a sequence only through the render
+functions (or by using the ``*_id`` attributes directly).
+
+Deliberate simplifications
+--------------------------
+* Training is pure Python. It is fast enough for a few MB of text because pair counts are updated
+  incrementally: after each merge only the words that contain the merged pair are touched (an index
+  pair -> word ids), and the most frequent pair comes from a lazy max-heap. Ties go to the highest
+  count, then the lexicographically smallest ``(left bytes, right bytes)``, so training is
+  deterministic.
+* A merge whose result already exists as a token (possible only in odd corner cases, e.g. runs of one
+  repeated character) is skipped, so every token has exactly one rank.
+* ``naive_bpe_encode`` is the slow, obviously-correct reference used only by tests.
+* Training pre-tokenises with Python's ``regex`` module, encoding with tiktoken's Rust regex. They agree
+  except on code points assigned in very recent Unicode versions (e.g. U+3D000), which ``regex`` may
+  already class as letters; such text still round-trips exactly, it just may use different merges.
+* A leading ``system`` message is not a separate turn (the template has no system token): its text is
+  prepended to the first user message, separated by a blank line.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import json
+import os
+import re
+import tempfile
+from collections import Counter, defaultdict
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import regex
+import tiktoken
+
+# ----------------------------------------------------------------------------------------------------
+# Constants
+
+ENDOFTEXT = "<|endoftext|>"  # separates pretraining documents
+USER = "<|user|>"  # opens a user turn
+ASSISTANT = "<|assistant|>"  # opens an assistant turn
+END = "<|end|>"  # closes a turn; the EOS a policy must emit
+PAD = "<|pad|>"  # padding only, never equal to END
+SPECIAL_TOKENS: tuple[str, ...] = (ENDOFTEXT, USER, ASSISTANT, END, PAD)
+
+# The GPT-2 pre-tokenisation regex exactly as tiktoken's "gpt2" / "r50k_base" encodings spell it
+# (the original GPT-2 pattern rewritten with possessive quantifiers; same splits, faster).
+GPT2_SPLIT_PATTERN = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+)
+
+# Where tiktoken fetches GPT-2's BPE files from, and their sha256 (tiktoken_ext/openai_public.py).
+# tiktoken caches a download under <cache dir>/<sha1 of the URL>; we only ever read that cache.
+_GPT2_FILES = {
+    "vocab.bpe": (
+        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    ),
+    "encoder.json": (
+        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    ),
+}
+
+_SAVE_FORMAT = "minirlhf-tokenizer"
+_SAVE_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+
+
+@lru_cache(maxsize=8)
+def _compile(pattern: str) -> regex.Pattern:
+    return regex.compile(pattern)
+
+
+_SPECIAL_SPLIT = re.compile("|".join(re.escape(s) for s in SPECIAL_TOKENS))
+
+
+def _count_pretokens(text: str, pattern: str) -> Counter[bytes]:
+    """Frequency of every pre-token (as UTF-8 bytes); special-token strings act as hard boundaries."""
+    pat = _compile(pattern)
+    counts: Counter[str] = Counter()
+    for chunk in _SPECIAL_SPLIT.split(text):  # documents separated by <|endoftext|> etc.
+        counts.update(pat.findall(chunk))
+    return Counter({piece.encode("utf-8"): n for piece, n in counts.items()})
+
+
+def _merge_word(word: list[int], a: int, b: int, new_id: int) -> list[int]:
+    """Replace every non-overlapping occurrence of the pair (a, b), left to right, by new_id."""
+    out: list[int] = []
+    i, n = 0, len(word)
+    while i < n:
+        if i + 1 < n and word[i] == a and word[i + 1] == b:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
+
+
+def train_bpe(text: str, n_merges: int, pattern: str = GPT2_SPLIT_PATTERN) -> list[tuple[bytes, bytes]]:
+    """Learn up to ``n_merges`` byte-level BPE merges from ``text``; returns them in merge order.
+
+    Sennrich et al. 2016, Algorithm 1, on unique pre-tokens weighted by their frequency. Each step
+    merges the most frequent adjacent pair (ties: smallest ``(left, right)`` bytes) into a new token.
+    Fewer merges are returned only if the corpus runs out of pairs. Special-token strings in ``text``
+    (e.g. ``<|endoftext|>`` between documents) are treated as boundaries and never learned.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"train_bpe: text must be str, got {type(text).__name__}")
+    if n_merges < 0:
+        raise ValueError(f"train_bpe: n_merges must be >= 0, got {n_merges}")
+
+    word_counts = _count_pretokens(text, pattern)
+    words: list[list[int]] = [list(w) for w in word_counts]  # token ids; ids 0..255 are the bytes
+    freqs: list[int] = list(word_counts.values())
+    vocab: list[bytes] = [bytes([i]) for i in range(256)]  # token id -> bytes
+    known: set[bytes] = set(vocab)
+
+    # pair -> weighted count, and pair -> ids of the words that (may) contain it. The index can hold
+    # stale word ids after a merge; those are harmless (merging such a word changes nothing).
+    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
+    where: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for wid, (word, freq) in enumerate(zip(words, freqs)):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += freq
+            where[pair].add(wid)
+
+    # Lazy max-heap: an entry is valid only while its count equals pair_counts[pair].
+    heap = [(-c, vocab[a], vocab[b], a, b) for (a, b), c in pair_counts.items()]
+    heapq.heapify(heap)
+    skipped: set[tuple[int, int]] = set()  # pairs whose result already exists as a token
+
+    merges: list[tuple[bytes, bytes]] = []
+    while len(merges) < n_merges and heap:
+        neg_count, left, right, a, b = heapq.heappop(heap)
+        pair = (a, b)
+        if pair_counts.get(pair, 0) != -neg_count or pair in skipped:
+            continue  # stale entry
+        if left + right in known:
+            skipped.add(pair)  # keep ranks unique: never create a second token with the same bytes
+            continue
+
+        new_id = len(vocab)
+        vocab.append(left + right)
+        known.add(left + right)
+        merges.append((left, right))
+
+        # Update counts only for the words that contain the pair.
+        delta: dict[tuple[int, int], int] = defaultdict(int)
+        for wid in where.pop(pair):
+            word = words[wid]
+            new_word = _merge_word(word, a, b, new_id)
+            if len(new_word) == len(word):
+                continue  # stale index entry
+            freq = freqs[wid]
+            for p in zip(word, word[1:]):
+                delta[p] -= freq
+            for p in zip(new_word, new_word[1:]):
+                delta[p] += freq
+                where[p].add(wid)
+            words[wid] = new_word
+        for p, d in delta.items():
+            if d == 0:
+                continue
+            c = pair_counts[p] + d
+            if c > 0:
+                pair_counts[p] = c
+                if p not in skipped:
+                    heapq.heappush(heap, (-c, vocab[p[0]], vocab[p[1]], p[0], p[1]))
+            else:
+                del pair_counts[p]
+                where.pop(p, None)
+        pair_counts.pop(pair, None)
+    return merges
+
+
+def merges_to_ranks(merges: Sequence[tuple[bytes, bytes]]) -> dict[bytes, int]:
+    """tiktoken's ``mergeable_ranks``: single bytes at ranks 0..255, merge i's result at 256 + i."""
+    ranks = {bytes([i]): i for i in range(256)}
+    for i, (left, right) in enumerate(merges):
+        token = left + right
+        if left not in ranks or right not in ranks:
+            raise ValueError(f"merge {i} ({left!r}, {right!r}) uses a token that no earlier merge created")
+        if token in ranks:
+            raise ValueError(f"merge {i} ({left!r}, {right!r}) recreates existing token {token!r}")
+        ranks[token] = 256 + i
+    return ranks
+
+
+def naive_bpe_encode(
+    text: str, merges: Sequence[tuple[bytes, bytes]], pattern: str = GPT2_SPLIT_PATTERN
+) -> list[int]:
+    """Slow reference encoder (tests only): per pre-token, apply merges in merge order.
+
+    Within a pre-token, repeatedly find the adjacent pair with the lowest merge index and merge all its
+    occurrences left to right, until no adjacent pair is a merge. Plain text only (no special tokens).
+    """
+    ranks = merges_to_ranks(merges)
+    merge_index = {pair: i for i, pair in enumerate(merges)}
+    ids: list[int] = []
+    for piece in _compile(pattern).findall(text):
+        parts = [bytes([byte]) for byte in piece.encode("utf-8")]
+        while len(parts) > 1:
+            candidates = [merge_index.get(pair) for pair in zip(parts, parts[1:])]
+            best = min((i for i in candidates if i is not None), default=None)
+            if best is None:
+                break
+            left, right = merges[best]
+            merged: list[bytes] = []
+            i = 0
+            while i < len(parts):
+                if i + 1 < len(parts) and parts[i] == left and parts[i + 1] == right:
+                    merged.append(left + right)
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = merged
+        ids.extend(ranks[p] for p in parts)
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+class Tokenizer:
+    """A ``tiktoken.Encoding`` plus the ids of the five chat/control tokens.
+
+    ``mergeable_ranks`` maps token bytes to ids; the special tokens get the given ids (by default the
+    ids right after the largest rank, in ``SPECIAL_TOKENS`` order).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        pattern: str,
+        mergeable_ranks: dict[bytes, int],
+        special_tokens: dict[str, int] | None = None,
+    ):
+        if special_tokens is None:
+            first = max(mergeable_ranks.values()) + 1
+            special_tokens = {s: first + i for i, s in enumerate(SPECIAL_TOKENS)}
+        missing = [s for s in SPECIAL_TOKENS if s not in special_tokens]
+        if missing:
+            raise ValueError(f"tokenizer {name!r}: special_tokens lacks {missing}")
+        taken = set(mergeable_ranks.values())
+        clash = {s: i for s, i in special_tokens.items() if i in taken}
+        if clash:
+            raise ValueError(f"tokenizer {name!r}: special token ids {clash} collide with mergeable ranks")
+        if len(set(special_tokens.values())) != len(special_tokens):
+            raise ValueError(f"tokenizer {name!r}: special token ids are not unique: {special_tokens}")
+        self.name = name
+        self.pattern = pattern
+        self.special_tokens = dict(special_tokens)
+        self._ranks = mergeable_ranks
+        self.enc = tiktoken.Encoding(
+            name=name, pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=self.special_tokens
+        )
+        self.eot_id = self.special_tokens[ENDOFTEXT]
+        self.user_id = self.special_tokens[USER]
+        self.assistant_id = self.special_tokens[ASSISTANT]
+        self.end_id = self.special_tokens[END]
+        self.pad_id = self.special_tokens[PAD]
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(name={self.name!r}, n_vocab={self.n_vocab})"
+
+    @property
+    def n_vocab(self) -> int:
+        """Number of token ids (mergeable ranks + special tokens); the model's embedding rows."""
+        return self.enc.n_vocab
+
+    @property
+    def mergeable_ranks(self) -> dict[bytes, int]:
+        return self._ranks
+
+    # --- encode / decode ---------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Plain text -> ids. Special-token strings in ``text`` are encoded as ordinary bytes."""
+        if not isinstance(text, str):
+            raise TypeError(f"Tokenizer.encode: expected str, got {type(text).__name__}")
+        return self.enc.encode_ordinary(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """ids -> text. Control tokens decode to their strings; invalid UTF-8 becomes U+FFFD."""
+        ids = [int(i) for i in ids]  # accepts lists, numpy arrays, 1-D tensors
+        bad = [i for i in ids if not 0 <= i < self.n_vocab]
+        if bad:
+            raise ValueError(f"Tokenizer.decode: ids {bad[:5]} outside [0, {self.n_vocab})")
+        return self.enc.decode(ids)
+
+    # --- persistence -------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one JSON file (name, pattern, base64 ranks, special tokens) atomically; returns its path.
+
+        ``path`` is the file to write, or an existing directory (then ``<dir>/tokenizer.json``).
+        """
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ranks = sorted(self.mergeable_ranks.items(), key=lambda kv: kv[1])
+        payload = {
+            "format": _SAVE_FORMAT,
+            "version": _SAVE_VERSION,
+            "name": self.name,
+            "pattern": self.pattern,
+            "special_tokens": self.special_tokens,
+            "mergeable_ranks": [[base64.b64encode(tok).decode("ascii"), rank] for tok, rank in ranks],
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(payload, f)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+        """Read a file written by ``save`` (or a directory holding ``tokenizer.json``)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: tokenizer file not found (train one with Tokenizer.train)")
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a valid tokenizer JSON file ({e})") from None
+        if not isinstance(payload, dict) or payload.get("format") != _SAVE_FORMAT:
+            raise ValueError(f"{path}: key 'format' must be {_SAVE_FORMAT!r}; not a minirlhf tokenizer file")
+        if payload.get("version") != _SAVE_VERSION:
+            raise ValueError(f"{path}: key 'version' is {payload.get('version')!r}, expected {_SAVE_VERSION}")
+        for key, typ in (("name", str), ("pattern", str), ("special_tokens", dict), ("mergeable_ranks", list)):
+            if not isinstance(payload.get(key), typ):
+                raise ValueError(f"{path}: key {key!r} missing or not a {typ.__name__}")
+        ranks: dict[bytes, int] = {}
+        for k, entry in enumerate(payload["mergeable_ranks"]):
+            try:
+                b64, rank = entry
+                token = base64.b64decode(b64, validate=True)
+                if not isinstance(rank, int) or isinstance(rank, bool):
+                    raise TypeError("rank is not an int")
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path}: mergeable_ranks[{k}] = {entry!r} is malformed ({e})") from None
+            if token in ranks:
+                raise ValueError(f"{path}: mergeable_ranks[{k}]: token {token!r} appears twice")
+            ranks[token] = rank
+        if sorted(ranks.values()) != list(range(len(ranks))):
+            raise ValueError(f"{path}: mergeable_ranks must be the ids 0..{len(ranks) - 1}, each once")
+        specials = payload["special_tokens"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in specials.values()):
+            raise ValueError(f"{path}: key 'special_tokens' must map strings to int ids")
+        try:
+            return cls(payload["name"], payload["pattern"], ranks, specials)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    # --- constructors ------------------------------------------------------------------------------
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int, name: str | None = None) -> "Tokenizer":
+        """Train a byte-level BPE on ``text``; ``vocab_size`` = 256 bytes + merges + 5 special tokens."""
+        n_special = len(SPECIAL_TOKENS)
+        if not isinstance(vocab_size, int) or vocab_size < 256 + n_special:
+            raise ValueError(
+                f"vocab_size must be an int >= {256 + n_special} (256 bytes + {n_special} special tokens), "
+                f"got {vocab_size!r}"
+            )
+        n_merges = vocab_size - 256 - n_special
+        merges = train_bpe(text, n_merges)
+        if len(merges) < n_merges:
+            raise ValueError(
+                f"vocab_size={vocab_size} needs {n_merges} merges but the training text "
+                f"({len(text)} characters) only supports {len(merges)}: use more text or "
+                f"vocab_size <= {256 + len(merges) + n_special}"
+            )
+        return cls(name or f"minirlhf-bpe-{vocab_size}", GPT2_SPLIT_PATTERN, merges_to_ranks(merges))
+
+    @classmethod
+    def gpt2(cls) -> "Tokenizer":
+        """OpenAI's GPT-2 vocabulary (ids 0..50256, ``<|endoftext|>`` = 50256) + our 4 chat tokens.
+
+        Uses tiktoken's ``gpt2`` encoding only if its two files are already in tiktoken's cache
+        (``$TIKTOKEN_CACHE_DIR``, else ``$DATA_GYM_CACHE_DIR``, else ``<tmp>/data-gym-cache``); it never
+        downloads. Otherwise raises ``RuntimeError`` saying which files to put where.
+        """
+        cache_dir = os.environ.get("TIKTOKEN_CACHE_DIR")
+        if cache_dir is None:
+            cache_dir = os.environ.get("DATA_GYM_CACHE_DIR")
+        if cache_dir is None:
+            cache_dir = os.path.join(tempfile.gettempdir(), "data-gym-cache")
+        problems = []
+        for fname, (url, sha256) in _GPT2_FILES.items():
+            cached = os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest()) if cache_dir else ""
+            if not cached or not os.path.isfile(cached):
+                problems.append(f"  {fname} (from {url}) -> {cached or '<caching disabled>'} [missing]")
+            elif hashlib.sha256(Path(cached).read_bytes()).hexdigest() != sha256:
+                problems.append(f"  {fname} (from {url}) -> {cached} [wrong sha256]")
+        if problems:
+            raise RuntimeError(
+                "GPT-2 tokenizer files are not available locally and minirlhf never downloads at run time.\n"
+                f"tiktoken's cache dir is {cache_dir!r} (set TIKTOKEN_CACHE_DIR to change it). "
+                "Copy each file there under the name shown (the sha1 of its URL), e.g. from a machine with "
+                "network access run `python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\"` with the "
+                "same TIKTOKEN_CACHE_DIR and copy the folder:\n" + "\n".join(problems)
+            )
+        try:
+            from tiktoken_ext.openai_public import gpt2 as gpt2_spec  # reads the cached files only
+
+            spec = gpt2_spec()
+        except Exception as e:  # files were checked above; anything else is unexpected
+            raise RuntimeError(f"tiktoken could not build the gpt2 encoding from {cache_dir!r}: {e}") from e
+        ranks = spec["mergeable_ranks"]
+        eot = spec["special_tokens"][ENDOFTEXT]  # 50256
+        first = max(max(ranks.values()), eot) + 1  # 50257
+        specials = {ENDOFTEXT: eot, **{s: first + i for i, s in enumerate(SPECIAL_TOKENS[1:])}}
+        return cls("gpt2-chat", spec["pat_str"], ranks, specials)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Chat template
+
+
+def _check_messages(messages: Sequence[dict], final_role: str) -> list[tuple[str, str]]:
+    """Validate messages; returns (role, content) pairs with any system text folded into turn 0."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise TypeError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+    turns: list[tuple[str, str]] = []
+    system: str | None = None
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"messages[{i}]: must be a dict with keys 'role' and 'content', got {m!r}")
+        role, content = m["role"], m["content"]
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{i}]: 'content' must be a str, got {type(content).__name__}")
+        if role == "system":
+            if i != 0:
+                raise ValueError(f"messages[{i}]: a 'system' message is only allowed first")
+            system = content
+            continue
+        if role not in ("user", "assistant"):
+            raise ValueError(f"messages[{i}]: unknown role {role!r} (expected 'user' or 'assistant')")
+        expected = "user" if len(turns) % 2 == 0 else "assistant"
+        if role != expected:
+            raise ValueError(
+                f"messages[{i}]: expected a {expected!r} turn (roles must alternate, user first), got {role!r}"
+            )
+        if system is not None and not turns:
+            content = system + "\n\n" + content
+        turns.append((role, content))
+    if not turns:
+        raise ValueError("messages: no user/assistant turns")
+    if turns[-1][0] != final_role:
+        hint = " (use render_prompt for a generation prompt)" if final_role == "assistant" else ""
+        raise ValueError(
+            f"messages[{len(messages) - 1}]: the conversation must end with a {final_role!r} turn, "
+            f"got {turns[-1][0]!r}{hint}"
+        )
+    return turns
+
+
+def render_conversation(tok: Tokenizer, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
+    """Chat messages -> (ids, loss_mask) for SFT / reward modelling / preference losses.
+
+    ``<|user|>{u}<|end|><|assistant|>{a}<|end|>...``; ``loss_mask`` is 1 on the assistant's content
+    tokens and its closing ``<|end|>``, 0 elsewhere (the ``<|assistant|>`` token included). Messages
+    must alternate user/assistant, start with user (after an optional leading system message, whose
+    text is prepended to the first user turn) and end with assistant. Content is plain text: a
+    literal ``"<|end|>"`` inside it is encoded as ordinary bytes.
+    """
+    ids: list[int] = []
+    mask: list[int] = []
+    for role, content in _check_messages(messages, final_role="assistant"):
+        body = tok.encode(content)
+        if role == "user":
+            ids += [tok.user_id, *body, tok.end_id]
+            mask += [0] * (len(body) + 2)
+        else:
+            ids += [tok.assistant_id, *body, tok.end_id]
+            mask += [0] + [1] * (len(body) + 1)
+    return ids, mask
+
+
+def render_prompt(tok: Tokenizer, prompt: str | Sequence[dict]) -> list[int]:
+    """A generation prompt: ``<|user|>{prompt}<|end|><|assistant|>`` (or a message list ending in user).
+
+    The returned ids end with the ``<|assistant|>`` token; the model continues with the response.
+    """
+    if isinstance(prompt, str):
+        turns = [("user", prompt)]
+    else:
+        turns = _check_messages(prompt, final_role="user")
+    ids: list[int] = []
+    for role, content in turns:
+        ids += [tok.user_id if role == "user" else tok.assistant_id, *tok.encode(content), tok.end_id]
+    ids.append(tok.assistant_id)
+    return ids
