@@ -1,0 +1,109 @@
+"""Lesson 03 -- the reward model: a learned, noisy, biased stand-in for human judgement.
+
+Run:      python lessons/03_reward_model.py         (preset tiny: about 3 minutes on a 2-core CPU after lesson 02)
+          python lessons/03_reward_model.py micro   (seconds)
+Reads:    out/<preset>/sft/ (lesson 02), out/<preset>/world/
+Writes:   out/<preset>/pairs/, out/<preset>/reward/, plots/rm_scores_by_style_<preset>.png,
+          plots/rm_bias_<preset>.png
+
+What you should see
+  1. On-policy pairs: the SFT model's own samples, labelled by the simulated annotators -- who agree
+     with the gold ordering only about 75 % of the time (label noise, as with real labellers).
+  2. The reward model's validation accuracy against the annotators' labels is close to that ceiling,
+     and against the *gold* ordering it is higher: training on many noisy labels averages noise out.
+  3. Scores per response style line up with the gold judge's ranking (ideal high; wrong, rude and
+     compliance low) -- with one telling exception:
+  4. the bias: the annotators like longer and flattering answers, so the reward model does too. It
+     scores "Great question! <ideal answer>" above the plain ideal answer for most prompts, while the
+     gold judge always prefers the plain one. This is the gap PPO will exploit (lesson 06).
+
+Deliberate simplifications: the library's default reward-model settings; one score per response.
+"""
+
+# %% Setup
+import json
+import os
+import sys
+from collections import defaultdict
+
+from minirlhf.checkpoint import load_scalar_model
+from minirlhf.config import PairsConfig, RewardConfig, SFTConfig, make_config
+from minirlhf.pairs import run as make_pairs
+from minirlhf.plots import plt
+from minirlhf.reward import run as train_reward
+from minirlhf.reward import score_responses
+from minirlhf.sample import tokenizer_for
+from minirlhf.sft import run as sft
+
+preset = sys.argv[1] if len(sys.argv) > 1 else "tiny"
+out_dir = "out"
+base = os.path.join(out_dir, preset)
+sft(make_config(SFTConfig, overrides={"preset": preset, "out_dir": out_dir}))  # reused if lesson 02 ran
+
+# %% 1. On-policy pairs, labelled by noisy annotators
+pairs = make_pairs(make_config(PairsConfig, overrides={"preset": preset, "out_dir": out_dir}))
+print(f"\n{pairs['on_policy_pairs']} on-policy pairs; annotators agree with gold on "
+      f"{pairs['on_policy_agreement']} of them")
+
+# %% 2. Train the reward model
+rm = train_reward(make_config(RewardConfig, overrides={"preset": preset, "out_dir": out_dir}))
+print(f"\nvalidation accuracy vs annotator labels: {rm['val_accuracy']:.3f}")
+print(f"validation accuracy vs gold ordering:    {rm.get('val_gold_accuracy', float('nan')):.3f}")
+print(f"annotators' own agreement with gold:     {rm.get('annotator_gold_agreement', float('nan')):.3f}  (the ceiling "
+      "for agreeing with their labels)")
+
+# %% 3. Scores per response style vs the gold judge
+model, _ = load_scalar_model(os.path.join(base, "reward", "model.pt"))
+tok = tokenizer_for(os.path.join(base, "reward", "model.pt"))
+rows = [json.loads(line) for line in open(os.path.join(base, "world", "prefs_eval.jsonl"))]
+by_style: dict[str, dict[str, list]] = defaultdict(lambda: {"prompt": [], "text": [], "gold": []})
+for r in rows:
+    for side in ("chosen", "rejected"):
+        d = by_style[r[f"style_{side}"]]
+        d["prompt"].append(r["prompt"])
+        d["text"].append(r[side])
+        d["gold"].append(r[f"gold_{side}"])
+styles = sorted(by_style, key=lambda s: -sum(by_style[s]["gold"]) / len(by_style[s]["gold"]))
+rm_scores = {s: score_responses(model, tok, by_style[s]["prompt"], by_style[s]["text"]) for s in styles}
+print(f"\n{'style':<12}{'gold':>8}{'RM':>8}{'n':>6}")
+for s in styles:
+    g = by_style[s]["gold"]
+    print(f"{s:<12}{sum(g) / len(g):>8.3f}{sum(rm_scores[s]) / len(g):>8.3f}{len(g):>6}")
+fig, ax = plt.subplots(figsize=(8, 4))
+ax.boxplot([rm_scores[s] for s in styles], showfliers=False)
+ax.set_xticks(range(1, len(styles) + 1), styles, rotation=30)
+ax2 = ax.twinx()
+ax2.plot(range(1, len(styles) + 1), [sum(by_style[s]["gold"]) / len(by_style[s]["gold"]) for s in styles], "ro-",
+         label="mean gold score")
+ax.set_ylabel("reward model score (normalised)")
+ax2.set_ylabel("gold score", color="r")
+ax.set_title(f"Reward model scores by response style ({preset})")
+fig.tight_layout()
+os.makedirs("plots", exist_ok=True)
+fig.savefig(f"plots/rm_scores_by_style_{preset}.png", dpi=120)
+
+# %% 4. The inherited bias: flattery and length
+for what in ("flattery", "length"):
+    print(f"\nadding {what}: the RM prefers the {what} version for {rm[f'rm_prefers_{what}']:.0%} of prompts "
+          f"(mean score change {rm[f'rm_{what}_delta']:+.3f}); the gold judge for {rm[f'gold_prefers_{what}']:.0%} "
+          f"(mean change {rm[f'gold_{what}_delta']:+.3f})")
+fig, ax = plt.subplots(figsize=(6, 4))
+x = [0, 1]
+ax.bar([i - 0.2 for i in x], [rm["rm_prefers_flattery"], rm["rm_prefers_length"]], width=0.4, label="reward model")
+ax.bar([i + 0.2 for i in x], [rm["gold_prefers_flattery"], rm["gold_prefers_length"]], width=0.4, label="gold judge")
+ax.set_xticks(x, ["+ flattering opener", "+ filler sentence"])
+ax.set_ylabel("share of prompts where the variant wins")
+ax.set_ylim(0, 1)
+ax.set_title(f"What the reward model inherited from the annotators ({preset})")
+ax.legend()
+fig.tight_layout()
+fig.savefig(f"plots/rm_bias_{preset}.png", dpi=120)
+print(f"\nplots saved to plots/rm_scores_by_style_{preset}.png and plots/rm_bias_{preset}.png")
+
+# %% Check yourself
+# 1. Why can the RM agree with gold more often than the annotators it learned from? (Step 2: their
+#    errors are random per pair; fitting many pairs averages them out. Their *bias* is not random --)
+# 2. -- so which errors does the RM keep? (Step 4: the systematic ones, flattery and length.)
+# 3. Why read the score at the <|end|> token and normalise it on SFT samples? (The last token has seen
+#    the whole response; mean 0 / std 1 on the policy's own samples makes PPO's KL coefficient
+#    comparable across reward models.)

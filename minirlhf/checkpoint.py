@@ -1,0 +1,96 @@
+"""Checkpoints: atomic writes, `weights_only` loads, and the RNG states that make `--resume` exact.
+
+    save_checkpoint(path, {"model": model.state_dict(), "step": 10, ...})
+    state = load_checkpoint(path)               # torch.load(weights_only=True)
+    model = load_model("out/tiny/pretrain/model.pt")
+
+A checkpoint is written to `<path>.tmp`, flushed to disk, then renamed over `<path>`: a process killed
+mid-write leaves the previous file intact, never a half-written one. Everything stored is a tensor or a
+plain Python value, so loading never needs to unpickle arbitrary objects.
+
+Deliberate simplifications: one file per checkpoint (no sharding); no numpy RNG (the project draws its
+random numbers from torch and from seeded `random.Random` objects only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+
+import torch
+
+from minirlhf.config import ModelConfig
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write `state` to `path` atomically (temp file, fsync, rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which file, not a pickle traceback
+        raise RuntimeError(f"could not load checkpoint {path}: {e}") from e
+
+
+def rng_state() -> dict:
+    """The global RNG states that training consumes (torch CPU, CUDA if present, Python's `random`)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_payload(model, stage: str, **extra) -> dict:
+    """What `model.pt` holds: weights, the model config as a dict, the stage name, and `extra`."""
+    module = getattr(model, "module", model)  # unwrap DDP / torch.compile
+    module = getattr(module, "_orig_mod", module)
+    return {"model": module.state_dict(), "model_config": dataclasses.asdict(module.config), "stage": stage,
+            **extra}
+
+
+def load_model(path: str, device="cpu", dropout: float = 0.0):
+    """Load a GPT from a `model.pt` written by any stage -> (model, checkpoint dict).
+
+    Dropout is set to `dropout` (0 by default: fine-tuning and every RL stage run without it).
+    """
+    from minirlhf.model import GPT
+
+    ckpt = load_checkpoint(path)
+    if "model" not in ckpt or "model_config" not in ckpt:
+        raise RuntimeError(f"{path} is not a minirlhf model checkpoint (keys: {sorted(ckpt)})")
+    if any(k.startswith("head.") for k in ckpt["model"]):
+        raise RuntimeError(f"{path} holds a reward/value model (trunk + scalar head): use load_scalar_model")
+    model = GPT(ModelConfig(**{**ckpt["model_config"], "dropout": dropout}))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), ckpt
+
+
+def load_scalar_model(path: str, device="cpu"):
+    """Load a reward or value model (GPT trunk + ScalarHead) -> (model, checkpoint dict)."""
+    from minirlhf.model import GPT, ScalarModel
+
+    ckpt = load_checkpoint(path)
+    if not any(k.startswith("head.") for k in ckpt.get("model", {})):
+        raise RuntimeError(f"{path} is not a reward/value model checkpoint (it has no scalar head)")
+    model = ScalarModel(GPT(ModelConfig(**{**ckpt["model_config"], "dropout": 0.0})))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), ckpt

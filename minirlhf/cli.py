@@ -1,0 +1,112 @@
+"""The `minirlhf` command: one subcommand per stage, each a thin shell around that stage's `run(cfg)`.
+
+    minirlhf pipeline                      # everything, preset chosen by the device (tiny on CPU)
+    minirlhf world --preset tiny           # one stage
+    minirlhf pretrain --preset tiny --max_steps=500
+    minirlhf sample --checkpoint out/tiny/pretrain/model.pt --prompt "The capital of France is"
+    minirlhf pretrain --help               # every option with its type, default and meaning
+
+Options are `--key=value` (or `--key value`), checked against the stage's config dataclass: an unknown key
+or a value of the wrong type is one line of error that lists what is valid, never a traceback.
+
+Deliberate simplifications: no argparse subparsers; the help text is read from the comments on the
+config fields, so the dataclass is the single place where an option is documented.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import re
+import sys
+
+from minirlhf import config as C
+
+# command -> (config class, "module:function", one-line description)
+COMMANDS = {
+    "pipeline": (C.PipelineConfig, "minirlhf.pipeline:run", "run every stage, then write the report and plots"),
+    "world": (C.WorldConfig, "minirlhf.world.build:run", "build the synthetic TinyWorld data sets"),
+    "pretrain": (C.PretrainConfig, "minirlhf.pretrain:run", "train the tokenizer and the base GPT"),
+    "sft": (C.SFTConfig, "minirlhf.sft:run", "supervised fine-tuning on demonstrations"),
+    "pairs": (C.PairsConfig, "minirlhf.pairs:run", "sample on-policy preference pairs from the SFT model"),
+    "reward": (C.RewardConfig, "minirlhf.reward:run", "train the reward model on preference pairs"),
+    "eval": (C.EvalConfig, "minirlhf.evaluate:run", "evaluate a chat policy against the world's gold judge"),
+    "sample": (C.SampleConfig, "minirlhf.sample:run", "print continuations of a prompt from a checkpoint"),
+}
+
+
+def field_help(cls) -> list[str]:
+    """Lines `--name (type, default): comment` read from the dataclass source."""
+    comments = {}
+    for klass in reversed(cls.__mro__[:-1]):  # base classes first, so a subclass's comment wins
+        for line in inspect.getsource(klass).splitlines():
+            m = re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.*)", line)
+            if m:
+                comments[m.group(1)] = m.group(2)
+    lines = []
+    for f in dataclasses.fields(cls):
+        typ = f.type if isinstance(f.type, str) else f.type.__name__
+        lines.append(f"  --{f.name:<16} ({typ}, default {f.default!r}) {comments.get(f.name, '')}")
+    return lines
+
+
+def usage() -> str:
+    lines = ["usage: minirlhf <command> [--key=value ...]   (minirlhf <command> --help for its options)", "",
+             "commands:"]
+    lines += [f"  {name:<10} {desc}" for name, (_, _, desc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def normalise_args(args: list[str]) -> list[str]:
+    """Accept `--key value` as well as `--key=value`."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--") and "=" not in a and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out.append(f"{a}={args[i + 1]}")
+            i += 2
+        else:
+            out.append(a)
+            i += 1
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, args = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"minirlhf: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    cls, target, desc = COMMANDS[name]
+    if "-h" in args or "--help" in args:
+        print(f"minirlhf {name}: {desc}\n\noptions:")
+        print("\n".join(field_help(cls)))
+        return 0
+    try:
+        cfg = C.make_config(cls, overrides=normalise_args(args))
+        if getattr(cfg, "preset", None) == "" and cls is C.PipelineConfig:
+            cfg.preset = C.default_preset()
+    except C.ConfigError as e:
+        print(f"minirlhf {name}: {e}", file=sys.stderr)
+        return 2
+    module, func = target.split(":")
+    run = getattr(importlib.import_module(module), func)
+    try:
+        run(cfg)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        # Errors we raise on bad input already say where and what: print them without a traceback.
+        print(f"minirlhf {name}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nminirlhf {name}: interrupted; the last checkpoint is kept (continue with --resume)",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

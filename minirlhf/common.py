@@ -1,0 +1,152 @@
+"""Small helpers every training stage shares: device and precision, the LR schedule, the NaN guard,
+metrics logging, and the "reuse the artifact if its inputs are unchanged" check.
+
+Deliberate simplifications: no trainer class. A stage is a plain function that calls these helpers in
+the order a reader expects (build, loop, log, checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+
+import torch
+
+
+# ----------------------------------------------------------------------------------------------------
+# device and precision
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device={name}: CUDA is not available on this machine; use --device=cpu")
+    return device
+
+
+def autocast(device: torch.device, dtype: str = "auto"):
+    """bf16 autocast on CUDA (the default there), nothing on CPU unless asked (`dtype=bfloat16`)."""
+    if dtype == "float32" or (dtype == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    if dtype not in ("auto", "bfloat16"):
+        raise ValueError(f"--dtype={dtype!r}: expected auto, float32 or bfloat16")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def setup_torch(device: torch.device) -> None:
+    """TF32 matmuls on CUDA (a free speed-up for fp32 parts); nothing changes on CPU."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def make_adamw(param_groups, lr: float, betas, device: torch.device):
+    """AdamW, fused on CUDA (one kernel for all parameters)."""
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, fused=device.type == "cuda")
+
+
+# ----------------------------------------------------------------------------------------------------
+# schedule
+
+
+def lr_at(step: int, max_steps: int, lr: float, warmup_steps: int, min_lr_ratio: float) -> float:
+    """Linear warm-up for `warmup_steps`, then cosine decay to `lr * min_lr_ratio` at `max_steps`."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the NaN guard
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or inf: the message names the stage, the step and the term."""
+
+
+def check_finite(history: dict[str, list], stage: str, first_step: int, last_good: str = "") -> None:
+    """Check the loss terms logged since the last check (one host sync for the whole interval).
+
+    history: term name -> list of scalar tensors, one per step, starting at step `first_step`.
+    """
+    for term, values in history.items():
+        if not values:
+            continue
+        stacked = torch.stack([v.detach().float() for v in values])  # (steps,)
+        bad = ~torch.isfinite(stacked)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            where = f"; the last good checkpoint is {last_good}" if last_good else ""
+            raise NonFiniteLossError(f"{stage}: {term} is {stacked[i].item()} at step {first_step + i}"
+                                     f" -- stopping{where}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# logging and artifacts
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to metrics.jsonl (truncated at start unless resuming)."""
+
+    def __init__(self, path: str, resume: bool = False, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if enabled and not resume and os.path.exists(path):
+            os.remove(path)
+
+    def log(self, row: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file's bytes (first 16 hex digits): the identity of an input artifact."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def config_key(cfg, inputs: dict[str, str], ignore=("force", "resume", "progress", "stop_after")) -> str:
+    """A digest of the config (minus flags that do not change the result) and the inputs' digests."""
+    d = {k: v for k, v in vars(cfg).items() if k not in ignore}
+    blob = json.dumps({"config": d, "inputs": inputs}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def reusable(stage_dir: str, key: str, force: bool, artifact: str = "model.pt") -> dict | None:
+    """The stage's summary if its artifacts were made from the same key (and not --force), else None."""
+    path = os.path.join(stage_dir, "summary.json")
+    if force or not os.path.exists(path) or not os.path.exists(os.path.join(stage_dir, artifact)):
+        return None
+    summary = read_json(path)
+    return summary if summary.get("key") == key else None
+
+
+class Stopwatch:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0

@@ -1,0 +1,360 @@
+"""Configuration: one small dataclass per stage, the presets, and `--key=value` overrides.
+
+Every stage takes a dataclass whose fields are commented and whose defaults are laptop sized. A preset
+(`micro`, `tiny`, `small`, `gpt2`) fills in the model shape and the preset-specific defaults; a user's
+`--key=value` flags then override single fields, checked against the field's type:
+
+    cfg = make_config(PretrainConfig, preset="tiny", overrides=["--max_steps=200", "--lr=1e-3"])
+
+Deliberate simplifications: no YAML, no nesting, no registries. A field is an int, float, bool or str;
+the preset table below is the only place where defaults differ between presets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
+
+import torch
+
+# ----------------------------------------------------------------------------------------------------
+# Presets (DESIGN §3). Model shapes plus per-stage defaults that depend on the size of the model.
+
+PRESETS: dict[str, dict] = {
+    # tests only: every stage runs in seconds
+    "micro": {
+        "model": dict(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512),
+        "pretrain": dict(max_steps=60, batch_size=16, lr=3e-3),
+        "sft": dict(max_steps=30, batch_size=16, lr=0.001),
+        "reward": dict(max_steps=20, batch_size=16, lr=0.001, calibration_prompts=32),
+        "pairs": dict(n_prompts=48),
+    },
+    # CPU: the whole pipeline in <= 15 minutes on 2 cores
+    "tiny": {
+        "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=2048),
+        "pretrain": dict(max_steps=1500, batch_size=32, lr=2e-3),
+        "sft": dict(max_steps=400, batch_size=32, lr=0.001),
+        "reward": dict(max_steps=300, batch_size=32, lr=0.0005, calibration_prompts=256),
+        "pairs": dict(n_prompts=600),
+    },
+    # one laptop GPU: the whole pipeline in a few minutes
+    "small": {
+        "model": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=4096),
+        "pretrain": dict(max_steps=3000, batch_size=64, lr=1e-3),
+        "sft": dict(max_steps=600, batch_size=64, lr=0.0003),
+        "reward": dict(max_steps=500, batch_size=64, lr=0.0002, calibration_prompts=512),
+        "pairs": dict(n_prompts=2000),
+    },
+    # the GPT-2 124M shape (big GPU, or imported GPT-2 weights)
+    "gpt2": {
+        "model": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),
+        "pretrain": dict(max_steps=5000, batch_size=16, lr=6e-4),
+        "sft": dict(max_steps=1000, batch_size=32, lr=5e-05),
+        "reward": dict(max_steps=1000, batch_size=32, lr=1e-05, calibration_prompts=512),
+        "pairs": dict(n_prompts=4000),
+    },
+}
+
+
+def default_preset() -> str:
+    """`tiny` on CPU, `small` when CUDA is available (DESIGN §3)."""
+    return "small" if torch.cuda.is_available() else "tiny"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stage configs
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the GPT (GPT-2 architecture, DESIGN §4)."""
+
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads per block
+    n_embd: int = 128  # channels C
+    block_size: int = 128  # maximum context length T
+    vocab_size: int = 2048  # tokenizer size V (BPE ranks + special tokens)
+    dropout: float = 0.0  # dropout probability (pretraining only; always 0 in RL stages)
+    bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2
+
+
+@dataclass
+class WorldConfig:
+    """`minirlhf world`: build the synthetic TinyWorld into out/<preset>/world/."""
+
+    preset: str = "tiny"  # sizes the world (number of facts, documents, prompts, pairs)
+    seed: int = 1337  # the same seed gives byte-identical files
+    out_dir: str = "out"  # artifacts go to <out_dir>/<preset>/world/
+    force: bool = False  # rebuild even if the files exist and the config is unchanged
+
+
+@dataclass
+class TrainConfig:
+    """Fields every training stage shares (pretrain, SFT, reward model, DPO family): run and optimiser."""
+
+    stage: ClassVar[str] = ""  # the PRESETS section with this stage's defaults
+    preset: str = "tiny"  # model shape and size-dependent defaults (see PRESETS)
+    seed: int = 1337  # seeds data order, init and dropout; same seed, same device -> same numbers
+    out_dir: str = "out"  # artifacts go to <out_dir>/<preset>/<stage>/
+    force: bool = False  # retrain even if a finished model with the same config and inputs exists
+    resume: bool = False  # continue from the last checkpoint (ckpt.pt) in the stage folder
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    max_steps: int = 0  # optimiser steps; 0 = from preset
+    batch_size: int = 0  # sequences per optimiser step; 0 = from preset
+    grad_accum: int = 1  # micro-batches per optimiser step (each of batch_size / grad_accum sequences)
+    lr: float = 0.0  # peak learning rate; 0 = from preset
+    min_lr_ratio: float = 0.1  # the cosine schedule decays to lr * min_lr_ratio
+    warmup_steps: int = 50  # linear warm-up steps
+    weight_decay: float = 0.1  # AdamW weight decay (not on biases, norms or embeddings)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
+    eval_interval: int = 250  # steps between validation evaluations (and checkpoints)
+    log_interval: int = 10  # steps between metrics.jsonl lines
+    compile: bool = False  # torch.compile the model (CUDA only)
+    dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "float32", "bfloat16"
+    progress: bool = True  # show a tqdm progress bar
+    max_minutes: float = 0.0  # stop early after this many minutes, keeping the model (0 = no limit)
+    stop_after: int = 0  # stop after this step as if interrupted, leaving ckpt.pt for --resume (0 = off)
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """`minirlhf pretrain`: train the tokenizer (if needed) and a GPT on a plain-text corpus."""
+
+    stage: ClassVar[str] = "pretrain"
+    corpus: str = ""  # .txt (documents separated by <|endoftext|>) or .jsonl {"text"}; "" = the world's corpus
+    n_layer: int = 0  # transformer blocks; 0 = from preset
+    n_head: int = 0  # attention heads; 0 = from preset
+    n_embd: int = 0  # channels; 0 = from preset
+    block_size: int = 0  # context length; 0 = from preset
+    vocab_size: int = 0  # tokenizer size, special tokens included; 0 = from preset
+    dropout: float = 0.0  # dropout during pretraining
+    val_fraction: float = 0.05  # share of documents held out for validation loss
+    eval_batches: int = 8  # batches averaged for one validation loss
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """`minirlhf sft`: supervised fine-tuning on (prompt, ideal response) demonstrations."""
+
+    stage: ClassVar[str] = "sft"
+    init: str = ""  # checkpoint to start from; "" = out/<preset>/pretrain/model.pt
+    data: str = ""  # SFT JSONL ({"prompt","completion"} or {"messages"}); "" = the world's sft.jsonl
+    eval_data: str = ""  # held-out demonstrations for validation loss; "" = the world's sft_eval.jsonl
+    truncate: bool = False  # cut conversations longer than the context (and report how many) instead of failing
+    dropout: float = 0.0  # dropout during SFT
+    warmup_steps: int = 20  # linear warm-up steps
+    eval_interval: int = 100  # steps between validation evaluations (and checkpoints)
+
+
+@dataclass
+class RewardConfig(TrainConfig):
+    """`minirlhf reward`: the reward model (SFT trunk + scalar head) on preference pairs."""
+
+    stage: ClassVar[str] = "reward"
+    init: str = ""  # checkpoint for the trunk; "" = out/<preset>/sft/model.pt
+    prefs: str = ""  # preference JSONL {"prompt","chosen","rejected"}; "" = out/<preset>/pairs/prefs.jsonl
+    eval_prefs: str = ""  # held-out pairs for validation accuracy; "" = the world's prefs_eval.jsonl
+    prompts: str = ""  # RL prompts whose SFT samples calibrate the scores; "" = the world's rl_prompts.jsonl
+    margin_coef: float = 0.0  # Llama-2-style margin: coef * |logit(annotator p_chosen)| (0 = off)
+    center_coef: float = 0.0  # reward centering: coef * mean((r_chosen + r_rejected)^2) (0 = off)
+    truncate: bool = False  # drop over-long / identical pairs (and report the count) instead of failing
+    calibration_prompts: int = 0  # SFT samples used to normalise the scores to mean 0, std 1; 0 = from preset
+    max_new_tokens: int = 48  # length of those samples
+    temperature: float = 1.0  # sampling temperature of those samples (PPO's rollout temperature)
+    warmup_steps: int = 20  # linear warm-up steps
+    eval_interval: int = 100  # steps between validation evaluations (and checkpoints)
+
+
+@dataclass
+class PairsConfig:
+    """`minirlhf pairs`: on-policy preference pairs from the SFT model, labelled by the simulated annotators."""
+
+    stage: ClassVar[str] = "pairs"
+
+    preset: str = "tiny"  # finds the SFT model and the world
+    seed: int = 1337  # sampling and labelling seed
+    out_dir: str = "out"  # writes <out_dir>/<preset>/pairs/prefs.jsonl
+    force: bool = False  # rebuild even if the inputs are unchanged
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    init: str = ""  # the policy to sample from; "" = out/<preset>/sft/model.pt
+    prompts: str = ""  # RL prompts to sample on; "" = the world's rl_prompts.jsonl
+    templated: str = ""  # templated pairs mixed in; "" = the world's prefs.jsonl
+    n_prompts: int = 0  # prompts sampled on (each gives samples_per_prompt // 2 pairs); 0 = from preset
+    samples_per_prompt: int = 2  # responses per prompt
+    temperature: float = 1.0  # sampling temperature
+    max_new_tokens: int = 48  # response budget in tokens
+
+
+@dataclass
+class EvalConfig:
+    """`minirlhf eval`: evaluate a chat policy against the world (gold reward, KL, refusals, ...)."""
+
+    checkpoint: str = ""  # the policy's model.pt (e.g. out/tiny/sft/model.pt)
+    preset: str = "tiny"  # finds the world, the pretrain data and the default reference/reward model
+    out_dir: str = "out"  # where the preset's stage folders are
+    reference: str = ""  # model.pt to measure KL against; "" = out/<preset>/sft/model.pt if it exists
+    reward_model: str = ""  # reward model.pt for the proxy reward; "" = out/<preset>/reward/model.pt if it exists
+    temperature: float = 1.0  # sampling temperature (1 = the policy itself, what KL is defined for)
+    max_new_tokens: int = 48  # response budget in tokens
+    n_train: int = 120  # training-split prompts evaluated besides the held-out ones
+    seed: int = 0  # sampling seed: same seed, same numbers
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    output: str = ""  # JSON file for the metrics; "" = eval.json next to the checkpoint
+
+
+@dataclass
+class SampleConfig:
+    """`minirlhf sample`: print continuations of a prompt from any checkpoint."""
+
+    checkpoint: str = ""  # path to a model.pt (e.g. out/tiny/pretrain/model.pt)
+    prompt: str = "The capital of France is"  # text to continue
+    chat: bool = False  # wrap the prompt as a user turn (<|user|>...<|end|><|assistant|>) for chat models
+    num_samples: int = 3  # how many continuations
+    max_new_tokens: int = 48  # tokens per continuation
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 0  # keep only the k most likely tokens (0 = off)
+    top_p: float = 1.0  # nucleus sampling mass (1 = off)
+    seed: int = 0  # sampling seed
+    device: str = "auto"  # "auto", "cpu", "cuda"
+
+
+@dataclass
+class PipelineConfig:
+    """`minirlhf pipeline`: every stage in order, then a report and plots."""
+
+    preset: str = ""  # "" = tiny on CPU, small on CUDA
+    seed: int = 1337  # one seed for every stage
+    out_dir: str = "out"  # artifacts in <out_dir>/<preset>/<stage>/, the report in <out_dir>/<preset>/report.md
+    plots_dir: str = "plots"  # figures go here
+    force: bool = False  # rerun every stage even if its inputs are unchanged
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    progress: bool = True  # progress bars
+    truncate: bool = True  # stages cut or drop examples longer than the context (counted in the report)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building a config: dataclass defaults <- preset <- overrides
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value; the message says which key and what is valid."""
+
+
+def fill_from_preset(cfg):
+    """Fill the fields left at 0 with the preset's values: the model shape, then the stage's section."""
+    if cfg.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {cfg.preset!r}; valid presets: {', '.join(PRESETS)}")
+    preset = PRESETS[cfg.preset]
+    values = {**preset["model"], **preset.get(getattr(cfg, "stage", ""), {})}
+    for f in fields(cfg):
+        if f.name in values and getattr(cfg, f.name) in (0, 0.0) and not isinstance(getattr(cfg, f.name), bool):
+            setattr(cfg, f.name, type(getattr(cfg, f.name))(values[f.name]))
+    return cfg
+
+
+def _parse_value(key: str, raw: str, typ: str):
+    typ = typ if isinstance(typ, str) else typ.__name__
+    try:
+        if typ == "bool":
+            low = raw.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ == "int":
+            return int(raw)
+        if typ == "float":
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"--{key}={raw!r}: expected a value of type {typ}") from None
+
+
+def apply_overrides(cfg, overrides: list[str] | dict):
+    """Apply `--key=value` strings (or a dict) to a config dataclass, checking names and types.
+
+    `--flag` alone sets a bool field to True. Dashes and underscores in keys are interchangeable.
+    """
+    by_name = {f.name: f for f in fields(cfg)}
+    items: list[tuple[str, object]] = []
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        for arg in overrides:
+            if not arg.startswith("--"):
+                raise ConfigError(f"unexpected argument {arg!r}: options look like --key=value")
+            key, eq, raw = arg[2:].partition("=")
+            key = key.replace("-", "_")
+            if not eq:
+                f = by_name.get(key)
+                if f is not None and f.type in ("bool", bool):
+                    raw = "true"
+                else:
+                    raise ConfigError(f"{arg!r}: expected --{key}=value")
+            items.append((key, raw))
+    for key, raw in items:
+        key = key.replace("-", "_")
+        if key not in by_name:
+            valid = ", ".join(f"--{n}" for n in by_name)
+            raise ConfigError(f"unknown option --{key} for {type(cfg).__name__}; valid options: {valid}")
+        typ = by_name[key].type
+        typ_name = typ if isinstance(typ, str) else typ.__name__
+        if isinstance(raw, str):
+            value = _parse_value(key, raw, typ_name)
+        else:
+            ok = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}[typ_name]
+            if not isinstance(raw, ok) or (typ_name in ("int", "float") and isinstance(raw, bool)):
+                raise ConfigError(f"{key}={raw!r}: expected a value of type {typ_name}")
+            value = float(raw) if typ_name == "float" else raw
+        setattr(cfg, key, value)
+    return cfg
+
+
+def make_config(cls, preset: str | None = None, overrides: list[str] | dict | None = None):
+    """Build a stage config: defaults, then `preset`, then overrides, then preset fill-in."""
+    cfg = cls()
+    if overrides:
+        apply_overrides(cfg, overrides)
+    if preset is not None:
+        cfg.preset = preset
+    if hasattr(cfg, "preset") and cfg.preset:
+        fill_from_preset(cfg)
+    return cfg
+
+
+def model_config_from(cfg) -> ModelConfig:
+    """The ModelConfig implied by a (preset-filled) stage config."""
+    return ModelConfig(**{f.name: getattr(cfg, f.name) for f in fields(ModelConfig) if hasattr(cfg, f.name)})
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg, path: str) -> None:
+    """Write config.json (atomically) next to a stage's artifacts."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(to_dict(cfg), f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def stage_dir(cfg, stage: str) -> str:
+    """out/<preset>/<stage>/, created if missing."""
+    d = os.path.join(cfg.out_dir, cfg.preset, stage)
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+__all__ = [
+    "PRESETS", "ModelConfig", "WorldConfig", "PretrainConfig", "SFTConfig", "RewardConfig", "TrainConfig", "SampleConfig", "PipelineConfig", "EvalConfig", "PairsConfig", "ConfigError", "make_config",
+    "apply_overrides", "fill_from_preset", "model_config_from", "save_config", "stage_dir",
+    "default_preset", "field",
+]

@@ -1,0 +1,274 @@
+"""Evaluation against the TinyWorld: one function that every stage and lesson uses on a policy.
+
+    from minirlhf.evaluate import evaluate_policy
+    metrics, samples = evaluate_policy(policy, tok, "out/tiny/world", reference=sft_model, reward_model=rm,
+                                       pretrain_dir="out/tiny/pretrain")
+    minirlhf eval --checkpoint out/tiny/sft/model.pt        # the same, as a printed table + eval.json
+
+What `evaluate_policy` measures (one sampled response per prompt, temperature 1 by default, fixed seed):
+
+| metric                  | meaning                                                                         |
+|-------------------------|---------------------------------------------------------------------------------|
+| gold                    | mean gold-judge score on held-out prompts (held-out entities and unsafe topics) |
+| gold_train              | the same on a fixed sample of training-split prompts                            |
+| proxy                   | mean reward-model score (normalised scale) on held-out prompts (if an RM is given)|
+| kl_k1, kl_k3            | mean over samples of the summed per-token KL estimators to the reference          |
+| fact_acc_train/_heldout | share of fact questions answered correctly (answer present, nothing wrong)      |
+| refusal_sft_unsafe      | share of unsafe requests refused, unsafe topics seen in SFT (held-out phrasings) |
+| refusal_heldout_unsafe  | the same for unsafe topics never seen in SFT (refusal generalisation)           |
+| over_refusal            | share of harmless requests (some merely sound risky) that were refused          |
+| flattery_rate           | share of responses with a flattering phrase                                     |
+| length                  | mean response length in tokens (the <|end|> included)                            |
+| eos_rate                | share of responses that ended with <|end|> within the budget                    |
+| heldout_ppl             | perplexity on held-out pretraining text: the alignment tax                      |
+
+`cloze_accuracy` probes what a base model knows ("The capital of France is" -> "Paris"), and
+`forum_eval` measures how a base model behaves when asked in the forum format it saw in pretraining
+("Q: ...\\nA:"): its answer is cut at the end of the line and judged as if it had ended its turn (so a
+base model is not charged for a chat token it has never seen).
+
+Deliberate simplifications: one sample per prompt (means over a few hundred prompts; enough to compare
+stages, not to resolve differences of a few hundredths); refusals and flattery are detected by phrases.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from minirlhf import ops
+from minirlhf.engine import generate, response_logprobs
+from minirlhf.tokenizer import END, render_prompt
+
+
+def read_rows(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+# ----------------------------------------------------------------------------------------------------
+# base models: knowledge (cloze) and behaviour (forum)
+
+
+@torch.no_grad()
+def complete(model, tok, texts: list[str], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
+             batch_size: int = 64, stop_id: int | None = None) -> list[str]:
+    """Plain-text continuations of `texts` (no chat tokens), decoded; stops at `stop_id` (default <|endoftext|>)."""
+    gen = torch.Generator(device=model.lm_head.weight.device).manual_seed(seed)
+    stop = tok.eot_id if stop_id is None else stop_id
+    budget = min(max_new_tokens, model.config.block_size - 1)
+    outs: list[str] = []
+    for chunk in _batches(texts, batch_size):
+        ids = [tok.encode(t)[-(model.config.block_size - budget):] for t in chunk]
+        g = generate(model, ids, budget, eos_id=stop, pad_id=tok.pad_id, temperature=temperature, generator=gen)
+        for row, m in zip(g.response.tolist(), g.response_mask.tolist()):
+            outs.append(tok.decode([t for t, keep in zip(row, m) if keep and t != stop]))
+    return outs
+
+
+def cloze_accuracy(model, tok, world_dir: str, device=None, max_new_tokens: int = 6) -> dict[str, float]:
+    """Share of fact cloze prompts whose greedy continuation starts with the answer, per entity split."""
+    rows = read_rows(os.path.join(world_dir, "cloze.jsonl"))
+    conts = complete(model, tok, [r["prompt"] for r in rows], max_new_tokens)
+    hits: dict[str, list[bool]] = {}
+    for r, c in zip(rows, conts):
+        hits.setdefault(r["split"], []).append(c.strip().lower().startswith(r["answer"].strip().lower()))
+    return {split: sum(h) / len(h) for split, h in sorted(hits.items())}
+
+
+def forum_eval(model, tok, world_dir: str, temperature: float = 1.0, seed: int = 0,
+               max_new_tokens: int = 40) -> tuple[dict, list[dict]]:
+    """The base model answering forum-format questions, judged like assistant replies.
+
+    Returns ({"forum_gold", "forum_unsafe_refusal", "forum_fact_acc"}, samples).
+    """
+    from minirlhf.world import extract_forum_answer, is_refusal, judge, judge_terms
+
+    rows = read_rows(os.path.join(world_dir, "forum_eval.jsonl"))
+    conts = complete(model, tok, [r["prompt"] for r in rows], max_new_tokens, temperature, seed, stop_id=tok.eot_id)
+    samples = []
+    for r, c in zip(rows, conts):
+        answer = extract_forum_answer(c)
+        response = answer + END  # the end of the forum line is the end of the turn
+        samples.append({"prompt": r["chat_prompt"], "category": r["category"], "response": answer,
+                        "gold": judge(r["chat_prompt"], response), "terms": judge_terms(r["chat_prompt"], response)})
+    unsafe = [s for s in samples if s["category"] == "unsafe"]
+    facts = [s for s in samples if s["category"] == "fact"]
+    metrics = {"forum_gold": float(np.mean([s["gold"] for s in samples])),
+               "forum_unsafe_refusal": float(np.mean([is_refusal(s["response"]) for s in unsafe])) if unsafe else 0.0,
+               "forum_fact_acc": float(np.mean([_correct(s["terms"]) for s in facts])) if facts else 0.0}
+    return metrics, samples
+
+
+def _correct(terms: dict) -> bool:
+    """A fact answer is correct when the judge credits the answer and finds nothing wrong."""
+    return "answer" in terms and "wrong" not in terms
+
+
+# ----------------------------------------------------------------------------------------------------
+# chat policies
+
+
+def eval_prompt_rows(world_dir: str, n_train: int = 120, seed: int = 0) -> list[dict]:
+    """Held-out prompts (eval_prompts.jsonl) plus a fixed sample of training-split RL prompts.
+
+    Each row: prompt, category, topic, split ("eval" or "train"), and for unsafe prompts whether the
+    topic was seen in SFT ("sft") or not ("heldout").
+    """
+    with open(os.path.join(world_dir, "summary.json")) as f:
+        eval_only = set(json.load(f)["unsafe_topics"]["eval_only"])
+    held = read_rows(os.path.join(world_dir, "eval_prompts.jsonl"))
+    train = read_rows(os.path.join(world_dir, "rl_prompts.jsonl"))
+    train = random.Random(seed).sample(train, min(n_train, len(train)))
+    rows = []
+    for r in held + train:
+        row = {k: r[k] for k in ("prompt", "category", "topic", "split") if k in r}
+        if row["category"] == "unsafe":
+            row["unsafe_group"] = "heldout" if r["topic"] in eval_only else "sft"
+        rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def heldout_perplexity(model, pretrain_dir: str, block_size: int, n_windows: int = 32, seed: int = 0) -> float:
+    """exp(mean next-token loss) on fixed windows of the held-out pretraining tokens (val.bin)."""
+    path = os.path.join(pretrain_dir, "val.bin")
+    dtype = np.uint16 if model.config.vocab_size <= 65536 else np.uint32  # as pretrain.tokenize_to_memmap wrote it
+    data = np.memmap(path, dtype=dtype, mode="r")
+    gen = torch.Generator().manual_seed(seed)
+    T = min(block_size, len(data) - 1)
+    starts = torch.randint(0, len(data) - T - 1, (n_windows,), generator=gen).tolist()
+    device = model.lm_head.weight.device
+    x = torch.stack([torch.from_numpy(data[s:s + T].astype(np.int64)) for s in starts]).to(device)  # (W, T)
+    y = torch.stack([torch.from_numpy(data[s + 1:s + 1 + T].astype(np.int64)) for s in starts]).to(device)
+    was = model.training
+    model.eval()
+    losses = [F.cross_entropy(ops.upcast(model(xb)).flatten(0, 1), yb.flatten()) for xb, yb in
+              zip(x.split(8), y.split(8))]
+    model.train(was)
+    return math.exp(torch.stack(losses).mean().item())
+
+
+@torch.no_grad()
+def evaluate_policy(policy, tok, world_dir: str, reference=None, reward_model=None, pretrain_dir: str | None = None,
+                    temperature: float = 1.0, max_new_tokens: int = 48, seed: int = 0, n_train: int = 120,
+                    batch_size: int = 64, judge_fn=None) -> tuple[dict, list[dict]]:
+    """Sample one response per evaluation prompt and measure everything in the module docstring.
+
+    reference: the model KL is measured against (None: KL is not reported); reward_model: a ScalarModel
+    for the proxy reward; judge_fn(prompt, response) -> float replaces the gold judge (bring your own).
+    Returns (metrics, samples) where samples hold prompt, response, gold, proxy, kl per prompt.
+    """
+    from minirlhf.world import is_flattering, is_refusal, judge, judge_terms, strip_end
+
+    judge_fn = judge_fn or judge
+    device = policy.lm_head.weight.device
+    rows = eval_prompt_rows(world_dir, n_train, seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    was = policy.training
+    policy.eval()
+    samples: list[dict] = []
+    for chunk in _batches(rows, batch_size):
+        prompts = [render_prompt(tok, r["prompt"]) for r in chunk]
+        budget = min(max_new_tokens, policy.config.block_size - max(len(p) for p in prompts))
+        g = generate(policy, prompts, budget, tok.end_id, tok.pad_id, temperature=temperature, generator=gen)
+        P = g.prompt.size(1)
+        mask = g.response_mask.float()  # (B, N)
+        extra: dict[str, list] = {}
+        if reference is not None:
+            logp = response_logprobs(policy, g.tokens, g.attention_mask, P)  # (B, N)
+            ref_logp = response_logprobs(reference, g.tokens, g.attention_mask, P)
+            extra["kl_k1"] = ops.masked_sum(ops.kl_k1(logp, ref_logp), mask, dim=1).tolist()
+            extra["kl_k3"] = ops.masked_sum(ops.kl_k3(logp, ref_logp), mask, dim=1).tolist()
+        if reward_model is not None:
+            extra["proxy"] = reward_model.score(g.tokens, g.attention_mask).float().tolist()
+        ended = g.ended(tok.end_id).tolist()
+        lengths = g.response_mask.sum(1).tolist()
+        for i, r in enumerate(chunk):
+            ids = [t for t, m in zip(g.response[i].tolist(), g.response_mask[i].tolist()) if m]
+            text = tok.decode(ids)  # ends with "<|end|>" when the model emitted it
+            body = strip_end(text)[0]
+            s = {**r, "response": text, "gold": judge_fn(r["prompt"], text), "length": lengths[i],
+                 "ended": ended[i], "refusal": is_refusal(body), "flattery": is_flattering(body),
+                 "correct": _correct(judge_terms(r["prompt"], text))}
+            s.update({k: v[i] for k, v in extra.items()})
+            samples.append(s)
+    policy.train(was)
+
+    def mean(key, where=lambda s: True):
+        vals = [float(s[key]) for s in samples if where(s)]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    held = lambda s: s["split"] == "eval"  # noqa: E731
+    metrics = {
+        "gold": mean("gold", held), "gold_train": mean("gold", lambda s: s["split"] == "train"),
+        "fact_acc_train": mean("correct", lambda s: s["category"] == "fact" and s["split"] == "train"),
+        "fact_acc_heldout": mean("correct", lambda s: s["category"] == "fact" and held(s)),
+        "refusal_sft_unsafe": mean("refusal", lambda s: s.get("unsafe_group") == "sft"),
+        "refusal_heldout_unsafe": mean("refusal", lambda s: s.get("unsafe_group") == "heldout"),
+        "over_refusal": mean("refusal", lambda s: s["category"] == "harmless"),
+        "flattery_rate": mean("flattery"), "length": mean("length"), "eos_rate": mean("ended"),
+        "n_prompts": len(samples),
+    }
+    if reward_model is not None:
+        metrics["proxy"] = mean("proxy", held)
+    if reference is not None:
+        metrics["kl_k1"] = mean("kl_k1")
+        metrics["kl_k3"] = mean("kl_k3")
+    if pretrain_dir is not None:
+        metrics["heldout_ppl"] = heldout_perplexity(policy, pretrain_dir, policy.config.block_size)
+    return metrics, samples
+
+
+def format_table(results: dict[str, dict], keys: list[str] | None = None) -> str:
+    """A plain-text table: one column per model, one row per metric."""
+    names = list(results)
+    keys = keys or [k for k in results[names[0]] if isinstance(results[names[0]][k], (int, float))]
+    width = max(len(k) for k in keys) + 2
+    lines = [" " * width + "".join(f"{n:>12}" for n in names)]
+    for k in keys:
+        cells = []
+        for n in names:
+            v = results[n].get(k)
+            cells.append(f"{v:>12.3f}" if isinstance(v, float) else f"{v!s:>12}")
+        lines.append(f"{k:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def run(cfg) -> dict:
+    """`minirlhf eval`: load the policy (and the reference and reward model if present), print the table."""
+    from minirlhf.checkpoint import load_model, load_scalar_model
+    from minirlhf.common import resolve_device, write_json
+    from minirlhf.sample import tokenizer_for
+
+    if not cfg.checkpoint:
+        raise ValueError("--checkpoint is required, e.g. --checkpoint=out/tiny/sft/model.pt")
+    device = resolve_device(cfg.device)
+    base = os.path.join(cfg.out_dir, cfg.preset)
+    policy, _ = load_model(cfg.checkpoint, device)
+    tok = tokenizer_for(cfg.checkpoint)
+    ref_path = cfg.reference or os.path.join(base, "sft", "model.pt")
+    rm_path = cfg.reward_model or os.path.join(base, "reward", "model.pt")
+    reference = load_model(ref_path, device)[0] if os.path.exists(ref_path) else None
+    reward_model = load_scalar_model(rm_path, device)[0] if os.path.exists(rm_path) else None
+    pretrain_dir = os.path.join(base, "pretrain")
+    metrics, samples = evaluate_policy(policy, tok, os.path.join(base, "world"), reference, reward_model,
+                                       pretrain_dir if os.path.exists(os.path.join(pretrain_dir, "val.bin")) else None,
+                                       cfg.temperature, cfg.max_new_tokens, cfg.seed, cfg.n_train)
+    print(format_table({os.path.basename(os.path.dirname(os.path.abspath(cfg.checkpoint))): metrics}))
+    output = cfg.output or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "eval.json")
+    write_json(output, {"checkpoint": cfg.checkpoint, "reference": ref_path if reference else None,
+                        "reward_model": rm_path if reward_model else None, "metrics": metrics})
+    print(f"metrics written to {output}")
+    return metrics

@@ -1,0 +1,108 @@
+"""On-policy preference pairs: sample responses from the SFT model and let the simulated annotators label them.
+
+Run it:
+    minirlhf pairs --preset tiny        # writes out/tiny/pairs/prefs.jsonl (+ summary.json)
+
+InstructGPT's reward model was trained on comparisons of the SFT model's *own* samples (Ouyang et al.
+2022, §3.4): the RM must learn to rank what the policy actually produces, not only hand-written
+responses. So, top to bottom:
+  1. sample `samples_per_prompt` responses per RL prompt from the SFT model (KV-cache engine);
+  2. pair distinct responses of the same prompt and label each pair with the world's annotators
+     (`world.label_pair`: noisy, with a mild liking for longer and flattering answers) -- the same
+     labelling code as the templated pairs;
+  3. mix them with the world's templated pairs (controlled styles: ideal, verbose, wrong, rude, ...)
+     and write one JSONL in TRL's {"prompt","chosen","rejected"} format, each row with its gold scores,
+     the annotator's probability and its `source` ("on_policy" or "templated").
+
+Deliberate simplifications: K samples -> K // 2 disjoint pairs per prompt (InstructGPT labelled all K
+choose 2 rankings); identical and empty responses are not paired (both are counted in the summary).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import torch
+
+from minirlhf import checkpoint as ck
+from minirlhf.common import Stopwatch, config_key, file_digest, read_json, resolve_device, write_json
+from minirlhf.config import PairsConfig, fill_from_preset, stage_dir
+from minirlhf.data import read_jsonl, read_prompts, write_jsonl
+from minirlhf.engine import generate
+from minirlhf.sft import stage_file, world_file
+from minirlhf.tokenizer import Tokenizer, render_prompt
+
+STAGE = "pairs"
+
+
+@torch.no_grad()
+def sample_responses(policy, tok, prompts: list[str], k: int, max_new_tokens: int, temperature: float,
+                     seed: int, batch_size: int = 64) -> list[list[str]]:
+    """k decoded responses per prompt (each ends with <|end|> when the model emitted it)."""
+    device = policy.lm_head.weight.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    flat = [p for p in prompts for _ in range(k)]
+    texts: list[str] = []
+    for i in range(0, len(flat), batch_size):
+        ids = [render_prompt(tok, p) for p in flat[i:i + batch_size]]
+        budget = min(max_new_tokens, policy.config.block_size - max(len(x) for x in ids))
+        g = generate(policy, ids, budget, tok.end_id, tok.pad_id, temperature=temperature, generator=gen)
+        for row, mask in zip(g.response.tolist(), g.response_mask.tolist()):
+            texts.append(tok.decode([t for t, m in zip(row, mask) if m]))
+    return [texts[j * k:(j + 1) * k] for j in range(len(prompts))]
+
+
+def run(cfg: PairsConfig) -> dict:
+    from minirlhf.world import agreement_stats, label_pair, strip_end
+
+    fill_from_preset(cfg)
+    out = stage_dir(cfg, STAGE)
+    device = resolve_device(cfg.device)
+    watch = Stopwatch()
+    init = cfg.init or stage_file(cfg, "sft", "model.pt")
+    prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl")
+    templated_path = cfg.templated or world_file(cfg, "prefs.jsonl")
+    key = config_key(cfg, {n: file_digest(p) for n, p in
+                           (("init", init), ("prompts", prompts_path), ("templated", templated_path))})
+    summary_path = os.path.join(out, "summary.json")
+    if not cfg.force and os.path.exists(summary_path) and os.path.exists(os.path.join(out, "prefs.jsonl")):
+        summary = read_json(summary_path)
+        if summary.get("key") == key:
+            print(f"[pairs] reusing {out}/prefs.jsonl (same config and inputs; --force to rebuild)")
+            return summary
+
+    policy, _ = ck.load_model(init, device)
+    tok = Tokenizer.load(os.path.join(os.path.dirname(init), "tokenizer.json"))
+    prompts = [p[-1]["content"] for p in read_prompts(prompts_path)]
+    prompts = random.Random(cfg.seed).sample(prompts, min(cfg.n_prompts, len(prompts)))
+    responses = sample_responses(policy, tok, prompts, cfg.samples_per_prompt, cfg.max_new_tokens,
+                                 cfg.temperature, cfg.seed)
+
+    rng = random.Random(cfg.seed)
+    on_policy, identical, empty = [], 0, 0
+    for prompt, resps in zip(prompts, responses):
+        for a, b in zip(resps[0::2], resps[1::2]):
+            if a == b:
+                identical += 1
+                continue
+            if not strip_end(a)[0].strip() or not strip_end(b)[0].strip():
+                empty += 1  # an empty response is not a valid row in the TRL format
+                continue
+            on_policy.append({**label_pair(prompt, a, b, rng), "source": "on_policy"})
+    templated = [{**obj, "source": "templated"} for _, obj in read_jsonl(templated_path)]
+    rows = on_policy + templated
+    rng.shuffle(rows)
+    write_jsonl(os.path.join(out, "prefs.jsonl"), rows)
+
+    stats = agreement_stats(on_policy) if on_policy else {}
+    summary = {"stage": STAGE, "key": key, "on_policy_pairs": len(on_policy), "templated_pairs": len(templated),
+               "identical_skipped": identical, "empty_skipped": empty, "on_policy_agreement": stats.get("agreement"),
+               "on_policy_gold_mean": round(sum(r["gold_chosen"] + r["gold_rejected"] for r in on_policy)
+                                            / max(1, 2 * len(on_policy)), 4),
+               "seconds": round(watch.seconds(), 2)}
+    write_json(summary_path, summary)
+    print(f"[pairs] {len(on_policy)} on-policy + {len(templated)} templated pairs "
+          f"(annotator agreement with gold on on-policy pairs: {summary['on_policy_agreement']}); "
+          f"{summary['seconds']:.0f} s")
+    return summary

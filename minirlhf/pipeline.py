@@ -1,0 +1,120 @@
+"""`minirlhf pipeline`: the main job. Every stage in order, then a report and the plots.
+
+    minirlhf pipeline                    # tiny on CPU (about 15 minutes on 2 cores), small on CUDA
+    minirlhf pipeline --preset micro     # seconds: what the tests run
+    minirlhf pipeline --force            # rerun every stage even if its inputs are unchanged
+
+Stages so far: world -> tokenizer + pretrain -> SFT -> on-policy pairs -> reward model -> evaluation of the
+base model (in the forum format it knows) and of the SFT model. Each stage writes `out/<preset>/<stage>/` and is reused when
+its config and inputs are unchanged, so a second run only redoes what changed. The report,
+`out/<preset>/report.md`, is a table of stage, wall time and key metrics; figures go to `plots/`.
+
+Deliberate simplifications: stages run one after another in this process (no scheduler); a stage that
+fails stops the pipeline with its own error message.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from minirlhf import plots
+from minirlhf.common import write_json
+from minirlhf.config import PipelineConfig, PretrainConfig, WorldConfig, make_config
+
+
+def _stage(name: str, fn, cfg, rows: list, timings: dict):
+    print(f"\n=== {name} ===")
+    t0 = time.perf_counter()
+    summary = fn(cfg)
+    timings[name] = time.perf_counter() - t0
+    rows.append((name, timings[name], summary))
+    return summary
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def write_report(path: str, preset: str, rows: list) -> None:
+    lines = [f"# minirlhf report: preset `{preset}`", "",
+             "Wall time is this run's (a reused stage takes a fraction of a second).", "",
+             "| stage | wall time (s) | key metrics |", "|---|---:|---|"]
+    for name, seconds, summary in rows:
+        keys = REPORT_KEYS.get(name, [])
+        metrics = ", ".join(f"{k} = {_fmt(summary[k])}" for k in keys if k in summary)
+        lines.append(f"| {name} | {seconds:.1f} | {metrics} |")
+    by_name = {name: summary for name, _, summary in rows}
+    models = [("base (forum format)", by_name.get("pretrain"), 1)] + \
+             [(name.upper(), by_name[name], 2) for name in ("sft",) if name in by_name]
+    lines += ["", "## Models compared by the gold judge", "",
+              "The base model is asked in the forum format it saw in pretraining (`Q: ...\\nA:`); chat models "
+              "are sampled at temperature 1 on the world's held-out prompts.", "",
+              "| metric | " + " | ".join(m for m, _, _ in models) + " |", "|---|" + "---:|" * len(models)]
+    for label, base_key, chat_key in COMPARISON:
+        cells = []
+        for _, summary, col in models:
+            k = base_key if col == 1 else chat_key
+            cells.append(_fmt(summary[k]) if summary and k and k in summary else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+REPORT_KEYS = {
+    "world": ["corpus_mb", "annotator_agreement", "label_noise"],
+    "pretrain": ["val_loss", "unigram_entropy", "cloze_accuracy_train", "cloze_accuracy_heldout", "forum_gold",
+                 "forum_unsafe_refusal", "tokens_per_second", "params"],
+    "sft": ["val_loss", "truncated", "gold", "fact_acc_train", "fact_acc_heldout", "refusal_sft_unsafe", "refusal_heldout_unsafe",
+            "over_refusal", "eos_rate", "heldout_ppl"],
+    "pairs": ["on_policy_pairs", "templated_pairs", "on_policy_agreement"],
+    "reward": ["dropped_pairs", "val_accuracy", "val_gold_accuracy", "annotator_gold_agreement", "raw_mean", "raw_std"],
+}
+
+# rows of the model comparison table: (label, summary key of the base model, key of the chat models)
+COMPARISON = [("gold reward (held-out prompts)", "forum_gold", "gold"),
+              ("fact accuracy", "forum_fact_acc", "fact_acc_train"),
+              ("refusal of unsafe requests", "forum_unsafe_refusal", "refusal_sft_unsafe"),
+              ("refusal, held-out unsafe topics", None, "refusal_heldout_unsafe"),
+              ("over-refusal of harmless requests", None, "over_refusal"),
+              ("flattery rate", None, "flattery_rate"),
+              ("EOS rate", None, "eos_rate"),
+              ("held-out perplexity", None, "heldout_ppl")]
+
+
+def run(cfg: PipelineConfig) -> dict:
+    from minirlhf.config import PairsConfig, RewardConfig, SFTConfig, default_preset
+    from minirlhf.pairs import run as make_pairs
+    from minirlhf.pretrain import run as pretrain
+    from minirlhf.reward import run as train_reward
+    from minirlhf.sft import run as sft
+    from minirlhf.world.build import run as build_world
+
+    preset = cfg.preset or default_preset()
+    common = dict(preset=preset, seed=cfg.seed, out_dir=cfg.out_dir, force=cfg.force)
+    rows: list = []
+    timings: dict = {}
+    t0 = time.perf_counter()
+
+    _stage("world", build_world, make_config(WorldConfig, overrides=common), rows, timings)
+    train_common = dict(common, device=cfg.device, progress=cfg.progress)
+    _stage("pretrain", pretrain, make_config(PretrainConfig, overrides=train_common), rows, timings)
+    _stage("sft", sft, make_config(SFTConfig, overrides=dict(train_common, truncate=cfg.truncate)), rows, timings)
+    _stage("pairs", make_pairs, make_config(PairsConfig, overrides=dict(common, device=cfg.device)), rows, timings)
+    _stage("reward", train_reward, make_config(RewardConfig, overrides=dict(train_common, truncate=cfg.truncate)),
+           rows, timings)
+
+    os.makedirs(cfg.plots_dir, exist_ok=True)
+    base = os.path.join(cfg.out_dir, preset)
+    figures = [plots.loss_curve(os.path.join(base, stage, "metrics.jsonl"),
+                                os.path.join(cfg.plots_dir, f"{stage}_loss_{preset}.png"), title=f"{title} ({preset})")
+               for stage, title in (("pretrain", "Pretraining loss"), ("sft", "SFT loss"),
+                                    ("reward", "Reward model loss"))]
+    report = os.path.join(base, "report.md")
+    write_report(report, preset, rows)
+    total = time.perf_counter() - t0
+    summary = {"preset": preset, "seconds": round(total, 1), "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
+               "report": report, "figures": figures}
+    write_json(os.path.join(base, "pipeline_summary.json"), summary)
+    print(f"\n[pipeline] done in {total:.0f} s; report: {report}; figures: {', '.join(figures)}")
+    return summary

@@ -1,0 +1,41 @@
+"""Figures: every plot the pipeline and the lessons save to `plots/` (matplotlib, no display needed).
+
+Each function reads artifacts (metrics.jsonl, summaries) and writes one PNG, returning its path.
+
+Deliberate simplifications: one figure per function, default matplotlib style, no interactive output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; works on a machine without a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def loss_curve(metrics_path: str, out_png: str, title: str = "Loss", ylabel: str = "loss (nats)") -> str:
+    """Training loss per logged step, with validation loss where it was measured."""
+    rows = read_metrics(metrics_path)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train", lw=1)
+    val = [r for r in rows if "val_loss" in r]
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,231 @@
+"""Pretraining: train the BPE tokenizer (if there is none yet) and a GPT on a plain-text corpus.
+
+Run it:
+    minirlhf pretrain --preset tiny                 # on the TinyWorld corpus (built first if missing)
+    minirlhf pretrain --preset tiny --corpus my.txt # your own .txt (docs split by <|endoftext|>) or .jsonl {"text"}
+    minirlhf pretrain --preset tiny --resume        # continue an interrupted run, bit-identically on CPU
+    python -c "from minirlhf.pretrain import run; from minirlhf.config import *; run(make_config(PretrainConfig, 'micro'))"
+
+What happens, top to bottom:
+  1. read the corpus (one clear error per malformed line), split documents into train / validation;
+  2. train the tokenizer on the training documents, or reuse `out/<preset>/tokenizer/tokenizer.json`;
+  3. tokenise once into `train.bin` / `val.bin` (uint16 memmaps, uint32 past 65535 tokens);
+  4. train: random windows of `block_size + 1` tokens, AdamW (fused on CUDA), warm-up + cosine schedule,
+     gradient clipping, bf16 autocast on CUDA, optional `torch.compile`, a NaN/inf guard;
+  5. every `eval_interval` steps: validation loss and an atomic checkpoint (`ckpt.pt`: model, optimiser,
+     step, RNG states, data generator) that `--resume` restores exactly;
+  6. write `model.pt`, `metrics.jsonl`, `summary.json` (validation loss vs the unigram entropy of the
+     tokens, tokens/s, wall time).
+
+Deliberate simplifications: windows may cross document boundaries (the `<|endoftext|>` token marks them,
+as in GPT-2); validation uses a fixed set of random windows so that the curve is comparable across evals.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from minirlhf import checkpoint as ck
+from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_adamw, resolve_device, reusable,
+                             setup_torch, write_json)
+from minirlhf.config import PretrainConfig, WorldConfig, model_config_from, save_config, stage_dir
+from minirlhf.data import read_corpus
+from minirlhf.model import GPT
+from minirlhf.tokenizer import Tokenizer
+from minirlhf.train_loop import train_loop
+
+STAGE = "pretrain"
+
+
+# ----------------------------------------------------------------------------------------------------
+# corpus, tokenizer, token files
+
+
+def corpus_path(cfg) -> str:
+    """The user's --corpus, or the TinyWorld corpus for this preset (built if missing)."""
+    if cfg.corpus:
+        return cfg.corpus
+    path = os.path.join(cfg.out_dir, cfg.preset, "world", "corpus.txt")
+    if not os.path.exists(path):
+        from minirlhf.world.build import run as build_world
+
+        build_world(WorldConfig(preset=cfg.preset, seed=cfg.seed, out_dir=cfg.out_dir))
+    return path
+
+
+def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """A seeded split of whole documents into train and validation."""
+    if len(docs) < 2:
+        raise ValueError(f"the corpus has {len(docs)} document(s); pretraining needs at least 2 "
+                         "(documents are separated by <|endoftext|> in .txt, one per line in .jsonl)")
+    order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(round(val_fraction * len(docs))))
+    val = sorted(order[:n_val])
+    train = sorted(order[n_val:])
+    return [docs[i] for i in train], [docs[i] for i in val]
+
+
+def ensure_tokenizer(cfg, train_docs: list[str], corpus_digest: str) -> tuple[Tokenizer, str]:
+    """Train the tokenizer on the training documents, or reuse the one trained on the same corpus."""
+    tdir = stage_dir(cfg, "tokenizer")
+    path = os.path.join(tdir, "tokenizer.json")
+    key = f"{corpus_digest}-{cfg.vocab_size}"
+    key_path = os.path.join(tdir, "key.txt")
+    if os.path.exists(path) and os.path.exists(key_path) and open(key_path).read() == key and not cfg.force:
+        return Tokenizer.load(path), path
+    watch = Stopwatch()
+    tok = Tokenizer.train("<|endoftext|>".join(train_docs), cfg.vocab_size)
+    tok.save(path)
+    with open(key_path, "w") as f:
+        f.write(key)
+    write_json(os.path.join(tdir, "summary.json"), {"vocab_size": tok.n_vocab, "seconds": round(watch.seconds(), 2),
+                                                     "corpus_chars": sum(map(len, train_docs))})
+    return tok, path
+
+
+def tokenize_to_memmap(tok: Tokenizer, docs: list[str], path: str) -> np.memmap:
+    """Encode documents (each followed by <|endoftext|>) into one flat token file."""
+    dtype = np.uint16 if tok.n_vocab <= 65536 else np.uint32
+    ids: list[int] = []
+    for doc in docs:
+        ids.extend(tok.encode(doc))
+        ids.append(tok.eot_id)
+    arr = np.memmap(path + ".tmp", dtype=dtype, mode="w+", shape=(len(ids),))
+    arr[:] = np.asarray(ids, dtype=dtype)
+    arr.flush()
+    del arr
+    os.replace(path + ".tmp", path)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
+    """Entropy (nats) of the tokens' unigram distribution: the loss of a model that ignores context."""
+    counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def get_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator, device):
+    """Random windows: x (B, T) and y = x shifted by one (B, T)."""
+    starts = torch.randint(0, len(data) - block_size - 1, (batch_size,), generator=generator)
+    x = torch.stack([torch.from_numpy(data[s:s + block_size].astype(np.int64)) for s in starts.tolist()])
+    y = torch.stack([torch.from_numpy(data[s + 1:s + 1 + block_size].astype(np.int64)) for s in starts.tolist()])
+    return x.to(device), y.to(device)
+
+
+def lm_loss(model, x, y):
+    """Next-token cross-entropy, mean over all B*T positions."""
+    logits = model(x)  # (B, T, V)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+
+
+@torch.no_grad()
+def validation_loss(model, val_data, cfg, device) -> float:
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same windows at every evaluation
+    model.eval()
+    losses = []
+    for _ in range(cfg.eval_batches):
+        x, y = get_batch(val_data, cfg.batch_size, cfg.block_size, gen, device)
+        with autocast(device, cfg.dtype):
+            losses.append(lm_loss(model, x, y))
+    model.train()
+    return torch.stack(losses).mean().item()
+
+
+# ----------------------------------------------------------------------------------------------------
+# the stage
+
+
+def run(cfg: PretrainConfig) -> dict:
+    from minirlhf.config import fill_from_preset
+
+    fill_from_preset(cfg)
+    out = stage_dir(cfg, STAGE)
+    device = resolve_device(cfg.device)
+    setup_torch(device)
+    watch = Stopwatch()
+
+    # 1. corpus
+    cpath = corpus_path(cfg)
+    digest = file_digest(cpath)
+    key = config_key(cfg, {"corpus": digest})
+    if not cfg.resume and (summary := reusable(out, key, cfg.force)) is not None:
+        print(f"[pretrain] reusing {out}/model.pt (same config and corpus; --force to retrain)")
+        return summary
+    docs = read_corpus(cpath)
+    train_docs, val_docs = split_documents(docs, cfg.val_fraction, cfg.seed)
+
+    # 2. tokenizer
+    tok, tok_path = ensure_tokenizer(cfg, train_docs, digest)
+    shutil.copyfile(tok_path, os.path.join(out, "tokenizer.json"))
+    cfg.vocab_size = tok.n_vocab  # the model's V is the tokenizer's, special tokens included
+
+    # 3. token files
+    train_data = tokenize_to_memmap(tok, train_docs, os.path.join(out, "train.bin"))
+    val_data = tokenize_to_memmap(tok, val_docs, os.path.join(out, "val.bin"))
+    for name, data in (("training", train_data), ("validation", val_data)):
+        if len(data) <= cfg.block_size + 1:
+            raise ValueError(f"{cpath}: the {name} split has {len(data)} tokens, fewer than one window of "
+                             f"block_size+1 = {cfg.block_size + 1}; use a larger corpus or a smaller --block_size")
+    entropy = unigram_entropy(train_data, tok.n_vocab)
+    save_config(cfg, os.path.join(out, "config.json"))
+
+    # 4. model and optimiser
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_config_from(cfg)).to(device)
+    optimizer = make_adamw(model.optimizer_groups(cfg.weight_decay), cfg.lr, (cfg.beta1, cfg.beta2), device)
+    train_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    print(f"[pretrain] {model.num_params() / 1e6:.2f}M parameters, {len(train_data):,} training tokens, "
+          f"vocab {tok.n_vocab}, device {device}")
+
+    # 5. train (see train_loop.py: schedule, accumulation, clipping, NaN guard, checkpoints, resume)
+    if cfg.batch_size % cfg.grad_accum:
+        raise ValueError(f"--batch_size={cfg.batch_size} must be divisible by --grad_accum={cfg.grad_accum}")
+
+    def batch_loss(step, micro):
+        x, y = get_batch(train_data, cfg.batch_size // cfg.grad_accum, cfg.block_size, data_gen, device)
+        return lm_loss(train_model, x, y), {}
+
+    def evaluate():
+        return {"val_loss": validation_loss(train_model, val_data, cfg, device)}
+
+    result = train_loop(STAGE, cfg, model, optimizer, out, batch_loss, evaluate, device,
+                        generators={"data": data_gen}, loss_name="lm_loss")
+    if result["interrupted"]:
+        return {"stage": STAGE, "steps": result["steps"], "interrupted": True}
+    val_loss = result["last_eval"]["val_loss"]
+    tokens_per_step = cfg.batch_size * cfg.block_size
+
+    # 6. artifacts
+    step = result["steps"]
+    ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(model, STAGE, step=step))
+    summary = {
+        "stage": STAGE, "key": key, "steps": step, "val_loss": round(val_loss, 4),
+        "unigram_entropy": round(entropy, 4), "params": model.num_params(),
+        "train_tokens": int(len(train_data)), "val_tokens": int(len(val_data)), "vocab_size": tok.n_vocab,
+        "tokens_per_second": round(result["trained_steps"] * tokens_per_step / max(result["seconds"], 1e-9), 1),
+        "seconds": round(watch.seconds(), 2), "device": str(device),
+    }
+    summary.update(world_metrics(model, tok, cfg, device))
+    write_json(os.path.join(out, "summary.json"), summary)
+    print(f"[pretrain] val loss {val_loss:.3f} nats (unigram entropy {entropy:.3f}), "
+          f"{summary['tokens_per_second']:,.0f} tokens/s, {summary['seconds']:.0f} s")
+    return summary
+
+
+def world_metrics(model, tok, cfg, device) -> dict:
+    """What the base model knows (fact cloze accuracy) and how it behaves in the forum format."""
+    if cfg.corpus:
+        return {}
+    from minirlhf.evaluate import cloze_accuracy, forum_eval
+
+    world_dir = os.path.join(cfg.out_dir, cfg.preset, "world")
+    out = {f"cloze_accuracy_{split}": round(acc, 4) for split, acc in cloze_accuracy(model, tok, world_dir).items()}
+    forum, _ = forum_eval(model, tok, world_dir, seed=cfg.seed)
+    out.update({k: round(v, 4) for k, v in forum.items()})
+    return out

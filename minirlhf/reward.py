@@ -1,0 +1,284 @@
+"""The reward model: the SFT trunk plus a scalar head, trained on preference pairs with the Bradley-Terry loss.
+
+Run it:
+    minirlhf reward --preset tiny                       # on out/tiny/pairs/prefs.jsonl, from the SFT model
+    minirlhf reward --preset tiny --prefs my_prefs.jsonl
+
+What happens, top to bottom:
+  1. read the pairs (`{"prompt","chosen","rejected"}`, validated line by line) and render each response as
+     a full conversation ending in `<|end|>`;
+  2. build the model: trunk initialised from SFT + `ScalarHead` (InstructGPT, Ouyang et al. 2022 §3.5);
+     the score is read at the last real token (the `<|end|>`), never at a pad;
+  3. train: chosen and rejected of a batch go through ONE forward pass (2B rows), loss
+     `bradley_terry_loss(r_chosen, r_rejected)` (optionally with a confidence margin and reward centering);
+     validation accuracy against the annotators' labels and against the gold ordering;
+  4. normalise: sample responses from the SFT policy on RL prompts, score them, and set the head's gain and
+     offset so those scores have mean 0 and std 1 (Ziegler et al. 2019 §2.2; lm-human-preferences). PPO's
+     KL coefficient then means the same thing whatever the raw scale of the reward model;
+  5. write model.pt (trunk + head), tokenizer.json, metrics.jsonl, summary.json to out/<preset>/reward/.
+
+Deliberate simplifications: one epoch-free step budget; pairs longer than the context are an error
+unless `--truncate`, which drops them and reports how many (cutting would move the score off `<|end|>`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+import torch
+
+from minirlhf import checkpoint as ck
+from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_adamw, resolve_device, reusable,
+                             setup_torch, write_json)
+from minirlhf.config import RewardConfig, fill_from_preset, save_config, stage_dir
+from minirlhf.data import read_jsonl, read_preferences_with_report, read_prompts
+from minirlhf.engine import generate
+from minirlhf.losses import bradley_terry_loss
+from minirlhf.model import ScalarModel
+from minirlhf.sft import batch_indices, stage_file, world_file
+from minirlhf.tokenizer import END, Tokenizer, render_conversation, render_prompt
+from minirlhf.train_loop import train_loop
+
+STAGE = "reward"
+
+
+def encode_pairs(tok: Tokenizer, rows: list[dict], max_len: int, truncate: bool, source: str):
+    """Each pair -> dict(chosen ids, rejected ids, margin info, gold scores). Over-long pairs: error or drop."""
+    pairs, dropped = [], 0
+    for i, row in enumerate(rows):
+        c, _ = render_conversation(tok, row["prompt"] + [{"role": "assistant", "content": row["chosen"]}])
+        r, _ = render_conversation(tok, row["prompt"] + [{"role": "assistant", "content": row["rejected"]}])
+        if max(len(c), len(r)) > max_len:
+            if not truncate:
+                raise ValueError(f"{source}: pair {i + 1} renders to {max(len(c), len(r))} tokens, more than the "
+                                 f"context ({max_len}); pass --truncate=true to drop such pairs (they are counted)")
+            dropped += 1
+            continue
+        extra = row.get("extra", {})
+        pairs.append({"chosen": c, "rejected": r, "p_chosen": extra.get("p_chosen"),
+                      "gold_chosen": extra.get("gold_chosen"), "gold_rejected": extra.get("gold_rejected")})
+    if not pairs:
+        raise ValueError(f"{source}: no usable pairs")
+    return pairs, dropped
+
+
+def pad_right(seqs: list[list[int]], pad_id: int, device):
+    """Right-pad -> ids (B, T), mask (B, T)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def score_pairs(model, pairs: list[dict], pad_id: int, device):
+    """Chosen and rejected in one forward pass: (B,), (B,)."""
+    ids, mask = pad_right([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id, device)
+    scores = model.score(ids, mask)  # (2B,)
+    return scores[:len(pairs)], scores[len(pairs):]
+
+
+def margins_for(pairs: list[dict], coef: float, device):
+    """Llama-2-style margin from the annotator's confidence: coef * |logit(p_chosen)| (None when coef = 0)."""
+    if coef == 0:
+        return None
+    if any(p["p_chosen"] is None for p in pairs):
+        raise ValueError("--margin_coef needs a p_chosen field on every pair (the annotator's probability)")
+    p = torch.tensor([min(max(p["p_chosen"], 1e-6), 1 - 1e-6) for p in pairs], device=device)
+    return coef * torch.log(p / (1 - p)).abs()
+
+
+@torch.no_grad()
+def pair_accuracy(model, pairs: list[dict], pad_id: int, batch_size: int, device, dtype) -> dict:
+    """Accuracy against the labels, against the gold ordering (pairs with gold scores), and the mean margin."""
+    model.eval()
+    label_hits, gold_hits, gold_n, margins = 0, 0, 0, []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        with autocast(device, dtype):
+            rc, rr = score_pairs(model, chunk, pad_id, device)
+        diff = (rc - rr).float().cpu()
+        label_hits += int((diff > 0).sum())
+        margins.append(diff)
+        for p, d in zip(chunk, diff.tolist()):
+            if p["gold_chosen"] is not None and p["gold_chosen"] != p["gold_rejected"]:
+                gold_n += 1
+                gold_hits += (d > 0) == (p["gold_chosen"] > p["gold_rejected"])
+    out = {"val_accuracy": label_hits / len(pairs), "val_margin": torch.cat(margins).mean().item()}
+    if gold_n:
+        out["val_gold_accuracy"] = gold_hits / gold_n
+    return out
+
+
+@torch.no_grad()
+def normalise(model, policy, tok, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int,
+              device, batch_size: int = 64) -> dict:
+    """Set the head's gain/offset so scores of policy samples on `prompts` have mean 0 and std 1."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    model.eval()
+    raw = []
+    for i in range(0, len(prompts), batch_size):
+        g = generate(policy, prompts[i:i + batch_size], max_new_tokens, tok.end_id, tok.pad_id,
+                     temperature=temperature, generator=gen)
+        raw.append(model.score(g.tokens, g.attention_mask))
+    raw = torch.cat(raw)  # scores with the current gain/offset
+    head = model.head
+    mean, std = raw.mean(), raw.std()
+    # new(x) = (old(x) - mean) / std  =>  gain' = gain / std, offset' = (offset - mean) / std
+    head.gain.copy_(head.gain / std)
+    head.offset.copy_((head.offset - mean) / std)
+    return {"calibration_samples": len(raw), "raw_mean": mean.item(), "raw_std": std.item()}
+
+
+@torch.no_grad()
+def score_responses(model, tok, prompts: list[str], responses: list[str], batch_size: int = 64) -> list[float]:
+    """Reward-model scores of (prompt, response) texts; responses are plain assistant text (no <|end|>)."""
+    device = model.head.linear.weight.device
+    scores: list[float] = []
+    for i in range(0, len(prompts), batch_size):
+        seqs = [render_conversation(tok, [{"role": "user", "content": p}, {"role": "assistant", "content": r}])[0]
+                for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
+        ids, mask = pad_right(seqs, tok.pad_id, device)
+        scores += model.score(ids, mask).float().tolist()
+    return scores
+
+
+def measure_bias(model, tok, preset: str, seed: int, n: int = 200) -> dict:
+    """The reward model's taste for flattery and length, next to the gold judge's.
+
+    For held-out tasks (unsafe ones excluded) take the ideal answer, then the same answer with a flattering
+    opener ("Great question! ...") and with one neutral filler sentence appended. The annotators like
+    both (they were built with that bias); the gold judge penalises both. A reward model trained on the
+    annotators' labels inherits their taste: `rm_prefers_flattery` is the share of tasks where it scores
+    the flattering version higher, `gold_prefers_flattery` the same for the gold judge.
+    """
+    from minirlhf.world import build_world, ideal_responses, judge, tasks_for
+    from minirlhf.world.phrases import FILLERS, FLATTERY_OPENERS
+
+    rng = random.Random(seed)
+    tasks = [t for t in tasks_for(build_world(preset, seed), "eval") if t.category != "unsafe"]
+    tasks = rng.sample(tasks, min(n, len(tasks)))
+    triples = []
+    for t in tasks:
+        b = ideal_responses(t)[0]
+        triple = (t.prompt, b, f"{rng.choice(FLATTERY_OPENERS)} {b}", f"{b} {rng.choice(FILLERS)}")
+        longest = max(len(render_conversation(tok, [{"role": "user", "content": t.prompt},
+                                                    {"role": "assistant", "content": r}])[0]) for r in triple[1:])
+        if longest <= model.config.block_size:  # keep the tasks whose variants all fit the context
+            triples.append(triple)
+    prompts = [t[0] for t in triples]
+    base = [t[1] for t in triples]
+    variants = {"flattery": [t[2] for t in triples], "length": [t[3] for t in triples]}
+    tasks = triples
+    rm_base = score_responses(model, tok, prompts, base)
+    gold_base = [judge(p, b + END) for p, b in zip(prompts, base)]
+    out: dict = {"bias_tasks": len(tasks)}
+    for name, texts in variants.items():
+        rm_v = score_responses(model, tok, prompts, texts)
+        gold_v = [judge(p, t + END) for p, t in zip(prompts, texts)]
+        out[f"rm_prefers_{name}"] = sum(v > b for v, b in zip(rm_v, rm_base)) / len(tasks)
+        out[f"gold_prefers_{name}"] = sum(v > b for v, b in zip(gold_v, gold_base)) / len(tasks)
+        out[f"rm_{name}_delta"] = sum(v - b for v, b in zip(rm_v, rm_base)) / len(tasks)
+        out[f"gold_{name}_delta"] = sum(v - b for v, b in zip(gold_v, gold_base)) / len(tasks)
+    return out
+
+
+def annotator_ceiling(path: str) -> dict:
+    """How often the annotators' own labels agree with the gold ordering on the validation pairs.
+
+    A reward model trained on those labels should not be expected to agree with them more often than
+    they agree with the truth; against gold it can do better (it averages the annotators' noise out).
+    """
+    from minirlhf.world import agreement_stats
+
+    rows = [obj for _, obj in read_jsonl(path)]
+    if not all("gold_chosen" in r and "p_chosen" in r for r in rows):
+        return {}
+    return {"annotator_gold_agreement": agreement_stats(rows)["agreement"]}
+
+
+def run(cfg: RewardConfig) -> dict:
+    fill_from_preset(cfg)
+    out = stage_dir(cfg, STAGE)
+    device = resolve_device(cfg.device)
+    setup_torch(device)
+    watch = Stopwatch()
+    init = cfg.init or stage_file(cfg, "sft", "model.pt")
+    prefs = cfg.prefs or stage_file(cfg, "pairs", "prefs.jsonl")
+    eval_prefs = cfg.eval_prefs or world_file(cfg, "prefs_eval.jsonl")
+    prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl")
+    key = config_key(cfg, {n: file_digest(p) for n, p in
+                           (("init", init), ("prefs", prefs), ("eval", eval_prefs), ("prompts", prompts_path))})
+    if not cfg.resume and (summary := reusable(out, key, cfg.force)) is not None:
+        print(f"[reward] reusing {out}/model.pt (same config and inputs; --force to retrain)")
+        return summary
+
+    # 1. data
+    tok_path = os.path.join(os.path.dirname(init), "tokenizer.json")
+    tok = Tokenizer.load(tok_path)
+    shutil.copyfile(tok_path, os.path.join(out, "tokenizer.json"))
+    policy, _ = ck.load_model(init, device)  # the SFT model: trunk init, and the calibration policy
+    max_len = policy.config.block_size
+    rows, report = read_preferences_with_report(prefs, on_identical="drop" if cfg.truncate else "error")
+    train, dropped = encode_pairs(tok, rows, max_len, cfg.truncate, prefs)
+    val, dropped_val = encode_pairs(tok, read_preferences_with_report(eval_prefs)[0], max_len, cfg.truncate,
+                                    eval_prefs)
+    skipped = dropped + dropped_val + report.get("dropped_identical", 0)
+    if skipped:
+        print(f"[reward] dropped {skipped} pairs (too long for the context or identical responses)")
+    save_config(cfg, os.path.join(out, "config.json"))
+
+    # 2. model: SFT trunk + a fresh scalar head
+    torch.manual_seed(cfg.seed)
+    trunk, _ = ck.load_model(init, device)
+    model = ScalarModel(trunk).to(device)
+    optimizer = make_adamw(model.trunk.optimizer_groups(cfg.weight_decay) +
+                           [{"params": list(model.head.parameters()), "weight_decay": 0.0}],
+                           cfg.lr, (cfg.beta1, cfg.beta2), device)
+    print(f"[reward] {len(train)} training pairs, {len(val)} validation pairs, init {init}")
+
+    # 3. train
+    micro = cfg.batch_size // cfg.grad_accum
+    if micro * cfg.grad_accum != cfg.batch_size:
+        raise ValueError(f"--batch_size={cfg.batch_size} must be divisible by --grad_accum={cfg.grad_accum}")
+
+    def batch_loss(step, part):
+        idx = batch_indices(len(train), cfg.batch_size, step, cfg.seed)[part * micro:(part + 1) * micro]
+        chunk = [train[i] for i in idx]
+        rc, rr = score_pairs(model, chunk, tok.pad_id, device)
+        loss, m = bradley_terry_loss(rc, rr, margins_for(chunk, cfg.margin_coef, device), cfg.center_coef)
+        return loss, {"accuracy": m["accuracy"], "margin": m["margins"].mean()}
+
+    def evaluate():
+        return pair_accuracy(model, val, tok.pad_id, cfg.batch_size, device, cfg.dtype)
+
+    result = train_loop(STAGE, cfg, model, optimizer, out, batch_loss, evaluate, device, loss_name="bt_loss")
+    if result["interrupted"]:
+        return {"stage": STAGE, "steps": result["steps"], "interrupted": True}
+
+    # 4. normalise on SFT samples
+    prompt_rows = read_prompts(prompts_path)[: cfg.calibration_prompts]
+    prompt_ids = [render_prompt(tok, p) for p in prompt_rows]
+    prompt_ids = [p for p in prompt_ids if len(p) + cfg.max_new_tokens <= max_len]
+    calib = normalise(model, policy, tok, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.seed, device)
+    final = pair_accuracy(model, val, tok.pad_id, cfg.batch_size, device, cfg.dtype)
+    final.update(annotator_ceiling(eval_prefs))
+    if not cfg.prefs:  # trained on the world's data: measure the taste it inherited from the annotators
+        final.update(measure_bias(model, tok, cfg.preset, cfg.seed))
+
+    # 5. artifacts
+    ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(model, STAGE, step=result["steps"]))
+    summary = {"stage": STAGE, "key": key, "steps": result["steps"], **{k: round(v, 4) for k, v in final.items()},
+               "train_pairs": len(train), "val_pairs": len(val), "dropped_pairs": skipped,
+               **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in calib.items()},
+               "seconds": round(watch.seconds(), 2), "device": str(device)}
+    write_json(os.path.join(out, "summary.json"), summary)
+    print(f"[reward] validation accuracy {final['val_accuracy']:.3f} vs labels"
+          + (f", {final['val_gold_accuracy']:.3f} vs gold" if "val_gold_accuracy" in final else "")
+          + f"; normalised on {calib['calibration_samples']} SFT samples; {summary['seconds']:.0f} s")
+    return summary
+

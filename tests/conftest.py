@@ -1,0 +1,28 @@
+"""Shared fixtures: a small generated corpus, so tests never depend on downloaded data."""
+
+import random
+
+import pytest
+
+
+def english_like_documents(n_docs: int = 300, seed: int = 0) -> list[str]:
+    """Sentences from a small grammar over a few hundred syllable-built words (seeded)."""
+    rng = random.Random(seed)
+    syll = ["ka", "lo", "mi", "ne", "ra", "to", "su", "vi", "de", "po", "an", "el", "or", "is", "un"]
+    nouns = sorted({"".join(rng.choice(syll) for _ in range(rng.randint(1, 3))) for _ in range(300)})
+    verbs = ["sees", "likes", "finds", "makes", "takes", "gives", "knows", "wants"]
+    docs = []
+    for _ in range(n_docs):
+        sents = []
+        for _ in range(rng.randint(2, 6)):
+            a, b = rng.choice(nouns), rng.choice(nouns)
+            sents.append(f"The {a} {rng.choice(verbs)} a {b}{rng.choice(['.', '!', '?'])}")
+        docs.append(" ".join(sents))
+    return docs
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("<|endoftext|>".join(english_like_documents()))
+    return str(path)

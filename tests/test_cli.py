@@ -1,0 +1,44 @@
+"""The command line: option checking and clear one-line errors."""
+
+import pytest
+
+from minirlhf.cli import main
+from minirlhf.config import ConfigError, PretrainConfig, apply_overrides, make_config
+
+
+def test_unknown_key_lists_valid_options(capsys):
+    assert main(["pretrain", "--no_such_key=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option --no_such_key" in err and "--max_steps" in err
+
+
+def test_wrong_type_names_key_and_type(capsys):
+    assert main(["pretrain", "--max_steps=ten"]) == 2
+    assert "--max_steps='ten': expected a value of type int" in capsys.readouterr().err
+
+
+def test_unknown_command(capsys):
+    assert main(["fly"]) == 2
+    assert "unknown command 'fly'" in capsys.readouterr().err
+
+
+def test_overrides_parse_types_and_bool_flags():
+    cfg = apply_overrides(PretrainConfig(), ["--lr=0.01", "--max-steps=7", "--resume", "--progress=false"])
+    assert cfg.lr == 0.01 and cfg.max_steps == 7 and cfg.resume is True and cfg.progress is False
+    with pytest.raises(ConfigError, match="expected a value of type bool"):
+        apply_overrides(PretrainConfig(), ["--resume=maybe"])
+    with pytest.raises(ConfigError, match="expected a value of type int"):
+        apply_overrides(PretrainConfig(), {"max_steps": 1.5})
+
+
+def test_preset_fills_unset_fields_only():
+    cfg = make_config(PretrainConfig, overrides=["--preset=micro", "--n_layer=3"])
+    assert cfg.n_layer == 3 and cfg.n_embd == 64 and cfg.block_size == 64
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        make_config(PretrainConfig, overrides=["--preset=huge"])
+
+
+def test_help_lists_documented_options(capsys):
+    assert main(["pretrain", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--max_steps" in out and "optimiser steps" in out

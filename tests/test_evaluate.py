@@ -1,0 +1,63 @@
+"""The evaluation harness: deterministic for a seed, zero KL against itself, sane ranges."""
+
+import math
+import os
+
+import pytest
+import torch
+
+from minirlhf.config import ModelConfig, WorldConfig
+from minirlhf.evaluate import evaluate_policy, forum_eval
+from minirlhf.model import GPT, ScalarModel
+from minirlhf.tokenizer import Tokenizer
+from minirlhf.world.build import run as build_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    build_world(WorldConfig(preset="micro", out_dir=str(out)))
+    world_dir = os.path.join(out, "micro", "world")
+    text = open(os.path.join(world_dir, "corpus.txt")).read()
+    tok = Tokenizer.train(text, 512)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64, vocab_size=tok.n_vocab))
+    return world_dir, tok, model
+
+
+def test_kl_to_itself_is_zero_and_metrics_in_range(world):
+    world_dir, tok, model = world
+    rm = ScalarModel(model)
+    metrics, samples = evaluate_policy(model, tok, world_dir, reference=model, reward_model=rm,
+                                       max_new_tokens=12, n_train=20)
+    assert abs(metrics["kl_k1"]) < 1e-6 and abs(metrics["kl_k3"]) < 1e-6
+    for k in ("fact_acc_train", "refusal_sft_unsafe", "over_refusal", "flattery_rate", "eos_rate"):
+        assert math.isnan(metrics[k]) or 0.0 <= metrics[k] <= 1.0, k
+    assert -1.0 <= metrics["gold"] <= 1.0
+    assert len(samples) == metrics["n_prompts"] and all("response" in s and "gold" in s for s in samples)
+    held = [s for s in samples if s["split"] == "eval"]
+    assert metrics["gold"] == pytest.approx(sum(s["gold"] for s in held) / len(held))
+
+
+def test_kl_is_positive_for_a_different_policy(world):
+    world_dir, tok, model = world
+    torch.manual_seed(1)
+    other = GPT(model.config)
+    metrics, _ = evaluate_policy(other, tok, world_dir, reference=model, max_new_tokens=12, n_train=10)
+    assert metrics["kl_k3"] > 0.01
+
+
+def test_deterministic_for_a_seed(world):
+    world_dir, tok, model = world
+    a, sa = evaluate_policy(model, tok, world_dir, max_new_tokens=10, n_train=10, seed=3)
+    b, sb = evaluate_policy(model, tok, world_dir, max_new_tokens=10, n_train=10, seed=3)
+    c, sc = evaluate_policy(model, tok, world_dir, max_new_tokens=10, n_train=10, seed=4)
+    assert a == b and [s["response"] for s in sa] == [s["response"] for s in sb]
+    assert [s["response"] for s in sa] != [s["response"] for s in sc]
+
+
+def test_forum_eval_runs_on_a_base_model(world):
+    world_dir, tok, model = world
+    metrics, samples = forum_eval(model, tok, world_dir, max_new_tokens=10)
+    assert set(metrics) == {"forum_gold", "forum_unsafe_refusal", "forum_fact_acc"}
+    assert all("\n" not in s["response"] for s in samples)  # the answer is cut at the end of the line

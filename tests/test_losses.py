@@ -1,0 +1,55 @@
+"""Losses against hand-computed values and float64 gradcheck."""
+
+import math
+
+import pytest
+import torch
+
+from minirlhf.losses import bradley_terry_loss, sft_loss
+
+
+def test_sft_loss_only_counts_masked_tokens():
+    logits = torch.zeros(1, 3, 4, dtype=torch.float64)
+    logits[0, 2, 1] = math.log(3.0)  # position 2: p(label 1) = 3/6
+    labels = torch.tensor([[0, 0, 1]])
+    mask = torch.tensor([[0, 1, 1]])
+    loss, m = sft_loss(logits, labels, mask)
+    expected = (math.log(4) + -math.log(3 / 6)) / 2  # uniform at pos 1, 3/6 at pos 2; pos 0 ignored
+    assert loss.item() == pytest.approx(expected)
+    assert m["tokens"].item() == 2
+    changed = logits.clone()
+    changed[0, 0] = torch.randn(4, dtype=torch.float64)  # an unmasked position cannot change the loss
+    assert sft_loss(changed, labels, mask)[0].item() == pytest.approx(expected)
+
+
+def test_bradley_terry_by_hand():
+    c = torch.tensor([2.0, 0.0, 1.0], dtype=torch.float64)
+    r = torch.tensor([1.0, 0.0, 3.0], dtype=torch.float64)
+    loss, m = bradley_terry_loss(c, r)
+    sig = lambda x: 1 / (1 + math.exp(-x))
+    expected = -(math.log(sig(1.0)) + math.log(sig(0.0)) + math.log(sig(-2.0))) / 3
+    assert loss.item() == pytest.approx(expected)
+    assert m["accuracy"].item() == pytest.approx(1 / 3)  # the tie counts as wrong
+    margin = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)
+    expected_m = -(math.log(sig(0.5)) + math.log(sig(-0.5)) + math.log(sig(-2.5))) / 3
+    assert bradley_terry_loss(c, r, margin=margin)[0].item() == pytest.approx(expected_m)
+    centered = bradley_terry_loss(c, r, center_coef=0.01)[0].item()
+    assert centered == pytest.approx(expected + 0.01 * (9 + 0 + 16) / 3)
+
+
+def test_bradley_terry_stable_for_large_margins():
+    c = torch.tensor([1000.0], dtype=torch.float64)
+    r = torch.tensor([-1000.0], dtype=torch.float64)
+    assert bradley_terry_loss(c, r)[0].item() == 0.0
+    assert bradley_terry_loss(r, c)[0].item() == pytest.approx(2000.0)
+
+
+def test_gradchecks():
+    c = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    m = torch.rand(4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b: bradley_terry_loss(a, b, m, 0.1)[0], (c, r))
+    logits = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 5, (2, 3))
+    mask = torch.tensor([[0, 1, 1], [1, 1, 0]])
+    assert torch.autograd.gradcheck(lambda z: sft_loss(z, labels, mask)[0], (logits,))

@@ -1,0 +1,111 @@
+"""The GPT: fast vs reference attention, causality, padding invariance, KV cache, optimiser groups."""
+
+import torch
+
+from minirlhf.config import ModelConfig
+from minirlhf.model import GPT, ScalarHead, build_attention_mask, plain_attention
+
+CFG = ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=48, vocab_size=97, dropout=0.0)
+
+
+def make_model(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return GPT(CFG).to(dtype).eval()
+
+
+def test_sdpa_matches_plain_attention_float64():
+    model = make_model()
+    idx = torch.randint(0, CFG.vocab_size, (3, 40))
+    mask = torch.ones(3, 40, dtype=torch.long)
+    mask[0, :7] = 0  # left padding on one row
+    for m in (None, mask):
+        fast = model(idx, attention_mask=m)
+        model.set_attention_impl(use_sdpa=False)
+        slow = model(idx, attention_mask=m)
+        model.set_attention_impl(use_sdpa=True)
+        assert (fast - slow).abs().max().item() < 1e-10
+
+
+def test_plain_attention_against_hand_computation():
+    # one head, two positions, d = 1: q=k=v=[[1],[2]]; causal
+    q = torch.tensor([[[[1.0], [2.0]]]], dtype=torch.float64)  # (1, 1, 2, 1)
+    out = plain_attention(q, q, q, build_attention_mask(2, 0, 2, None, "cpu"))
+    # row 0 sees only itself -> 1; row 1: weights softmax([2*1, 2*2]) over values [1, 2]
+    w = torch.softmax(torch.tensor([2.0, 4.0], dtype=torch.float64), 0)
+    assert torch.allclose(out[0, 0, :, 0], torch.stack([torch.tensor(1.0, dtype=torch.float64), w[0] * 1 + w[1] * 2]))
+
+
+def test_causality_future_tokens_do_not_change_past_logits():
+    model = make_model()
+    idx = torch.randint(0, CFG.vocab_size, (2, 30))
+    base = model(idx)
+    for t in (0, 10, 28):
+        changed = idx.clone()
+        changed[:, t + 1] = (changed[:, t + 1] + 1) % CFG.vocab_size
+        out = model(changed)
+        assert torch.equal(out[:, : t + 1], base[:, : t + 1])
+        assert not torch.allclose(out[:, t + 1], base[:, t + 1])
+
+
+def test_left_padding_does_not_change_real_positions():
+    model = make_model()
+    seq = torch.randint(0, CFG.vocab_size, (1, 20))
+    alone = model(seq)
+    padded = torch.cat([torch.full((1, 9), 5), seq], dim=1)  # 9 pad tokens of arbitrary id
+    mask = torch.cat([torch.zeros(1, 9, dtype=torch.long), torch.ones(1, 20, dtype=torch.long)], dim=1)
+    out = model(padded, attention_mask=mask)
+    assert (out[:, 9:] - alone).abs().max().item() < 1e-10
+
+
+def test_kv_cache_forward_equals_full_forward():
+    model = make_model()
+    idx = torch.randint(0, CFG.vocab_size, (2, 24))
+    full = model(idx)
+    cache = model.new_kv_cache(2, 24)
+    parts = [model(idx[:, :10], kv_cache=cache)]  # prefill 10, then one token at a time
+    for t in range(10, 24):
+        parts.append(model(idx[:, t:t + 1], kv_cache=cache))
+    assert cache.length == 24
+    assert (torch.cat(parts, dim=1) - full).abs().max().item() < 1e-10
+
+
+def test_context_overflow_is_a_clear_error():
+    model = make_model()
+    try:
+        model(torch.zeros(1, CFG.block_size + 1, dtype=torch.long))
+    except ValueError as e:
+        assert "exceeds the context" in str(e)
+    else:
+        raise AssertionError("expected a ValueError")
+
+
+def test_tied_embeddings_and_param_count():
+    model = make_model()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    C, L, V, T = CFG.n_embd, CFG.n_layer, CFG.vocab_size, CFG.block_size
+    per_block = 2 * 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C)
+    expected = V * C + T * C + L * per_block + 2 * C  # wte, wpe, blocks, ln_f
+    assert model.num_params(non_embedding=False) == expected
+    assert model.num_params() == expected - T * C
+
+
+def test_optimizer_groups_no_decay_on_biases_norms_embeddings():
+    model = make_model()
+    decay, no_decay = model.optimizer_groups(0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert all(n.endswith(".weight") and ("c_" in n) for n in decay_names)
+    assert "transformer.wte.weight" in no_decay_names and "transformer.wpe.weight" in no_decay_names
+    assert any("ln_" in n for n in no_decay_names) and any(n.endswith(".bias") for n in no_decay_names)
+    assert len(decay_names) + len(no_decay_names) == len(list(model.parameters()))
+
+
+def test_scalar_head_shape_and_normalisation_buffers():
+    head = ScalarHead(CFG.n_embd).double()
+    h = torch.randn(3, 5, CFG.n_embd, dtype=torch.float64)
+    raw = head(h)
+    assert raw.shape == (3, 5)
+    head.gain.fill_(2.0)
+    head.offset.fill_(-1.0)
+    assert torch.allclose(head(h), raw * 2 - 1)

@@ -1,0 +1,85 @@
+"""ops: masked statistics, log-probs, entropy and KL estimators vs hand computation and gradcheck."""
+
+import math
+
+import pytest
+import torch
+
+from minirlhf import ops
+
+X = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, 5.0, -7.0, -8.0]], dtype=torch.float64)
+M = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+
+
+def test_masked_mean_sum_by_hand():
+    assert ops.masked_sum(X, M).item() == 1 + 2 + 3 + 4
+    assert ops.masked_mean(X, M).item() == pytest.approx((1 + 2 + 3 + 4) / 4)
+    assert ops.masked_mean(X, M, dim=1).tolist() == pytest.approx([2.0, 4.0])
+    assert ops.masked_mean(X, M.bool()).item() == pytest.approx(2.5)  # bool masks too
+
+
+def test_masked_var_is_bessel_corrected():
+    vals = [1.0, 2.0, 3.0, 4.0]
+    mean = sum(vals) / 4
+    unbiased = sum((v - mean) ** 2 for v in vals) / 3
+    assert ops.masked_var(X, M).item() == pytest.approx(unbiased)
+    assert ops.masked_var(X, M, unbiased=False).item() == pytest.approx(unbiased * 3 / 4)
+    with pytest.raises(ValueError, match="at least 2"):
+        ops.masked_var(X, torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0]]))
+
+
+def test_masked_whiten():
+    w = ops.masked_whiten(X, M)
+    assert ops.masked_mean(w, M).item() == pytest.approx(0.0, abs=1e-12)
+    assert ops.masked_var(w, M).item() == pytest.approx(1.0, rel=1e-6)
+    assert w[0, 3] == 0 and w[1, 1:].abs().sum() == 0  # masked positions are zeroed, never leak
+    w2 = ops.masked_whiten(X, M, shift_mean=False)
+    assert ops.masked_mean(w2, M).item() == pytest.approx(2.5)
+
+
+def test_logprobs_from_logits_by_hand_and_temperature():
+    logits = torch.tensor([[[1.0, 2.0, 3.0]]], dtype=torch.float64)
+    labels = torch.tensor([[2]])
+    z = math.log(math.exp(1) + math.exp(2) + math.exp(3))
+    assert ops.logprobs_from_logits(logits, labels).item() == pytest.approx(3 - z)
+    t = 0.5
+    zt = math.log(math.exp(2) + math.exp(4) + math.exp(6))
+    assert ops.logprobs_from_logits(logits, labels, temperature=t).item() == pytest.approx(6 - zt)
+
+
+def test_logprobs_gradcheck():
+    logits = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 5, (2, 3))
+    assert torch.autograd.gradcheck(lambda z: ops.logprobs_from_logits(z, labels, 0.7), (logits,))
+
+
+def test_entropy_by_hand_and_uniform():
+    assert ops.entropy_from_logits(torch.zeros(7, dtype=torch.float64)).item() == pytest.approx(math.log(7))
+    logits = torch.tensor([0.0, math.log(3.0)], dtype=torch.float64)  # p = (1/4, 3/4)
+    expected = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert ops.entropy_from_logits(logits).item() == pytest.approx(expected)
+    z = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ops.entropy_from_logits, (z,))
+
+
+def test_kl_estimators_by_hand():
+    logp = torch.tensor([math.log(0.5), math.log(0.2)], dtype=torch.float64)
+    ref = torch.tensor([math.log(0.25), math.log(0.4)], dtype=torch.float64)
+    r = [math.log(0.5 / 0.25), math.log(0.2 / 0.4)]
+    assert ops.kl_k1(logp, ref).tolist() == pytest.approx(r)
+    assert ops.kl_k2(logp, ref).tolist() == pytest.approx([x * x / 2 for x in r])
+    assert ops.kl_k3(logp, ref).tolist() == pytest.approx([(math.exp(-x) - 1) + x for x in r])
+    assert (ops.kl_k3(torch.randn(100), torch.randn(100)) >= 0).all()
+    tiny = torch.tensor([1e-9], dtype=torch.float64)  # expm1 keeps precision near zero
+    assert ops.kl_k3(tiny, torch.zeros(1, dtype=torch.float64)).item() == pytest.approx(5e-19, rel=1e-6)
+
+
+def test_kl_estimators_are_unbiased_for_exact_kl():
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(6, dtype=torch.float64), 0)
+    q = torch.softmax(torch.randn(6, dtype=torch.float64), 0)
+    exact = (p * (p / q).log()).sum()
+    # expectation under p of k1 and k3 equals KL(p||q) exactly (sum over the support)
+    k1 = (p * ops.kl_k1(p.log(), q.log())).sum()
+    k3 = (p * ops.kl_k3(p.log(), q.log())).sum()
+    assert k1.item() == pytest.approx(exact.item()) and k3.item() == pytest.approx(exact.item())

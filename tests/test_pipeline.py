@@ -1,0 +1,31 @@
+"""The micro pipeline end to end: every stage runs, artifacts and the report exist, reruns reuse."""
+
+import json
+import os
+
+from minirlhf.cli import main
+
+
+def test_micro_pipeline_end_to_end(tmp_path, capsys):
+    out, plots = str(tmp_path / "out"), str(tmp_path / "plots")
+    args = ["pipeline", "--preset=micro", f"--out_dir={out}", f"--plots_dir={plots}", "--progress=false"]
+    assert main(args) == 0
+    base = os.path.join(out, "micro")
+    for stage in ("world", "pretrain", "sft", "pairs", "reward"):
+        assert os.path.exists(os.path.join(base, stage, "summary.json")), stage
+    for stage in ("pretrain", "sft", "reward"):
+        ckpt = os.path.join(base, stage, "model.pt")
+        assert os.path.exists(ckpt) and os.path.exists(os.path.join(base, stage, "metrics.jsonl")), stage
+    report = open(os.path.join(base, "report.md")).read()
+    assert "| pretrain |" in report and "| sft |" in report and "| reward |" in report
+    assert "Models compared by the gold judge" in report
+    assert all(os.path.exists(p) for p in json.load(open(os.path.join(base, "pipeline_summary.json")))["figures"])
+    sft_summary = json.load(open(os.path.join(base, "sft", "summary.json")))
+    assert -1 <= sft_summary["gold"] <= 1 and os.path.exists(os.path.join(base, "sft", "samples.jsonl"))
+
+    # a second run reuses every stage
+    capsys.readouterr()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for stage in ("pretrain", "sft", "pairs", "reward"):
+        assert f"[{stage}] reusing" in printed, stage

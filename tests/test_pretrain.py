@@ -1,0 +1,120 @@
+"""Pretraining: learning, exact resume, the NaN guard, atomic checkpoints, bad input, artifact reuse."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from minirlhf import pretrain
+from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+from minirlhf.common import NonFiniteLossError
+from minirlhf.config import PretrainConfig, make_config
+
+SMALL = dict(preset="micro", vocab_size=320, n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=8,
+             eval_interval=10, eval_batches=2, log_interval=5, warmup_steps=3, progress=False)
+
+
+def cfg_for(tmp_path, corpus, **kw):
+    return make_config(PretrainConfig, overrides={**SMALL, "out_dir": str(tmp_path / "out"), "corpus": corpus, **kw})
+
+
+def test_learns_below_unigram_entropy_and_writes_artifacts(tmp_path, corpus_file):
+    summary = pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=80, lr=3e-3))
+    assert summary["val_loss"] < summary["unigram_entropy"]
+    d = tmp_path / "out" / "micro" / "pretrain"
+    for name in ("model.pt", "config.json", "metrics.jsonl", "summary.json", "tokenizer.json", "ckpt.pt"):
+        assert (d / name).exists(), name
+    rows = [json.loads(line) for line in open(d / "metrics.jsonl")]
+    assert rows[-1]["step"] == 80 and "val_loss" in rows[-1]
+    ckpt = load_checkpoint(str(d / "model.pt"))  # weights_only=True
+    assert ckpt["stage"] == "pretrain" and ckpt["model_config"]["vocab_size"] == 320
+
+
+def test_resume_is_bit_identical(tmp_path, corpus_file):
+    full = cfg_for(tmp_path / "a", corpus_file, max_steps=24, dropout=0.1)
+    pretrain.run(full)
+    half = cfg_for(tmp_path / "b", corpus_file, max_steps=24, dropout=0.1, stop_after=12)
+    assert pretrain.run(half)["interrupted"]
+    pretrain.run(cfg_for(tmp_path / "b", corpus_file, max_steps=24, dropout=0.1, resume=True))
+    a = load_checkpoint(str(tmp_path / "a" / "out" / "micro" / "pretrain" / "model.pt"))["model"]
+    b = load_checkpoint(str(tmp_path / "b" / "out" / "micro" / "pretrain" / "model.pt"))["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_forced_nan_stops_naming_stage_step_and_term(tmp_path, corpus_file, monkeypatch):
+    real = pretrain.lm_loss
+    calls = {"n": 0}
+
+    def poisoned(model, x, y):
+        calls["n"] += model.training  # count training steps only, not validation batches
+        loss = real(model, x, y)
+        return loss * float("nan") if model.training and calls["n"] == 7 else loss
+
+    monkeypatch.setattr(pretrain, "lm_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"pretrain: lm_loss is nan at step 7"):
+        pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=20, eval_interval=5, log_interval=5))
+    # the checkpoint from step 5 (before the NaN) is still the last one written
+    ckpt = load_checkpoint(str(tmp_path / "out" / "micro" / "pretrain" / "ckpt.pt"))
+    assert ckpt["step"] == 5
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_checkpoint_killed_mid_write_leaves_old_file(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+    script = ("import torch, sys; sys.path.insert(0, %r)\n"
+              "from minirlhf.checkpoint import save_checkpoint\n"
+              "print('start', flush=True)\n"
+              "save_checkpoint(%r, {'step': 2, 'w': torch.randn(150_000_000)})\n") % (os.getcwd(), path)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"start"
+    deadline = time.time() + 30
+    while not os.path.exists(path + ".tmp") and time.time() < deadline:  # wait until the write has begun
+        time.sleep(0.01)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(path)  # the old, complete checkpoint
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
+
+
+def test_empty_corpus_is_a_clear_error(tmp_path):
+    path = tmp_path / "empty.txt"
+    path.write_text("  \n<|endoftext|>\n ")
+    with pytest.raises(ValueError, match="empty.txt"):
+        pretrain.run(cfg_for(tmp_path, str(path), max_steps=2))
+
+
+def test_jsonl_corpus_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "hello there"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        pretrain.run(cfg_for(tmp_path, str(bad), max_steps=2))
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text('{"text": "hello"}\n{"txt": "oops"}\n')
+    with pytest.raises(ValueError, match=r"missing.jsonl:2.*text"):
+        pretrain.run(cfg_for(tmp_path, str(missing), max_steps=2))
+
+
+def test_unchanged_inputs_reuse_the_artifact(tmp_path, corpus_file, capsys):
+    cfg = cfg_for(tmp_path, corpus_file, max_steps=5)
+    first = pretrain.run(cfg)
+    mtime = os.path.getmtime(tmp_path / "out" / "micro" / "pretrain" / "model.pt")
+    second = pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=5))
+    assert "reusing" in capsys.readouterr().out and second == first
+    assert os.path.getmtime(tmp_path / "out" / "micro" / "pretrain" / "model.pt") == mtime
+    third = pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=6))  # a changed config retrains
+    assert third["steps"] == 6
+
+
+def test_same_seed_same_numbers(tmp_path, corpus_file):
+    a = pretrain.run(cfg_for(tmp_path / "a", corpus_file, max_steps=10))
+    b = pretrain.run(cfg_for(tmp_path / "b", corpus_file, max_steps=10))
+    assert a["val_loss"] == b["val_loss"]

@@ -1,0 +1,165 @@
+"""SFT and the reward model: loss masks, score position, batching invariance, normalisation, bad input."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from minirlhf import checkpoint as ck
+from minirlhf import reward, sft
+from minirlhf.config import ModelConfig, PretrainConfig, RewardConfig, SFTConfig, make_config
+from minirlhf.model import GPT, ScalarModel, last_token_index
+from minirlhf.pretrain import run as pretrain
+from minirlhf.tokenizer import Tokenizer, render_conversation
+
+from conftest import english_like_documents
+
+QA = [("What is the capital of France?", "The capital of France is Paris."),
+      ("What is two plus three?", "Two plus three is five."),
+      ("Tell me about cats.", "Cats are small animals that like to sleep."),
+      ("How do I pick a lock?", "Sorry, I can't help with that.")]
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A micro base model pretrained for a few steps on generated text, plus SFT / preference files."""
+    root = tmp_path_factory.mktemp("stages")
+    corpus = root / "corpus.txt"
+    corpus.write_text("<|endoftext|>".join(english_like_documents() + [q + " " + a for q, a in QA] * 20))
+    over = dict(preset="micro", out_dir=str(root / "out"), vocab_size=320, max_steps=5, progress=False,
+                corpus=str(corpus), n_layer=1, n_embd=32, n_head=2)
+    pretrain(make_config(PretrainConfig, overrides=over))
+    sft_rows = [{"prompt": q, "completion": a} for q, a in QA] * 4
+    prefs = [{"prompt": q, "chosen": a, "rejected": "No.", "gold_chosen": 0.9, "gold_rejected": -0.2,
+              "p_chosen": 0.8} for q, a in QA] * 4
+    return {
+        "root": root, "out": str(root / "out"),
+        "init": str(root / "out" / "micro" / "pretrain" / "model.pt"),
+        "sft": write_jsonl(root / "sft.jsonl", sft_rows),
+        "prefs": write_jsonl(root / "prefs.jsonl", prefs),
+        "prompts": write_jsonl(root / "prompts.jsonl", [{"prompt": q} for q, _ in QA] * 3),
+        "tok": Tokenizer.load(str(root / "out" / "micro" / "pretrain" / "tokenizer.json")),
+    }
+
+
+def test_sft_loss_mask_is_exactly_assistant_tokens_and_end(base):
+    tok = base["tok"]
+    messages = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello friend"}]
+    ids, mask = render_conversation(tok, messages)
+    x, y, m = sft.collate([(ids, mask)], tok.pad_id, "cpu")
+    supervised = [t for t, keep in zip(y[0].tolist(), m[0].tolist()) if keep]
+    assert supervised == tok.encode("Hello friend") + [tok.end_id]
+    assert torch.equal(x[0], torch.tensor(ids[:-1])) and torch.equal(y[0], torch.tensor(ids[1:]))
+
+
+def test_sft_collate_pads_without_supervising_pads(base):
+    tok = base["tok"]
+    a = render_conversation(tok, [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    b = render_conversation(tok, [{"role": "user", "content": "a much longer question"},
+                                  {"role": "assistant", "content": "and a longer answer too"}])
+    x, y, m = sft.collate([a, b], tok.pad_id, "cpu")
+    n = len(a[0]) - 1
+    assert (x[0, n:] == tok.pad_id).all() and m[0, n:].sum() == 0
+
+
+def test_sft_stage_trains_and_lowers_validation_loss(base):
+    over = dict(preset="micro", out_dir=base["out"], init=base["init"], data=base["sft"], eval_data=base["sft"],
+                max_steps=25, lr=3e-3, warmup_steps=2, eval_interval=25, progress=False)
+    before = sft.sft_validation_loss(ck.load_model(base["init"])[0],
+                                     sft.encode_conversations(base["tok"], [[{"role": "user", "content": q},
+                                                                             {"role": "assistant", "content": a}]
+                                                                            for q, a in QA], 65, False, "x")[0],
+                                     base["tok"].pad_id, 8, torch.device("cpu"), "float32")
+    summary = sft.run(make_config(SFTConfig, overrides=over))
+    assert summary["val_loss"] < before
+    assert os.path.exists(os.path.join(base["out"], "micro", "sft", "tokenizer.json"))
+
+
+def test_sft_overlong_conversation_is_an_error_or_truncated(base, tmp_path):
+    long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "hi", "completion": "word " * 200}])
+    over = dict(preset="micro", out_dir=str(tmp_path / "o"), init=base["init"], data=long, eval_data=long,
+                max_steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"long.jsonl: record 1 renders to \d+ tokens"):
+        sft.run(make_config(SFTConfig, overrides=over))
+    summary = sft.run(make_config(SFTConfig, overrides={**over, "truncate": True}))
+    assert summary["truncated"] == 2  # the training and validation copies
+
+
+def test_last_token_index_any_padding():
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
+    assert last_token_index(right).tolist() == [2, 4, 0]
+    assert last_token_index(left).tolist() == [4, 4, 4]
+
+
+def test_reward_score_at_last_real_token_whatever_the_padding():
+    torch.manual_seed(0)
+    model = ScalarModel(GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=50))).double()
+    seq = torch.randint(0, 49, (1, 9))
+    alone = model.score(seq, torch.ones_like(seq))
+    per_position = model(seq, torch.ones_like(seq))
+    assert torch.allclose(alone, per_position[:, -1])  # the score is the head's value at the last token
+    for n_pad in (1, 4):
+        pads = torch.full((1, n_pad), 49)
+        right = model.score(torch.cat([seq, pads], 1), torch.cat([torch.ones_like(seq), torch.zeros_like(pads)], 1))
+        left = model.score(torch.cat([pads, seq], 1), torch.cat([torch.zeros_like(pads), torch.ones_like(seq)], 1))
+        assert abs(right.item() - alone.item()) < 1e-10 and abs(left.item() - alone.item()) < 1e-10
+
+
+def test_chosen_rejected_batched_equals_one_by_one(base):
+    torch.manual_seed(0)
+    model = ScalarModel(ck.load_model(base["init"])[0]).double().eval()
+    tok = base["tok"]
+    rows = [{"prompt": [{"role": "user", "content": q}], "chosen": a, "rejected": "No, " * (i + 1)}
+            for i, (q, a) in enumerate(QA)]
+    pairs, _ = reward.encode_pairs(tok, rows, 64, False, "x")
+    rc, rr = reward.score_pairs(model, pairs, tok.pad_id, "cpu")
+    for i, p in enumerate(pairs):
+        c1, r1 = reward.score_pairs(model, [p], tok.pad_id, "cpu")
+        assert abs(c1.item() - rc[i].item()) < 1e-10 and abs(r1.item() - rr[i].item()) < 1e-10
+
+
+def test_reward_stage_learns_pairs_and_normalises(base):
+    sft_over = dict(preset="micro", out_dir=base["out"], init=base["init"], data=base["sft"], eval_data=base["sft"],
+                    max_steps=5, progress=False)
+    sft.run(make_config(SFTConfig, overrides=sft_over))
+    over = dict(preset="micro", out_dir=base["out"], prefs=base["prefs"], eval_prefs=base["prefs"],
+                prompts=base["prompts"], max_steps=30, lr=3e-3, warmup_steps=2, eval_interval=30,
+                calibration_prompts=12, max_new_tokens=8, progress=False)
+    summary = reward.run(make_config(RewardConfig, overrides=over))
+    assert summary["val_accuracy"] == 1.0 and summary["val_gold_accuracy"] == 1.0
+    model, _ = ck.load_scalar_model(os.path.join(base["out"], "micro", "reward", "model.pt"))
+    tok = base["tok"]
+    policy, _ = ck.load_model(os.path.join(base["out"], "micro", "sft", "model.pt"))
+    # re-draw the calibration samples with the same seed: their normalised scores have mean 0, std 1
+    raw_gain, raw_offset = model.head.gain.clone(), model.head.offset.clone()
+    model.head.gain.fill_(1.0)
+    model.head.offset.fill_(0.0)
+    from minirlhf.data import read_prompts
+    from minirlhf.tokenizer import render_prompt
+    prompts = [render_prompt(tok, p) for p in read_prompts(base["prompts"])[:12]]
+    stats = reward.normalise(model, policy, tok, prompts, 8, 1.0, 1337, torch.device("cpu"))
+    assert abs(stats["raw_mean"] - summary["raw_mean"]) < 1e-4
+    assert torch.allclose(model.head.gain, raw_gain) and torch.allclose(model.head.offset, raw_offset)
+    from minirlhf.engine import generate
+    g = generate(policy, prompts, 8, tok.end_id, tok.pad_id, temperature=1.0,
+                 generator=torch.Generator().manual_seed(1337))
+    with torch.no_grad():
+        scores = model.score(g.tokens, g.attention_mask)
+    assert abs(scores.mean().item()) < 1e-5 and abs(scores.std().item() - 1) < 1e-5
+
+
+def test_reward_margin_needs_annotator_probability():
+    pairs = [{"p_chosen": None}]
+    with pytest.raises(ValueError, match="p_chosen"):
+        reward.margins_for(pairs, 1.0, "cpu")
+    m = reward.margins_for([{"p_chosen": 0.5}, {"p_chosen": 0.8}], 2.0, "cpu")
+    assert m[0].item() == 0.0 and abs(m[1].item() - 2 * abs(torch.log(torch.tensor(4.0)).item())) < 1e-6
