@@ -50,7 +50,7 @@ for t, m in zip(ids, mask):
     print(f"  {tok.decode([t])!r:<24} {'^' if m else ''}")
 
 # %% 2. Fine-tune
-sft_summary = sft(make_config(SFTConfig, overrides={"preset": preset, "out_dir": out_dir}))
+sft_summary = sft(make_config(SFTConfig, overrides={"preset": preset, "out_dir": out_dir, "truncate": True}))
 
 # %% 3. Before and after, same questions
 base_model, _ = load_model(os.path.join(base, "pretrain", "model.pt"))

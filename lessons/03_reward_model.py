@@ -38,7 +38,7 @@ from minirlhf.sft import run as sft
 preset = sys.argv[1] if len(sys.argv) > 1 else "tiny"
 out_dir = "out"
 base = os.path.join(out_dir, preset)
-sft(make_config(SFTConfig, overrides={"preset": preset, "out_dir": out_dir}))  # reused if lesson 02 ran
+sft(make_config(SFTConfig, overrides={"preset": preset, "out_dir": out_dir, "truncate": True}))  # reused if lesson 02 ran
 
 # %% 1. On-policy pairs, labelled by noisy annotators
 pairs = make_pairs(make_config(PairsConfig, overrides={"preset": preset, "out_dir": out_dir}))
@@ -46,7 +46,7 @@ print(f"\n{pairs['on_policy_pairs']} on-policy pairs; annotators agree with gold
       f"{pairs['on_policy_agreement']} of them")
 
 # %% 2. Train the reward model
-rm = train_reward(make_config(RewardConfig, overrides={"preset": preset, "out_dir": out_dir}))
+rm = train_reward(make_config(RewardConfig, overrides={"preset": preset, "out_dir": out_dir, "truncate": True}))
 print(f"\nvalidation accuracy vs annotator labels: {rm['val_accuracy']:.3f}")
 print(f"validation accuracy vs gold ordering:    {rm.get('val_gold_accuracy', float('nan')):.3f}")
 print(f"annotators' own agreement with gold:     {rm.get('annotator_gold_agreement', float('nan')):.3f}  (the ceiling "

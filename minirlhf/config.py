@@ -35,8 +35,8 @@ PRESETS: dict[str, dict] = {
     # CPU: the whole pipeline in <= 15 minutes on 2 cores
     "tiny": {
         "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=2048),
-        "pretrain": dict(max_steps=1500, batch_size=32, lr=2e-3),
-        "sft": dict(max_steps=400, batch_size=32, lr=0.001),
+        "pretrain": dict(max_steps=800, batch_size=32, lr=2e-3),
+        "sft": dict(max_steps=400, batch_size=32, lr=3e-4),
         "reward": dict(max_steps=300, batch_size=32, lr=0.0005, calibration_prompts=256),
         "pairs": dict(n_prompts=600),
     },
@@ -44,7 +44,7 @@ PRESETS: dict[str, dict] = {
     "small": {
         "model": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=4096),
         "pretrain": dict(max_steps=3000, batch_size=64, lr=1e-3),
-        "sft": dict(max_steps=600, batch_size=64, lr=0.0003),
+        "sft": dict(max_steps=600, batch_size=64, lr=2e-4),
         "reward": dict(max_steps=500, batch_size=64, lr=0.0002, calibration_prompts=512),
         "pairs": dict(n_prompts=2000),
     },
@@ -112,7 +112,7 @@ class TrainConfig:
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.95  # AdamW beta2
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
-    eval_interval: int = 250  # steps between validation evaluations (and checkpoints)
+    eval_interval: int = 200  # steps between validation evaluations (and checkpoints)
     log_interval: int = 10  # steps between metrics.jsonl lines
     compile: bool = False  # torch.compile the model (CUDA only)
     dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "float32", "bfloat16"
@@ -147,6 +147,7 @@ class SFTConfig(TrainConfig):
     eval_data: str = ""  # held-out demonstrations for validation loss; "" = the world's sft_eval.jsonl
     truncate: bool = False  # cut conversations longer than the context (and report how many) instead of failing
     dropout: float = 0.0  # dropout during SFT
+    init_chat_embeddings: bool = True  # start <|user|>, <|assistant|>, <|end|> from the forum's "Q:", "\nA:", "\n"
     warmup_steps: int = 20  # linear warm-up steps
     eval_interval: int = 100  # steps between validation evaluations (and checkpoints)
 

@@ -11,6 +11,7 @@ What `evaluate_policy` measures (one sampled response per prompt, temperature 1 
 |-------------------------|---------------------------------------------------------------------------------|
 | gold                    | mean gold-judge score on held-out prompts (held-out entities and unsafe topics) |
 | gold_train              | the same on a fixed sample of training-split prompts                            |
+| gold_all                | the same over every prompt evaluated                                            |
 | proxy                   | mean reward-model score (normalised scale) on held-out prompts (if an RM is given)|
 | kl_k1, kl_k3            | mean over samples of the summed per-token KL estimators to the reference          |
 | fact_acc_train/_heldout | share of fact questions answered correctly (answer present, nothing wrong)      |
@@ -120,6 +121,12 @@ def _correct(terms: dict) -> bool:
 # chat policies
 
 
+def forum_prompt_rows(world_dir: str) -> list[dict]:
+    """The forum-eval questions as chat prompts: the same questions the base model was asked."""
+    return [{"prompt": r["chat_prompt"], "category": r["category"], "topic": r["topic"], "split": r["split"]}
+            for r in read_rows(os.path.join(world_dir, "forum_eval.jsonl"))]
+
+
 def eval_prompt_rows(world_dir: str, n_train: int = 120, seed: int = 0) -> list[dict]:
     """Held-out prompts (eval_prompts.jsonl) plus a fixed sample of training-split RL prompts.
 
@@ -163,18 +170,19 @@ def heldout_perplexity(model, pretrain_dir: str, block_size: int, n_windows: int
 @torch.no_grad()
 def evaluate_policy(policy, tok, world_dir: str, reference=None, reward_model=None, pretrain_dir: str | None = None,
                     temperature: float = 1.0, max_new_tokens: int = 48, seed: int = 0, n_train: int = 120,
-                    batch_size: int = 64, judge_fn=None) -> tuple[dict, list[dict]]:
+                    batch_size: int = 64, judge_fn=None, rows: list[dict] | None = None) -> tuple[dict, list[dict]]:
     """Sample one response per evaluation prompt and measure everything in the module docstring.
 
     reference: the model KL is measured against (None: KL is not reported); reward_model: a ScalarModel
-    for the proxy reward; judge_fn(prompt, response) -> float replaces the gold judge (bring your own).
+    for the proxy reward; judge_fn(prompt, response) -> float replaces the gold judge (bring your own);
+    rows: the prompts to use (dicts with prompt, category, split) instead of `eval_prompt_rows`.
     Returns (metrics, samples) where samples hold prompt, response, gold, proxy, kl per prompt.
     """
     from minirlhf.world import is_flattering, is_refusal, judge, judge_terms, strip_end
 
     judge_fn = judge_fn or judge
     device = policy.lm_head.weight.device
-    rows = eval_prompt_rows(world_dir, n_train, seed)
+    rows = rows if rows is not None else eval_prompt_rows(world_dir, n_train, seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     was = policy.training
     policy.eval()
@@ -213,6 +221,7 @@ def evaluate_policy(policy, tok, world_dir: str, reference=None, reward_model=No
     held = lambda s: s["split"] == "eval"  # noqa: E731
     metrics = {
         "gold": mean("gold", held), "gold_train": mean("gold", lambda s: s["split"] == "train"),
+        "gold_all": mean("gold"),
         "fact_acc_train": mean("correct", lambda s: s["category"] == "fact" and s["split"] == "train"),
         "fact_acc_heldout": mean("correct", lambda s: s["category"] == "fact" and held(s)),
         "refusal_sft_unsafe": mean("refusal", lambda s: s.get("unsafe_group") == "sft"),

@@ -38,18 +38,21 @@ def _fmt(v) -> str:
 
 def write_report(path: str, preset: str, rows: list) -> None:
     lines = [f"# minirlhf report: preset `{preset}`", "",
-             "Wall time is this run's (a reused stage takes a fraction of a second).", "",
-             "| stage | wall time (s) | key metrics |", "|---|---:|---|"]
+             "`this run` is this invocation's wall time (a reused stage takes a fraction of a second); "
+             "`stage` is the stage's own wall time when it last ran.", "",
+             "| stage | this run (s) | stage (s) | key metrics |", "|---|---:|---:|---|"]
     for name, seconds, summary in rows:
         keys = REPORT_KEYS.get(name, [])
         metrics = ", ".join(f"{k} = {_fmt(summary[k])}" for k in keys if k in summary)
-        lines.append(f"| {name} | {seconds:.1f} | {metrics} |")
+        own = summary.get("seconds")
+        lines.append(f"| {name} | {seconds:.1f} | {'' if own is None else f'{own:.1f}'} | {metrics} |")
     by_name = {name: summary for name, _, summary in rows}
     models = [("base (forum format)", by_name.get("pretrain"), 1)] + \
              [(name.upper(), by_name[name], 2) for name in ("sft",) if name in by_name]
     lines += ["", "## Models compared by the gold judge", "",
-              "The base model is asked in the forum format it saw in pretraining (`Q: ...\\nA:`); chat models "
-              "are sampled at temperature 1 on the world's held-out prompts.", "",
+              "The base model is asked the forum-eval questions in the forum format it saw in pretraining "
+              "(`Q: ...\\nA:`, its answer cut at the end of the line); chat models are asked the same questions "
+              "in the chat format, and the world's held-out and training-split prompts. Temperature 1.", "",
               "| metric | " + " | ".join(m for m, _, _ in models) + " |", "|---|" + "---:|" * len(models)]
     for label, base_key, chat_key in COMPARISON:
         cells = []
@@ -72,7 +75,9 @@ REPORT_KEYS = {
 }
 
 # rows of the model comparison table: (label, summary key of the base model, key of the chat models)
-COMPARISON = [("gold reward (held-out prompts)", "forum_gold", "gold"),
+COMPARISON = [("gold reward, the forum-eval questions", "forum_gold", "forum_prompts_gold"),
+              ("gold reward, held-out prompts", None, "gold"),
+              ("gold reward, training-split prompts", None, "gold_train"),
               ("fact accuracy", "forum_fact_acc", "fact_acc_train"),
               ("refusal of unsafe requests", "forum_unsafe_refusal", "refusal_sft_unsafe"),
               ("refusal, held-out unsafe topics", None, "refusal_heldout_unsafe"),

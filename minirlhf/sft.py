@@ -73,6 +73,24 @@ def encode_conversations(tok: Tokenizer, conversations: list, max_len: int, trun
     return examples, n_truncated
 
 
+@torch.no_grad()
+def init_chat_embeddings(model, tok: Tokenizer) -> dict[str, str]:
+    """Start the chat tokens from the forum's markers: <|user|> <- "Q:", <|assistant|> <- "\\nA:", <|end|> <- "\\n".
+
+    Pretraining never shows the chat tokens (DESIGN §2), so their embeddings are still random when SFT
+    starts and a chat prompt looks like nothing the model has seen. Initialising a new token's embedding
+    from related existing ones (Hewitt 2021, "Initializing New Word Embeddings for Pretrained Language
+    Models") makes `<|user|>...<|end|><|assistant|>` look like the forum's "Q: ...\\nA:", where the base
+    model already answers questions; with tied embeddings it also makes `<|end|>` likely exactly where the
+    forum's answer line would end. SFT then adapts the format instead of learning it from scratch.
+    """
+    wte = model.transformer.wte.weight  # (V, C), tied to the LM head
+    sources = {tok.user_id: "Q:", tok.assistant_id: "\nA:", tok.end_id: "\n"}
+    for token_id, text in sources.items():
+        wte[token_id] = wte[tok.encode(text)].mean(0)
+    return {tok.decode([i]): text for i, text in sources.items()}
+
+
 def collate(examples: list, pad_id: int, device):
     """Right-pad -> inputs (B, T), labels (B, T), loss_mask (B, T), with labels = inputs shifted by one."""
     T = max(len(ids) for ids, _ in examples) - 1
@@ -133,7 +151,9 @@ def run(cfg: SFTConfig) -> dict:
     # 1. data
     tok = Tokenizer.load(os.path.join(os.path.dirname(init), "tokenizer.json"))
     shutil.copyfile(os.path.join(os.path.dirname(init), "tokenizer.json"), os.path.join(out, "tokenizer.json"))
-    model, _ = ck.load_model(init, device, dropout=cfg.dropout)
+    model, init_ckpt = ck.load_model(init, device, dropout=cfg.dropout)
+    if cfg.init_chat_embeddings and init_ckpt.get("stage") == "pretrain":
+        init_chat_embeddings(model, tok)
     max_len = model.config.block_size + 1  # inputs are ids[:-1]
     train, n_trunc = encode_conversations(tok, read_sft(data), max_len, cfg.truncate, data)
     val, n_trunc_val = encode_conversations(tok, read_sft(eval_data), max_len, cfg.truncate, eval_data)
@@ -178,7 +198,7 @@ def run(cfg: SFTConfig) -> dict:
 def world_eval(model, tok, cfg, out: str, reference=None, reward_model=None) -> dict:
     """evaluate_policy on the world's prompts (when the world exists); samples go to samples.jsonl."""
     from minirlhf.data import write_jsonl
-    from minirlhf.evaluate import evaluate_policy
+    from minirlhf.evaluate import evaluate_policy, forum_prompt_rows
 
     world_dir = os.path.join(cfg.out_dir, cfg.preset, "world")
     if not os.path.exists(os.path.join(world_dir, "eval_prompts.jsonl")):
@@ -188,4 +208,7 @@ def world_eval(model, tok, cfg, out: str, reference=None, reward_model=None) -> 
                                        pretrain_dir if os.path.exists(os.path.join(pretrain_dir, "val.bin")) else None,
                                        seed=cfg.seed)
     write_jsonl(os.path.join(out, "samples.jsonl"), samples)
+    # the questions the base model was asked in the forum format, now in the chat format: same prompts
+    forum_metrics, _ = evaluate_policy(model, tok, world_dir, seed=cfg.seed, rows=forum_prompt_rows(world_dir))
+    metrics["forum_prompts_gold"] = forum_metrics["gold_all"]
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
