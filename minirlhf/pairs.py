@@ -26,7 +26,7 @@ import random
 import torch
 
 from minirlhf import checkpoint as ck
-from minirlhf.common import Stopwatch, config_key, file_digest, read_json, resolve_device, write_json
+from minirlhf.common import Stopwatch, config_key, file_digest, resolve_device, reusable, write_json
 from minirlhf.config import PairsConfig, fill_from_preset, stage_dir
 from minirlhf.data import read_jsonl, read_prompts, write_jsonl
 from minirlhf.engine import generate
@@ -65,12 +65,9 @@ def run(cfg: PairsConfig) -> dict:
     templated_path = cfg.templated or world_file(cfg, "prefs.jsonl")
     key = config_key(cfg, {n: file_digest(p) for n, p in
                            (("init", init), ("prompts", prompts_path), ("templated", templated_path))})
-    summary_path = os.path.join(out, "summary.json")
-    if not cfg.force and os.path.exists(summary_path) and os.path.exists(os.path.join(out, "prefs.jsonl")):
-        summary = read_json(summary_path)
-        if summary.get("key") == key:
-            print(f"[pairs] reusing {out}/prefs.jsonl (same config and inputs; --force to rebuild)")
-            return summary
+    if (summary := reusable(out, key, cfg.force, artifact="prefs.jsonl")) is not None:
+        print(f"[pairs] reusing {out}/prefs.jsonl (same config and inputs; --force to rebuild)")
+        return summary
 
     policy, _ = ck.load_model(init, device)
     tok = Tokenizer.load(os.path.join(os.path.dirname(init), "tokenizer.json"))
@@ -101,7 +98,7 @@ def run(cfg: PairsConfig) -> dict:
                "on_policy_gold_mean": round(sum(r["gold_chosen"] + r["gold_rejected"] for r in on_policy)
                                             / max(1, 2 * len(on_policy)), 4),
                "seconds": round(watch.seconds(), 2)}
-    write_json(summary_path, summary)
+    write_json(os.path.join(out, "summary.json"), summary)
     print(f"[pairs] {len(on_policy)} on-policy + {len(templated)} templated pairs "
           f"(annotator agreement with gold on on-policy pairs: {summary['on_policy_agreement']}); "
           f"{summary['seconds']:.0f} s")

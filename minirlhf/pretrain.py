@@ -36,7 +36,7 @@ from minirlhf.config import PretrainConfig, WorldConfig, model_config_from, save
 from minirlhf.data import read_corpus
 from minirlhf.model import GPT
 from minirlhf.tokenizer import Tokenizer
-from minirlhf.train_loop import train_loop
+from minirlhf.train_loop import micro_batch_size, train_loop
 
 STAGE = "pretrain"
 
@@ -184,11 +184,10 @@ def run(cfg: PretrainConfig) -> dict:
           f"vocab {tok.n_vocab}, device {device}")
 
     # 5. train (see train_loop.py: schedule, accumulation, clipping, NaN guard, checkpoints, resume)
-    if cfg.batch_size % cfg.grad_accum:
-        raise ValueError(f"--batch_size={cfg.batch_size} must be divisible by --grad_accum={cfg.grad_accum}")
+    micro = micro_batch_size(cfg)
 
-    def batch_loss(step, micro):
-        x, y = get_batch(train_data, cfg.batch_size // cfg.grad_accum, cfg.block_size, data_gen, device)
+    def batch_loss(step, part):
+        x, y = get_batch(train_data, micro, cfg.block_size, data_gen, device)
         return lm_loss(train_model, x, y), {}
 
     def evaluate():

@@ -39,7 +39,7 @@ from minirlhf.losses import bradley_terry_loss
 from minirlhf.model import ScalarModel
 from minirlhf.sft import batch_indices, stage_file, world_file
 from minirlhf.tokenizer import END, Tokenizer, render_conversation, render_prompt
-from minirlhf.train_loop import train_loop
+from minirlhf.train_loop import micro_batch_size, train_loop
 
 STAGE = "reward"
 
@@ -242,9 +242,7 @@ def run(cfg: RewardConfig) -> dict:
     print(f"[reward] {len(train)} training pairs, {len(val)} validation pairs, init {init}")
 
     # 3. train
-    micro = cfg.batch_size // cfg.grad_accum
-    if micro * cfg.grad_accum != cfg.batch_size:
-        raise ValueError(f"--batch_size={cfg.batch_size} must be divisible by --grad_accum={cfg.grad_accum}")
+    micro = micro_batch_size(cfg)
 
     def batch_loss(step, part):
         idx = batch_indices(len(train), cfg.batch_size, step, cfg.seed)[part * micro:(part + 1) * micro]

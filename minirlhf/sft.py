@@ -34,7 +34,7 @@ from minirlhf.config import SFTConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import read_sft
 from minirlhf.losses import sft_loss
 from minirlhf.tokenizer import Tokenizer, render_conversation
-from minirlhf.train_loop import train_loop
+from minirlhf.train_loop import micro_batch_size, train_loop
 
 STAGE = "sft"
 
@@ -166,9 +166,7 @@ def run(cfg: SFTConfig) -> dict:
     torch.manual_seed(cfg.seed)
     optimizer = make_adamw(model.optimizer_groups(cfg.weight_decay), cfg.lr, (cfg.beta1, cfg.beta2), device)
     train_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
-    micro = cfg.batch_size // cfg.grad_accum
-    if micro * cfg.grad_accum != cfg.batch_size:
-        raise ValueError(f"--batch_size={cfg.batch_size} must be divisible by --grad_accum={cfg.grad_accum}")
+    micro = micro_batch_size(cfg)
 
     def batch_loss(step, part):
         idx = batch_indices(len(train), cfg.batch_size, step, cfg.seed)[part * micro:(part + 1) * micro]

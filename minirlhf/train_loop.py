@@ -31,6 +31,13 @@ from minirlhf import checkpoint as ck
 from minirlhf.common import MetricsLog, Stopwatch, autocast, check_finite, lr_at
 
 
+def micro_batch_size(cfg) -> int:
+    """Sequences per micro-batch: batch_size / grad_accum (which must divide it)."""
+    if cfg.grad_accum < 1 or cfg.batch_size % cfg.grad_accum:
+        raise ValueError(f"--batch_size={cfg.batch_size} must be divisible by --grad_accum={cfg.grad_accum}")
+    return cfg.batch_size // cfg.grad_accum
+
+
 def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, evaluate, device,
                generators: dict[str, torch.Generator] | None = None, loss_name: str = "loss") -> dict:
     """Run optimiser steps up to cfg.max_steps; returns {"steps", "interrupted", "seconds", "last_eval"}.
