@@ -50,7 +50,7 @@ print("a chat prompt ends with the assistant token:", repr(tok.decode(chat[-3:])
 
 # %% 3. The loss curve
 png = loss_curve(os.path.join(stage, "metrics.jsonl"), f"plots/pretrain_loss_{preset}.png",
-                 title=f"Pretraining loss ({preset}); unigram entropy {summary['unigram_entropy']:.2f}")
+                 title=f"Pretraining loss ({preset})", baseline=(summary["unigram_entropy"], "unigram entropy"))
 print(f"\nloss curve saved to {png}")
 
 # %% 4. What does the base model know, and how does it behave?

@@ -111,10 +111,14 @@ def run(cfg: PipelineConfig) -> dict:
 
     os.makedirs(cfg.plots_dir, exist_ok=True)
     base = os.path.join(cfg.out_dir, preset)
-    figures = [plots.loss_curve(os.path.join(base, stage, "metrics.jsonl"),
-                                os.path.join(cfg.plots_dir, f"{stage}_loss_{preset}.png"), title=f"{title} ({preset})")
-               for stage, title in (("pretrain", "Pretraining loss"), ("sft", "SFT loss"),
-                                    ("reward", "Reward model loss"))]
+    entropy = rows[1][2].get("unigram_entropy")  # the pretrain summary
+    figures = [plots.loss_curve(os.path.join(base, "pretrain", "metrics.jsonl"),
+                                os.path.join(cfg.plots_dir, f"pretrain_loss_{preset}.png"),
+                                title=f"Pretraining loss ({preset})",
+                                baseline=(entropy, "unigram entropy") if entropy else None)]
+    figures += [plots.loss_curve(os.path.join(base, stage, "metrics.jsonl"),
+                                 os.path.join(cfg.plots_dir, f"{stage}_loss_{preset}.png"), title=f"{title} ({preset})")
+                for stage, title in (("sft", "SFT loss"), ("reward", "Reward model loss (Bradley-Terry)"))]
     report = os.path.join(base, "report.md")
     write_report(report, preset, rows)
     total = time.perf_counter() - t0

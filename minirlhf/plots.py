@@ -21,14 +21,20 @@ def read_metrics(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def loss_curve(metrics_path: str, out_png: str, title: str = "Loss", ylabel: str = "loss (nats)") -> str:
-    """Training loss per logged step, with validation loss where it was measured."""
+def loss_curve(metrics_path: str, out_png: str, title: str = "Loss", ylabel: str = "loss (nats)",
+               baseline: tuple[float, str] | None = None) -> str:
+    """Training loss per logged step, with validation loss where it was measured.
+
+    baseline: (value, label) drawn as a dashed line, e.g. the unigram entropy of the tokens.
+    """
     rows = read_metrics(metrics_path)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train", lw=1)
     val = [r for r in rows if "val_loss" in r]
     if val:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
+    if baseline is not None:
+        ax.axhline(baseline[0], ls="--", color="gray", label=baseline[1])
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
