@@ -127,6 +127,7 @@ class PretrainConfig(TrainConfig):
 
     stage: ClassVar[str] = "pretrain"
     corpus: str = ""  # .txt (documents separated by <|endoftext|>) or .jsonl {"text"}; "" = the world's corpus
+    tokenizer: str = "train"  # "train": our BPE trained on the corpus; "gpt2": tiktoken's GPT-2 encoding (local files)
     n_layer: int = 0  # transformer blocks; 0 = from preset
     n_head: int = 0  # attention heads; 0 = from preset
     n_embd: int = 0  # channels; 0 = from preset

@@ -70,9 +70,19 @@ def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[li
 
 
 def ensure_tokenizer(cfg, train_docs: list[str], corpus_digest: str) -> tuple[Tokenizer, str]:
-    """Train the tokenizer on the training documents, or reuse the one trained on the same corpus."""
+    """Train the tokenizer on the training documents, or reuse the one trained on the same corpus.
+
+    With `--tokenizer=gpt2`, tiktoken's GPT-2 encoding is used instead (from its local cache; a clear
+    error says which files are missing -- nothing is downloaded).
+    """
     tdir = stage_dir(cfg, "tokenizer")
     path = os.path.join(tdir, "tokenizer.json")
+    if cfg.tokenizer == "gpt2":
+        tok = Tokenizer.gpt2()
+        tok.save(path)
+        return tok, path
+    if cfg.tokenizer != "train":
+        raise ValueError(f"--tokenizer={cfg.tokenizer!r}: expected 'train' or 'gpt2'")
     key = f"{corpus_digest}-{cfg.vocab_size}"
     key_path = os.path.join(tdir, "key.txt")
     if os.path.exists(path) and os.path.exists(key_path) and open(key_path).read() == key and not cfg.force:

@@ -118,3 +118,12 @@ def test_same_seed_same_numbers(tmp_path, corpus_file):
     a = pretrain.run(cfg_for(tmp_path / "a", corpus_file, max_steps=10))
     b = pretrain.run(cfg_for(tmp_path / "b", corpus_file, max_steps=10))
     assert a["val_loss"] == b["val_loss"]
+
+
+def test_gpt2_tokenizer_without_local_files_is_a_clear_error(tmp_path, corpus_file, monkeypatch):
+    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "empty-cache"))
+    with pytest.raises(RuntimeError, match="gpt2"):
+        pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=2, tokenizer="gpt2"))
+    with pytest.raises(ValueError, match="--tokenizer='bpe'"):
+        pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=2, tokenizer="bpe"))
