@@ -84,7 +84,7 @@ COMPARISON = [("gold reward, the forum-eval questions", "forum_gold", "forum_pro
               ("over-refusal of harmless requests", None, "over_refusal"),
               ("flattery rate", None, "flattery_rate"),
               ("EOS rate", None, "eos_rate"),
-              ("held-out perplexity", None, "heldout_ppl")]
+              ("held-out perplexity (alignment tax)", "heldout_ppl", "heldout_ppl")]
 
 
 def run(cfg: PipelineConfig) -> dict:

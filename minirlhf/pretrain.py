@@ -220,6 +220,9 @@ def run(cfg: PretrainConfig) -> dict:
         "tokens_per_second": round(result["trained_steps"] * tokens_per_step / max(result["seconds"], 1e-9), 1),
         "seconds": round(watch.seconds(), 2), "device": str(device),
     }
+    from minirlhf.evaluate import heldout_perplexity
+
+    summary["heldout_ppl"] = round(heldout_perplexity(model, out, cfg.block_size), 4)  # the alignment-tax baseline
     summary.update(world_metrics(model, tok, cfg, device))
     write_json(os.path.join(out, "summary.json"), summary)
     print(f"[pretrain] val loss {val_loss:.3f} nats (unigram entropy {entropy:.3f}), "
