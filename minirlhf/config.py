@@ -31,6 +31,7 @@ PRESETS: dict[str, dict] = {
         "sft": dict(max_steps=30, batch_size=16, lr=0.001),
         "reward": dict(max_steps=20, batch_size=16, lr=0.001, calibration_prompts=32),
         "pairs": dict(n_prompts=48),
+        "ppo": dict(iterations=4, batch_size=16, minibatch_size=8, lr=0.0001),
     },
     # CPU: the whole pipeline in <= 15 minutes on 2 cores
     "tiny": {
@@ -39,6 +40,7 @@ PRESETS: dict[str, dict] = {
         "sft": dict(max_steps=400, batch_size=32, lr=3e-4),
         "reward": dict(max_steps=300, batch_size=32, lr=0.0005, calibration_prompts=256),
         "pairs": dict(n_prompts=600),
+        "ppo": dict(iterations=60, batch_size=64, minibatch_size=16, lr=5e-05),
     },
     # one laptop GPU: the whole pipeline in a few minutes
     "small": {
@@ -47,6 +49,7 @@ PRESETS: dict[str, dict] = {
         "sft": dict(max_steps=600, batch_size=64, lr=2e-4),
         "reward": dict(max_steps=500, batch_size=64, lr=0.0002, calibration_prompts=512),
         "pairs": dict(n_prompts=2000),
+        "ppo": dict(iterations=150, batch_size=128, minibatch_size=32, lr=2e-05),
     },
     # the GPT-2 124M shape (big GPU, or imported GPT-2 weights)
     "gpt2": {
@@ -55,6 +58,7 @@ PRESETS: dict[str, dict] = {
         "sft": dict(max_steps=1000, batch_size=32, lr=5e-05),
         "reward": dict(max_steps=1000, batch_size=32, lr=1e-05, calibration_prompts=512),
         "pairs": dict(n_prompts=4000),
+        "ppo": dict(iterations=300, batch_size=128, minibatch_size=16, lr=1e-05),
     },
 }
 
@@ -170,6 +174,45 @@ class RewardConfig(TrainConfig):
     temperature: float = 1.0  # sampling temperature of those samples (PPO's rollout temperature)
     warmup_steps: int = 20  # linear warm-up steps
     eval_interval: int = 100  # steps between validation evaluations (and checkpoints)
+
+
+@dataclass
+class PPOConfig:
+    """`minirlhf ppo`: PPO against the reward model, KL-penalised towards the SFT reference."""
+
+    stage: ClassVar[str] = "ppo"
+    preset: str = "tiny"  # finds the SFT model, the reward model and the world
+    seed: int = 1337  # rollouts, minibatch order and init
+    out_dir: str = "out"  # artifacts in <out_dir>/<preset>/ppo/
+    force: bool = False  # retrain even if the inputs are unchanged
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    init: str = ""  # policy and reference init; "" = out/<preset>/sft/model.pt
+    reward_model: str = ""  # "" = out/<preset>/reward/model.pt
+    value_init: str = ""  # value model init (trunk + head); "" = the reward model (InstructGPT)
+    prompts: str = ""  # RL prompts; "" = the world's rl_prompts.jsonl
+    iterations: int = 0  # rollout + optimise iterations; 0 = from preset
+    batch_size: int = 0  # rollouts per iteration; 0 = from preset
+    minibatch_size: int = 0  # rollouts per gradient step; 0 = from preset
+    ppo_epochs: int = 2  # passes over each rollout batch
+    lr: float = 0.0  # learning rate for policy and value model; 0 = from preset
+    anneal_lr: bool = True  # decay the learning rate linearly to 0 over the iterations
+    temperature: float = 1.0  # sampling temperature, used identically when log-probs are recomputed
+    max_new_tokens: int = 48  # response budget in tokens
+    kl_coef: float = 0.05  # initial KL coefficient beta in r - beta * KL
+    adaptive_kl: bool = True  # Ziegler et al. 2019 adaptive controller (false = fixed kl_coef)
+    kl_target: float = 2.0  # target sequence KL (nats) for the adaptive controller
+    kl_horizon: int = 2000  # controller horizon in rollouts
+    kl_estimator: str = "k1"  # KL estimator in the reward: "k1" (log ratio) or "k3"
+    whiten_rewards: bool = False  # whiten the scores over the batch before shaping
+    missing_eos_penalty: float = 1.0  # subtracted from the score of a response that never emitted <|end|>
+    cliprange: float = 0.2  # PPO ratio clip epsilon
+    cliprange_value: float = 0.2  # value clip around the old values (0 = no value clipping)
+    vf_coef: float = 0.1  # weight of the value loss
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+    grad_clip: float = 1.0  # clip the global gradient norm (0 = off)
+    eval_interval: int = 20  # iterations between evaluations on held-out prompts
+    progress: bool = True  # progress bar
 
 
 @dataclass
@@ -356,7 +399,7 @@ def stage_dir(cfg, stage: str) -> str:
 
 
 __all__ = [
-    "PRESETS", "ModelConfig", "WorldConfig", "PretrainConfig", "SFTConfig", "RewardConfig", "TrainConfig", "SampleConfig", "PipelineConfig", "EvalConfig", "PairsConfig", "ConfigError", "make_config",
+    "PRESETS", "ModelConfig", "WorldConfig", "PretrainConfig", "SFTConfig", "RewardConfig", "TrainConfig", "SampleConfig", "PipelineConfig", "EvalConfig", "PairsConfig", "PPOConfig", "ConfigError", "make_config",
     "apply_overrides", "fill_from_preset", "model_config_from", "save_config", "stage_dir",
     "default_preset", "field",
 ]

@@ -1,0 +1,220 @@
+"""PPO against the reward model, written as one loop that reads top to bottom in algorithm order.
+
+Run it:
+    minirlhf ppo --preset tiny                         # policy from SFT, value model from the reward model
+    minirlhf ppo --preset tiny --kl_coef=0.01 --adaptive_kl=false --iterations=200   # over-optimise
+
+Each iteration (InstructGPT, Ouyang et al. 2022 §3.5; Ziegler et al. 2019; CleanRL's ppo.py layout):
+  1. ROLLOUT   sample one response per prompt from the policy at temperature T (KV-cache engine);
+  2. SCORE     reward-model score at the last real token, minus `missing_eos_penalty` when the response
+               never emitted <|end|>; log-probs of the policy (recomputed at the same T) and of the frozen
+               reference (SFT) model; values from the separate value model (trunk + ScalarHead,
+               initialised from the reward model);
+  3. SHAPE     per-token reward = -kl_coef * KL estimate, plus the score at the last real token;
+  4. GAE       advantages and returns (gamma, lam); advantages whitened over real tokens;
+  5. OPTIMISE  ppo_epochs x shuffled minibatches: clipped policy loss + vf_coef * clipped value loss,
+               gradient clipping, learning rate annealed linearly;
+  6. LOG       the metrics below, every iteration, to metrics.jsonl; the evaluation harness every
+               `eval_interval` iterations.
+
+Logged metrics (one row per iteration):
+  objective/kl           mean over responses of the summed k1 = log pi - log pi_ref (the KL in the reward)
+  objective/kl_k3        the same with k3 (never negative; lower variance)
+  objective/entropy      mean per-token entropy of the policy on its own samples
+  objective/scores       mean reward-model score (after the missing-EOS penalty)
+  objective/non_score_reward  mean over responses of the summed -kl_coef * KL terms
+  objective/rlhf_reward  scores + non_score_reward: what PPO maximises
+  policy/approx_kl       mean k3 between the policy before and after the update (on the last minibatch)
+  policy/clipfrac        share of tokens whose ratio was clipped
+  policy/ratio_mean, policy/ratio_max   the probability ratio pi / pi_old
+  value/clipfrac         share of tokens whose value prediction was clipped
+  value/explained_variance   1 - Var(returns - values) / Var(returns) on real tokens
+  response/length, response/eos_rate, kl_coef
+
+Deliberate simplifications: one response per prompt; a separate value model (no shared trunk); no
+pretraining-loss mix (PPO-ptx) yet; the rollout batch is optimised in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+import torch
+from tqdm import tqdm
+
+from minirlhf import checkpoint as ck
+from minirlhf import ops, rl
+from minirlhf.common import MetricsLog, Stopwatch, check_finite, config_key, file_digest, make_adamw, \
+    resolve_device, reusable, setup_torch, write_json
+from minirlhf.config import PPOConfig, fill_from_preset, save_config, stage_dir
+from minirlhf.data import read_prompts
+from minirlhf.engine import generate, response_logprobs
+from minirlhf.losses import ppo_policy_loss, ppo_value_loss
+from minirlhf.sft import stage_file, world_eval, world_file
+from minirlhf.tokenizer import Tokenizer, render_prompt
+
+STAGE = "ppo"
+
+
+def response_values(value_model, tokens, attention_mask, prompt_len: int):
+    """V(s_t) for every response token t: the value head at the position that predicts token t, (B, N)."""
+    return value_model(tokens, attention_mask)[:, prompt_len - 1:-1]
+
+
+def explained_variance(values, returns, mask) -> torch.Tensor:
+    """1 - Var(returns - values) / Var(returns) over real tokens (1 = perfect, 0 = no better than a constant)."""
+    var_returns = ops.masked_var(returns, mask)
+    return 1 - ops.masked_var(returns - values, mask) / var_returns.clamp(min=1e-8)
+
+
+def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok, cfg, out: str,
+              evaluate_fn=None) -> dict:
+    """The PPO loop. score_fn(tokens, attention_mask) -> (B,) scores (the reward model, or any function).
+
+    prompts: token-id lists (rendered chat prompts). Returns {"iterations", "seconds", "last_eval", ...}.
+    """
+    device = policy.lm_head.weight.device
+    ref.eval().requires_grad_(False)
+    params = list(policy.parameters()) + list(value_model.parameters())
+    optimizer = make_adamw(policy.optimizer_groups(0.0) + [{"params": list(value_model.parameters()),
+                                                            "weight_decay": 0.0}], cfg.lr, (0.9, 0.95), device)
+    kl_ctl = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+              else rl.FixedKLController(cfg.kl_coef))
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    order = random.Random(cfg.seed)
+    log = MetricsLog(os.path.join(out, "metrics.jsonl"))
+    watch = Stopwatch()
+    rollout_tokens, rollout_seconds, last_eval = 0, 0.0, {}
+    bar = tqdm(range(cfg.iterations), disable=not cfg.progress, desc=STAGE, ncols=100)
+    for it in bar:
+        # ---------------------------------------------------------------- 1. ROLLOUT (no grad)
+        t0 = Stopwatch()
+        batch = [prompts[i] for i in order.sample(range(len(prompts)), cfg.batch_size)]
+        budget = min(cfg.max_new_tokens, policy.config.block_size - max(len(p) for p in batch))
+        g = generate(policy, batch, budget, tok.end_id, tok.pad_id, temperature=cfg.temperature, generator=gen)
+        tokens, attn, P = g.tokens, g.attention_mask, g.prompt.size(1)  # (B, P + N), (B, P + N)
+        mask = g.response_mask.float()  # (B, N)
+        rollout_seconds += t0.seconds()
+        rollout_tokens += int(g.response_mask.sum())
+
+        # ---------------------------------------------------------------- 2. SCORE (no grad)
+        policy.eval()
+        with torch.no_grad():
+            ended = g.ended(tok.end_id)  # (B,)
+            scores = score_fn(tokens, attn).float()  # (B,)
+            scores = scores - cfg.missing_eos_penalty * (~ended).float()
+            if cfg.whiten_rewards:
+                scores = ops.masked_whiten(scores, torch.ones_like(scores))
+            logits = policy(tokens, attention_mask=attn)[:, P - 1:-1]  # (B, N, V): logits at t predict t+1
+            logprobs = ops.logprobs_from_logits(logits, g.response, cfg.temperature)  # (B, N) pi_old, same T
+            entropy = ops.masked_mean(ops.entropy_from_logits(logits / cfg.temperature), mask)
+            ref_logprobs = response_logprobs(ref, tokens, attn, P, cfg.temperature)  # (B, N)
+            values = response_values(value_model, tokens, attn, P)  # (B, N)
+
+        # ---------------------------------------------------------------- 3. SHAPE
+        kl_coef = kl_ctl.value
+        rewards = rl.shape_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, cfg.kl_estimator)  # (B, N)
+
+        # ---------------------------------------------------------------- 4. GAE
+        advantages, returns = rl.compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)  # (B, N) each
+        advantages = ops.masked_whiten(advantages, mask)
+
+        # ---------------------------------------------------------------- 5. OPTIMISE
+        policy.train()
+        lr = cfg.lr * (1 - it / cfg.iterations) if cfg.anneal_lr else cfg.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        stats: dict[str, list] = {}
+        for epoch in range(cfg.ppo_epochs):
+            perm = torch.randperm(cfg.batch_size, generator=torch.Generator().manual_seed(cfg.seed + it * 1000 + epoch))
+            for start in range(0, cfg.batch_size, cfg.minibatch_size):
+                mb = perm[start:start + cfg.minibatch_size].to(device)
+                new_logprobs = response_logprobs(policy, tokens[mb], attn[mb], P, cfg.temperature)
+                pg_loss, pg = ppo_policy_loss(new_logprobs, logprobs[mb], advantages[mb], mask[mb], cfg.cliprange)
+                new_values = response_values(value_model, tokens[mb], attn[mb], P)
+                vf_loss, vf = ppo_value_loss(new_values, values[mb], returns[mb], mask[mb],
+                                             cfg.cliprange_value if cfg.cliprange_value > 0 else None)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                for k, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("policy/clipfrac", pg["clipfrac"]),
+                             ("policy/approx_kl", pg["approx_kl"]), ("policy/ratio_mean", pg["ratio_mean"]),
+                             ("policy/ratio_max", pg["ratio_max"]), ("value/clipfrac", vf["clipfrac"])):
+                    stats.setdefault(k, []).append(v.detach())
+        check_finite({k: v for k, v in stats.items() if k.endswith("_loss")}, STAGE, it * cfg.ppo_epochs)
+
+        # ---------------------------------------------------------------- 6. LOG
+        seq_kl = ops.masked_sum(ops.kl_k1(logprobs, ref_logprobs), mask, dim=1)  # (B,)
+        seq_kl3 = ops.masked_sum(ops.kl_k3(logprobs, ref_logprobs), mask, dim=1)  # (B,)
+        non_score = ops.masked_sum(-kl_coef * ops.kl_k1(logprobs, ref_logprobs), mask, dim=1) if \
+            cfg.kl_estimator == "k1" else -kl_coef * seq_kl3
+        kl_ctl.update(seq_kl.mean().item(), cfg.batch_size)
+        row = {"iteration": it + 1, "kl_coef": kl_coef, "lr": lr,
+               "objective/kl": seq_kl.mean().item(), "objective/kl_k3": seq_kl3.mean().item(),
+               "objective/entropy": entropy.item(), "objective/scores": scores.mean().item(),
+               "objective/non_score_reward": non_score.mean().item(),
+               "objective/rlhf_reward": (scores + non_score).mean().item(),
+               "value/explained_variance": explained_variance(values, returns, mask).item(),
+               "response/length": g.response_mask.sum(1).float().mean().item(),
+               "response/eos_rate": ended.float().mean().item(),
+               "policy/ratio_max": torch.stack(stats.pop("policy/ratio_max")).max().item(),
+               **{k: torch.stack(v).mean().item() for k, v in stats.items()},
+               "seconds": round(watch.seconds(), 2)}
+        if evaluate_fn is not None and ((it + 1) % cfg.eval_interval == 0 or it + 1 == cfg.iterations):
+            last_eval = evaluate_fn(policy)
+            row.update({f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
+        log.log(row)
+        bar.set_postfix(score=f"{row['objective/scores']:.2f}", kl=f"{row['objective/kl']:.2f}")
+    bar.close()
+    return {"iterations": cfg.iterations, "seconds": watch.seconds(), "last_eval": last_eval,
+            "rollout_tokens_per_second": rollout_tokens / max(rollout_seconds, 1e-9),
+            "iterations_per_second": cfg.iterations / max(watch.seconds(), 1e-9), "last_row": row}
+
+
+def run(cfg: PPOConfig) -> dict:
+    fill_from_preset(cfg)
+    out = stage_dir(cfg, STAGE)
+    device = resolve_device(cfg.device)
+    setup_torch(device)
+    watch = Stopwatch()
+    init = cfg.init or stage_file(cfg, "sft", "model.pt")
+    rm_path = cfg.reward_model or stage_file(cfg, "reward", "model.pt")
+    prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl")
+    key = config_key(cfg, {n: file_digest(p) for n, p in (("init", init), ("rm", rm_path), ("prompts", prompts_path))})
+    if (summary := reusable(out, key, cfg.force)) is not None:
+        print(f"[ppo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
+        return summary
+    tok_path = os.path.join(os.path.dirname(init), "tokenizer.json")
+    tok = Tokenizer.load(tok_path)
+    shutil.copyfile(tok_path, os.path.join(out, "tokenizer.json"))
+    torch.manual_seed(cfg.seed)
+    policy, _ = ck.load_model(init, device)  # dropout off in every RL stage
+    ref, _ = ck.load_model(init, device)
+    reward_model, _ = ck.load_scalar_model(rm_path, device)
+    reward_model.eval().requires_grad_(False)
+    value_model, _ = ck.load_scalar_model(cfg.value_init or rm_path, device)  # InstructGPT: value from the RM
+    value_model.requires_grad_(True)
+    prompts = [render_prompt(tok, p) for p in read_prompts(prompts_path)]
+    prompts = [p for p in prompts if len(p) + 8 <= policy.config.block_size]
+    save_config(cfg, os.path.join(out, "config.json"))
+    print(f"[ppo] {len(prompts)} prompts, {cfg.iterations} iterations x {cfg.batch_size} rollouts, init {init}")
+
+    def evaluate_fn(model):
+        return world_eval(model, tok, cfg, out, reference=ref, reward_model=reward_model)
+
+    result = train_ppo(policy, ref, value_model, reward_model.score, prompts, tok, cfg, out, evaluate_fn)
+    ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(policy, STAGE, iterations=cfg.iterations))
+    summary = {"stage": STAGE, "key": key, "iterations": cfg.iterations,
+               **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in result["last_eval"].items()},
+               "iterations_per_second": round(result["iterations_per_second"], 4),
+               "rollout_tokens_per_second": round(result["rollout_tokens_per_second"], 1),
+               "final_kl_coef": result["last_row"]["kl_coef"], "seconds": round(watch.seconds(), 2)}
+    write_json(os.path.join(out, "summary.json"), summary)
+    print(f"[ppo] gold {summary.get('gold')}, proxy {summary.get('proxy')}, KL {summary.get('kl_k1')}; "
+          f"{summary['seconds']:.0f} s")
+    return summary
