@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
+from minirlhf.model import last_token_index
 from minirlhf.ops import kl_k1, kl_k3, upcast
 
 
@@ -50,8 +51,7 @@ def _last_real_index(mask, where: str):
     if empty.any():
         rows = empty.nonzero().flatten().tolist()
         raise ValueError(f"{where}: mask rows {rows} have no real token (an empty response cannot be scored)")
-    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)  # (N,) 1-based so that 0 = masked
-    return (positions * mask).argmax(dim=1)  # (B,) unique maximum per row
+    return last_token_index(mask)  # (B,)
 
 
 def shape_rewards(scores, logprobs, ref_logprobs, mask, kl_coef: float, kl_estimator: str = "k1"):
