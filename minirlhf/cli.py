@@ -32,6 +32,7 @@ COMMANDS = {
     "pairs": (C.PairsConfig, "minirlhf.pairs:run", "sample on-policy preference pairs from the SFT model"),
     "reward": (C.RewardConfig, "minirlhf.reward:run", "train the reward model on preference pairs"),
     "ppo": (C.PPOConfig, "minirlhf.ppo:run", "PPO against the reward model (value head, GAE, KL control)"),
+    "dpo": (C.DPOConfig, "minirlhf.dpo:run", "DPO / cDPO / IPO / SimPO / ORPO on preference pairs"),
     "eval": (C.EvalConfig, "minirlhf.evaluate:run", "evaluate a chat policy against the world's gold judge"),
     "sample": (C.SampleConfig, "minirlhf.sample:run", "print continuations of a prompt from a checkpoint"),
 }

@@ -32,6 +32,7 @@ PRESETS: dict[str, dict] = {
         "reward": dict(max_steps=20, batch_size=16, lr=0.001, calibration_prompts=32),
         "pairs": dict(n_prompts=48),
         "ppo": dict(iterations=4, batch_size=16, minibatch_size=8, lr=0.0001),
+        "dpo": dict(max_steps=10, batch_size=8, lr=0.0001),
     },
     # CPU: the whole pipeline in <= 15 minutes on 2 cores
     "tiny": {
@@ -41,6 +42,7 @@ PRESETS: dict[str, dict] = {
         "reward": dict(max_steps=300, batch_size=32, lr=0.0005, calibration_prompts=256),
         "pairs": dict(n_prompts=600),
         "ppo": dict(iterations=60, batch_size=64, minibatch_size=16, lr=5e-05),
+        "dpo": dict(max_steps=150, batch_size=32, lr=5e-05),
     },
     # one laptop GPU: the whole pipeline in a few minutes
     "small": {
@@ -50,6 +52,7 @@ PRESETS: dict[str, dict] = {
         "reward": dict(max_steps=500, batch_size=64, lr=0.0002, calibration_prompts=512),
         "pairs": dict(n_prompts=2000),
         "ppo": dict(iterations=150, batch_size=128, minibatch_size=32, lr=2e-05),
+        "dpo": dict(max_steps=300, batch_size=64, lr=2e-05),
     },
     # the GPT-2 124M shape (big GPU, or imported GPT-2 weights)
     "gpt2": {
@@ -59,6 +62,7 @@ PRESETS: dict[str, dict] = {
         "reward": dict(max_steps=1000, batch_size=32, lr=1e-05, calibration_prompts=512),
         "pairs": dict(n_prompts=4000),
         "ppo": dict(iterations=300, batch_size=128, minibatch_size=16, lr=1e-05),
+        "dpo": dict(max_steps=500, batch_size=32, lr=5e-07),
     },
 }
 
@@ -253,6 +257,29 @@ class EvalConfig:
 
 
 @dataclass
+class DPOConfig(TrainConfig):
+    """`minirlhf dpo`: DPO and its paired family (cDPO, IPO, SimPO, ORPO) trained straight on preference pairs."""
+
+    stage: ClassVar[str] = "dpo"
+    loss: str = "dpo"  # dpo | cdpo | ipo | simpo | orpo
+    init: str = ""  # policy init; "" = out/<preset>/sft/model.pt (the base model for orpo)
+    reference: str = ""  # reference model; "" = out/<preset>/sft/model.pt
+    prefs: str = ""  # preference JSONL; "" = out/<preset>/pairs/prefs.jsonl
+    eval_prefs: str = ""  # held-out pairs for the validation metrics; "" = the world's prefs_eval.jsonl
+    beta: float = 0.1  # DPO/cDPO temperature beta (Rafailov et al. 2023)
+    label_smoothing: float = 0.1  # cDPO: assumed share of flipped labels
+    tau: float = 0.1  # IPO regularisation tau (Azar et al. 2023)
+    simpo_beta: float = 2.0  # SimPO reward scale (Meng et al. 2024)
+    simpo_gamma: float = 0.5  # SimPO target margin
+    orpo_lambda: float = 0.1  # ORPO weight of the odds-ratio term (Hong et al. 2024)
+    precompute_ref: bool = True  # reference log-probs computed once and cached (false: reference model kept)
+    truncate: bool = False  # drop over-long / identical pairs (and report the count) instead of failing
+    warmup_steps: int = 10  # linear warm-up steps
+    eval_interval: int = 50  # steps between validation evaluations (and checkpoints)
+    weight_decay: float = 0.0  # AdamW weight decay
+
+
+@dataclass
 class SampleConfig:
     """`minirlhf sample`: print continuations of a prompt from any checkpoint."""
 
@@ -399,7 +426,7 @@ def stage_dir(cfg, stage: str) -> str:
 
 
 __all__ = [
-    "PRESETS", "ModelConfig", "WorldConfig", "PretrainConfig", "SFTConfig", "RewardConfig", "TrainConfig", "SampleConfig", "PipelineConfig", "EvalConfig", "PairsConfig", "PPOConfig", "ConfigError", "make_config",
+    "PRESETS", "ModelConfig", "WorldConfig", "PretrainConfig", "SFTConfig", "RewardConfig", "TrainConfig", "SampleConfig", "PipelineConfig", "EvalConfig", "PairsConfig", "PPOConfig", "DPOConfig", "ConfigError", "make_config",
     "apply_overrides", "fill_from_preset", "model_config_from", "save_config", "stage_dir",
     "default_preset", "field",
 ]

@@ -45,11 +45,13 @@ STAGE = "reward"
 
 
 def encode_pairs(tok: Tokenizer, rows: list[dict], max_len: int, truncate: bool, source: str):
-    """Each pair -> dict(chosen ids, rejected ids, margin info, gold scores). Over-long pairs: error or drop."""
+    """Each pair -> dict(chosen/rejected ids and loss masks, annotator probability, gold scores).
+
+    Over-long pairs are an error naming the pair, or (truncate) dropped and counted."""
     pairs, dropped = [], 0
     for i, row in enumerate(rows):
-        c, _ = render_conversation(tok, row["prompt"] + [{"role": "assistant", "content": row["chosen"]}])
-        r, _ = render_conversation(tok, row["prompt"] + [{"role": "assistant", "content": row["rejected"]}])
+        c, c_mask = render_conversation(tok, row["prompt"] + [{"role": "assistant", "content": row["chosen"]}])
+        r, r_mask = render_conversation(tok, row["prompt"] + [{"role": "assistant", "content": row["rejected"]}])
         if max(len(c), len(r)) > max_len:
             if not truncate:
                 raise ValueError(f"{source}: pair {i + 1} renders to {max(len(c), len(r))} tokens, more than the "
@@ -57,7 +59,8 @@ def encode_pairs(tok: Tokenizer, rows: list[dict], max_len: int, truncate: bool,
             dropped += 1
             continue
         extra = row.get("extra", {})
-        pairs.append({"chosen": c, "rejected": r, "p_chosen": extra.get("p_chosen"),
+        pairs.append({"chosen": c, "rejected": r, "chosen_mask": c_mask, "rejected_mask": r_mask,
+                      "p_chosen": extra.get("p_chosen"),
                       "gold_chosen": extra.get("gold_chosen"), "gold_rejected": extra.get("gold_rejected")})
     if not pairs:
         raise ValueError(f"{source}: no usable pairs")
