@@ -139,8 +139,7 @@ def run(cfg: DPOConfig) -> dict:
     tok_path = os.path.join(os.path.dirname(ref_path), "tokenizer.json")
     tok = Tokenizer.load(tok_path)
     shutil.copyfile(tok_path, os.path.join(out, "tokenizer.json"))
-    model, _ = ck.load_model(init, device)
-    max_len = model.config.block_size + 1  # the forward pass reads ids[:, :-1]
+    max_len = ck.load_checkpoint(init)["model_config"]["block_size"] + 1  # the forward pass reads ids[:, :-1]
     rows, report = read_preferences_with_report(prefs, on_identical="drop" if cfg.truncate else "error")
     train, dropped = encode_pairs(tok, rows, max_len, cfg.truncate, prefs)
     val, dropped_val = encode_pairs(tok, read_preferences_with_report(eval_prefs)[0], max_len, cfg.truncate,
@@ -161,6 +160,7 @@ def run(cfg: DPOConfig) -> dict:
         else:
             ref_model, _ = ck.load_model(ref_path, device)
             ref_model.eval().requires_grad_(False)
+    model, _ = ck.load_model(init, device)  # loaded after the reference is gone: one model in memory at a time
     print(f"[{cfg.loss}] {len(train)} pairs ({len(val)} held out), init {init}, reference "
           f"{'precomputed' if ref_train is not None else ('model on the fly' if ref_model else 'not needed')}")
 
