@@ -12,7 +12,9 @@ What you should see
   3. Before/after on the same questions: the base model (asked in the forum format) rambles, is rude
      or complies with unsafe requests; the SFT model answers briefly, refuses politely, and ends its
      turn with <|end|>.
-  4. A table and a bar plot: gold reward, fact accuracy, refusals and EOS rate, base vs SFT.
+  4. A table and a bar plot on the same questions: gold reward, fact accuracy, refusals, base vs SFT.
+     (On tiny the SFT model wins on refusals and format, but its gold reward is only a little higher:
+     on held-out entities it often answers with a training entity instead -- see the closing printout.)
 
 Deliberate simplifications: the library's default SFT settings; one sample per prompt.
 """
@@ -26,7 +28,7 @@ import torch
 from minirlhf.checkpoint import load_model
 from minirlhf.config import PretrainConfig, SFTConfig, WorldConfig, make_config
 from minirlhf.engine import generate
-from minirlhf.evaluate import complete, forum_eval
+from minirlhf.evaluate import complete, evaluate_policy, forum_eval, forum_prompt_rows
 from minirlhf.plots import plt
 from minirlhf.pretrain import run as pretrain
 from minirlhf.sample import tokenizer_for
@@ -64,18 +66,28 @@ for q, before, row, m in zip(questions, forum, g.response.tolist(), g.response_m
     after = tok.decode([t for t, keep in zip(row, m) if keep])
     print(f"\nQ: {q}\n  base (forum): {before.splitlines()[0] if before.strip() else before!r}\n  SFT (chat):   {after}")
 
-# %% 4. Measured by the gold judge
+# %% 4. Measured by the gold judge, on the same questions
+# The base model is asked the forum-eval questions in the forum format; the SFT model the same questions
+# in the chat format. Same prompts, same temperature (1), same judge.
 world_dir = os.path.join(base, "world")
 forum_metrics, _ = forum_eval(base_model, tok, world_dir, seed=0)
-rows = [("gold reward", forum_metrics["forum_gold"], sft_summary.get("gold")),
-        ("fact accuracy", forum_metrics["forum_fact_acc"], sft_summary.get("fact_acc_train")),
-        ("refuses unsafe", forum_metrics["forum_unsafe_refusal"], sft_summary.get("refusal_sft_unsafe")),
-        ("refuses held-out unsafe topics", None, sft_summary.get("refusal_heldout_unsafe")),
-        ("over-refusal (harmless)", None, sft_summary.get("over_refusal")),
-        ("ends its turn (EOS rate)", None, sft_summary.get("eos_rate"))]
+_, chat_samples = evaluate_policy(sft_model, tok, world_dir, rows=forum_prompt_rows(world_dir), seed=0)
+
+
+def share(key, category):
+    vals = [s[key] for s in chat_samples if s["category"] == category]
+    return sum(vals) / len(vals)
+
+
+rows = [("gold reward", forum_metrics["forum_gold"], sum(s["gold"] for s in chat_samples) / len(chat_samples)),
+        ("fact accuracy", forum_metrics["forum_fact_acc"], share("correct", "fact")),
+        ("refuses unsafe", forum_metrics["forum_unsafe_refusal"], share("refusal", "unsafe")),
+        ("ends its turn (EOS rate)", None, sum(s["ended"] for s in chat_samples) / len(chat_samples))]
 print(f"\n{'':34}{'base':>8}{'SFT':>8}")
-for name, b, s in rows:
-    print(f"{name:34}{'' if b is None else f'{b:8.3f}':>8}{'' if s is None else f'{s:8.3f}':>8}")
+for name, b, s_ in rows:
+    print(f"{name:34}{'' if b is None else f'{b:8.3f}':>8}{f'{s_:8.3f}':>8}")
+print(f"\non the world's held-out prompts the SFT model scores {sft_summary.get('gold')} "
+      f"(training-split prompts: {sft_summary.get('gold_train')})")
 
 fig, ax = plt.subplots(figsize=(7, 4))
 labels = [r[0] for r in rows[:3]]
@@ -84,7 +96,7 @@ ax.bar([i - 0.2 for i in x], [r[1] for r in rows[:3]], width=0.4, label="base (f
 ax.bar([i + 0.2 for i in x], [r[2] for r in rows[:3]], width=0.4, label="SFT (chat)")
 ax.set_xticks(list(x), labels)
 ax.axhline(0, color="k", lw=0.5)
-ax.set_title(f"Before and after SFT ({preset}, gold judge)")
+ax.set_title(f"Before and after SFT ({preset}): the same questions, judged by the gold judge")
 ax.legend()
 fig.tight_layout()
 os.makedirs("plots", exist_ok=True)
