@@ -40,9 +40,8 @@ from minirlhf import losses as L
 from minirlhf.common import (Stopwatch, config_key, file_digest, make_adamw, resolve_device, reusable, setup_torch,
                              write_json)
 from minirlhf.config import DPOConfig, fill_from_preset, save_config, stage_dir
-from minirlhf.data import read_preferences_with_report
 from minirlhf.ops import logprobs_from_logits, masked_sum
-from minirlhf.reward import encode_pairs
+from minirlhf.reward import load_pairs
 from minirlhf.sft import batch_indices, stage_file, world_eval, world_file
 from minirlhf.tokenizer import Tokenizer
 from minirlhf.train_loop import micro_batch_size, train_loop
@@ -140,13 +139,7 @@ def run(cfg: DPOConfig) -> dict:
     tok = Tokenizer.load(tok_path)
     shutil.copyfile(tok_path, os.path.join(out, "tokenizer.json"))
     max_len = ck.load_checkpoint(init)["model_config"]["block_size"] + 1  # the forward pass reads ids[:, :-1]
-    rows, report = read_preferences_with_report(prefs, on_identical="drop" if cfg.truncate else "error")
-    train, dropped = encode_pairs(tok, rows, max_len, cfg.truncate, prefs)
-    val, dropped_val = encode_pairs(tok, read_preferences_with_report(eval_prefs)[0], max_len, cfg.truncate,
-                                    eval_prefs)
-    skipped = dropped + dropped_val + report.get("dropped_identical", 0)
-    if skipped:
-        print(f"[{cfg.loss}] dropped {skipped} pairs (too long for the context or identical responses)")
+    train, val, skipped = load_pairs(tok, prefs, eval_prefs, max_len, cfg.truncate, cfg.loss)
     save_config(cfg, os.path.join(out, "config.json"))
 
     # 2. reference log-probs, precomputed once (or computed on the fly with --precompute_ref=false)

@@ -67,6 +67,21 @@ def encode_pairs(tok: Tokenizer, rows: list[dict], max_len: int, truncate: bool,
     return pairs, dropped
 
 
+def load_pairs(tok: Tokenizer, prefs: str, eval_prefs: str, max_len: int, truncate: bool, stage: str):
+    """Training and validation pairs, encoded -> (train, val, number of pairs dropped).
+
+    Without `truncate`, an over-long or identical pair is an error naming its file and line; with it,
+    such pairs are dropped and the count is printed (and returned for the summary).
+    """
+    rows, report = read_preferences_with_report(prefs, on_identical="drop" if truncate else "error")
+    train, dropped = encode_pairs(tok, rows, max_len, truncate, prefs)
+    val, dropped_val = encode_pairs(tok, read_preferences_with_report(eval_prefs)[0], max_len, truncate, eval_prefs)
+    skipped = dropped + dropped_val + report.get("dropped_identical", 0)
+    if skipped:
+        print(f"[{stage}] dropped {skipped} pairs (too long for the context or identical responses)")
+    return train, val, skipped
+
+
 def pad_right(seqs: list[list[int]], pad_id: int, device):
     """Right-pad -> ids (B, T), mask (B, T)."""
     T = max(len(s) for s in seqs)
@@ -226,13 +241,7 @@ def run(cfg: RewardConfig) -> dict:
     shutil.copyfile(tok_path, os.path.join(out, "tokenizer.json"))
     policy, _ = ck.load_model(init, device)  # the SFT model: trunk init, and the calibration policy
     max_len = policy.config.block_size
-    rows, report = read_preferences_with_report(prefs, on_identical="drop" if cfg.truncate else "error")
-    train, dropped = encode_pairs(tok, rows, max_len, cfg.truncate, prefs)
-    val, dropped_val = encode_pairs(tok, read_preferences_with_report(eval_prefs)[0], max_len, cfg.truncate,
-                                    eval_prefs)
-    skipped = dropped + dropped_val + report.get("dropped_identical", 0)
-    if skipped:
-        print(f"[reward] dropped {skipped} pairs (too long for the context or identical responses)")
+    train, val, skipped = load_pairs(tok, prefs, eval_prefs, max_len, cfg.truncate, STAGE)
     save_config(cfg, os.path.join(out, "config.json"))
 
     # 2. model: SFT trunk + a fresh scalar head
