@@ -202,10 +202,10 @@ class PPOConfig:
     anneal_lr: bool = True  # decay the learning rate linearly to 0 over the iterations
     temperature: float = 1.0  # sampling temperature, used identically when log-probs are recomputed
     max_new_tokens: int = 48  # response budget in tokens
-    kl_coef: float = 0.05  # initial KL coefficient beta in r - beta * KL
+    kl_coef: float = 0.2  # initial KL coefficient beta in r - beta * KL
     adaptive_kl: bool = True  # Ziegler et al. 2019 adaptive controller (false = fixed kl_coef)
-    kl_target: float = 2.0  # target sequence KL (nats) for the adaptive controller
-    kl_horizon: int = 2000  # controller horizon in rollouts
+    kl_target: float = 1.0  # target sequence KL (nats) for the adaptive controller
+    kl_horizon: int = 500  # controller horizon in rollouts (smaller = faster reaction)
     kl_estimator: str = "k1"  # KL estimator in the reward: "k1" (log ratio) or "k3"
     whiten_rewards: bool = False  # whiten the scores over the batch before shaping
     missing_eos_penalty: float = 1.0  # subtracted from the score of a response that never emitted <|end|>

@@ -4,8 +4,8 @@
     minirlhf pipeline --preset micro     # seconds: what the tests run
     minirlhf pipeline --force            # rerun every stage even if its inputs are unchanged
 
-Stages so far: world -> tokenizer + pretrain -> SFT -> on-policy pairs -> reward model -> evaluation of the
-base model (in the forum format it knows) and of the SFT model. Each stage writes `out/<preset>/<stage>/` and is reused when
+Stages so far: world -> tokenizer + pretrain -> SFT -> on-policy pairs -> reward model -> PPO and DPO ->
+evaluation of the base model (in the forum format it knows) and of the chat models. Each stage writes `out/<preset>/<stage>/` and is reused when
 its config and inputs are unchanged, so a second run only redoes what changed. The report,
 `out/<preset>/report.md`, is a table of stage, wall time and key metrics; figures go to `plots/`.
 
@@ -48,7 +48,7 @@ def write_report(path: str, preset: str, rows: list) -> None:
         lines.append(f"| {name} | {seconds:.1f} | {'' if own is None else f'{own:.1f}'} | {metrics} |")
     by_name = {name: summary for name, _, summary in rows}
     models = [("base (forum format)", by_name.get("pretrain"), 1)] + \
-             [(name.upper(), by_name[name], 2) for name in ("sft",) if name in by_name]
+             [(name.upper(), by_name[name], 2) for name in ("sft", "ppo", "dpo") if name in by_name]
     lines += ["", "## Models compared by the gold judge", "",
               "The base model is asked the forum-eval questions in the forum format it saw in pretraining "
               "(`Q: ...\\nA:`, its answer cut at the end of the line); chat models are asked the same questions "
@@ -71,6 +71,8 @@ REPORT_KEYS = {
     "sft": ["val_loss", "truncated", "gold", "fact_acc_train", "fact_acc_heldout", "refusal_sft_unsafe", "refusal_heldout_unsafe",
             "over_refusal", "eos_rate", "heldout_ppl"],
     "pairs": ["on_policy_pairs", "templated_pairs", "on_policy_agreement"],
+    "ppo": ["gold", "proxy", "kl_k1", "length", "iterations_per_second", "rollout_tokens_per_second"],
+    "dpo": ["gold", "kl_k1", "val_rewards/accuracies", "length"],
     "reward": ["dropped_pairs", "val_accuracy", "val_gold_accuracy", "annotator_gold_agreement", "raw_mean", "raw_std"],
 }
 
@@ -84,12 +86,17 @@ COMPARISON = [("gold reward, the forum-eval questions", "forum_gold", "forum_pro
               ("over-refusal of harmless requests", None, "over_refusal"),
               ("flattery rate", None, "flattery_rate"),
               ("EOS rate", None, "eos_rate"),
+              ("proxy (reward-model) reward, held-out prompts", None, "proxy"),
+              ("KL to the SFT model (nats per response)", None, "kl_k1"),
+              ("response length (tokens)", None, "length"),
               ("held-out perplexity (alignment tax)", "heldout_ppl", "heldout_ppl")]
 
 
 def run(cfg: PipelineConfig) -> dict:
-    from minirlhf.config import PairsConfig, RewardConfig, SFTConfig, default_preset
+    from minirlhf.config import DPOConfig, PairsConfig, PPOConfig, RewardConfig, SFTConfig, default_preset
+    from minirlhf.dpo import run as dpo
     from minirlhf.pairs import run as make_pairs
+    from minirlhf.ppo import run as ppo
     from minirlhf.pretrain import run as pretrain
     from minirlhf.reward import run as train_reward
     from minirlhf.sft import run as sft
@@ -108,6 +115,9 @@ def run(cfg: PipelineConfig) -> dict:
     _stage("pairs", make_pairs, make_config(PairsConfig, overrides=dict(common, device=cfg.device)), rows, timings)
     _stage("reward", train_reward, make_config(RewardConfig, overrides=dict(train_common, truncate=cfg.truncate)),
            rows, timings)
+    _stage("ppo", ppo, make_config(PPOConfig, overrides=dict(common, device=cfg.device, progress=cfg.progress)),
+           rows, timings)
+    _stage("dpo", dpo, make_config(DPOConfig, overrides=dict(train_common, truncate=cfg.truncate)), rows, timings)
 
     os.makedirs(cfg.plots_dir, exist_ok=True)
     base = os.path.join(cfg.out_dir, preset)

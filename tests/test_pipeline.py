@@ -11,13 +11,13 @@ def test_micro_pipeline_end_to_end(tmp_path, capsys):
     args = ["pipeline", "--preset=micro", f"--out_dir={out}", f"--plots_dir={plots}", "--progress=false"]
     assert main(args) == 0
     base = os.path.join(out, "micro")
-    for stage in ("world", "pretrain", "sft", "pairs", "reward"):
+    for stage in ("world", "pretrain", "sft", "pairs", "reward", "ppo", "dpo"):
         assert os.path.exists(os.path.join(base, stage, "summary.json")), stage
-    for stage in ("pretrain", "sft", "reward"):
+    for stage in ("pretrain", "sft", "reward", "ppo", "dpo"):
         ckpt = os.path.join(base, stage, "model.pt")
         assert os.path.exists(ckpt) and os.path.exists(os.path.join(base, stage, "metrics.jsonl")), stage
     report = open(os.path.join(base, "report.md")).read()
-    assert "| pretrain |" in report and "| sft |" in report and "| reward |" in report
+    assert all(f"| {stage} |" in report for stage in ("pretrain", "sft", "reward", "ppo", "dpo"))
     assert "Models compared by the gold judge" in report
     assert all(os.path.exists(p) for p in json.load(open(os.path.join(base, "pipeline_summary.json")))["figures"])
     sft_summary = json.load(open(os.path.join(base, "sft", "summary.json")))
@@ -27,5 +27,5 @@ def test_micro_pipeline_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     printed = capsys.readouterr().out
-    for stage in ("pretrain", "sft", "pairs", "reward"):
+    for stage in ("pretrain", "sft", "pairs", "reward", "ppo", "dpo"):
         assert f"[{stage}] reusing" in printed, stage
