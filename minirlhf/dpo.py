@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 
 import torch
 
@@ -42,8 +41,7 @@ from minirlhf.common import (Stopwatch, config_key, file_digest, make_adamw, res
 from minirlhf.config import DPOConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.ops import logprobs_from_logits, masked_sum
 from minirlhf.reward import load_pairs
-from minirlhf.sft import batch_indices, stage_file, world_eval, world_file
-from minirlhf.tokenizer import Tokenizer
+from minirlhf.sft import batch_indices, stage_file, stage_tokenizer, world_eval, world_file
 from minirlhf.train_loop import micro_batch_size, train_loop
 
 STAGE = "dpo"
@@ -135,9 +133,7 @@ def run(cfg: DPOConfig) -> dict:
         return summary
 
     # 1. data
-    tok_path = os.path.join(os.path.dirname(ref_path), "tokenizer.json")
-    tok = Tokenizer.load(tok_path)
-    shutil.copyfile(tok_path, os.path.join(out, "tokenizer.json"))
+    tok = stage_tokenizer(ref_path, out)
     max_len = ck.load_checkpoint(init)["model_config"]["block_size"] + 1  # the forward pass reads ids[:, :-1]
     train, val, skipped = load_pairs(tok, prefs, eval_prefs, max_len, cfg.truncate, cfg.loss)
     save_config(cfg, os.path.join(out, "config.json"))

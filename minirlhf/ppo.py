@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 
 import torch
 from tqdm import tqdm
@@ -52,8 +51,8 @@ from minirlhf.config import PPOConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import read_prompts
 from minirlhf.engine import generate, response_logprobs
 from minirlhf.losses import ppo_policy_loss, ppo_value_loss
-from minirlhf.sft import stage_file, world_eval, world_file
-from minirlhf.tokenizer import Tokenizer, render_prompt
+from minirlhf.sft import stage_file, stage_tokenizer, world_eval, world_file
+from minirlhf.tokenizer import render_prompt
 
 STAGE = "ppo"
 
@@ -189,9 +188,7 @@ def run(cfg: PPOConfig) -> dict:
     if (summary := reusable(out, key, cfg.force)) is not None:
         print(f"[ppo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
-    tok_path = os.path.join(os.path.dirname(init), "tokenizer.json")
-    tok = Tokenizer.load(tok_path)
-    shutil.copyfile(tok_path, os.path.join(out, "tokenizer.json"))
+    tok = stage_tokenizer(init, out)
     torch.manual_seed(cfg.seed)
     policy, _ = ck.load_model(init, device)  # dropout off in every RL stage
     ref, _ = ck.load_model(init, device)

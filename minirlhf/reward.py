@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 
 import torch
 
@@ -37,7 +36,7 @@ from minirlhf.data import read_jsonl, read_preferences_with_report, read_prompts
 from minirlhf.engine import generate
 from minirlhf.losses import bradley_terry_loss
 from minirlhf.model import ScalarModel
-from minirlhf.sft import batch_indices, stage_file, world_file
+from minirlhf.sft import batch_indices, stage_file, stage_tokenizer, world_file
 from minirlhf.tokenizer import END, Tokenizer, render_conversation, render_prompt
 from minirlhf.train_loop import micro_batch_size, train_loop
 
@@ -236,9 +235,7 @@ def run(cfg: RewardConfig) -> dict:
         return summary
 
     # 1. data
-    tok_path = os.path.join(os.path.dirname(init), "tokenizer.json")
-    tok = Tokenizer.load(tok_path)
-    shutil.copyfile(tok_path, os.path.join(out, "tokenizer.json"))
+    tok = stage_tokenizer(init, out)
     policy, _ = ck.load_model(init, device)  # the SFT model: trunk init, and the calibration policy
     max_len = policy.config.block_size
     train, val, skipped = load_pairs(tok, prefs, eval_prefs, max_len, cfg.truncate, STAGE)

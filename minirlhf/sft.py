@@ -52,6 +52,14 @@ def stage_file(cfg, stage: str, name: str) -> str:
     return path
 
 
+def stage_tokenizer(checkpoint: str, out: str) -> Tokenizer:
+    """Load the tokenizer.json that sits next to `checkpoint` and copy it into the stage folder `out`."""
+    src = os.path.join(os.path.dirname(checkpoint), "tokenizer.json")
+    tok = Tokenizer.load(src)
+    shutil.copyfile(src, os.path.join(out, "tokenizer.json"))
+    return tok
+
+
 def encode_conversations(tok: Tokenizer, conversations: list, max_len: int, truncate: bool, source: str):
     """Render conversations to (ids, loss_mask) lists of at most `max_len` tokens.
 
@@ -149,8 +157,7 @@ def run(cfg: SFTConfig) -> dict:
         return summary
 
     # 1. data
-    tok = Tokenizer.load(os.path.join(os.path.dirname(init), "tokenizer.json"))
-    shutil.copyfile(os.path.join(os.path.dirname(init), "tokenizer.json"), os.path.join(out, "tokenizer.json"))
+    tok = stage_tokenizer(init, out)
     model, init_ckpt = ck.load_model(init, device, dropout=cfg.dropout)
     if cfg.init_chat_embeddings and init_ckpt.get("stage") == "pretrain":
         init_chat_embeddings(model, tok)
