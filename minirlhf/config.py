@@ -157,6 +157,8 @@ class SFTConfig(TrainConfig):
     truncate: bool = False  # cut conversations longer than the context (and report how many) instead of failing
     dropout: float = 0.0  # dropout during SFT
     init_chat_embeddings: bool = True  # start <|user|>, <|assistant|>, <|end|> from the forum's "Q:", "\nA:", "\n"
+    ptx_coef: float = 0.0  # weight of a pretraining-loss term mixed into every step (keeps the base model's knowledge)
+    ptx_batch_size: int = 0  # pretraining windows per step for that term; 0 = batch_size
     warmup_steps: int = 20  # linear warm-up steps
     eval_interval: int = 100  # steps between validation evaluations (and checkpoints)
 

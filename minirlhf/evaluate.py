@@ -150,9 +150,9 @@ def eval_prompt_rows(world_dir: str, n_train: int = 120, seed: int = 0) -> list[
 @torch.no_grad()
 def heldout_perplexity(model, pretrain_dir: str, block_size: int, n_windows: int = 32, seed: int = 0) -> float:
     """exp(mean next-token loss) on fixed windows of the held-out pretraining tokens (val.bin)."""
-    path = os.path.join(pretrain_dir, "val.bin")
-    dtype = np.uint16 if model.config.vocab_size <= 65536 else np.uint32  # as pretrain.tokenize_to_memmap wrote it
-    data = np.memmap(path, dtype=dtype, mode="r")
+    from minirlhf.pretrain import load_tokens
+
+    data = load_tokens(os.path.join(pretrain_dir, "val.bin"), model.config.vocab_size)
     gen = torch.Generator().manual_seed(seed)
     T = min(block_size, len(data) - 1)
     starts = torch.randint(0, len(data) - T - 1, (n_windows,), generator=gen).tolist()

@@ -119,6 +119,12 @@ def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def load_tokens(path: str, vocab_size: int) -> np.memmap:
+    """Open a token file written by `tokenize_to_memmap` (its dtype follows from the vocabulary size)."""
+    dtype = np.uint16 if vocab_size <= 65536 else np.uint32
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
 def get_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator, device):
     """Random windows: x (B, T) and y = x shifted by one (B, T)."""
     starts = torch.randint(0, len(data) - block_size - 1, (batch_size,), generator=generator)

@@ -33,6 +33,7 @@ from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_
 from minirlhf.config import SFTConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import read_sft
 from minirlhf.losses import sft_loss
+from minirlhf.pretrain import get_batch, lm_loss, load_tokens
 from minirlhf.tokenizer import Tokenizer, render_conversation
 from minirlhf.train_loop import micro_batch_size, train_loop
 
@@ -175,11 +176,21 @@ def run(cfg: SFTConfig) -> dict:
     train_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
     micro = micro_batch_size(cfg)
 
+    ptx_data = load_tokens(stage_file(cfg, "pretrain", "train.bin"), model.config.vocab_size) if cfg.ptx_coef > 0 else None
+    ptx_micro = max(1, (cfg.ptx_batch_size or cfg.batch_size) * micro // cfg.batch_size)
+
     def batch_loss(step, part):
         idx = batch_indices(len(train), cfg.batch_size, step, cfg.seed)[part * micro:(part + 1) * micro]
         x, y, m = collate([train[i] for i in idx], tok.pad_id, device)
         loss, _ = sft_loss(train_model(x), y, m)
-        return loss, {}
+        if ptx_data is None:
+            return loss, {}
+        # the pretraining mix: random corpus windows, drawn from a generator seeded by (step, part) so a
+        # resumed run sees the same windows
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1_009 + part)
+        px, py = get_batch(ptx_data, ptx_micro, model.config.block_size, gen, device)
+        ptx = lm_loss(train_model, px, py)
+        return loss + cfg.ptx_coef * ptx, {"sft_loss": loss.detach(), "ptx_loss": ptx.detach()}
 
     def evaluate():
         return {"val_loss": sft_validation_loss(train_model, val, tok.pad_id, cfg.batch_size, device, cfg.dtype)}
