@@ -5,6 +5,7 @@
     minirlhf pretrain --preset tiny --max_steps=500
     minirlhf sample --checkpoint out/tiny/pretrain/model.pt --prompt "The capital of France is"
     minirlhf pretrain --help               # every option with its type, default and meaning
+    minirlhf import-hf path/to/gpt2 --out=out/hf/gpt2    # positional arguments where a command names them
 
 Options are `--key=value` (or `--key value`), checked against the stage's config dataclass: an unknown key
 or a value of the wrong type is one line of error that lists what is valid, never a traceback.
@@ -33,9 +34,15 @@ COMMANDS = {
     "reward": (C.RewardConfig, "minirlhf.reward:run", "train the reward model on preference pairs"),
     "ppo": (C.PPOConfig, "minirlhf.ppo:run", "PPO against the reward model (value head, GAE, KL control)"),
     "dpo": (C.DPOConfig, "minirlhf.dpo:run", "DPO / cDPO / IPO / SimPO / ORPO on preference pairs"),
+    "grpo": (C.GRPOConfig, "minirlhf.grpo:run", "GRPO: group-relative advantages, no value model (RM or gold reward)"),
+    "best-of-n": (C.BestOfNConfig, "minirlhf.best_of_n:run", "best-of-n sampling from SFT, chosen by the RM"),
     "eval": (C.EvalConfig, "minirlhf.evaluate:run", "evaluate a chat policy against the world's gold judge"),
     "sample": (C.SampleConfig, "minirlhf.sample:run", "print continuations of a prompt from a checkpoint"),
+    "import-hf": (C.ImportHFConfig, "minirlhf.hf:run_import", "a Hugging Face GPT-2 folder -> our model.pt (PATH [--out=DIR])"),
+    "export-hf": (C.ExportHFConfig, "minirlhf.hf:run_export", "our model.pt -> a Hugging Face folder (CHECKPOINT OUT)"),
 }
+# commands that take positional arguments: command -> the config fields they fill, in order
+POSITIONAL = {"import-hf": ("path",), "export-hf": ("checkpoint", "out")}
 
 
 def field_help(cls) -> list[str]:
@@ -50,6 +57,8 @@ def field_help(cls) -> list[str]:
     for f in dataclasses.fields(cls):
         typ = f.type if isinstance(f.type, str) else f.type.__name__
         lines.append(f"  --{f.name:<16} ({typ}, default {f.default!r}) {comments.get(f.name, '')}")
+    for alias, target in getattr(cls, "aliases", {}).items():
+        lines.append(f"  --{alias.replace('_', '-'):<16} the same as --{target}")
     return lines
 
 
@@ -74,6 +83,18 @@ def normalise_args(args: list[str]) -> list[str]:
     return out
 
 
+def positional_args(name: str, args: list[str]) -> list[str]:
+    """`minirlhf export-hf A B` -> ["--checkpoint=A", "--out=B"]; options pass through unchanged."""
+    names = POSITIONAL.get(name, ())
+    options = [a for a in args if a.startswith("--")]
+    values = [a for a in args if not a.startswith("--")]
+    if len(values) > len(names):
+        expected = " ".join(n.upper() for n in names) or "no positional arguments"
+        raise C.ConfigError(f"unexpected argument {values[len(names)]!r} (expected {expected}; "
+                            "options look like --key=value)")
+    return options + [f"--{n}={v}" for n, v in zip(names, values)]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -85,14 +106,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cls, target, desc = COMMANDS[name]
     if "-h" in args or "--help" in args:
-        print(f"minirlhf {name}: {desc}\n\noptions:")
+        usage_line = " ".join(["minirlhf", name, *(n.upper() for n in POSITIONAL.get(name, ())), "[--key=value ...]"])
+        print(f"minirlhf {name}: {desc}\nusage: {usage_line}\n\noptions:")
         print("\n".join(field_help(cls)))
         return 0
     try:
-        cfg = C.make_config(cls, overrides=normalise_args(args))
+        cfg = C.make_config(cls, overrides=positional_args(name, normalise_args(args)))
         if getattr(cfg, "preset", None) == "" and cls is C.PipelineConfig:
             cfg.preset = C.default_preset()
-    except C.ConfigError as e:
+        if getattr(cfg, "gold_judge", ""):  # check a --gold-judge before any training, not after it
+            from minirlhf.evaluate import load_judge
+
+            load_judge(cfg.gold_judge)
+    except (C.ConfigError, ValueError) as e:
         print(f"minirlhf {name}: {e}", file=sys.stderr)
         return 2
     module, func = target.split(":")

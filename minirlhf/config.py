@@ -33,6 +33,8 @@ PRESETS: dict[str, dict] = {
         "pairs": dict(n_prompts=48),
         "ppo": dict(iterations=4, batch_size=16, minibatch_size=8, lr=0.0001),
         "dpo": dict(max_steps=10, batch_size=8, lr=0.0001),
+        "grpo": dict(iterations=4, prompts_per_iteration=4, group_size=4, minibatch_size=8, lr=0.0001),
+        "best_of_n": dict(batch_size=32),
     },
     # CPU: the whole pipeline in <= 15 minutes on 2 cores
     "tiny": {
@@ -43,6 +45,8 @@ PRESETS: dict[str, dict] = {
         "pairs": dict(n_prompts=600),
         "ppo": dict(iterations=60, batch_size=64, minibatch_size=16, lr=5e-05),
         "dpo": dict(max_steps=150, batch_size=32, lr=5e-05),
+        "grpo": dict(iterations=40, prompts_per_iteration=16, group_size=8, minibatch_size=32, lr=5e-05),
+        "best_of_n": dict(batch_size=64),
     },
     # one laptop GPU: the whole pipeline in a few minutes
     "small": {
@@ -53,6 +57,8 @@ PRESETS: dict[str, dict] = {
         "pairs": dict(n_prompts=2000),
         "ppo": dict(iterations=150, batch_size=128, minibatch_size=32, lr=2e-05),
         "dpo": dict(max_steps=300, batch_size=64, lr=2e-05),
+        "grpo": dict(iterations=100, prompts_per_iteration=32, group_size=8, minibatch_size=64, lr=2e-05),
+        "best_of_n": dict(batch_size=256),
     },
     # the GPT-2 124M shape (big GPU, or imported GPT-2 weights)
     "gpt2": {
@@ -63,6 +69,8 @@ PRESETS: dict[str, dict] = {
         "pairs": dict(n_prompts=4000),
         "ppo": dict(iterations=300, batch_size=128, minibatch_size=16, lr=1e-05),
         "dpo": dict(max_steps=500, batch_size=32, lr=5e-07),
+        "grpo": dict(iterations=200, prompts_per_iteration=32, group_size=8, minibatch_size=32, lr=1e-05),
+        "best_of_n": dict(batch_size=64),
     },
 }
 
@@ -151,6 +159,7 @@ class SFTConfig(TrainConfig):
     """`minirlhf sft`: supervised fine-tuning on (prompt, ideal response) demonstrations."""
 
     stage: ClassVar[str] = "sft"
+    aliases: ClassVar[dict[str, str]] = {"sft_data": "data"}  # --sft-data is --data
     init: str = ""  # checkpoint to start from; "" = out/<preset>/pretrain/model.pt
     data: str = ""  # SFT JSONL ({"prompt","completion"} or {"messages"}); "" = the world's sft.jsonl
     eval_data: str = ""  # held-out demonstrations for validation loss; "" = the world's sft_eval.jsonl
@@ -158,7 +167,9 @@ class SFTConfig(TrainConfig):
     dropout: float = 0.0  # dropout during SFT
     init_chat_embeddings: bool = True  # start <|user|>, <|assistant|>, <|end|> from the forum's "Q:", "\nA:", "\n"
     ptx_coef: float = 0.0  # weight of a pretraining-loss term mixed into every step (keeps the base model's knowledge)
+    freeze_embeddings: bool = False  # train only the chat tokens' rows of the (tied) embedding matrix
     ptx_batch_size: int = 0  # pretraining windows per step for that term; 0 = batch_size
+    gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
     warmup_steps: int = 20  # linear warm-up steps
     eval_interval: int = 100  # steps between validation evaluations (and checkpoints)
 
@@ -195,6 +206,7 @@ class PPOConfig:
     init: str = ""  # policy and reference init; "" = out/<preset>/sft/model.pt
     reward_model: str = ""  # "" = out/<preset>/reward/model.pt
     value_init: str = ""  # value model init (trunk + head); "" = the reward model (InstructGPT)
+    value_model: str = "separate"  # "separate" (own trunk, from the RM) or "shared" (a head on the policy's trunk)
     prompts: str = ""  # RL prompts; "" = the world's rl_prompts.jsonl
     iterations: int = 0  # rollout + optimise iterations; 0 = from preset
     batch_size: int = 0  # rollouts per iteration; 0 = from preset
@@ -217,7 +229,10 @@ class PPOConfig:
     gamma: float = 1.0  # discount
     lam: float = 0.95  # GAE lambda
     grad_clip: float = 1.0  # clip the global gradient norm (0 = off)
+    ptx_coef: float = 0.0  # PPO-ptx: weight gamma of the pretraining log-likelihood mixed in (InstructGPT eq. 2)
+    ptx_batch_size: int = 0  # pretraining windows per minibatch for that term; 0 = minibatch_size
     eval_interval: int = 20  # iterations between evaluations on held-out prompts
+    gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
     progress: bool = True  # progress bar
 
 
@@ -256,6 +271,7 @@ class EvalConfig:
     seed: int = 0  # sampling seed: same seed, same numbers
     device: str = "auto"  # "auto", "cpu", "cuda"
     output: str = ""  # JSON file for the metrics; "" = eval.json next to the checkpoint
+    gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
 
 
 @dataclass
@@ -263,7 +279,7 @@ class DPOConfig(TrainConfig):
     """`minirlhf dpo`: DPO and its paired family (cDPO, IPO, SimPO, ORPO) trained straight on preference pairs."""
 
     stage: ClassVar[str] = "dpo"
-    loss: str = "dpo"  # dpo | cdpo | ipo | simpo | orpo
+    loss: str = "dpo"  # dpo | cdpo | ipo | kto | simpo | orpo
     init: str = ""  # policy init; "" = out/<preset>/sft/model.pt (the base model for orpo)
     reference: str = ""  # reference model; "" = out/<preset>/sft/model.pt
     prefs: str = ""  # preference JSONL; "" = out/<preset>/pairs/prefs.jsonl
@@ -274,11 +290,69 @@ class DPOConfig(TrainConfig):
     simpo_beta: float = 2.0  # SimPO reward scale (Meng et al. 2024)
     simpo_gamma: float = 0.5  # SimPO target margin
     orpo_lambda: float = 0.1  # ORPO weight of the odds-ratio term (Hong et al. 2024)
+    kto_data: str = ""  # KTO JSONL {"prompt","completion","label"}; "" = the preference pairs, unpaired
+    kto_desirable_weight: float = 1.0  # KTO lambda_D (Ethayarajh et al. 2024)
+    kto_undesirable_weight: float = 1.0  # KTO lambda_U
     precompute_ref: bool = True  # reference log-probs computed once and cached (false: reference model kept)
     truncate: bool = False  # drop over-long / identical pairs (and report the count) instead of failing
     warmup_steps: int = 10  # linear warm-up steps
     eval_interval: int = 50  # steps between validation evaluations (and checkpoints)
     weight_decay: float = 0.0  # AdamW weight decay
+    gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
+
+
+@dataclass
+class GRPOConfig:
+    """`minirlhf grpo`: GRPO (group-relative advantages, no value model) against the reward model or the gold judge."""
+
+    stage: ClassVar[str] = "grpo"
+    preset: str = "tiny"  # finds the SFT model, the reward model and the world
+    seed: int = 1337  # rollouts, prompt order and minibatch order
+    out_dir: str = "out"  # artifacts in <out_dir>/<preset>/grpo/ (reward=rm) or grpo_gold/ (reward=gold)
+    force: bool = False  # retrain even if the inputs are unchanged
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    init: str = ""  # policy and reference init; "" = out/<preset>/sft/model.pt
+    reward: str = "rm"  # "rm": the reward model's score; "gold": the gold judge itself (verifiable rewards)
+    reward_model: str = ""  # "" = out/<preset>/reward/model.pt (with reward=gold: only for the proxy column, if present)
+    prompts: str = ""  # "" = the world's rl_prompts.jsonl; a category (e.g. arithmetic) = only those; or a JSONL path
+    iterations: int = 0  # rollout + optimise iterations; 0 = from preset
+    prompts_per_iteration: int = 0  # distinct prompts per iteration; 0 = from preset
+    group_size: int = 0  # responses G sampled per prompt (>= 2); 0 = from preset
+    minibatch_size: int = 0  # responses per gradient step; 0 = from preset
+    ppo_epochs: int = 1  # passes over each rollout batch (1: the ratio is 1 on every minibatch's first pass)
+    lr: float = 0.0  # learning rate; 0 = from preset
+    anneal_lr: bool = False  # decay the learning rate linearly to 0 over the iterations
+    temperature: float = 1.0  # sampling temperature, used identically when log-probs are recomputed
+    max_new_tokens: int = 48  # response budget in tokens
+    beta: float = 0.04  # weight of the k3 KL to the SFT reference in the loss (0 = no KL term, no reference pass)
+    epsilon: float = 0.2  # ratio clip epsilon
+    scale_rewards: bool = True  # divide the group-centred rewards by the group std (false = Dr. GRPO, mean only)
+    missing_eos_penalty: float = 1.0  # subtracted from the reward of a response that never emitted <|end|>
+    grad_clip: float = 1.0  # clip the global gradient norm (0 = off)
+    eval_interval: int = 20  # iterations between evaluations on held-out prompts
+    task_eval_samples: int = 8  # with --prompts=<category>: samples per held-out prompt of that category (accuracy)
+    gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
+    progress: bool = True  # progress bar
+
+
+@dataclass
+class BestOfNConfig:
+    """`minirlhf best-of-n`: sample n responses per held-out prompt from SFT, keep the reward model's favourite."""
+
+    stage: ClassVar[str] = "best_of_n"
+    preset: str = "tiny"  # finds the SFT model, the reward model and the world
+    seed: int = 1337  # sampling seed
+    out_dir: str = "out"  # results in <out_dir>/<preset>/best_of_n/summary.json
+    force: bool = False  # resample even if the inputs are unchanged
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    init: str = ""  # the policy to sample from; "" = out/<preset>/sft/model.pt
+    reward_model: str = ""  # the selector; "" = out/<preset>/reward/model.pt
+    ns: str = "1,2,4,8,16"  # comma-separated n values (one result row each)
+    temperature: float = 1.0  # sampling temperature
+    max_new_tokens: int = 48  # response budget in tokens
+    batch_size: int = 0  # responses generated per forward batch; 0 = from preset
+    missing_eos_penalty: float = 1.0  # subtracted from the reward-model score of a response without <|end|> when choosing
+    gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
 
 
 @dataclass
@@ -295,6 +369,23 @@ class SampleConfig:
     top_p: float = 1.0  # nucleus sampling mass (1 = off)
     seed: int = 0  # sampling seed
     device: str = "auto"  # "auto", "cpu", "cuda"
+
+
+@dataclass
+class ImportHFConfig:
+    """`minirlhf import-hf PATH`: a Hugging Face GPT-2 folder -> our model.pt + tokenizer.json."""
+
+    path: str = ""  # the folder: config.json, model.safetensors or pytorch_model.bin, tokenizer files
+    out: str = ""  # where model.pt and tokenizer.json go; "" = out/hf/<folder name>
+    tokenizer: str = "auto"  # "auto": the folder's vocab.json + merges.txt (or tokenizer.json); "gpt2": tiktoken's local GPT-2
+
+
+@dataclass
+class ExportHFConfig:
+    """`minirlhf export-hf CHECKPOINT OUT`: our model.pt -> a folder that transformers' from_pretrained loads."""
+
+    checkpoint: str = ""  # any stage's model.pt; a reward/value model exports as GPT2ForSequenceClassification
+    out: str = ""  # the folder for config.json, model.safetensors and the tokenizer files
 
 
 @dataclass
@@ -353,9 +444,11 @@ def _parse_value(key: str, raw: str, typ: str):
 def apply_overrides(cfg, overrides: list[str] | dict):
     """Apply `--key=value` strings (or a dict) to a config dataclass, checking names and types.
 
-    `--flag` alone sets a bool field to True. Dashes and underscores in keys are interchangeable.
+    `--flag` alone sets a bool field to True. Dashes and underscores in keys are interchangeable. A config
+    class may declare `aliases` (a ClassVar dict alias -> field name), e.g. `--sft-data` for `--data`.
     """
     by_name = {f.name: f for f in fields(cfg)}
+    aliases = getattr(type(cfg), "aliases", {})  # e.g. SFTConfig: --sft-data is --data
     items: list[tuple[str, object]] = []
     if isinstance(overrides, dict):
         items = list(overrides.items())
@@ -365,6 +458,7 @@ def apply_overrides(cfg, overrides: list[str] | dict):
                 raise ConfigError(f"unexpected argument {arg!r}: options look like --key=value")
             key, eq, raw = arg[2:].partition("=")
             key = key.replace("-", "_")
+            key = aliases.get(key, key)
             if not eq:
                 f = by_name.get(key)
                 if f is not None and f.type in ("bool", bool):
@@ -374,6 +468,7 @@ def apply_overrides(cfg, overrides: list[str] | dict):
             items.append((key, raw))
     for key, raw in items:
         key = key.replace("-", "_")
+        key = aliases.get(key, key)
         if key not in by_name:
             valid = ", ".join(f"--{n}" for n in by_name)
             raise ConfigError(f"unknown option --{key} for {type(cfg).__name__}; valid options: {valid}")
@@ -428,7 +523,7 @@ def stage_dir(cfg, stage: str) -> str:
 
 
 __all__ = [
-    "PRESETS", "ModelConfig", "WorldConfig", "PretrainConfig", "SFTConfig", "RewardConfig", "TrainConfig", "SampleConfig", "PipelineConfig", "EvalConfig", "PairsConfig", "PPOConfig", "DPOConfig", "ConfigError", "make_config",
+    "PRESETS", "ModelConfig", "WorldConfig", "PretrainConfig", "SFTConfig", "RewardConfig", "TrainConfig", "SampleConfig", "PipelineConfig", "EvalConfig", "ImportHFConfig", "ExportHFConfig", "PairsConfig", "PPOConfig", "DPOConfig", "GRPOConfig", "BestOfNConfig", "ConfigError", "make_config",
     "apply_overrides", "fill_from_preset", "model_config_from", "save_config", "stage_dir",
     "default_preset", "field",
 ]

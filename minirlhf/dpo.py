@@ -1,9 +1,11 @@
-"""Preference optimisation straight from pairs: DPO and its paired family (cDPO, IPO, SimPO, ORPO).
+"""Preference optimisation straight from preference data: DPO and its family (cDPO, IPO, KTO, SimPO, ORPO).
 
 Run it:
     minirlhf dpo --preset tiny                    # DPO, beta 0.1, from SFT, on out/tiny/pairs/prefs.jsonl
-    minirlhf dpo --preset tiny --loss=ipo --beta=0.5
+    minirlhf dpo --preset tiny --loss=ipo --tau=0.5
     minirlhf dpo --preset tiny --loss=orpo        # ORPO folds SFT in: starts from the base model
+    minirlhf dpo --preset tiny --loss=kto         # the same pairs, unpaired: chosen = desirable, rejected = not
+    minirlhf dpo --preset tiny --loss=kto --kto_data=out/tiny/world/kto.jsonl   # {"prompt","completion","label"}
 
 What happens, top to bottom:
   1. read the pairs and render chosen and rejected as full conversations; the loss mask covers the
@@ -23,14 +25,22 @@ policy's sequence log-probs. Expect logps/chosen to FALL during DPO: the loss on
 *difference* grows, and pushing the rejected response down also drags similar chosen ones down
 (Rafailov et al. 2023, §5; widely observed since).
 
-Deliberate simplifications: paired losses only here (KTO's unpaired data and its mismatched-pair KL
-estimate are not wired into a stage yet -- `losses.kto_loss` is); one epoch-free step budget.
+KTO (Ethayarajh et al. 2024) needs no pairs: each example is one (prompt, completion, desirable?)
+triple. Its reference point z0 estimates KL(pi || pi_ref) from MISMATCHED pairs -- a prompt with another
+example's completion. Here every example i is given one fixed partner sigma(i) when the data is loaded
+(a seeded shuffle, each example paired with the next one in it), so the reference log-probs of the
+mismatched pairs can be precomputed like the others; z0 is the batch mean over its examples' mismatched
+pairs, computed without gradients (the paper detaches it), so a micro-batch needs at least two examples.
+
+Deliberate simplifications: a fixed step budget (no epochs); KTO's mismatched partners are fixed once
+instead of re-drawn every batch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import random
 
 import torch
 
@@ -39,20 +49,25 @@ from minirlhf import losses as L
 from minirlhf.common import (Stopwatch, config_key, file_digest, make_adamw, resolve_device, reusable, setup_torch,
                              write_json)
 from minirlhf.config import DPOConfig, fill_from_preset, save_config, stage_dir
+from minirlhf.data import read_kto, read_preferences_with_report
 from minirlhf.ops import logprobs_from_logits, masked_sum
 from minirlhf.reward import load_pairs
 from minirlhf.sft import batch_indices, stage_file, stage_tokenizer, world_eval, world_file
+from minirlhf.tokenizer import render_conversation
 from minirlhf.train_loop import micro_batch_size, train_loop
 
 STAGE = "dpo"
-LOSSES = ("dpo", "cdpo", "ipo", "simpo", "orpo")
-NEEDS_REFERENCE = ("dpo", "cdpo", "ipo")
+LOSSES = ("dpo", "cdpo", "ipo", "kto", "simpo", "orpo")
+NEEDS_REFERENCE = ("dpo", "cdpo", "ipo", "kto")
+PAIR_KEYS = ("chosen", "rejected")  # the two sequences of a preference pair
+KTO_KEYS = ("completion", "mismatched")  # a KTO example's own completion and its mismatched partner's
 
 
-def pad_pairs(pairs: list[dict], pad_id: int, device):
-    """Chosen rows then rejected rows, right-padded: ids (2B, T), loss mask (2B, T)."""
-    seqs = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    masks = [p["chosen_mask"] for p in pairs] + [p["rejected_mask"] for p in pairs]
+def pad_pairs(pairs: list[dict], pad_id: int, device, keys: tuple[str, str] = PAIR_KEYS):
+    """All first sequences then all second ones (chosen then rejected), right-padded: ids (2B, T), mask (2B, T)."""
+    a, b = keys
+    seqs = [p[a] for p in pairs] + [p[b] for p in pairs]
+    masks = [p[f"{a}_mask"] for p in pairs] + [p[f"{b}_mask"] for p in pairs]
     T = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.float32)
@@ -75,28 +90,88 @@ def sequence_logps(model, ids, mask):
 
 
 @torch.no_grad()
-def reference_logps(ref, pairs: list[dict], pad_id: int, batch_size: int, device) -> torch.Tensor:
-    """Reference sequence log-probs for every pair: (N, 2) = [chosen, rejected]."""
+def reference_logps(ref, pairs: list[dict], pad_id: int, batch_size: int, device,
+                    keys: tuple[str, str] = PAIR_KEYS) -> torch.Tensor:
+    """Reference sequence log-probs for every record: (N, 2) = [chosen, rejected] (or KTO's two keys)."""
     ref.eval()
     out = []
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
-        ids, mask = pad_pairs(chunk, pad_id, device)
+        ids, mask = pad_pairs(chunk, pad_id, device, keys)
         logps, _ = sequence_logps(ref, ids, mask)  # (2b,)
         out.append(torch.stack([logps[:len(chunk)], logps[len(chunk):]], dim=1).float().cpu())
     return torch.cat(out)
 
 
-def cached_reference_logps(cache_dir: str, key: str, ref_path: str, pairs, pad_id, batch_size, device):
+def cached_reference_logps(cache_dir: str, key: str, ref_path: str, pairs, pad_id, batch_size, device,
+                           keys: tuple[str, str] = PAIR_KEYS):
     """Reference log-probs, computed once per (data, reference checkpoint) and cached as a file."""
     path = os.path.join(cache_dir, f"ref_logps_{key}.pt")
     if os.path.exists(path):
         return ck.load_checkpoint(path)["ref_logps"]
     ref, _ = ck.load_model(ref_path, device)
-    logps = reference_logps(ref, pairs, pad_id, batch_size, device)
+    logps = reference_logps(ref, pairs, pad_id, batch_size, device, keys)
     del ref  # the reference model is not needed again during training
     ck.save_checkpoint(path, {"ref_logps": logps})
     return logps
+
+
+def kto_rows_from_pairs(rows: list[dict]) -> list[dict]:
+    """Preference pairs as unpaired KTO rows: the chosen response desirable, the rejected one not."""
+    out = []
+    for r in rows:
+        out.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True, "extra": {}})
+        out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False, "extra": {}})
+    return out
+
+
+def encode_kto(tok, rows: list[dict], max_len: int, truncate: bool, source: str, seed: int):
+    """KTO rows -> records with the example's sequence, its mismatched partner's, and the label.
+
+    The partner of example i is (prompt_i, completion of the next example in a seeded shuffle): a
+    completion written for another prompt, whose log-ratio estimates KL(pi || pi_ref) (Ethayarajh et al.
+    2024, §4.1). Over-long examples are an error naming the record, or (truncate) dropped and counted.
+    """
+    if len(rows) < 2:
+        raise ValueError(f"{source}: KTO needs at least 2 examples (the KL estimate pairs each with another)")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    partner = {order[k]: order[(k + 1) % len(order)] for k in range(len(order))}
+    records, dropped = [], 0
+    for i, row in enumerate(rows):
+        seq, mask = render_conversation(tok, row["prompt"] + [{"role": "assistant", "content": row["completion"]}])
+        other = rows[partner[i]]["completion"]
+        kl_seq, kl_mask = render_conversation(tok, row["prompt"] + [{"role": "assistant", "content": other}])
+        if max(len(seq), len(kl_seq)) > max_len:
+            if not truncate:
+                raise ValueError(f"{source}: example {i + 1} (or its mismatched partner) renders to "
+                                 f"{max(len(seq), len(kl_seq))} tokens, more than the context ({max_len}); "
+                                 f"pass --truncate=true to drop such examples (they are counted)")
+            dropped += 1
+            continue
+        records.append({"completion": seq, "completion_mask": mask, "mismatched": kl_seq,
+                        "mismatched_mask": kl_mask, "label": bool(row["label"])})
+    if len(records) < 2:
+        raise ValueError(f"{source}: fewer than 2 usable KTO examples")
+    return records, dropped
+
+
+def load_kto(tok, cfg, prefs: str, eval_prefs: str, max_len: int):
+    """KTO training and validation records: from --kto_data, else the preference pairs unpaired."""
+    if cfg.kto_data:
+        train_rows = read_kto(cfg.kto_data)
+        source = cfg.kto_data
+    else:
+        train_rows = kto_rows_from_pairs(read_preferences_with_report(prefs, on_identical="drop")[0])
+        source = prefs
+    val_rows = kto_rows_from_pairs(read_preferences_with_report(eval_prefs, on_identical="drop")[0])
+    train, dropped = encode_kto(tok, train_rows, max_len, cfg.truncate, source, cfg.seed)
+    val, dropped_val = encode_kto(tok, val_rows, max_len, cfg.truncate, eval_prefs, cfg.seed)
+    if dropped + dropped_val:
+        print(f"[kto] dropped {dropped + dropped_val} examples too long for the context")
+    n_good = sum(r["label"] for r in train)
+    print(f"[kto] {n_good} desirable and {len(train) - n_good} undesirable examples from {source}")
+    return train, val, dropped + dropped_val
 
 
 def preference_loss(name: str, cfg, pc, pr, nc, nr, ref_c=None, ref_r=None):
@@ -118,6 +193,9 @@ def run(cfg: DPOConfig) -> dict:
     fill_from_preset(cfg)
     if cfg.loss not in LOSSES:
         raise ValueError(f"--loss={cfg.loss!r}: expected one of {', '.join(LOSSES)}")
+    if cfg.loss == "kto" and micro_batch_size(cfg) < 2:
+        raise ValueError(f"--loss=kto needs at least 2 examples per micro-batch (batch_size / grad_accum = "
+                         f"{micro_batch_size(cfg)}): its KL reference point is a mean over the batch")
     out = stage_dir(cfg, STAGE if cfg.loss == "dpo" else f"{STAGE}_{cfg.loss}")
     device = resolve_device(cfg.device)
     setup_torch(device)
@@ -126,7 +204,10 @@ def run(cfg: DPOConfig) -> dict:
     ref_path = cfg.reference or stage_file(cfg, "sft", "model.pt")
     prefs = cfg.prefs or stage_file(cfg, "pairs", "prefs.jsonl")
     eval_prefs = cfg.eval_prefs or world_file(cfg, "prefs_eval.jsonl")
-    inputs = {n: file_digest(p) for n, p in (("init", init), ("ref", ref_path), ("prefs", prefs), ("eval", eval_prefs))}
+    sources = [("init", init), ("ref", ref_path), ("prefs", prefs), ("eval", eval_prefs)]
+    if cfg.loss == "kto" and cfg.kto_data:
+        sources.append(("kto", cfg.kto_data))
+    inputs = {n: file_digest(p) for n, p in sources}
     key = config_key(cfg, inputs)
     if not cfg.resume and (summary := reusable(out, key, cfg.force)) is not None:
         print(f"[{cfg.loss}] reusing {out}/model.pt (same config and inputs; --force to retrain)")
@@ -135,25 +216,59 @@ def run(cfg: DPOConfig) -> dict:
     # 1. data
     tok = stage_tokenizer(ref_path, out)
     max_len = ck.load_checkpoint(init)["model_config"]["block_size"] + 1  # the forward pass reads ids[:, :-1]
-    train, val, skipped = load_pairs(tok, prefs, eval_prefs, max_len, cfg.truncate, cfg.loss)
+    if cfg.loss == "kto":
+        train, val, skipped = load_kto(tok, cfg, prefs, eval_prefs, max_len)
+    else:
+        train, val, skipped = load_pairs(tok, prefs, eval_prefs, max_len, cfg.truncate, cfg.loss)
+    keys = KTO_KEYS if cfg.loss == "kto" else PAIR_KEYS
     save_config(cfg, os.path.join(out, "config.json"))
 
     # 2. reference log-probs, precomputed once (or computed on the fly with --precompute_ref=false)
     ref_train = ref_val = ref_model = None
     if cfg.loss in NEEDS_REFERENCE:
         if cfg.precompute_ref:
-            data_key = hashlib.sha256(f"{inputs['prefs']}-{inputs['eval']}-{inputs['ref']}-{cfg.truncate}".encode()
-                                      ).hexdigest()[:16]
-            ref_train = cached_reference_logps(out, f"train_{data_key}", ref_path, train, tok.pad_id, cfg.batch_size, device)
-            ref_val = cached_reference_logps(out, f"val_{data_key}", ref_path, val, tok.pad_id, cfg.batch_size, device)
+            data_key = hashlib.sha256(f"{sorted(inputs.items())}-{cfg.truncate}-{cfg.loss == 'kto'}-{cfg.seed}"
+                                      .encode()).hexdigest()[:16]
+            ref_train = cached_reference_logps(out, f"train_{data_key}", ref_path, train, tok.pad_id, cfg.batch_size,
+                                               device, keys)
+            ref_val = cached_reference_logps(out, f"val_{data_key}", ref_path, val, tok.pad_id, cfg.batch_size,
+                                             device, keys)
         else:
             ref_model, _ = ck.load_model(ref_path, device)
             ref_model.eval().requires_grad_(False)
     model, _ = ck.load_model(init, device)  # loaded after the reference is gone: one model in memory at a time
-    print(f"[{cfg.loss}] {len(train)} pairs ({len(val)} held out), init {init}, reference "
+    print(f"[{cfg.loss}] {len(train)} {'examples' if cfg.loss == 'kto' else 'pairs'} ({len(val)} held out), "
+          f"init {init}, reference "
           f"{'precomputed' if ref_train is not None else ('model on the fly' if ref_model else 'not needed')}")
 
+    def kto_terms(idx: list[int], source: list[dict], ref_logps):
+        """KTO on one batch: the examples with gradients, their mismatched partners without (z0 is detached)."""
+        chunk = [source[i] for i in idx]
+        ids, mask = pad_pairs(chunk, tok.pad_id, device, KTO_KEYS)
+        b = len(chunk)
+        logps, _ = sequence_logps(model, ids[:b], mask[:b])  # (b,)
+        with torch.no_grad():
+            kl_logps, _ = sequence_logps(model, ids[b:], mask[b:])  # (b,)
+        if ref_logps is not None:
+            ref_own, ref_kl = ref_logps[idx, 0].to(device), ref_logps[idx, 1].to(device)
+        else:
+            with torch.no_grad():
+                ref_all, _ = sequence_logps(ref_model, ids, mask)
+            ref_own, ref_kl = ref_all[:b], ref_all[b:]
+        good = torch.tensor([r["label"] for r in chunk], device=device)  # (b,) desirable?
+        loss, m = L.kto_loss(logps[good], logps[~good], kl_logps, ref_own[good], ref_own[~good], ref_kl, cfg.beta,
+                             cfg.kto_desirable_weight, cfg.kto_undesirable_weight)
+        metrics = {"kl": m["kl"], "logps/chosen": logps[good].detach().mean() if good.any() else logps.new_zeros(()),
+                   "logps/rejected": logps[~good].detach().mean() if (~good).any() else logps.new_zeros(())}
+        if good.any():
+            metrics["rewards/chosen"] = m["chosen_rewards"].mean()
+        if (~good).any():
+            metrics["rewards/rejected"] = m["rejected_rewards"].mean()
+        return loss, metrics
+
     def batch_terms(idx: list[int], source: list[dict], ref_logps):
+        if cfg.loss == "kto":
+            return kto_terms(idx, source, ref_logps)
         chunk = [source[i] for i in idx]
         ids, mask = pad_pairs(chunk, tok.pad_id, device)
         logps, counts = sequence_logps(model, ids, mask)  # (2b,), (2b,)

@@ -4,6 +4,7 @@
     metrics, samples = evaluate_policy(policy, tok, "out/tiny/world", reference=sft_model, reward_model=rm,
                                        pretrain_dir="out/tiny/pretrain")
     minirlhf eval --checkpoint out/tiny/sft/model.pt        # the same, as a printed table + eval.json
+    minirlhf eval --checkpoint out/tiny/sft/model.pt --gold-judge my_judges:politeness   # your own judge
 
 What `evaluate_policy` measures (one sampled response per prompt, temperature 1 by default, fixed seed):
 
@@ -240,6 +241,50 @@ def evaluate_policy(policy, tok, world_dir: str, reference=None, reward_model=No
     return metrics, samples
 
 
+def load_judge(spec: str):
+    """`--gold-judge module:function` -> a judge(prompt, response) -> float; "" -> None (the world's judge).
+
+    `module` is imported by name (an installed module, or a .py file in the current directory), or
+    `path/to/file.py:function` loads that file. The judge receives the prompt (a string or a message list,
+    as in the prompt file) and the decoded response (ending in "<|end|>" when the model emitted it); a
+    result that is not a real number is an error naming the judge.
+    """
+    import importlib
+    import importlib.util
+    import numbers
+    import sys
+
+    if not spec:
+        return None
+    module_name, sep, func_name = spec.rpartition(":")
+    if not sep or not module_name or not func_name:
+        raise ValueError(f"--gold_judge={spec!r}: expected module:function, e.g. my_judges:politeness")
+    try:
+        if module_name.endswith(".py"):
+            if not os.path.isfile(module_name):
+                raise ImportError(f"no file {module_name}")
+            file_spec = importlib.util.spec_from_file_location(os.path.basename(module_name)[:-3], module_name)
+            module = importlib.util.module_from_spec(file_spec)
+            file_spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:  # `minirlhf eval` run as a script does not search the current folder
+                sys.path.append(os.getcwd())
+            module = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or an error raised while the module runs
+        raise ValueError(f"--gold_judge={spec!r}: cannot import {module_name!r} ({type(e).__name__}: {e})") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ValueError(f"--gold_judge={spec!r}: {module_name!r} has no function {func_name!r}")
+
+    def judge_fn(prompt, response):
+        score = func(prompt, response)
+        if not isinstance(score, numbers.Real) or isinstance(score, bool):
+            raise ValueError(f"--gold_judge={spec!r} returned {type(score).__name__} {score!r}, expected a float")
+        return float(score)
+
+    return judge_fn
+
+
 def format_table(results: dict[str, dict], keys: list[str] | None = None) -> str:
     """A plain-text table: one column per model, one row per metric."""
     names = list(results)
@@ -263,6 +308,7 @@ def run(cfg) -> dict:
 
     if not cfg.checkpoint:
         raise ValueError("--checkpoint is required, e.g. --checkpoint=out/tiny/sft/model.pt")
+    judge_fn = load_judge(cfg.gold_judge)  # before any model is loaded: a bad spec fails at once
     device = resolve_device(cfg.device)
     base = os.path.join(cfg.out_dir, cfg.preset)
     policy, _ = load_model(cfg.checkpoint, device)
@@ -274,10 +320,11 @@ def run(cfg) -> dict:
     pretrain_dir = os.path.join(base, "pretrain")
     metrics, samples = evaluate_policy(policy, tok, os.path.join(base, "world"), reference, reward_model,
                                        pretrain_dir if os.path.exists(os.path.join(pretrain_dir, "val.bin")) else None,
-                                       cfg.temperature, cfg.max_new_tokens, cfg.seed, cfg.n_train)
+                                       cfg.temperature, cfg.max_new_tokens, cfg.seed, cfg.n_train, judge_fn=judge_fn)
     print(format_table({os.path.basename(os.path.dirname(os.path.abspath(cfg.checkpoint))): metrics}))
     output = cfg.output or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "eval.json")
-    write_json(output, {"checkpoint": cfg.checkpoint, "reference": ref_path if reference else None,
+    write_json(output, {"checkpoint": cfg.checkpoint, "gold_judge": cfg.gold_judge or "world",
+                        "reference": ref_path if reference else None,
                         "reward_model": rm_path if reward_model else None, "metrics": metrics})
     print(f"metrics written to {output}")
     return metrics

@@ -161,6 +161,14 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
+    @classmethod
+    def from_hf(cls, path: str) -> "GPT":
+        """A Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin) -> GPT with
+        the same logits; the vocabulary as stored (see minirlhf/hf.py, which also adds the chat tokens)."""
+        from minirlhf.hf import load_hf_gpt2
+
+        return load_hf_gpt2(path)
+
     @staticmethod
     def _init_weights(module):
         if isinstance(module, nn.Linear):
@@ -208,9 +216,15 @@ class GPT(nn.Module):
             kv_cache.length = start + T
         return self.transformer.ln_f(x)  # (B, T, C)
 
-    def forward(self, idx, attention_mask=None, position_ids=None, kv_cache: KVCache | None = None):
-        """Logits (B, T, V); the logits at position t predict token t+1."""
-        return self.lm_head(self.hidden_states(idx, attention_mask, position_ids, kv_cache))
+    def forward(self, idx, attention_mask=None, position_ids=None, kv_cache: KVCache | None = None,
+                return_hidden: bool = False):
+        """Logits (B, T, V); the logits at position t predict token t+1.
+
+        return_hidden=True returns the final hidden states (B, T, C) instead, for
+        `ops.fused_linear_logprobs` (through forward, so DDP and torch.compile wrappers see the call).
+        """
+        hidden = self.hidden_states(idx, attention_mask, position_ids, kv_cache)  # (B, T, C)
+        return hidden if return_hidden else self.lm_head(hidden)
 
     def new_kv_cache(self, batch_size: int, max_len: int, dtype=None) -> KVCache:
         p = self.lm_head.weight

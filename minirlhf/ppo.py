@@ -31,8 +31,19 @@ Logged metrics (one row per iteration):
   value/explained_variance   1 - Var(returns - values) / Var(returns) on real tokens
   response/length, response/eos_rate, kl_coef
 
-Deliberate simplifications: one response per prompt; a separate value model (no shared trunk); no
-pretraining-loss mix (PPO-ptx) yet; the rollout batch is optimised in memory.
+Options worth flipping and comparing:
+  --adaptive_kl=false       a fixed KL coefficient instead of Ziegler et al.'s controller
+  --kl_estimator=k3         k3 instead of k1 in the per-token reward
+  --whiten_rewards=true     whiten the scores over the batch before shaping
+  --cliprange_value=0       no value clipping
+  --value_model=shared      the value head reads the policy's own hidden states: one trunk instead of
+                            two (less memory, one forward pass); the value loss then also moves the policy
+  --ptx_coef=1.0            PPO-ptx (InstructGPT eq. 2): add ptx_coef * the next-token loss on pretraining
+                            windows to every minibatch, so the policy keeps its language-model skills (the
+                            alignment tax shows as held-out perplexity); logged as ptx_loss
+
+Deliberate simplifications: one response per prompt; the rollout batch is optimised in memory; the shared
+value head starts from zero (the reward model's head was trained on another trunk's features).
 """
 
 from __future__ import annotations
@@ -51,6 +62,8 @@ from minirlhf.config import PPOConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import read_prompts
 from minirlhf.engine import generate, response_logprobs
 from minirlhf.losses import ppo_policy_loss, ppo_value_loss
+from minirlhf.model import ScalarHead
+from minirlhf.pretrain import get_batch, lm_loss, load_tokens
 from minirlhf.sft import stage_file, stage_tokenizer, world_eval, world_file
 from minirlhf.tokenizer import render_prompt
 
@@ -62,6 +75,20 @@ def response_values(value_model, tokens, attention_mask, prompt_len: int):
     return value_model(tokens, attention_mask)[:, prompt_len - 1:-1]
 
 
+def policy_and_values(policy, critic, tokens, attention_mask, prompt_len: int):
+    """Response logits (B, N, V) and values (B, N) for the response tokens of `tokens` (B, P + N).
+
+    critic is either a separate value model (a ScalarModel with its own trunk) or a ScalarHead that reads
+    the policy's hidden states (shared trunk: one forward pass serves both). Position t's outputs refer
+    to the state before response token t, so both are read at positions P - 1 .. P + N - 2.
+    """
+    if isinstance(critic, ScalarHead):
+        h = policy.hidden_states(tokens, attention_mask)[:, prompt_len - 1:-1]  # (B, N, C)
+        return policy.lm_head(h), critic(h)
+    logits = policy(tokens, attention_mask=attention_mask)[:, prompt_len - 1:-1]  # (B, N, V)
+    return logits, response_values(critic, tokens, attention_mask, prompt_len)
+
+
 def explained_variance(values, returns, mask) -> torch.Tensor:
     """1 - Var(returns - values) / Var(returns) over real tokens (1 = perfect, 0 = no better than a constant)."""
     var_returns = ops.masked_var(returns, mask)
@@ -69,13 +96,18 @@ def explained_variance(values, returns, mask) -> torch.Tensor:
 
 
 def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok, cfg, out: str,
-              evaluate_fn=None) -> dict:
+              evaluate_fn=None, ptx_data=None) -> dict:
     """The PPO loop. score_fn(tokens, attention_mask) -> (B,) scores (the reward model, or any function).
 
-    prompts: token-id lists (rendered chat prompts). Returns {"iterations", "seconds", "last_eval", ...}.
+    value_model: a ScalarModel (separate trunk) or a ScalarHead on the policy's trunk (shared).
+    prompts: token-id lists (rendered chat prompts). ptx_data: pretraining tokens (1-D array) for PPO-ptx
+    when cfg.ptx_coef > 0. Returns {"iterations", "seconds", "last_eval", ...}.
     """
     device = policy.lm_head.weight.device
     ref.eval().requires_grad_(False)
+    if cfg.ptx_coef > 0 and ptx_data is None:
+        raise ValueError("ppo: ptx_coef > 0 needs pretraining tokens (ptx_data)")
+    ptx_batch = cfg.ptx_batch_size or cfg.minibatch_size
     params = list(policy.parameters()) + list(value_model.parameters())
     optimizer = make_adamw(policy.optimizer_groups(0.0) + [{"params": list(value_model.parameters()),
                                                             "weight_decay": 0.0}], cfg.lr, (0.9, 0.95), device)
@@ -106,11 +138,10 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
             scores = scores - cfg.missing_eos_penalty * (~ended).float()
             if cfg.whiten_rewards:
                 scores = ops.masked_whiten(scores, torch.ones_like(scores))
-            logits = policy(tokens, attention_mask=attn)[:, P - 1:-1]  # (B, N, V): logits at t predict t+1
+            logits, values = policy_and_values(policy, value_model, tokens, attn, P)  # (B, N, V), (B, N)
             logprobs = ops.logprobs_from_logits(logits, g.response, cfg.temperature)  # (B, N) pi_old, same T
             entropy = ops.masked_mean(ops.entropy_from_logits(logits / cfg.temperature), mask)
             ref_logprobs = response_logprobs(ref, tokens, attn, P, cfg.temperature)  # (B, N)
-            values = response_values(value_model, tokens, attn, P)  # (B, N)
 
         # ---------------------------------------------------------------- 3. SHAPE
         kl_coef = kl_ctl.value
@@ -130,12 +161,18 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
             perm = torch.randperm(cfg.batch_size, generator=torch.Generator().manual_seed(cfg.seed + it * 1000 + epoch))
             for start in range(0, cfg.batch_size, cfg.minibatch_size):
                 mb = perm[start:start + cfg.minibatch_size].to(device)
-                new_logprobs = response_logprobs(policy, tokens[mb], attn[mb], P, cfg.temperature)
+                new_logits, new_values = policy_and_values(policy, value_model, tokens[mb], attn[mb], P)
+                new_logprobs = ops.logprobs_from_logits(new_logits, g.response[mb], cfg.temperature)  # (b, N)
                 pg_loss, pg = ppo_policy_loss(new_logprobs, logprobs[mb], advantages[mb], mask[mb], cfg.cliprange)
-                new_values = response_values(value_model, tokens[mb], attn[mb], P)
                 vf_loss, vf = ppo_value_loss(new_values, values[mb], returns[mb], mask[mb],
                                              cfg.cliprange_value if cfg.cliprange_value > 0 else None)
                 loss = pg_loss + cfg.vf_coef * vf_loss
+                if cfg.ptx_coef > 0:  # PPO-ptx: keep the pretraining distribution's likelihood up
+                    ptx_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it * 1_009 + epoch * 101 + start)
+                    px, py = get_batch(ptx_data, ptx_batch, policy.config.block_size, ptx_gen, device)
+                    ptx_loss = lm_loss(policy, px, py)
+                    loss = loss + cfg.ptx_coef * ptx_loss
+                    stats.setdefault("ptx_loss", []).append(ptx_loss.detach())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
@@ -194,8 +231,16 @@ def run(cfg: PPOConfig) -> dict:
     ref, _ = ck.load_model(init, device)
     reward_model, _ = ck.load_scalar_model(rm_path, device)
     reward_model.eval().requires_grad_(False)
-    value_model, _ = ck.load_scalar_model(cfg.value_init or rm_path, device)  # InstructGPT: value from the RM
-    value_model.requires_grad_(True)
+    if cfg.value_model == "separate":
+        value_model, _ = ck.load_scalar_model(cfg.value_init or rm_path, device)  # InstructGPT: value from the RM
+        value_model.requires_grad_(True)
+    elif cfg.value_model == "shared":
+        value_model = ScalarHead(policy.config.n_embd).to(device)  # reads the policy's hidden states
+        torch.nn.init.zeros_(value_model.linear.weight)
+    else:
+        raise ValueError(f"--value_model={cfg.value_model!r}: expected 'separate' or 'shared'")
+    ptx_data = load_tokens(stage_file(cfg, "pretrain", "train.bin"), policy.config.vocab_size) \
+        if cfg.ptx_coef > 0 else None
     prompts = [render_prompt(tok, p) for p in read_prompts(prompts_path)]
     prompts = [p for p in prompts if len(p) + 8 <= policy.config.block_size]
     save_config(cfg, os.path.join(out, "config.json"))
@@ -204,7 +249,7 @@ def run(cfg: PPOConfig) -> dict:
     def evaluate_fn(model):
         return world_eval(model, tok, cfg, out, reference=ref, reward_model=reward_model)
 
-    result = train_ppo(policy, ref, value_model, reward_model.score, prompts, tok, cfg, out, evaluate_fn)
+    result = train_ppo(policy, ref, value_model, reward_model.score, prompts, tok, cfg, out, evaluate_fn, ptx_data)
     ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(policy, STAGE, iterations=cfg.iterations))
     summary = {"stage": STAGE, "key": key, "iterations": cfg.iterations,
                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in result["last_eval"].items()},

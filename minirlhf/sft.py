@@ -100,6 +100,21 @@ def init_chat_embeddings(model, tok: Tokenizer) -> dict[str, str]:
     return {tok.decode([i]): text for i, text in sources.items()}
 
 
+def freeze_embeddings_except(model, token_ids: list[int]) -> None:
+    """Freeze the position embeddings and every token embedding row but `token_ids` (the chat tokens).
+
+    With tied embeddings the token rows are also the output layer; SFT on a few dozen entities would
+    otherwise raise those entities' rows and lower every other one, and the model would answer questions
+    about an unseen entity with a seen one. A gradient hook zeroes the frozen rows' gradients (AdamW then
+    leaves them exactly unchanged: no decay is applied to embeddings).
+    """
+    wte = model.transformer.wte.weight  # (V, C)
+    keep = torch.zeros(wte.size(0), 1, device=wte.device)  # (V, 1)
+    keep[token_ids] = 1.0
+    wte.register_hook(lambda grad: grad * keep)
+    model.transformer.wpe.weight.requires_grad_(False)
+
+
 def collate(examples: list, pad_id: int, device):
     """Right-pad -> inputs (B, T), labels (B, T), loss_mask (B, T), with labels = inputs shifted by one."""
     T = max(len(ids) for ids, _ in examples) - 1
@@ -171,6 +186,8 @@ def run(cfg: SFTConfig) -> dict:
     print(f"[sft] {len(train)} demonstrations ({len(val)} held out), init {init}, device {device}")
 
     # 2-3. train
+    if cfg.freeze_embeddings:
+        freeze_embeddings_except(model, [tok.user_id, tok.assistant_id, tok.end_id])
     torch.manual_seed(cfg.seed)
     optimizer = make_adamw(model.optimizer_groups(cfg.weight_decay), cfg.lr, (cfg.beta1, cfg.beta2), device)
     train_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
@@ -214,17 +231,19 @@ def run(cfg: SFTConfig) -> dict:
 def world_eval(model, tok, cfg, out: str, reference=None, reward_model=None) -> dict:
     """evaluate_policy on the world's prompts (when the world exists); samples go to samples.jsonl."""
     from minirlhf.data import write_jsonl
-    from minirlhf.evaluate import evaluate_policy, forum_prompt_rows
+    from minirlhf.evaluate import evaluate_policy, forum_prompt_rows, load_judge
 
     world_dir = os.path.join(cfg.out_dir, cfg.preset, "world")
     if not os.path.exists(os.path.join(world_dir, "eval_prompts.jsonl")):
         return {}
+    judge_fn = load_judge(getattr(cfg, "gold_judge", ""))  # --gold-judge: bring your own judge
     pretrain_dir = os.path.join(cfg.out_dir, cfg.preset, "pretrain")
     metrics, samples = evaluate_policy(model, tok, world_dir, reference, reward_model,
                                        pretrain_dir if os.path.exists(os.path.join(pretrain_dir, "val.bin")) else None,
-                                       seed=cfg.seed)
+                                       seed=cfg.seed, judge_fn=judge_fn)
     write_jsonl(os.path.join(out, "samples.jsonl"), samples)
     # the questions the base model was asked in the forum format, now in the chat format: same prompts
-    forum_metrics, _ = evaluate_policy(model, tok, world_dir, seed=cfg.seed, rows=forum_prompt_rows(world_dir))
+    forum_metrics, _ = evaluate_policy(model, tok, world_dir, seed=cfg.seed, rows=forum_prompt_rows(world_dir),
+                                       judge_fn=judge_fn)
     metrics["forum_prompts_gold"] = forum_metrics["gold_all"]
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}

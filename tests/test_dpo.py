@@ -71,3 +71,55 @@ def test_sequence_logps_sum_exactly_the_assistant_tokens(base):  # noqa: F811
 def test_unknown_loss_is_a_clear_error(sft_done, tmp_path):
     with pytest.raises(ValueError, match="--loss='kto2'"):
         dpo.run(dpo_cfg(sft_done, tmp_path, loss="kto2"))
+
+
+def test_kto_first_step_is_half_and_precomputed_reference_matches(sft_done, tmp_path):
+    """policy == reference: every log-ratio is 0 and z0 = 0, so each example's loss is sigmoid(0) = 1/2."""
+    dpo.run(dpo_cfg(sft_done, tmp_path, loss="kto", precompute_ref=True))
+    pre = first_row(sft_done["out"], "kto")
+    dpo.run(dpo_cfg(sft_done, tmp_path, loss="kto", precompute_ref=False))
+    fly = first_row(sft_done["out"], "kto")
+    assert abs(pre["loss"] - 0.5) < 1e-5 and abs(pre["kl"]) < 1e-6
+    assert abs(pre["loss"] - fly["loss"]) < 1e-6
+
+
+def test_kto_weights_scale_the_first_step(sft_done, tmp_path):
+    """At step 0 every example's loss is lambda_y / 2, so the loss is the batch mean of lambda_y / 2."""
+    from minirlhf.data import read_preferences
+
+    c = dpo_cfg(sft_done, tmp_path, loss="kto", kto_desirable_weight=2.0, kto_undesirable_weight=1.0)
+    dpo.run(c)
+    row = first_row(sft_done["out"], "kto")
+    rows = dpo.kto_rows_from_pairs(read_preferences(sft_done["prefs"], on_identical="drop"))
+    labels = [r["label"] for r in rows]
+    first_batch = sft.batch_indices(len(rows), c.batch_size, 0, c.seed)
+    expected = sum(1.0 if labels[i] else 0.5 for i in first_batch) / len(first_batch)
+    assert 0 < sum(labels[i] for i in first_batch) < len(first_batch)  # both kinds in the batch
+    assert abs(row["loss"] - expected) < 1e-5, (row["loss"], expected)
+
+
+def test_kto_on_a_user_file_and_batch_of_one_is_refused(sft_done, tmp_path):
+    path = tmp_path / "kto.jsonl"
+    rows = [{"prompt": "What is 2 + 2?", "completion": "4.", "label": True},
+            {"prompt": "What is 2 + 2?", "completion": "5, I think.", "label": False},
+            {"prompt": "Say hi.", "completion": "Hi!", "label": True},
+            {"prompt": "Say hi.", "completion": "No.", "label": False}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = dpo.run(dpo_cfg(sft_done, tmp_path, loss="kto", kto_data=str(path), batch_size=4, max_steps=2))
+    assert summary["loss"] == "kto" and math.isfinite(summary["val_loss"])
+    with pytest.raises(ValueError, match="at least 2 examples per micro-batch"):
+        dpo.run(dpo_cfg(sft_done, tmp_path, loss="kto", batch_size=1))
+
+
+def test_kto_mismatched_partners_pair_each_prompt_with_another_completion(base):  # noqa: F811
+    tok = base["tok"]
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "completion": f"answer number {i}", "label": i % 2 == 0}
+            for i in range(7)]
+    records, dropped = dpo.encode_kto(tok, rows, 10_000, False, "rows", seed=3)
+    assert dropped == 0 and len(records) == 7
+    partners = []
+    for i, r in enumerate(records):
+        text = tok.decode(r["mismatched"])
+        assert f"q{i}" in text and f"answer number {i}" not in text  # own prompt, someone else's completion
+        partners.append(next(j for j in range(7) if f"answer number {j}" in text))
+    assert sorted(partners) == list(range(7))  # every completion is used exactly once as a partner

@@ -60,3 +60,42 @@ def test_ppo_raises_a_programmatic_reward(tmp_path):
     scores = [r["objective/scores"] for r in rows(tmp_path)]
     first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
     assert last > first + 0.2, (first, last)
+
+
+def test_shared_trunk_value_head_keeps_ratio_one_and_learns(tmp_path):
+    """--value_model=shared: the value head reads the policy's hidden states; the first minibatch still
+    sees ratio 1 (the value head does not change the policy's log-probs), and the value loss falls."""
+    from minirlhf.model import ScalarHead
+
+    policy, ref, _, prompts = setup()
+    head = ScalarHead(policy.config.n_embd)
+    c = cfg(tmp_path, iterations=6, ppo_epochs=1, lr=1e-3, value_model="shared")
+    train_ppo(policy, ref, head, low_token_share, prompts, TOK, c, str(tmp_path))
+    r = rows(tmp_path)
+    assert abs(r[0]["policy/ratio_mean"] - 1) < 1e-6 and r[0]["policy/clipfrac"] == 0.0
+    assert head.linear.weight.grad is not None and head.linear.weight.abs().sum() > 0  # the head was trained
+
+
+def test_ptx_term_is_logged_and_pulls_towards_the_corpus(tmp_path):
+    """PPO-ptx: with only the pretraining term (zero reward, zero KL) the policy's loss on the corpus falls."""
+    import numpy as np
+
+    from minirlhf.pretrain import get_batch, lm_loss
+
+    policy, ref, value, prompts = setup(2)
+    corpus = np.tile(np.arange(20, dtype=np.uint16), 200)  # a trivially learnable "corpus": 0 1 2 ... 19 0 1 ...
+    gen = torch.Generator().manual_seed(0)
+    x, y = get_batch(corpus, 8, policy.config.block_size, gen, "cpu")
+    before = lm_loss(policy, x, y).item()
+    c = cfg(tmp_path, iterations=8, ptx_coef=1.0, kl_coef=0.0, adaptive_kl=False, lr=3e-3, anneal_lr=False)
+    train_ppo(policy, ref, value, lambda t, m: torch.zeros(t.size(0)), prompts, TOK, c, str(tmp_path),
+              ptx_data=corpus)
+    after = lm_loss(policy, x, y).item()
+    assert "ptx_loss" in rows(tmp_path)[0]
+    assert after < before - 0.5, (before, after)
+
+
+def test_ptx_without_data_is_a_clear_error(tmp_path):
+    policy, ref, value, prompts = setup()
+    with pytest.raises(ValueError, match="ptx_data"):
+        train_ppo(policy, ref, value, low_token_share, prompts, TOK, cfg(tmp_path, ptx_coef=0.5), str(tmp_path))
