@@ -1,4 +1,4 @@
-"""Batched generation with a preallocated KV cache, and the naive generator it must agree with.
+"""Batched generation with a static KV cache, and the two slower generators it must agree with.
 
     from minirlhf.engine import generate
     out = generate(model, prompts, max_new_tokens=48, eos_id=tok.end_id, pad_id=tok.pad_id,
@@ -8,22 +8,38 @@
     out.response_mask   # (B, N) 1 on real response tokens (the <|end|> included), 0 after it
 
 How it works: prompts (lists of token ids of different lengths) are LEFT-padded so they all end at the
-same column P; one forward pass over (B, P) fills the cache (prefill); then each decode step feeds the B
-tokens sampled last and appends one column. Position ids count real tokens only, so a prompt's output
-does not depend on how much padding its batch needed. A row that has emitted `eos_id` keeps producing
-`pad_id` (masked out) until every row is done; the "all done?" check reads the device every `sync_every`
-tokens rather than every token.
+same column P; one forward pass over (B, P) (the prefill) computes the prompt's keys and values, which
+go into a preallocated cache of P + max_new_tokens columns, and the logits of the last position only;
+then each decode step feeds the B tokens sampled last, writes their keys and values into column P + t
+of the cache and attends over all columns through a mask. Position ids count
+real tokens only, so a prompt's output does not depend on how much padding its batch needed. A row that
+has emitted `eos_id` keeps producing `pad_id` (masked out) until every row is done; the "all done?"
+check reads the device every `sync_every` tokens rather than every token. Sampling runs on the model's
+device with the caller's seeded `torch.Generator`.
+
+The decode step (`decode_step`) has static shapes: the token, its position and the cache column are
+tensors, the cache is written with `index_copy_` and read in full. So `torch.compile` can capture the
+whole step (`generate(..., compile=True)`: `mode="reduce-overhead"`, i.e. CUDA graphs, on CUDA), which
+removes the per-layer kernel-launch overhead that dominates small-batch decoding on a GPU (the recipe of
+PyTorch's gpt-fast, https://github.com/pytorch-labs/gpt-fast). On CPU the eager step is already fast: it
+attends with two small batched matmuls instead of the fused SDPA kernel, which is slow for one query.
 
 The returned log-probs are `log_softmax(logits / temperature)` at the sampled token, *before* top-k/top-p
 filtering: exactly what a training pass recomputes from the same logits at the same temperature, so PPO's
 first ratio is 1. (Filtering only changes which tokens can be drawn.) With `temperature=0` the decoding is
 greedy and the log-probs are taken at temperature 1.
 
-`generate_naive` recomputes the whole sequence every step without a cache: slow, obviously right, and
-the reference that tests compare `generate` against.
+The references, which tests compare `generate` against token for token:
+  * `generate_kv_reference`: the same loop through `GPT.forward` with the model's own `KVCache`;
+  * `generate_naive`: recompute the whole sequence every step, no cache: slow and obviously right.
+
+`response_logprobs` / `sequence_logprobs` recompute a rollout's (or any sequence's) log-probs, and
+optionally entropies, in a training pass; from `ops.FUSED_VOCAB_THRESHOLD` tokens of vocabulary up they
+go through `ops.fused_linear_logprobs`, so the full (B, T, V) logits are never held.
 
 Deliberate simplifications: one shared cache length for the batch (lock-step decoding), no speculative
-decoding, no beam search.
+decoding, no beam search, no paged attention; the decode step reads every cache column (masked) rather
+than only the filled ones, which keeps its shapes static at the price of some wasted attention work.
 """
 
 from __future__ import annotations
@@ -33,7 +49,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from minirlhf.ops import logprobs_from_logits, upcast
+from minirlhf.model import plain_attention
+from minirlhf.ops import entropy_from_logits, linear_logprobs, logprobs_from_logits, upcast, use_fused_logprobs
 
 
 @dataclass
@@ -103,14 +120,46 @@ def sample_next(logits, temperature: float, top_k: int, top_p: float, generator)
     return token, logp.gather(-1, token[:, None]).squeeze(-1)
 
 
-def response_logprobs(model, tokens, attention_mask, prompt_len: int, temperature: float = 1.0):
+def unwrap(model):
+    """The GPT inside a DDP or torch.compile wrapper (or the model itself)."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
+
+
+def sequence_logprobs(model, tokens, attention_mask=None, start: int = 1, temperature: float = 1.0,
+                      return_entropy: bool = False, fused: bool | None = None):
+    """Per-token log-probs of tokens[:, start:] under `model`: (B, T) -> (B, T - start).
+
+    Logits at position t predict token t + 1, so tokens[:, start:] are scored by logits[:, start - 1:-1]
+    (start=1: every next-token log-prob, as DPO needs; start=P: a response after a P-token prompt).
+    return_entropy=True also returns the entropy (B, T - start) of softmax(logits / temperature).
+    fused: None = `ops.fused_linear_logprobs` when the vocabulary is >= `ops.FUSED_VOCAB_THRESHOLD` (the
+    (B, T, V) logits are never held, forward or backward), True/False forces one path; both give the
+    same numbers. `model` may be wrapped in DDP or torch.compile: the trunk runs through the wrapper.
+    """
+    if not 1 <= start <= tokens.size(1):
+        raise ValueError(f"sequence_logprobs: start={start} must be in [1, {tokens.size(1)}] (the first scored "
+                         f"token needs a token before it)")
+    labels = tokens[:, start:]  # (B, T - start)
+    if not use_fused_logprobs(unwrap(model).config.vocab_size, fused):
+        logits = upcast(model(tokens, attention_mask=attention_mask)[:, start - 1:-1])  # (B, T - start, V)
+        logp = logprobs_from_logits(logits, labels, temperature)  # (B, T - start)
+        if not return_entropy:
+            return logp
+        return logp, entropy_from_logits(logits / temperature if temperature != 1.0 else logits)
+    hidden = model(tokens, attention_mask=attention_mask, return_hidden=True)  # (B, T, C)
+    return linear_logprobs(hidden[:, start - 1:-1], unwrap(model).lm_head.weight, labels, temperature,
+                           return_entropy, fused=True)  # (B, T - start) [, (B, T - start)]
+
+
+def response_logprobs(model, tokens, attention_mask, prompt_len: int, temperature: float = 1.0,
+                      return_entropy: bool = False, fused: bool | None = None):
     """Per-token log-probs of the response part of `tokens` under `model`: (B, P + N) -> (B, N).
 
-    Logits at position t predict token t + 1, so the response tokens tokens[:, P:] are scored by
-    logits[:, P - 1:-1]. With the rollout's temperature this reproduces `Generation.logprobs` exactly.
+    `sequence_logprobs` from the prompt length on. With the rollout's temperature this reproduces
+    `Generation.logprobs` exactly (up to float rounding on the fused path).
     """
-    logits = model(tokens, attention_mask=attention_mask)  # (B, P + N, V)
-    return logprobs_from_logits(logits[:, prompt_len - 1:-1], tokens[:, prompt_len:], temperature)  # (B, N)
+    return sequence_logprobs(model, tokens, attention_mask, prompt_len, temperature, return_entropy, fused)
 
 
 def _check_lengths(model, P: int, max_new_tokens: int):
@@ -130,40 +179,196 @@ def _finish(prompt, prompt_mask, tokens, logps, alive_before):
     return Generation(prompt, prompt_mask, response[:, :n], logprobs[:, :n], response_mask[:, :n])
 
 
+class StaticKVCache:
+    """Keys and values for the decode step: one (B, n_head, max_len, head_dim) tensor per layer.
+
+    One tensor per layer (not one stacked tensor) so that a step writes a whole tensor at an index
+    rather than a view of a bigger one, which `torch.compile` can do in place. The prompt's keys and
+    values come from the prefill's `KVCache` (`fill`); each decode step then writes one column.
+    """
+
+    def __init__(self, cfg, batch_size: int, max_len: int, device, dtype):
+        shape = (batch_size, cfg.n_head, max_len, cfg.n_embd // cfg.n_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.columns = torch.arange(max_len, device=device)  # (max_len,)
+        self.max_len = max_len
+
+    def matches(self, cfg, batch_size: int, max_len: int, device, dtype) -> bool:
+        shape = (batch_size, cfg.n_head, max_len, cfg.n_embd // cfg.n_head)
+        t = self.k[0]
+        return len(self.k) == cfg.n_layer and t.shape == shape and t.device == torch.device(device) and t.dtype == dtype
+
+    def fill(self, prefill_cache):
+        """Copy the prompt's P columns from the prefill's KVCache; clear the columns after them."""
+        P = prefill_cache.length
+        for layer in range(len(self.k)):
+            self.k[layer][:, :, :P] = prefill_cache.k[layer, :, :, :P]  # (B, H, P, D)
+            self.v[layer][:, :, :P] = prefill_cache.v[layer, :, :, :P]
+            self.k[layer][:, :, P:] = 0  # a kept cache holds the last rollout there (masked, but keep it clean)
+            self.v[layer][:, :, P:] = 0
+
+
+def decode_step(model, k_cache, v_cache, columns, key_mask, token, position, column):
+    """One decode step with static shapes: the logits (B, V) that follow `token`.
+
+    k_cache, v_cache: lists of n_layer (B, H, S, D) tensors, written in place at `column`; columns: (S,);
+    key_mask: (B, S) bool, False on prompt pads; token, position: (B,) the tokens sampled last and their
+    position ids; column: (1,) the cache column they occupy. A key is visible if it is not a pad and not
+    in the future (column <= `column`). The same arithmetic as `GPT.forward` with a `KVCache`, written
+    out for one query so that nothing depends on a Python int (tests check the two agree).
+    """
+    tr = model.transformer
+    B, C = token.size(0), model.config.n_embd
+    H = model.config.n_head
+    D = C // H
+    visible = (key_mask & (columns <= column))[:, None, None, :]  # (B, 1, 1, S)
+    x = tr.wte(token) + tr.wpe(position)  # (B, C)
+    for layer, block in enumerate(tr.h):
+        q, k, v = block.attn.c_attn(block.ln_1(x)).split(C, dim=-1)  # 3 x (B, C)
+        k_cache[layer][:, :, column] = k.view(B, H, 1, D)  # (B, H, S, D): column `column` set
+        v_cache[layer][:, :, column] = v.view(B, H, 1, D)
+        y = plain_attention(q.view(B, H, 1, D), k_cache[layer], v_cache[layer], visible)  # (B, H, 1, D)
+        x = x + block.attn.c_proj(y.reshape(B, C))  # (B, C)
+        x = x + block.mlp(block.ln_2(x))
+    return model.lm_head(tr.ln_f(x))  # (B, V)
+
+
+# torch.compile'd decode steps (one per device type) and the one cache they write into. CUDA graphs
+# replay fixed memory addresses, so with compile=True the cache is kept between calls and reused when
+# the shapes match (its length is rounded up to a multiple of 64 so that prompts of slightly different
+# lengths share a graph).
+_COMPILED_STEPS: dict = {}
+_KEPT_CACHE: list = []
+
+
+def _compiled_decode_step(device: torch.device):
+    if device.type not in _COMPILED_STEPS:
+        mode = "reduce-overhead" if device.type == "cuda" else None  # CUDA graphs on CUDA
+        _COMPILED_STEPS[device.type] = torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=False)
+    return _COMPILED_STEPS[device.type]
+
+
+def _cache_for(model, B: int, needed: int, dtype, keep: bool) -> StaticKVCache:
+    cfg, device = model.config, model.lm_head.weight.device
+    if not keep:
+        return StaticKVCache(cfg, B, needed, device, dtype)
+    max_len = min(cfg.block_size, -(-needed // 64) * 64)  # round up to a multiple of 64
+    if _KEPT_CACHE and _KEPT_CACHE[0].matches(cfg, B, max_len, device, dtype):
+        return _KEPT_CACHE[0]
+    _KEPT_CACHE.clear()  # at most one kept cache
+    cache = StaticKVCache(cfg, B, max_len, device, dtype)
+    if device.type == "cuda":
+        for t in cache.k + cache.v:
+            torch._dynamo.mark_static_address(t)  # the CUDA graph writes into these very buffers
+    _KEPT_CACHE.append(cache)
+    return cache
+
+
+def _sample_loop(first_logits, next_logits, B: int, max_new_tokens: int, eos_id: int, pad_id: int,
+                 temperature: float, top_k: int, top_p: float, generator, sync_every: int, device):
+    """The loop every generator shares: sample, mask finished rows, stop when all rows are done.
+
+    first_logits: (B, V) after the prompt; next_logits(step, token (B,)) -> (B, V) after `token`.
+    Returns the per-step lists (tokens, log-probs, alive-before masks) for `_finish`.
+    """
+    logits = first_logits
+    alive = torch.ones(B, dtype=torch.bool, device=device)  # (B,) row has not emitted eos yet
+    pad = torch.full((B,), pad_id, dtype=torch.long, device=device)  # (B,)
+    tokens, logps, alive_before = [], [], []
+    for step in range(max_new_tokens):
+        token, logp = sample_next(logits, temperature, top_k, top_p, generator)  # (B,), (B,)
+        token = torch.where(alive, token, pad)
+        tokens.append(token)
+        logps.append(logp)
+        alive_before.append(alive)
+        alive = alive & (token != eos_id)
+        if step == max_new_tokens - 1 or (sync_every and (step + 1) % sync_every == 0 and not alive.any()):
+            break  # `alive.any()` is the only host sync, once every `sync_every` tokens
+        logits = next_logits(step, token)
+    return tokens, logps, alive_before
+
+
+def _prepare(model, prompts, pad_id: int, max_new_tokens: int):
+    device = model.lm_head.weight.device
+    prompt, prompt_mask = left_pad(prompts, pad_id, device) if isinstance(prompts, list) else prompts
+    _check_lengths(model, prompt.size(1), max_new_tokens)
+    return prompt, prompt_mask, device
+
+
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-             sync_every: int = 8) -> Generation:
-    """Sample up to `max_new_tokens` for each prompt with a preallocated KV cache (see module docstring).
+             sync_every: int = 8, compile: bool = False) -> Generation:
+    """Sample up to `max_new_tokens` for each prompt with a static KV cache (see module docstring).
 
     prompts: a list of token-id lists, or already left-padded (ids (B, P), mask (B, P)) tensors.
+    generator: a `torch.Generator` on the model's device; the same seed gives the same tokens.
+    sync_every: check "has every row emitted eos?" (a host sync) every this many tokens; 0 = never,
+      always produce `max_new_tokens` columns (the trailing all-pad columns are still dropped).
+    compile: run the decode step through `torch.compile` (CUDA graphs on CUDA). The first call per
+      shape compiles (seconds to a minute); later calls with the same batch size and a cache length in
+      the same multiple of 64 replay it. Off by default: eager is the fast choice on CPU.
     """
-    device = model.lm_head.weight.device
-    prompt, prompt_mask = left_pad(prompts, pad_id, device) if isinstance(prompts, list) else prompts
+    model = unwrap(model)
+    prompt, prompt_mask, device = _prepare(model, prompts, pad_id, max_new_tokens)
     B, P = prompt.shape
-    _check_lengths(model, P, max_new_tokens)
+    was_training = model.training
+    model.eval()
+    dtype = model.lm_head.weight.dtype
+    cache = _cache_for(model, B, P + max_new_tokens, dtype, keep=compile)
+    S = cache.max_len
+    key_mask = torch.ones(B, S, dtype=torch.bool, device=device)  # (B, S) every generated column is real
+    key_mask[:, :P] = prompt_mask.bool()
+    prefill_cache = model.new_kv_cache(B, P)
+    hidden = model.hidden_states(prompt, attention_mask=prompt_mask, kv_cache=prefill_cache)  # (B, P, C)
+    first_logits = model.lm_head(hidden[:, -1])  # (B, V): the last position only
+    cache.fill(prefill_cache)
+    del prefill_cache
+    step_fn = _compiled_decode_step(device) if compile else decode_step
+    position = prompt_mask.sum(1) - 1  # (B,) position id of each row's last prompt token
+    column = torch.full((1,), P - 1, dtype=torch.long, device=device)  # (1,) cache column of the last token
+
+    def next_logits(step, token):
+        nonlocal position, column
+        position, column = position + 1, column + 1
+        if compile and device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+        return step_fn(model, cache.k, cache.v, cache.columns, key_mask, token, position, column)  # (B, V)
+
+    lists = _sample_loop(first_logits, next_logits, B, max_new_tokens, eos_id, pad_id, temperature, top_k,
+                         top_p, generator, sync_every, device)
+    model.train(was_training)
+    return _finish(prompt, prompt_mask, *lists)
+
+
+@torch.no_grad()
+def generate_kv_reference(model, prompts, max_new_tokens: int, eos_id: int, pad_id: int,
+                          temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                          generator: torch.Generator | None = None, sync_every: int = 8) -> Generation:
+    """The same loop through `GPT.forward` and the model's own `KVCache` (a Python-int cache length).
+
+    The reference for `decode_step`: same outputs as `generate`, token for token.
+    """
+    model = unwrap(model)
+    prompt, prompt_mask, device = _prepare(model, prompts, pad_id, max_new_tokens)
+    B, P = prompt.shape
     was_training = model.training
     model.eval()
     cache = model.new_kv_cache(B, P + max_new_tokens)
     key_mask = torch.ones(B, P + max_new_tokens, dtype=torch.long, device=device)  # (B, P + N)
     key_mask[:, :P] = prompt_mask
     position = prompt_mask.sum(1, keepdim=True) - 1  # (B, 1) position id of each row's last prompt token
-    logits = model(prompt, attention_mask=key_mask, kv_cache=cache)[:, -1]  # prefill -> (B, V)
-    alive = torch.ones(B, dtype=torch.bool, device=device)  # (B,) row has not emitted eos yet
-    tokens, logps, alive_before = [], [], []
-    for step in range(max_new_tokens):
-        token, logp = sample_next(logits, temperature, top_k, top_p, generator)  # (B,), (B,)
-        token = torch.where(alive, token, torch.full_like(token, pad_id))
-        tokens.append(token)
-        logps.append(logp)
-        alive_before.append(alive)
-        alive = alive & (token != eos_id)
-        if step == max_new_tokens - 1 or ((step + 1) % sync_every == 0 and not alive.any()):
-            break
-        position = position + 1
-        logits = model(token[:, None], attention_mask=key_mask, position_ids=position, kv_cache=cache)[:, -1]
+    first_logits = model(prompt, attention_mask=key_mask, kv_cache=cache)[:, -1]  # prefill -> (B, V)
+
+    def next_logits(step, token):
+        return model(token[:, None], attention_mask=key_mask, position_ids=position + step + 1,
+                     kv_cache=cache)[:, -1]  # (B, V)
+
+    lists = _sample_loop(first_logits, next_logits, B, max_new_tokens, eos_id, pad_id, temperature, top_k,
+                         top_p, generator, sync_every, device)
     model.train(was_training)
-    return _finish(prompt, prompt_mask, tokens, logps, alive_before)
+    return _finish(prompt, prompt_mask, *lists)
 
 
 @torch.no_grad()

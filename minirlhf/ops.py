@@ -13,8 +13,15 @@ Conventions (DESIGN §5):
     biased), k3 = (ratio^-1 - 1) + log_ratio = expm1(-log_ratio) + log_ratio (unbiased, >= 0). All three
     estimate KL(policy || ref) from samples of the policy.
 
-Deliberate simplifications: no fused kernels here (see `fused_linear_logprobs` for the memory-saving
-path once it lands); everything works for any leading shape.
+The memory-saving path (DESIGN §6, §7): `fused_linear_logprobs(hidden, weight, labels)` gives the same
+numbers as `logprobs_from_logits(hidden @ weight.T, labels)` while holding the logits of only
+`chunk_size` rows at a time, forward and backward (the backward recomputes each chunk's logits).
+`linear_logprobs` picks between the two by vocabulary size (`FUSED_VOCAB_THRESHOLD`): the call a
+training stage makes when it has final hidden states and the LM-head weight.
+
+Deliberate simplifications: the fused op is plain PyTorch (a Python loop over row chunks, no custom
+kernel), has no ignore-index (every label must be a valid id; callers mask afterwards, as with
+`logprobs_from_logits`), and everything else works for any leading shape.
 """
 
 from __future__ import annotations
@@ -101,3 +108,177 @@ def kl_k3(logp, ref_logp):
     """k3 = (q/p - 1) - log(q/p) = expm1(-log_ratio) + log_ratio: unbiased and never negative."""
     log_ratio = logp - ref_logp
     return torch.expm1(-log_ratio) + log_ratio
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fused LM head + log-probs: the (N, V) logits never exist at once (DESIGN §6)
+#
+# For N = B*T rows, V = 50257 and float32, the logits alone are 4 N V bytes (1.6 GB at B=8, T=1024),
+# and log_softmax, its backward and the logits' gradient each hold as much again. The per-token
+# log-prob needs only two numbers per row: the label's logit and the row's logsumexp. So we walk over
+# chunks of rows: compute the chunk's logits, keep those two numbers, drop the logits. The backward
+# needs the softmax again, so it recomputes each chunk's logits from the saved inputs (one extra matmul
+# of N x C x V) and turns them straight into this chunk's share of the gradients:
+#
+#   z = (h W^T) / T              logp = z[y] - lse(z)          H = lse(z) - sum_j p_j z_j
+#   dlogp/dz = onehot(y) - p     dH/dz_j = -p_j (log p_j + H)  dL/dlogits = dL/dz / T
+#   dL/dh = dL/dlogits @ W       dL/dW = sum over chunks of dL/dlogits^T @ h
+#
+# The same idea (chunked, recomputing linear + cross-entropy) is in Liger-Kernel's fused linear
+# cross-entropy (Hsu et al. 2024, arXiv:2410.10989) and in Wijmans et al. 2024, "Cut Your Losses in
+# Large-Vocabulary Language Models" (arXiv:2411.09009); this version returns per-token log-probs (and
+# entropies) with an arbitrary upstream gradient, which is what PPO and DPO need.
+
+FUSED_VOCAB_THRESHOLD = 8192  # `linear_logprobs` uses the fused path from this vocabulary size up
+_CHUNK_ELEMENTS = 1 << 25  # default chunk: about 32M logits (128 MB in float32) per chunk of rows
+
+
+def default_chunk_size(vocab_size: int) -> int:
+    """Rows per chunk so that one chunk holds about 32M logits (667 rows at V = 50257)."""
+    return max(1, _CHUNK_ELEMENTS // vocab_size)
+
+
+def _matmul_dtype(hidden, weight):
+    """The dtype the LM-head matmul runs in: autocast's when autocast is on, else the inputs' own."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    if hidden.dtype != weight.dtype:
+        raise ValueError(f"fused_linear_logprobs: hidden is {hidden.dtype} but weight is {weight.dtype}")
+    return hidden.dtype
+
+
+def _chunk_logits(h, weight, matmul_dtype, temperature: float):
+    """Tempered logits of one chunk of rows, in at least float32: (n, C), (V, C) -> (n, V)."""
+    z = upcast(h.to(matmul_dtype) @ weight.to(matmul_dtype).T)  # (n, V)
+    return z / temperature if temperature != 1.0 else z
+
+
+class _FusedLinearLogprobs(torch.autograd.Function):
+    """(hidden (N, C), weight (V, C), labels (N,)) -> (logp (N,), entropy (N,) or (0,)), chunked."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, temperature: float, chunk_size: int, with_entropy: bool):
+        N = hidden.size(0)
+        matmul_dtype = _matmul_dtype(hidden, weight)
+        out_dtype = upcast(torch.empty((), dtype=matmul_dtype)).dtype  # float32, or float64 for float64
+        logp = torch.empty(N, dtype=out_dtype, device=hidden.device)  # (N,)
+        lse = torch.empty(N, dtype=out_dtype, device=hidden.device)  # (N,) logsumexp of each row
+        entropy = torch.empty(N if with_entropy else 0, dtype=out_dtype, device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, N, chunk_size):
+                e = min(s + chunk_size, N)
+                z = _chunk_logits(hidden[s:e], weight, matmul_dtype, temperature)  # (n, V)
+                lse[s:e] = torch.logsumexp(z, dim=-1)  # (n,)
+                logp[s:e] = z.gather(-1, labels[s:e, None]).squeeze(-1) - lse[s:e]
+                if with_entropy:
+                    p = torch.softmax(z, dim=-1)  # (n, V)
+                    entropy[s:e] = lse[s:e] - p.mul_(z).sum(-1)  # sum_j p_j z_j, in place
+                    del p
+                del z  # only this chunk's logits are ever alive
+        ctx.save_for_backward(hidden, weight, labels, lse, entropy)
+        ctx.temperature, ctx.chunk_size, ctx.matmul_dtype = temperature, chunk_size, matmul_dtype
+        ctx.with_entropy = with_entropy
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
+        if not with_entropy:
+            ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy):
+        hidden, weight, labels, lse, entropy = ctx.saved_tensors
+        T, chunk_size, matmul_dtype = ctx.temperature, ctx.chunk_size, ctx.matmul_dtype
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if grad_entropy is not None and not ctx.with_entropy:
+            grad_entropy = None
+        if grad_logp is None and grad_entropy is None:
+            return None, None, None, None, None, None
+        N = hidden.size(0)
+        grad_h = torch.empty_like(hidden) if need_h else None  # (N, C)
+        acc_dtype = upcast(torch.empty((), dtype=weight.dtype)).dtype  # accumulate dW in >= float32
+        grad_w = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_w else None  # (V, C)
+        w = weight.to(matmul_dtype)  # (V, C)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, N, chunk_size):
+                e = min(s + chunk_size, N)
+                h = hidden[s:e].to(matmul_dtype)  # (n, C)
+                logp_all = _chunk_logits(h, w, matmul_dtype, T).sub_(lse[s:e, None])  # (n, V) log p, recomputed
+                # dL/dz = g (onehot(y) - p) - gH p (log p + H), built in place to hold few (n, V) blocks
+                if grad_entropy is None:
+                    dz = logp_all.exp_()  # (n, V) p, overwriting log p
+                    dz.mul_(-grad_logp[s:e, None].to(dz.dtype))
+                else:
+                    p = logp_all.exp()  # (n, V)
+                    gH = grad_entropy[s:e, None].to(p.dtype)  # (n, 1)
+                    dz = logp_all.add_(entropy[s:e, None]).mul_(p).mul_(-gH)  # (n, V), overwriting log p
+                    if grad_logp is not None:
+                        dz.addcmul_(p, grad_logp[s:e, None].to(p.dtype), value=-1.0)
+                    del p
+                if grad_logp is not None:
+                    dz.scatter_add_(-1, labels[s:e, None], grad_logp[s:e, None].to(dz.dtype))
+                if T != 1.0:
+                    dz /= T  # dL/dlogits
+                dlogits = dz.to(matmul_dtype)  # (n, V)
+                if need_h:
+                    grad_h[s:e] = (dlogits @ w).to(hidden.dtype)  # (n, C)
+                if need_w and dlogits.dtype == acc_dtype:
+                    grad_w.addmm_(dlogits.T, h)  # (V, C) += (V, n) @ (n, C), in place: no (V, C) temporary
+                elif need_w:
+                    grad_w.add_(dlogits.T @ h)  # bf16/fp16 matmul, accumulated in float32
+        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None, None
+
+
+def fused_linear_logprobs(hidden, weight, labels, temperature: float = 1.0, chunk_size: int | None = None,
+                          return_entropy: bool = False):
+    """log p(label) under softmax(hidden @ weight.T / temperature), never holding all the logits.
+
+    hidden: (..., C) final hidden states (after the last LayerNorm); weight: (V, C) the LM head (tied
+    embedding); labels: (...) ids in [0, V) -- no ignore value: pass any valid id (e.g. the pad id) at
+    positions you will mask afterwards. Returns log-probs (...) in at least float32, and with
+    `return_entropy=True` also the entropy (...) of softmax(logits / temperature), i.e. of the
+    sampling distribution.
+
+    Same numbers as `logprobs_from_logits(hidden @ weight.T, labels, temperature)` (and
+    `entropy_from_logits(upcast(hidden @ weight.T) / temperature)`), gradients included, with peak extra
+    memory of a few (chunk_size, V) float32 blocks instead of several (N, V) ones. The matmul runs in the
+    autocast dtype under autocast, else in the inputs' dtype; softmax and reductions run in >= float32.
+    chunk_size: rows per chunk; None = `default_chunk_size(V)`.
+    """
+    if hidden.shape[:-1] != labels.shape:
+        raise ValueError(f"fused_linear_logprobs: hidden {tuple(hidden.shape)} does not match labels "
+                         f"{tuple(labels.shape)} (expected hidden = labels.shape + (C,))")
+    if weight.dim() != 2 or weight.size(1) != hidden.size(-1):
+        raise ValueError(f"fused_linear_logprobs: weight {tuple(weight.shape)} is not (V, {hidden.size(-1)})")
+    chunk_size = chunk_size or default_chunk_size(weight.size(0))
+    if chunk_size < 1:
+        raise ValueError(f"fused_linear_logprobs: chunk_size must be >= 1, got {chunk_size}")
+    h = hidden.reshape(-1, hidden.size(-1))  # (N, C)
+    logp, entropy = _FusedLinearLogprobs.apply(h, weight, labels.reshape(-1), float(temperature), chunk_size,
+                                               return_entropy)
+    logp = logp.view(labels.shape)  # (...)
+    return (logp, entropy.view(labels.shape)) if return_entropy else logp
+
+
+def use_fused_logprobs(vocab_size: int, fused: bool | None = None) -> bool:
+    """The dispatch rule: `fused` if given, else fused from `FUSED_VOCAB_THRESHOLD` tokens up.
+
+    Below the threshold the full logits are small and the plain path is faster (no recompute).
+    """
+    return vocab_size >= FUSED_VOCAB_THRESHOLD if fused is None else fused
+
+
+def linear_logprobs(hidden, weight, labels, temperature: float = 1.0, return_entropy: bool = False,
+                    fused: bool | None = None, chunk_size: int | None = None):
+    """Per-token log-probs (and entropies) from final hidden states and the LM-head weight.
+
+    hidden (..., C), weight (V, C), labels (...) -> logp (...) [, entropy (...)], at `temperature`.
+    The plain path materialises `hidden @ weight.T`; the fused path (`fused_linear_logprobs`) does not.
+    fused: None = by vocabulary size (`use_fused_logprobs`), True/False forces one path.
+    """
+    if use_fused_logprobs(weight.size(0), fused):
+        return fused_linear_logprobs(hidden, weight, labels, temperature, chunk_size, return_entropy)
+    logits = upcast(hidden @ weight.T)  # (..., V)
+    logp = logprobs_from_logits(logits, labels, temperature)  # (...)
+    if not return_entropy:
+        return logp
+    return logp, entropy_from_logits(logits / temperature if temperature != 1.0 else logits)
