@@ -10,6 +10,11 @@
 Options are `--key=value` (or `--key value`), checked against the stage's config dataclass: an unknown key
 or a value of the wrong type is one line of error that lists what is valid, never a traceback.
 
+Under torchrun (`torchrun --nproc_per_node=N -m minirlhf <command> ...`) the command joins the process
+group first (distributed.init). The training stages and the pipeline run data-parallel on every process;
+the other commands run on rank 0 while the rest wait. An error on any rank is printed with that rank
+("error on rank 1 of 2: ...") and ends that process at once, which ends the job (see distributed.py).
+
 Deliberate simplifications: no argparse subparsers; the help text is read from the comments on the
 config fields, so the dataclass is the single place where an option is documented.
 """
@@ -21,8 +26,10 @@ import importlib
 import inspect
 import re
 import sys
+import traceback
 
 from minirlhf import config as C
+from minirlhf import distributed as dist
 
 # command -> (config class, "module:function", one-line description)
 COMMANDS = {
@@ -33,14 +40,17 @@ COMMANDS = {
     "pairs": (C.PairsConfig, "minirlhf.pairs:run", "sample on-policy preference pairs from the SFT model"),
     "reward": (C.RewardConfig, "minirlhf.reward:run", "train the reward model on preference pairs"),
     "ppo": (C.PPOConfig, "minirlhf.ppo:run", "PPO against the reward model (value head, GAE, KL control)"),
-    "dpo": (C.DPOConfig, "minirlhf.dpo:run", "DPO / cDPO / IPO / SimPO / ORPO on preference pairs"),
+    "dpo": (C.DPOConfig, "minirlhf.dpo:run", "DPO / cDPO / IPO / KTO / SimPO / ORPO on preference data"),
     "grpo": (C.GRPOConfig, "minirlhf.grpo:run", "GRPO: group-relative advantages, no value model (RM or gold reward)"),
     "best-of-n": (C.BestOfNConfig, "minirlhf.best_of_n:run", "best-of-n sampling from SFT, chosen by the RM"),
+    "frontier": (C.FrontierConfig, "minirlhf.frontier:run", "gold reward vs KL for PPO, DPO, GRPO and best-of-n"),
     "eval": (C.EvalConfig, "minirlhf.evaluate:run", "evaluate a chat policy against the world's gold judge"),
     "sample": (C.SampleConfig, "minirlhf.sample:run", "print continuations of a prompt from a checkpoint"),
     "import-hf": (C.ImportHFConfig, "minirlhf.hf:run_import", "a Hugging Face GPT-2 folder -> our model.pt (PATH [--out=DIR])"),
     "export-hf": (C.ExportHFConfig, "minirlhf.hf:run_export", "our model.pt -> a Hugging Face folder (CHECKPOINT OUT)"),
 }
+# commands that run data-parallel under torchrun (every process trains); the others run on rank 0 only
+DATA_PARALLEL = {"pipeline", "pretrain", "sft", "reward", "ppo", "dpo"}
 # commands that take positional arguments: command -> the config fields they fill, in order
 POSITIONAL = {"import-hf": ("path",), "export-hf": ("checkpoint", "out")}
 
@@ -124,16 +134,30 @@ def main(argv: list[str] | None = None) -> int:
     module, func = target.split(":")
     run = getattr(importlib.import_module(module), func)
     try:
-        run(cfg)
+        dist.init()  # under torchrun: join the process group (one process: nothing happens)
+        if name in DATA_PARALLEL:
+            run(cfg)
+        elif dist.is_main():
+            with dist.solo():  # not data-parallel: rank 0 runs it as a one-process job
+                run(cfg)
+        dist.barrier()  # the other ranks wait here for a command that is not data-parallel
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Errors we raise on bad input already say where and what: print them without a traceback.
-        print(f"minirlhf {name}: error: {e}", file=sys.stderr)
+        print(f"minirlhf {name}: error{dist.where()}: {e}{dist.collective_error_hint(e)}", file=sys.stderr)
+        dist.abort(1)  # distributed: end this process now, which ends the job (no hang in a collective)
         return 1
     except KeyboardInterrupt:
         print(f"\nminirlhf {name}: interrupted; the last checkpoint is kept (continue with --resume)",
               file=sys.stderr)
+        dist.abort(130)
         return 130
-    return 0
+    except BaseException:
+        if not dist.is_distributed():
+            raise
+        traceback.print_exc()
+        print(f"minirlhf {name}: crashed{dist.where()} (traceback above)", file=sys.stderr)
+        dist.abort(1)
+    return 0  # distributed: the process group is destroyed at exit (registered by distributed.init)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,14 @@ import torch
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    """"auto" = cuda if available, else cpu. Under torchrun, "cuda" means this process's GPU (LOCAL_RANK)."""
+    from minirlhf import distributed as dist
+
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"--device={name}: CUDA is not available on this machine; use --device=cpu")
+    if device.type == "cuda" and device.index is None and dist.is_distributed():
+        device = torch.device("cuda", dist.local_rank())
     return device
 
 

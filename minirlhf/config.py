@@ -46,7 +46,7 @@ PRESETS: dict[str, dict] = {
         "ppo": dict(iterations=60, batch_size=64, minibatch_size=16, lr=5e-05),
         "dpo": dict(max_steps=150, batch_size=32, lr=5e-05),
         "grpo": dict(iterations=40, prompts_per_iteration=16, group_size=8, minibatch_size=32, lr=5e-05),
-        "best_of_n": dict(batch_size=64),
+        "best_of_n": dict(batch_size=256),
     },
     # one laptop GPU: the whole pipeline in a few minutes
     "small": {
@@ -168,6 +168,7 @@ class SFTConfig(TrainConfig):
     init_chat_embeddings: bool = True  # start <|user|>, <|assistant|>, <|end|> from the forum's "Q:", "\nA:", "\n"
     ptx_coef: float = 0.0  # weight of a pretraining-loss term mixed into every step (keeps the base model's knowledge)
     freeze_embeddings: bool = False  # train only the chat tokens' rows of the (tied) embedding matrix
+    embedding_lr_scale: float = 1.0  # learning-rate multiplier for the token and position embeddings
     ptx_batch_size: int = 0  # pretraining windows per step for that term; 0 = batch_size
     gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
     warmup_steps: int = 20  # linear warm-up steps
@@ -204,12 +205,14 @@ class PPOConfig:
     force: bool = False  # retrain even if the inputs are unchanged
     device: str = "auto"  # "auto", "cpu", "cuda"
     init: str = ""  # policy and reference init; "" = out/<preset>/sft/model.pt
+    run_name: str = ""  # folder under out/<preset>/ for this run's artifacts; "" = "ppo"
     reward_model: str = ""  # "" = out/<preset>/reward/model.pt
     value_init: str = ""  # value model init (trunk + head); "" = the reward model (InstructGPT)
     value_model: str = "separate"  # "separate" (own trunk, from the RM) or "shared" (a head on the policy's trunk)
     prompts: str = ""  # RL prompts; "" = the world's rl_prompts.jsonl
     iterations: int = 0  # rollout + optimise iterations; 0 = from preset
     batch_size: int = 0  # rollouts per iteration; 0 = from preset
+    rollout_shards: int = 0  # rollouts sampled in this many shards, each seeded by (seed, iteration, shard); 0 = one per process
     minibatch_size: int = 0  # rollouts per gradient step; 0 = from preset
     ppo_epochs: int = 2  # passes over each rollout batch
     lr: float = 0.0  # learning rate for policy and value model; 0 = from preset
@@ -232,6 +235,7 @@ class PPOConfig:
     ptx_coef: float = 0.0  # PPO-ptx: weight gamma of the pretraining log-likelihood mixed in (InstructGPT eq. 2)
     ptx_batch_size: int = 0  # pretraining windows per minibatch for that term; 0 = minibatch_size
     eval_interval: int = 20  # iterations between evaluations on held-out prompts
+    samples_per_eval: int = 8  # held-out samples of every evaluation kept in eval_samples.jsonl
     gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
     progress: bool = True  # progress bar
 
@@ -281,6 +285,7 @@ class DPOConfig(TrainConfig):
     stage: ClassVar[str] = "dpo"
     loss: str = "dpo"  # dpo | cdpo | ipo | kto | simpo | orpo
     init: str = ""  # policy init; "" = out/<preset>/sft/model.pt (the base model for orpo)
+    run_name: str = ""  # folder under out/<preset>/ for this run's artifacts; "" = "dpo" or "dpo_<loss>"
     reference: str = ""  # reference model; "" = out/<preset>/sft/model.pt
     prefs: str = ""  # preference JSONL; "" = out/<preset>/pairs/prefs.jsonl
     eval_prefs: str = ""  # held-out pairs for the validation metrics; "" = the world's prefs_eval.jsonl
@@ -308,7 +313,8 @@ class GRPOConfig:
     stage: ClassVar[str] = "grpo"
     preset: str = "tiny"  # finds the SFT model, the reward model and the world
     seed: int = 1337  # rollouts, prompt order and minibatch order
-    out_dir: str = "out"  # artifacts in <out_dir>/<preset>/grpo/ (reward=rm) or grpo_gold/ (reward=gold)
+    out_dir: str = "out"  # artifacts in <out_dir>/<preset>/<run_name>/
+    run_name: str = ""  # folder under out/<preset>/ for this run's artifacts; "" = "grpo" (reward=rm) or "grpo_gold"
     force: bool = False  # retrain even if the inputs are unchanged
     device: str = "auto"  # "auto", "cpu", "cuda"
     init: str = ""  # policy and reference init; "" = out/<preset>/sft/model.pt
@@ -330,7 +336,7 @@ class GRPOConfig:
     missing_eos_penalty: float = 1.0  # subtracted from the reward of a response that never emitted <|end|>
     grad_clip: float = 1.0  # clip the global gradient norm (0 = off)
     eval_interval: int = 20  # iterations between evaluations on held-out prompts
-    task_eval_samples: int = 8  # with --prompts=<category>: samples per held-out prompt of that category (accuracy)
+    task_eval_samples: int = 4  # with --prompts=<category>: sampled responses per prompt when measuring its accuracy
     gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
     progress: bool = True  # progress bar
 
@@ -353,6 +359,24 @@ class BestOfNConfig:
     batch_size: int = 0  # responses generated per forward batch; 0 = from preset
     missing_eos_penalty: float = 1.0  # subtracted from the reward-model score of a response without <|end|> when choosing
     gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
+
+
+@dataclass
+class FrontierConfig:
+    """`minirlhf frontier`: gold reward vs KL to SFT for PPO, DPO, GRPO and best-of-n, swept over their knobs."""
+
+    preset: str = "tiny"  # finds the SFT model, the reward model, the pairs and the world
+    seed: int = 1337  # one seed for every run and every measurement
+    out_dir: str = "out"  # runs in <out_dir>/<preset>/frontier_<method>_<knob>/, the table in .../frontier/
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    methods: str = "bon,ppo,dpo,grpo"  # which methods to run (comma-separated)
+    ppo_kl_coefs: str = "0.02,0.05,0.1,0.3"  # fixed PPO KL coefficients
+    dpo_betas: str = "0.03,0.1,0.3,1.0"  # DPO temperatures beta
+    grpo_betas: str = "0,0.02,0.1,0.5"  # GRPO k3 penalty weights
+    bon_ns: str = "1,2,4,8,16"  # best-of-n sample counts
+    plots_dir: str = "plots"  # the figure goes here
+    caption: str = ""  # provenance printed on the figure (machine, commit, ...)
+    progress: bool = False  # progress bars of the individual runs
 
 
 @dataclass
@@ -523,7 +547,7 @@ def stage_dir(cfg, stage: str) -> str:
 
 
 __all__ = [
-    "PRESETS", "ModelConfig", "WorldConfig", "PretrainConfig", "SFTConfig", "RewardConfig", "TrainConfig", "SampleConfig", "PipelineConfig", "EvalConfig", "ImportHFConfig", "ExportHFConfig", "PairsConfig", "PPOConfig", "DPOConfig", "GRPOConfig", "BestOfNConfig", "ConfigError", "make_config",
+    "PRESETS", "ModelConfig", "WorldConfig", "PretrainConfig", "SFTConfig", "RewardConfig", "TrainConfig", "SampleConfig", "PipelineConfig", "EvalConfig", "ImportHFConfig", "ExportHFConfig", "PairsConfig", "PPOConfig", "DPOConfig", "GRPOConfig", "BestOfNConfig", "FrontierConfig", "ConfigError", "make_config",
     "apply_overrides", "fill_from_preset", "model_config_from", "save_config", "stage_dir",
     "default_preset", "field",
 ]

@@ -439,7 +439,8 @@ def read_preferences(path: str | os.PathLike, *, on_identical: str = "error",
         if chosen == rejected:
             if on_identical == "error":
                 raise _fail(where, 'keys "chosen" and "rejected" are identical, so the pair carries no '
-                                   'preference; fix the data or pass on_identical="drop"')
+                                   'preference; fix the data or drop such pairs (--truncate=true in the '
+                                   'reward and dpo stages, on_identical="drop" here)')
             report["dropped_identical"] += 1
             continue
         if check_length:

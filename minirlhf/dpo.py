@@ -32,6 +32,10 @@ example's completion. Here every example i is given one fixed partner sigma(i) w
 mismatched pairs can be precomputed like the others; z0 is the batch mean over its examples' mismatched
 pairs, computed without gradients (the paper detaches it), so a micro-batch needs at least two examples.
 
+Under torchrun every loss here is a mean over pairs (or examples), so N processes train on exactly the
+gradient of one process with the same global batch -- except KTO, whose z0 is a mean over each
+micro-batch: it matches one process only with the same micro-batches (--grad_accum=N there).
+
 Deliberate simplifications: a fixed step budget (no epochs); KTO's mismatched partners are fixed once
 instead of re-drawn every batch.
 """
@@ -45,6 +49,7 @@ import random
 import torch
 
 from minirlhf import checkpoint as ck
+from minirlhf import distributed as dist
 from minirlhf import losses as L
 from minirlhf.common import (Stopwatch, config_key, file_digest, make_adamw, resolve_device, reusable, setup_torch,
                              write_json)
@@ -107,13 +112,13 @@ def cached_reference_logps(cache_dir: str, key: str, ref_path: str, pairs, pad_i
                            keys: tuple[str, str] = PAIR_KEYS):
     """Reference log-probs, computed once per (data, reference checkpoint) and cached as a file."""
     path = os.path.join(cache_dir, f"ref_logps_{key}.pt")
-    if os.path.exists(path):
-        return ck.load_checkpoint(path)["ref_logps"]
-    ref, _ = ck.load_model(ref_path, device)
-    logps = reference_logps(ref, pairs, pad_id, batch_size, device, keys)
-    del ref  # the reference model is not needed again during training
-    ck.save_checkpoint(path, {"ref_logps": logps})
-    return logps
+    if dist.is_main() and not os.path.exists(path):  # rank 0 computes and writes; the others read its file
+        ref, _ = ck.load_model(ref_path, device)
+        logps = reference_logps(ref, pairs, pad_id, batch_size, device, keys)
+        del ref  # the reference model is not needed again during training
+        ck.save_checkpoint(path, {"ref_logps": logps})
+    dist.barrier()
+    return ck.load_checkpoint(path)["ref_logps"]
 
 
 def kto_rows_from_pairs(rows: list[dict]) -> list[dict]:
@@ -168,9 +173,9 @@ def load_kto(tok, cfg, prefs: str, eval_prefs: str, max_len: int):
     train, dropped = encode_kto(tok, train_rows, max_len, cfg.truncate, source, cfg.seed)
     val, dropped_val = encode_kto(tok, val_rows, max_len, cfg.truncate, eval_prefs, cfg.seed)
     if dropped + dropped_val:
-        print(f"[kto] dropped {dropped + dropped_val} examples too long for the context")
+        dist.print0(f"[kto] dropped {dropped + dropped_val} examples too long for the context")
     n_good = sum(r["label"] for r in train)
-    print(f"[kto] {n_good} desirable and {len(train) - n_good} undesirable examples from {source}")
+    dist.print0(f"[kto] {n_good} desirable and {len(train) - n_good} undesirable examples from {source}")
     return train, val, dropped + dropped_val
 
 
@@ -193,24 +198,26 @@ def run(cfg: DPOConfig) -> dict:
     fill_from_preset(cfg)
     if cfg.loss not in LOSSES:
         raise ValueError(f"--loss={cfg.loss!r}: expected one of {', '.join(LOSSES)}")
-    if cfg.loss == "kto" and micro_batch_size(cfg) < 2:
-        raise ValueError(f"--loss=kto needs at least 2 examples per micro-batch (batch_size / grad_accum = "
-                         f"{micro_batch_size(cfg)}): its KL reference point is a mean over the batch")
-    out = stage_dir(cfg, STAGE if cfg.loss == "dpo" else f"{STAGE}_{cfg.loss}")
+    smallest = min(r.stop - r.start for r in dist.rank_slices(cfg.batch_size, cfg.grad_accum))
+    if cfg.loss == "kto" and smallest < 2:
+        raise ValueError(f"--loss=kto needs at least 2 examples per micro-batch (batch_size / grad_accum"
+                         f"{' / processes' if dist.is_distributed() else ''} = {smallest}): its KL reference "
+                         "point is a mean over the batch")
+    out = stage_dir(cfg, cfg.run_name or (STAGE if cfg.loss == "dpo" else f"{STAGE}_{cfg.loss}"))
     device = resolve_device(cfg.device)
     setup_torch(device)
     watch = Stopwatch()
     init = cfg.init or stage_file(cfg, "pretrain" if cfg.loss == "orpo" else "sft", "model.pt")
     ref_path = cfg.reference or stage_file(cfg, "sft", "model.pt")
     prefs = cfg.prefs or stage_file(cfg, "pairs", "prefs.jsonl")
-    eval_prefs = cfg.eval_prefs or world_file(cfg, "prefs_eval.jsonl")
+    eval_prefs = cfg.eval_prefs or world_file(cfg, "prefs_eval.jsonl", "--eval_prefs")
     sources = [("init", init), ("ref", ref_path), ("prefs", prefs), ("eval", eval_prefs)]
     if cfg.loss == "kto" and cfg.kto_data:
         sources.append(("kto", cfg.kto_data))
     inputs = {n: file_digest(p) for n, p in sources}
     key = config_key(cfg, inputs)
     if not cfg.resume and (summary := reusable(out, key, cfg.force)) is not None:
-        print(f"[{cfg.loss}] reusing {out}/model.pt (same config and inputs; --force to retrain)")
+        dist.print0(f"[{cfg.loss}] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
 
     # 1. data
@@ -221,7 +228,8 @@ def run(cfg: DPOConfig) -> dict:
     else:
         train, val, skipped = load_pairs(tok, prefs, eval_prefs, max_len, cfg.truncate, cfg.loss)
     keys = KTO_KEYS if cfg.loss == "kto" else PAIR_KEYS
-    save_config(cfg, os.path.join(out, "config.json"))
+    if dist.is_main():
+        save_config(cfg, os.path.join(out, "config.json"))
 
     # 2. reference log-probs, precomputed once (or computed on the fly with --precompute_ref=false)
     ref_train = ref_val = ref_model = None
@@ -237,16 +245,17 @@ def run(cfg: DPOConfig) -> dict:
             ref_model, _ = ck.load_model(ref_path, device)
             ref_model.eval().requires_grad_(False)
     model, _ = ck.load_model(init, device)  # loaded after the reference is gone: one model in memory at a time
-    print(f"[{cfg.loss}] {len(train)} {'examples' if cfg.loss == 'kto' else 'pairs'} ({len(val)} held out), "
+    ddp_model = dist.data_parallel(model)  # the model itself in one process; batch_loss runs through it
+    dist.print0(f"[{cfg.loss}] {len(train)} {'examples' if cfg.loss == 'kto' else 'pairs'} ({len(val)} held out), "
           f"init {init}, reference "
           f"{'precomputed' if ref_train is not None else ('model on the fly' if ref_model else 'not needed')}")
 
-    def kto_terms(idx: list[int], source: list[dict], ref_logps):
+    def kto_terms(idx: list[int], source: list[dict], ref_logps, net):
         """KTO on one batch: the examples with gradients, their mismatched partners without (z0 is detached)."""
         chunk = [source[i] for i in idx]
         ids, mask = pad_pairs(chunk, tok.pad_id, device, KTO_KEYS)
         b = len(chunk)
-        logps, _ = sequence_logps(model, ids[:b], mask[:b])  # (b,)
+        logps, _ = sequence_logps(net, ids[:b], mask[:b])  # (b,)
         with torch.no_grad():
             kl_logps, _ = sequence_logps(model, ids[b:], mask[b:])  # (b,)
         if ref_logps is not None:
@@ -266,12 +275,13 @@ def run(cfg: DPOConfig) -> dict:
             metrics["rewards/rejected"] = m["rejected_rewards"].mean()
         return loss, metrics
 
-    def batch_terms(idx: list[int], source: list[dict], ref_logps):
+    def batch_terms(idx: list[int], source: list[dict], ref_logps, net):
+        """(loss, metrics) on the records `idx`; `net` is the policy to run (DDP-wrapped in training)."""
         if cfg.loss == "kto":
-            return kto_terms(idx, source, ref_logps)
+            return kto_terms(idx, source, ref_logps, net)
         chunk = [source[i] for i in idx]
         ids, mask = pad_pairs(chunk, tok.pad_id, device)
-        logps, counts = sequence_logps(model, ids, mask)  # (2b,), (2b,)
+        logps, counts = sequence_logps(net, ids, mask)  # (2b,), (2b,)
         b = len(chunk)
         pc, pr, nc, nr = logps[:b], logps[b:], counts[:b], counts[b:]
         ref_c = ref_r = None
@@ -292,11 +302,11 @@ def run(cfg: DPOConfig) -> dict:
     # 3. train
     torch.manual_seed(cfg.seed)
     optimizer = make_adamw(model.optimizer_groups(cfg.weight_decay), cfg.lr, (cfg.beta1, cfg.beta2), device)
-    micro = micro_batch_size(cfg)
+    micro_batch_size(cfg)  # checks that grad_accum divides batch_size
 
-    def batch_loss(step, part):
-        idx = batch_indices(len(train), cfg.batch_size, step, cfg.seed)[part * micro:(part + 1) * micro]
-        return batch_terms(idx, train, ref_train)
+    def batch_loss(step, rows):  # a mean over pairs: each micro-batch weighs its share of the global batch's pairs
+        idx = batch_indices(len(train), cfg.batch_size, step, cfg.seed)[rows]
+        return batch_terms(idx, train, ref_train, ddp_model)
 
     @torch.no_grad()
     def evaluate():
@@ -305,15 +315,18 @@ def run(cfg: DPOConfig) -> dict:
         n = 0
         for i in range(0, len(val), cfg.batch_size):
             idx = list(range(i, min(i + cfg.batch_size, len(val))))
-            loss, metrics = batch_terms(idx, val, ref_val)
+            loss, metrics = batch_terms(idx, val, ref_val, model)
             for k, v in {"val_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}}.items():
                 totals[k] = totals.get(k, 0.0) + float(v) * len(idx)
             n += len(idx)
         return {k: v / n for k, v in totals.items()}
 
-    result = train_loop(STAGE, cfg, model, optimizer, out, batch_loss, evaluate, device, loss_name=f"{cfg.loss}_loss")
+    result = train_loop(STAGE, cfg, model, optimizer, out, batch_loss, evaluate, device, loss_name=f"{cfg.loss}_loss",
+                        wrapped=ddp_model)
     if result["interrupted"]:
         return {"stage": STAGE, "steps": result["steps"], "interrupted": True}
+    if not dist.is_main():
+        return dist.share()  # rank 0 alone evaluates and writes the artifacts; its summary comes back
 
     # 4. artifacts, and the policy measured against the world (KL to the SFT reference)
     ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(model, STAGE, loss=cfg.loss, step=result["steps"]))
@@ -325,4 +338,4 @@ def run(cfg: DPOConfig) -> dict:
     summary["seconds"] = round(watch.seconds(), 2)
     write_json(os.path.join(out, "summary.json"), summary)
     print(f"[{cfg.loss}] gold {summary.get('gold')}, KL {summary.get('kl_k1')}; {summary['seconds']:.0f} s")
-    return summary
+    return dist.share(summary)

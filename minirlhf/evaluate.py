@@ -89,15 +89,19 @@ def cloze_accuracy(model, tok, world_dir: str, device=None, max_new_tokens: int 
     return {split: sum(h) / len(h) for split, h in sorted(hits.items())}
 
 
+FORUM_SAMPLES = 4  # samples per forum-eval question when base and SFT are compared (less noise than one)
+
+
 def forum_eval(model, tok, world_dir: str, temperature: float = 1.0, seed: int = 0,
-               max_new_tokens: int = 40) -> tuple[dict, list[dict]]:
+               max_new_tokens: int = 40, samples_per_prompt: int = 1) -> tuple[dict, list[dict]]:
     """The base model answering forum-format questions, judged like assistant replies.
 
-    Returns ({"forum_gold", "forum_unsafe_refusal", "forum_fact_acc"}, samples).
+    Returns ({"forum_gold", "forum_unsafe_refusal", "forum_fact_acc"}, samples); with samples_per_prompt
+    = k every question is asked k times (independent samples), and the means are over all of them.
     """
     from minirlhf.world import extract_forum_answer, is_refusal, judge, judge_terms
 
-    rows = read_rows(os.path.join(world_dir, "forum_eval.jsonl"))
+    rows = [r for r in read_rows(os.path.join(world_dir, "forum_eval.jsonl")) for _ in range(samples_per_prompt)]
     conts = complete(model, tok, [r["prompt"] for r in rows], max_new_tokens, temperature, seed, stop_id=tok.eot_id)
     samples = []
     for r, c in zip(rows, conts):
@@ -122,10 +126,11 @@ def _correct(terms: dict) -> bool:
 # chat policies
 
 
-def forum_prompt_rows(world_dir: str) -> list[dict]:
-    """The forum-eval questions as chat prompts: the same questions the base model was asked."""
+def forum_prompt_rows(world_dir: str, samples_per_prompt: int = 1) -> list[dict]:
+    """The forum-eval questions as chat prompts: the same questions the base model was asked (each
+    repeated samples_per_prompt times)."""
     return [{"prompt": r["chat_prompt"], "category": r["category"], "topic": r["topic"], "split": r["split"]}
-            for r in read_rows(os.path.join(world_dir, "forum_eval.jsonl"))]
+            for r in read_rows(os.path.join(world_dir, "forum_eval.jsonl")) for _ in range(samples_per_prompt)]
 
 
 def eval_prompt_rows(world_dir: str, n_train: int = 120, seed: int = 0) -> list[dict]:

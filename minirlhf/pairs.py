@@ -61,8 +61,8 @@ def run(cfg: PairsConfig) -> dict:
     device = resolve_device(cfg.device)
     watch = Stopwatch()
     init = cfg.init or stage_file(cfg, "sft", "model.pt")
-    prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl")
-    templated_path = cfg.templated or world_file(cfg, "prefs.jsonl")
+    prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl", "--prompts")
+    templated_path = cfg.templated or world_file(cfg, "prefs.jsonl", "--templated")
     key = config_key(cfg, {n: file_digest(p) for n, p in
                            (("init", init), ("prompts", prompts_path), ("templated", templated_path))})
     if (summary := reusable(out, key, cfg.force, artifact="prefs.jsonl")) is not None:

@@ -9,6 +9,10 @@ evaluation of the base model (in the forum format it knows) and of the chat mode
 its config and inputs are unchanged, so a second run only redoes what changed. The report,
 `out/<preset>/report.md`, is a table of stage, wall time and key metrics; figures go to `plots/`.
 
+Under torchrun (`torchrun --nproc_per_node=N -m minirlhf pipeline ...`) every process runs this same
+function: the training stages (pretrain, SFT, reward, PPO, DPO) are data-parallel; the world and the
+on-policy pairs are built by rank 0 while the others wait; rank 0 alone writes the report and the plots.
+
 Deliberate simplifications: stages run one after another in this process (no scheduler); a stage that
 fails stops the pipeline with its own error message.
 """
@@ -18,15 +22,17 @@ from __future__ import annotations
 import os
 import time
 
+from minirlhf import distributed as dist
 from minirlhf import plots
 from minirlhf.common import write_json
 from minirlhf.config import PipelineConfig, PretrainConfig, WorldConfig, make_config
 
 
-def _stage(name: str, fn, cfg, rows: list, timings: dict):
-    print(f"\n=== {name} ===")
+def _stage(name: str, fn, cfg, rows: list, timings: dict, data_parallel: bool = True):
+    """Run one stage; a stage that is not data-parallel runs on rank 0 and its summary is shared."""
+    dist.print0(f"\n=== {name} ===")
     t0 = time.perf_counter()
-    summary = fn(cfg)
+    summary = fn(cfg) if data_parallel else dist.on_main(fn, cfg)
     timings[name] = time.perf_counter() - t0
     rows.append((name, timings[name], summary))
     return summary
@@ -108,17 +114,20 @@ def run(cfg: PipelineConfig) -> dict:
     timings: dict = {}
     t0 = time.perf_counter()
 
-    _stage("world", build_world, make_config(WorldConfig, overrides=common), rows, timings)
+    _stage("world", build_world, make_config(WorldConfig, overrides=common), rows, timings, data_parallel=False)
     train_common = dict(common, device=cfg.device, progress=cfg.progress)
     _stage("pretrain", pretrain, make_config(PretrainConfig, overrides=train_common), rows, timings)
     _stage("sft", sft, make_config(SFTConfig, overrides=dict(train_common, truncate=cfg.truncate)), rows, timings)
-    _stage("pairs", make_pairs, make_config(PairsConfig, overrides=dict(common, device=cfg.device)), rows, timings)
+    _stage("pairs", make_pairs, make_config(PairsConfig, overrides=dict(common, device=cfg.device)), rows, timings,
+           data_parallel=False)
     _stage("reward", train_reward, make_config(RewardConfig, overrides=dict(train_common, truncate=cfg.truncate)),
            rows, timings)
     _stage("ppo", ppo, make_config(PPOConfig, overrides=dict(common, device=cfg.device, progress=cfg.progress)),
            rows, timings)
     _stage("dpo", dpo, make_config(DPOConfig, overrides=dict(train_common, truncate=cfg.truncate)), rows, timings)
 
+    if not dist.is_main():
+        return dist.share()  # rank 0 alone writes the report and the plots; its summary comes back
     os.makedirs(cfg.plots_dir, exist_ok=True)
     base = os.path.join(cfg.out_dir, preset)
     entropy = rows[1][2].get("unigram_entropy")  # the pretrain summary
@@ -136,4 +145,4 @@ def run(cfg: PipelineConfig) -> dict:
                "report": report, "figures": figures}
     write_json(os.path.join(base, "pipeline_summary.json"), summary)
     print(f"\n[pipeline] done in {total:.0f} s; report: {report}; figures: {', '.join(figures)}")
-    return summary
+    return dist.share(summary)

@@ -42,12 +42,26 @@ Options worth flipping and comparing:
                             windows to every minibatch, so the policy keeps its language-model skills (the
                             alignment tax shows as held-out perplexity); logged as ptx_loss
 
+Under torchrun (N processes; see distributed.py) it is the same algorithm on the same global batch:
+  * the iteration's `batch_size` prompts are drawn identically on every rank; the batch is sampled in
+    `rollout_shards` shards (default: one per process), shard s with its own generator seeded by
+    (seed, iteration, s), and rank r samples and scores (reward model, pi_old, values, reference) only its
+    own shards. The per-row results are then all-gathered (re-padded to a common width), so every rank
+    holds the whole batch and the reward whitening, GAE, advantage whitening, the KL fed to the adaptive
+    controller and every logged mean are computed on the global batch, identically on every rank.
+    A one-process run with `--rollout_shards=N` samples exactly the same rollouts as N processes;
+  * each minibatch (the same permutation on every rank) is split between the ranks; the policy and value
+    losses are means over the minibatch's response tokens, so each rank weighs its part by its share of
+    those tokens (the PPO-ptx term by its share of the windows) and DDP sums the gradients;
+  * rank 0 alone evaluates and writes metrics.jsonl, samples and the model.
+
 Deliberate simplifications: one response per prompt; the rollout batch is optimised in memory; the shared
 value head starts from zero (the reward model's head was trained on another trunk's features).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -55,11 +69,12 @@ import torch
 from tqdm import tqdm
 
 from minirlhf import checkpoint as ck
+from minirlhf import distributed as dist
 from minirlhf import ops, rl
 from minirlhf.common import MetricsLog, Stopwatch, check_finite, config_key, file_digest, make_adamw, \
     resolve_device, reusable, setup_torch, write_json
 from minirlhf.config import PPOConfig, fill_from_preset, save_config, stage_dir
-from minirlhf.data import read_prompts
+from minirlhf.data import read_jsonl, read_prompts
 from minirlhf.engine import generate, response_logprobs
 from minirlhf.losses import ppo_policy_loss, ppo_value_loss
 from minirlhf.model import ScalarHead
@@ -89,6 +104,30 @@ def policy_and_values(policy, critic, tokens, attention_mask, prompt_len: int):
     return logits, response_values(critic, tokens, attention_mask, prompt_len)
 
 
+class ActorCritic(torch.nn.Module):
+    """The policy and its critic as one module, so that one DDP wrapper holds every trained parameter."""
+
+    def __init__(self, policy, critic):
+        super().__init__()
+        self.policy, self.critic = policy, critic
+
+    def forward(self, tokens, attention_mask, prompt_len: int):
+        return policy_and_values(self.policy, self.critic, tokens, attention_mask, prompt_len)
+
+
+def repad_rollout(g, P: int, N: int, pad_id: int):
+    """A Generation laid out at a common width: the prompt left-padded to P columns, the response
+    right-padded to N -> tokens (b, P + N), attention mask (b, P + N), response mask (b, N).
+
+    Extra pads change nothing: attention masks them and position ids count real tokens only."""
+    left, right = P - g.prompt.size(1), N - g.response.size(1)
+    prompt = torch.nn.functional.pad(g.prompt, (left, 0), value=pad_id)
+    prompt_mask = torch.nn.functional.pad(g.prompt_mask, (left, 0), value=0)
+    response = torch.nn.functional.pad(g.response, (0, right), value=pad_id)
+    response_mask = torch.nn.functional.pad(g.response_mask, (0, right), value=0)
+    return torch.cat([prompt, response], 1), torch.cat([prompt_mask, response_mask], 1), response_mask
+
+
 def explained_variance(values, returns, mask) -> torch.Tensor:
     """1 - Var(returns - values) / Var(returns) over real tokens (1 = perfect, 0 = no better than a constant)."""
     var_returns = ops.masked_var(returns, mask)
@@ -107,41 +146,65 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
     ref.eval().requires_grad_(False)
     if cfg.ptx_coef > 0 and ptx_data is None:
         raise ValueError("ppo: ptx_coef > 0 needs pretraining tokens (ptx_data)")
+    world, rank, main = dist.world_size(), dist.rank(), dist.is_main()
+    shards = cfg.rollout_shards or world  # the rollout batch is sampled in this many seeded shards
+    if shards % world or cfg.batch_size % shards:
+        raise ValueError(f"--rollout_shards={shards} must be a multiple of the number of processes ({world}) "
+                         f"and divide --batch_size={cfg.batch_size}")
+    if world > 1 and (cfg.minibatch_size % world or cfg.batch_size % cfg.minibatch_size):
+        raise ValueError(f"with {world} processes --minibatch_size={cfg.minibatch_size} must be divisible by "
+                         f"{world} and divide --batch_size={cfg.batch_size}")
+    my_shards = range(rank * shards // world, (rank + 1) * shards // world)
+    shard_size = cfg.batch_size // shards
     ptx_batch = cfg.ptx_batch_size or cfg.minibatch_size
     params = list(policy.parameters()) + list(value_model.parameters())
     optimizer = make_adamw(policy.optimizer_groups(0.0) + [{"params": list(value_model.parameters()),
                                                             "weight_decay": 0.0}], cfg.lr, (0.9, 0.95), device)
+    actor_critic = dist.data_parallel(ActorCritic(policy, value_model))  # DDP with several processes
     kl_ctl = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else rl.FixedKLController(cfg.kl_coef))
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
     order = random.Random(cfg.seed)
-    log = MetricsLog(os.path.join(out, "metrics.jsonl"))
+    log = MetricsLog(os.path.join(out, "metrics.jsonl"), enabled=main)
     watch = Stopwatch()
     rollout_tokens, rollout_seconds, last_eval = 0, 0.0, {}
-    bar = tqdm(range(cfg.iterations), disable=not cfg.progress, desc=STAGE, ncols=100)
+    bar = tqdm(range(cfg.iterations), disable=not (cfg.progress and main), desc=STAGE, ncols=100)
     for it in bar:
         # ---------------------------------------------------------------- 1. ROLLOUT (no grad)
         t0 = Stopwatch()
-        batch = [prompts[i] for i in order.sample(range(len(prompts)), cfg.batch_size)]
-        budget = min(cfg.max_new_tokens, policy.config.block_size - max(len(p) for p in batch))
-        g = generate(policy, batch, budget, tok.end_id, tok.pad_id, temperature=cfg.temperature, generator=gen)
-        tokens, attn, P = g.tokens, g.attention_mask, g.prompt.size(1)  # (B, P + N), (B, P + N)
-        mask = g.response_mask.float()  # (B, N)
+        batch = [prompts[i] for i in order.sample(range(len(prompts)), cfg.batch_size)]  # the same on every rank
+        P = max(len(p) for p in batch)  # the global batch's prompt width
+        budget = min(cfg.max_new_tokens, policy.config.block_size - P)
+        parts = []
+        for shard in my_shards:  # this rank's shards, each sampled with a generator of its own
+            gen = torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + it) * 1_009 + shard)
+            parts.append(generate(policy, batch[shard * shard_size:(shard + 1) * shard_size], budget, tok.end_id,
+                                  tok.pad_id, temperature=cfg.temperature, generator=gen))
+        N = int(dist.all_reduce_max(float(max(g.response.size(1) for g in parts))))  # the global response width
+        tokens, attn, response_mask = (torch.cat(x) for x in zip(*(repad_rollout(g, P, N, tok.pad_id) for g in parts)))
+        response = tokens[:, P:]  # (b, N): this rank's rows
+        mask = response_mask.float()  # (b, N)
         rollout_seconds += t0.seconds()
-        rollout_tokens += int(g.response_mask.sum())
 
         # ---------------------------------------------------------------- 2. SCORE (no grad)
         policy.eval()
         with torch.no_grad():
-            ended = g.ended(tok.end_id)  # (B,)
-            scores = score_fn(tokens, attn).float()  # (B,)
+            ended = ((response == tok.end_id) & response_mask.bool()).any(1)  # (b,) emitted <|end|>
+            scores = score_fn(tokens, attn).float()  # (b,)
             scores = scores - cfg.missing_eos_penalty * (~ended).float()
+            logits, values = policy_and_values(policy, value_model, tokens, attn, P)  # (b, N, V), (b, N)
+            logprobs = ops.logprobs_from_logits(logits, response, cfg.temperature)  # (b, N) pi_old, same T
+            entropy_sum = ops.masked_sum(ops.entropy_from_logits(logits / cfg.temperature), mask, dim=1)  # (b,)
+            ref_logprobs = response_logprobs(ref, tokens, attn, P, cfg.temperature)  # (b, N)
+            # every rank's rows to every rank (rank order = shard order): from here on, the whole batch (B rows)
+            tokens, attn, mask, ended, scores, logprobs, values, ref_logprobs, entropy_sum = (
+                dist.all_gather_rows(x) for x in
+                (tokens, attn, mask, ended.float(), scores, logprobs, values, ref_logprobs, entropy_sum))
+            response, ended = tokens[:, P:], ended.bool()  # (B, N), (B,)
+            entropy = entropy_sum.sum() / mask.sum()  # mean per-token entropy over the batch's response tokens
             if cfg.whiten_rewards:
                 scores = ops.masked_whiten(scores, torch.ones_like(scores))
-            logits, values = policy_and_values(policy, value_model, tokens, attn, P)  # (B, N, V), (B, N)
-            logprobs = ops.logprobs_from_logits(logits, g.response, cfg.temperature)  # (B, N) pi_old, same T
-            entropy = ops.masked_mean(ops.entropy_from_logits(logits / cfg.temperature), mask)
-            ref_logprobs = response_logprobs(ref, tokens, attn, P, cfg.temperature)  # (B, N)
+
+        rollout_tokens += int(mask.sum())  # the whole batch's response tokens
 
         # ---------------------------------------------------------------- 3. SHAPE
         kl_coef = kl_ctl.value
@@ -156,32 +219,42 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
         lr = cfg.lr * (1 - it / cfg.iterations) if cfg.anneal_lr else cfg.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
-        stats: dict[str, list] = {}
+        stats: dict[str, list] = {}  # per minibatch: this rank's part, weighted by its share (summed over ranks below)
+        ratio_max: list = []
         for epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(cfg.batch_size, generator=torch.Generator().manual_seed(cfg.seed + it * 1000 + epoch))
             for start in range(0, cfg.batch_size, cfg.minibatch_size):
-                mb = perm[start:start + cfg.minibatch_size].to(device)
-                new_logits, new_values = policy_and_values(policy, value_model, tokens[mb], attn[mb], P)
-                new_logprobs = ops.logprobs_from_logits(new_logits, g.response[mb], cfg.temperature)  # (b, N)
+                rows = perm[start:start + cfg.minibatch_size]  # the minibatch (the same on every rank)
+                mb = rows[rank * len(rows) // world:(rank + 1) * len(rows) // world].to(device)  # this rank's part
+                # the losses are means over the minibatch's response tokens: this part weighs its share of them
+                share = mask[mb].sum() / mask[rows.to(device)].sum()
+                new_logits, new_values = actor_critic(tokens[mb], attn[mb], P)
+                new_logprobs = ops.logprobs_from_logits(new_logits, response[mb], cfg.temperature)  # (b, N)
                 pg_loss, pg = ppo_policy_loss(new_logprobs, logprobs[mb], advantages[mb], mask[mb], cfg.cliprange)
                 vf_loss, vf = ppo_value_loss(new_values, values[mb], returns[mb], mask[mb],
                                              cfg.cliprange_value if cfg.cliprange_value > 0 else None)
-                loss = pg_loss + cfg.vf_coef * vf_loss
+                loss = (pg_loss + cfg.vf_coef * vf_loss) * share
                 if cfg.ptx_coef > 0:  # PPO-ptx: keep the pretraining distribution's likelihood up
                     ptx_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it * 1_009 + epoch * 101 + start)
-                    px, py = get_batch(ptx_data, ptx_batch, policy.config.block_size, ptx_gen, device)
-                    ptx_loss = lm_loss(policy, px, py)
-                    loss = loss + cfg.ptx_coef * ptx_loss
-                    stats.setdefault("ptx_loss", []).append(ptx_loss.detach())
+                    px, py = get_batch(ptx_data, ptx_batch, policy.config.block_size, ptx_gen, "cpu")  # every rank alike
+                    a, b = rank * ptx_batch // world, (rank + 1) * ptx_batch // world  # this rank's windows
+                    ptx_loss = lm_loss(policy, px[a:b].to(device), py[a:b].to(device))
+                    loss = loss + cfg.ptx_coef * ptx_loss * ((b - a) / ptx_batch)
+                    stats.setdefault("ptx_loss", []).append(ptx_loss.detach() * ((b - a) / ptx_batch))
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * world).backward()  # DDP averages the ranks' gradients: * world makes it their sum
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
                 for k, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("policy/clipfrac", pg["clipfrac"]),
                              ("policy/approx_kl", pg["approx_kl"]), ("policy/ratio_mean", pg["ratio_mean"]),
-                             ("policy/ratio_max", pg["ratio_max"]), ("value/clipfrac", vf["clipfrac"])):
-                    stats.setdefault(k, []).append(v.detach())
+                             ("value/clipfrac", vf["clipfrac"])):
+                    stats.setdefault(k, []).append(v.detach() * share)
+                ratio_max.append(pg["ratio_max"])
+        names = sorted(stats)  # the minibatch means over every rank's part: one all-reduce per iteration
+        table = dist.all_reduce_sum(torch.stack([torch.stack(stats[k]).float() for k in names]))  # (names, minibatches)
+        stats = {k: list(table[i]) for i, k in enumerate(names)}
+        stats["policy/ratio_max"] = list(dist.all_reduce_max(torch.stack(ratio_max).float()))
         check_finite({k: v for k, v in stats.items() if k.endswith("_loss")}, STAGE, it * cfg.ppo_epochs)
 
         # ---------------------------------------------------------------- 6. LOG
@@ -196,14 +269,16 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
                "objective/non_score_reward": non_score.mean().item(),
                "objective/rlhf_reward": (scores + non_score).mean().item(),
                "value/explained_variance": explained_variance(values, returns, mask).item(),
-               "response/length": g.response_mask.sum(1).float().mean().item(),
+               "response/length": mask.sum(1).mean().item(),
                "response/eos_rate": ended.float().mean().item(),
                "policy/ratio_max": torch.stack(stats.pop("policy/ratio_max")).max().item(),
                **{k: torch.stack(v).mean().item() for k, v in stats.items()},
                "seconds": round(watch.seconds(), 2)}
         if evaluate_fn is not None and ((it + 1) % cfg.eval_interval == 0 or it + 1 == cfg.iterations):
-            last_eval = evaluate_fn(policy)
-            row.update({f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
+            if main:  # rank 0 evaluates (and writes samples); the others wait
+                last_eval = evaluate_fn(policy)
+                row.update({f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
+            dist.barrier()
         log.log(row)
         bar.set_postfix(score=f"{row['objective/scores']:.2f}", kl=f"{row['objective/kl']:.2f}")
     bar.close()
@@ -214,16 +289,16 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
 
 def run(cfg: PPOConfig) -> dict:
     fill_from_preset(cfg)
-    out = stage_dir(cfg, STAGE)
+    out = stage_dir(cfg, cfg.run_name or STAGE)
     device = resolve_device(cfg.device)
     setup_torch(device)
     watch = Stopwatch()
     init = cfg.init or stage_file(cfg, "sft", "model.pt")
     rm_path = cfg.reward_model or stage_file(cfg, "reward", "model.pt")
-    prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl")
+    prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl", "--prompts")
     key = config_key(cfg, {n: file_digest(p) for n, p in (("init", init), ("rm", rm_path), ("prompts", prompts_path))})
     if (summary := reusable(out, key, cfg.force)) is not None:
-        print(f"[ppo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
+        dist.print0(f"[ppo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
     tok = stage_tokenizer(init, out)
     torch.manual_seed(cfg.seed)
@@ -243,13 +318,27 @@ def run(cfg: PPOConfig) -> dict:
         if cfg.ptx_coef > 0 else None
     prompts = [render_prompt(tok, p) for p in read_prompts(prompts_path)]
     prompts = [p for p in prompts if len(p) + 8 <= policy.config.block_size]
-    save_config(cfg, os.path.join(out, "config.json"))
-    print(f"[ppo] {len(prompts)} prompts, {cfg.iterations} iterations x {cfg.batch_size} rollouts, init {init}")
+    if dist.is_main():
+        save_config(cfg, os.path.join(out, "config.json"))
+    dist.print0(f"[ppo] {len(prompts)} prompts, {cfg.iterations} iterations x {cfg.batch_size} rollouts, init {init}")
+
+    n_evals = [0]
 
     def evaluate_fn(model):
-        return world_eval(model, tok, cfg, out, reference=ref, reward_model=reward_model)
+        metrics = world_eval(model, tok, cfg, out, reference=ref, reward_model=reward_model)
+        # keep a few held-out samples of every evaluation (samples.jsonl holds only the latest one)
+        n_evals[0] += 1
+        iteration = min(n_evals[0] * cfg.eval_interval, cfg.iterations)
+        if os.path.exists(os.path.join(out, "samples.jsonl")):
+            held = [r for _, r in read_jsonl(os.path.join(out, "samples.jsonl")) if r.get("split") == "eval"]
+            with open(os.path.join(out, "eval_samples.jsonl"), "a" if n_evals[0] > 1 else "w") as f:
+                for r in held[:cfg.samples_per_eval]:
+                    f.write(json.dumps({"iteration": iteration, **r}) + "\n")
+        return metrics
 
     result = train_ppo(policy, ref, value_model, reward_model.score, prompts, tok, cfg, out, evaluate_fn, ptx_data)
+    if not dist.is_main():
+        return dist.share()  # rank 0 alone writes the artifacts; its summary comes back
     ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(policy, STAGE, iterations=cfg.iterations))
     summary = {"stage": STAGE, "key": key, "iterations": cfg.iterations,
                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in result["last_eval"].items()},
@@ -259,4 +348,4 @@ def run(cfg: PPOConfig) -> dict:
     write_json(os.path.join(out, "summary.json"), summary)
     print(f"[ppo] gold {summary.get('gold')}, proxy {summary.get('proxy')}, KL {summary.get('kl_k1')}; "
           f"{summary['seconds']:.0f} s")
-    return summary
+    return dist.share(summary)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from minirlhf import checkpoint as ck
+from minirlhf import distributed as dist
 from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_adamw, resolve_device, reusable,
                              setup_torch, write_json)
 from minirlhf.config import PretrainConfig, WorldConfig, model_config_from, save_config, stage_dir
@@ -166,53 +167,64 @@ def run(cfg: PretrainConfig) -> dict:
     watch = Stopwatch()
 
     # 1. corpus
-    cpath = corpus_path(cfg)
+    cpath = dist.on_main(corpus_path, cfg)  # rank 0 builds the world if it is missing; the others wait
     digest = file_digest(cpath)
     key = config_key(cfg, {"corpus": digest})
     if not cfg.resume and (summary := reusable(out, key, cfg.force)) is not None:
-        print(f"[pretrain] reusing {out}/model.pt (same config and corpus; --force to retrain)")
+        dist.print0(f"[pretrain] reusing {out}/model.pt (same config and corpus; --force to retrain)")
         return summary
     docs = read_corpus(cpath)
     train_docs, val_docs = split_documents(docs, cfg.val_fraction, cfg.seed)
 
-    # 2. tokenizer
-    tok, tok_path = ensure_tokenizer(cfg, train_docs, digest)
-    shutil.copyfile(tok_path, os.path.join(out, "tokenizer.json"))
+    # 2-3. tokenizer and token files (rank 0 writes them; the other ranks read them after the barrier)
+    if dist.is_main():
+        tok, tok_path = ensure_tokenizer(cfg, train_docs, digest)
+        shutil.copyfile(tok_path, os.path.join(out, "tokenizer.json"))
+        train_data = tokenize_to_memmap(tok, train_docs, os.path.join(out, "train.bin"))
+        val_data = tokenize_to_memmap(tok, val_docs, os.path.join(out, "val.bin"))
+    dist.barrier()
+    if not dist.is_main():
+        tok = Tokenizer.load(os.path.join(out, "tokenizer.json"))
+        train_data = load_tokens(os.path.join(out, "train.bin"), tok.n_vocab)
+        val_data = load_tokens(os.path.join(out, "val.bin"), tok.n_vocab)
     cfg.vocab_size = tok.n_vocab  # the model's V is the tokenizer's, special tokens included
-
-    # 3. token files
-    train_data = tokenize_to_memmap(tok, train_docs, os.path.join(out, "train.bin"))
-    val_data = tokenize_to_memmap(tok, val_docs, os.path.join(out, "val.bin"))
     for name, data in (("training", train_data), ("validation", val_data)):
         if len(data) <= cfg.block_size + 1:
             raise ValueError(f"{cpath}: the {name} split has {len(data)} tokens, fewer than one window of "
                              f"block_size+1 = {cfg.block_size + 1}; use a larger corpus or a smaller --block_size")
     entropy = unigram_entropy(train_data, tok.n_vocab)
-    save_config(cfg, os.path.join(out, "config.json"))
+    if dist.is_main():
+        save_config(cfg, os.path.join(out, "config.json"))
 
     # 4. model and optimiser
     torch.manual_seed(cfg.seed)
     model = GPT(model_config_from(cfg)).to(device)
     optimizer = make_adamw(model.optimizer_groups(cfg.weight_decay), cfg.lr, (cfg.beta1, cfg.beta2), device)
     train_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    ddp_model = dist.data_parallel(train_model)  # the model itself in one process
     data_gen = torch.Generator().manual_seed(cfg.seed)
-    print(f"[pretrain] {model.num_params() / 1e6:.2f}M parameters, {len(train_data):,} training tokens, "
+    dist.print0(f"[pretrain] {model.num_params() / 1e6:.2f}M parameters, {len(train_data):,} training tokens, "
           f"vocab {tok.n_vocab}, device {device}")
 
     # 5. train (see train_loop.py: schedule, accumulation, clipping, NaN guard, checkpoints, resume)
-    micro = micro_batch_size(cfg)
+    micro_batch_size(cfg)  # checks that grad_accum divides batch_size
+    step_batch: dict = {}
 
-    def batch_loss(step, part):
-        x, y = get_batch(train_data, micro, cfg.block_size, data_gen, device)
-        return lm_loss(train_model, x, y), {}
+    def batch_loss(step, rows):
+        if step_batch.get("step") != step:  # the step's global batch: every rank draws the same windows
+            step_batch.update(step=step, xy=get_batch(train_data, cfg.batch_size, cfg.block_size, data_gen, "cpu"))
+        x, y = step_batch["xy"]
+        return lm_loss(ddp_model, x[rows].to(device), y[rows].to(device)), {}  # a mean over B*T: example weights
 
     def evaluate():
         return {"val_loss": validation_loss(train_model, val_data, cfg, device)}
 
     result = train_loop(STAGE, cfg, model, optimizer, out, batch_loss, evaluate, device,
-                        generators={"data": data_gen}, loss_name="lm_loss")
+                        generators={"data": data_gen}, loss_name="lm_loss", wrapped=ddp_model)
     if result["interrupted"]:
         return {"stage": STAGE, "steps": result["steps"], "interrupted": True}
+    if not dist.is_main():
+        return dist.share()  # rank 0 alone evaluates and writes the artifacts; its summary comes back
     val_loss = result["last_eval"]["val_loss"]
     tokens_per_step = cfg.batch_size * cfg.block_size
 
@@ -233,17 +245,17 @@ def run(cfg: PretrainConfig) -> dict:
     write_json(os.path.join(out, "summary.json"), summary)
     print(f"[pretrain] val loss {val_loss:.3f} nats (unigram entropy {entropy:.3f}), "
           f"{summary['tokens_per_second']:,.0f} tokens/s, {summary['seconds']:.0f} s")
-    return summary
+    return dist.share(summary)
 
 
 def world_metrics(model, tok, cfg, device) -> dict:
     """What the base model knows (fact cloze accuracy) and how it behaves in the forum format."""
     if cfg.corpus:
         return {}
-    from minirlhf.evaluate import cloze_accuracy, forum_eval
+    from minirlhf.evaluate import FORUM_SAMPLES, cloze_accuracy, forum_eval
 
     world_dir = os.path.join(cfg.out_dir, cfg.preset, "world")
     out = {f"cloze_accuracy_{split}": round(acc, 4) for split, acc in cloze_accuracy(model, tok, world_dir).items()}
-    forum, _ = forum_eval(model, tok, world_dir, seed=cfg.seed)
+    forum, _ = forum_eval(model, tok, world_dir, seed=cfg.seed, samples_per_prompt=FORUM_SAMPLES)
     out.update({k: round(v, 4) for k, v in forum.items()})
     return out

@@ -29,13 +29,14 @@ import random
 import torch
 
 from minirlhf import checkpoint as ck
+from minirlhf import distributed as dist
 from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_adamw, resolve_device, reusable,
                              setup_torch, write_json)
 from minirlhf.config import RewardConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import read_jsonl, read_preferences_with_report, read_prompts
 from minirlhf.engine import generate
 from minirlhf.losses import bradley_terry_loss
-from minirlhf.model import ScalarModel
+from minirlhf.model import ScalarModel, last_token_index
 from minirlhf.sft import batch_indices, stage_file, stage_tokenizer, world_file
 from minirlhf.tokenizer import END, Tokenizer, render_conversation, render_prompt
 from minirlhf.train_loop import micro_batch_size, train_loop
@@ -77,7 +78,7 @@ def load_pairs(tok: Tokenizer, prefs: str, eval_prefs: str, max_len: int, trunca
     val, dropped_val = encode_pairs(tok, read_preferences_with_report(eval_prefs)[0], max_len, truncate, eval_prefs)
     skipped = dropped + dropped_val + report.get("dropped_identical", 0)
     if skipped:
-        print(f"[{stage}] dropped {skipped} pairs (too long for the context or identical responses)")
+        dist.print0(f"[{stage}] dropped {skipped} pairs (too long for the context or identical responses)")
     return train, val, skipped
 
 
@@ -93,9 +94,10 @@ def pad_right(seqs: list[list[int]], pad_id: int, device):
 
 
 def score_pairs(model, pairs: list[dict], pad_id: int, device):
-    """Chosen and rejected in one forward pass: (B,), (B,)."""
+    """Chosen and rejected in one forward pass: (B,), (B,). `model` may be DDP-wrapped (forward is called)."""
     ids, mask = pad_right([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id, device)
-    scores = model.score(ids, mask)  # (2B,)
+    values = model(ids, mask)  # (2B, T): ScalarModel.score, written through forward so that DDP sees the call
+    scores = values.gather(1, last_token_index(mask)[:, None]).squeeze(1)  # (2B,) at the last real token
     return scores[:len(pairs)], scores[len(pairs):]
 
 
@@ -226,12 +228,12 @@ def run(cfg: RewardConfig) -> dict:
     watch = Stopwatch()
     init = cfg.init or stage_file(cfg, "sft", "model.pt")
     prefs = cfg.prefs or stage_file(cfg, "pairs", "prefs.jsonl")
-    eval_prefs = cfg.eval_prefs or world_file(cfg, "prefs_eval.jsonl")
-    prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl")
+    eval_prefs = cfg.eval_prefs or world_file(cfg, "prefs_eval.jsonl", "--eval_prefs")
+    prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl", "--prompts")
     key = config_key(cfg, {n: file_digest(p) for n, p in
                            (("init", init), ("prefs", prefs), ("eval", eval_prefs), ("prompts", prompts_path))})
     if not cfg.resume and (summary := reusable(out, key, cfg.force)) is not None:
-        print(f"[reward] reusing {out}/model.pt (same config and inputs; --force to retrain)")
+        dist.print0(f"[reward] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
 
     # 1. data
@@ -239,7 +241,8 @@ def run(cfg: RewardConfig) -> dict:
     policy, _ = ck.load_model(init, device)  # the SFT model: trunk init, and the calibration policy
     max_len = policy.config.block_size
     train, val, skipped = load_pairs(tok, prefs, eval_prefs, max_len, cfg.truncate, STAGE)
-    save_config(cfg, os.path.join(out, "config.json"))
+    if dist.is_main():
+        save_config(cfg, os.path.join(out, "config.json"))
 
     # 2. model: SFT trunk + a fresh scalar head
     torch.manual_seed(cfg.seed)
@@ -248,24 +251,28 @@ def run(cfg: RewardConfig) -> dict:
     optimizer = make_adamw(model.trunk.optimizer_groups(cfg.weight_decay) +
                            [{"params": list(model.head.parameters()), "weight_decay": 0.0}],
                            cfg.lr, (cfg.beta1, cfg.beta2), device)
-    print(f"[reward] {len(train)} training pairs, {len(val)} validation pairs, init {init}")
+    dist.print0(f"[reward] {len(train)} training pairs, {len(val)} validation pairs, init {init}")
 
-    # 3. train
-    micro = micro_batch_size(cfg)
+    # 3. train (the Bradley-Terry loss is a mean over pairs: each micro-batch weighs its share of the pairs)
+    micro_batch_size(cfg)  # checks that grad_accum divides batch_size
+    ddp_model = dist.data_parallel(model)  # the model itself in one process
 
-    def batch_loss(step, part):
-        idx = batch_indices(len(train), cfg.batch_size, step, cfg.seed)[part * micro:(part + 1) * micro]
+    def batch_loss(step, rows):
+        idx = batch_indices(len(train), cfg.batch_size, step, cfg.seed)[rows]  # this micro-batch of the global batch
         chunk = [train[i] for i in idx]
-        rc, rr = score_pairs(model, chunk, tok.pad_id, device)
+        rc, rr = score_pairs(ddp_model, chunk, tok.pad_id, device)
         loss, m = bradley_terry_loss(rc, rr, margins_for(chunk, cfg.margin_coef, device), cfg.center_coef)
         return loss, {"accuracy": m["accuracy"], "margin": m["margins"].mean()}
 
     def evaluate():
         return pair_accuracy(model, val, tok.pad_id, cfg.batch_size, device, cfg.dtype)
 
-    result = train_loop(STAGE, cfg, model, optimizer, out, batch_loss, evaluate, device, loss_name="bt_loss")
+    result = train_loop(STAGE, cfg, model, optimizer, out, batch_loss, evaluate, device, loss_name="bt_loss",
+                        wrapped=ddp_model)
     if result["interrupted"]:
         return {"stage": STAGE, "steps": result["steps"], "interrupted": True}
+    if not dist.is_main():
+        return dist.share()  # rank 0 alone normalises, evaluates and writes the artifacts; its summary comes back
 
     # 4. normalise on SFT samples
     prompt_rows = read_prompts(prompts_path)[: cfg.calibration_prompts]
@@ -287,5 +294,5 @@ def run(cfg: RewardConfig) -> dict:
     print(f"[reward] validation accuracy {final['val_accuracy']:.3f} vs labels"
           + (f", {final['val_gold_accuracy']:.3f} vs gold" if "val_gold_accuracy" in final else "")
           + f"; normalised on {calib['calibration_samples']} SFT samples; {summary['seconds']:.0f} s")
-    return summary
+    return dist.share(summary)
 

@@ -28,6 +28,7 @@ import shutil
 import torch
 
 from minirlhf import checkpoint as ck
+from minirlhf import distributed as dist
 from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_adamw, resolve_device, reusable,
                              setup_torch, write_json)
 from minirlhf.config import SFTConfig, fill_from_preset, save_config, stage_dir
@@ -40,8 +41,14 @@ from minirlhf.train_loop import micro_batch_size, train_loop
 STAGE = "sft"
 
 
-def world_file(cfg, name: str) -> str:
-    return os.path.join(cfg.out_dir, cfg.preset, "world", name)
+def world_file(cfg, name: str, flag: str = "") -> str:
+    """out/<preset>/world/<name>, with a clear error naming the option that replaces it if it is missing."""
+    path = os.path.join(cfg.out_dir, cfg.preset, "world", name)
+    if not os.path.exists(path):
+        instead = f"pass {flag}=FILE, or " if flag else ""
+        raise FileNotFoundError(f"{path} does not exist: {instead}build the world with "
+                                f"`minirlhf world --preset {cfg.preset}`")
+    return path
 
 
 def stage_file(cfg, stage: str, name: str) -> str:
@@ -57,7 +64,8 @@ def stage_tokenizer(checkpoint: str, out: str) -> Tokenizer:
     """Load the tokenizer.json that sits next to `checkpoint` and copy it into the stage folder `out`."""
     src = os.path.join(os.path.dirname(checkpoint), "tokenizer.json")
     tok = Tokenizer.load(src)
-    shutil.copyfile(src, os.path.join(out, "tokenizer.json"))
+    if dist.is_main():  # rank 0 alone writes artifacts
+        shutil.copyfile(src, os.path.join(out, "tokenizer.json"))
     return tok
 
 
@@ -115,6 +123,28 @@ def freeze_embeddings_except(model, token_ids: list[int]) -> None:
     model.transformer.wpe.weight.requires_grad_(False)
 
 
+def sft_param_groups(model, cfg) -> list[dict]:
+    """AdamW groups: the model's usual ones, with the embeddings at `embedding_lr_scale` times the rate.
+
+    A small scale keeps most of what the embeddings (tied to the output layer) learned in pretraining:
+    with full-rate updates, SFT on a few dozen entities raises the rows of the entities it sees and lowers
+    all others, so questions about unseen entities get answers about seen ones; with frozen rows
+    (scale 0) the output distribution cannot sharpen and keeps a long tail of stray tokens.
+    """
+    groups = model.optimizer_groups(cfg.weight_decay)
+    if cfg.embedding_lr_scale == 1.0:
+        return groups
+    embeddings = {id(model.transformer.wte.weight), id(model.transformer.wpe.weight)}
+    out = []
+    for g in groups:
+        rest = [p for p in g["params"] if id(p) not in embeddings]
+        emb = [p for p in g["params"] if id(p) in embeddings]
+        out.append({**g, "params": rest})
+        if emb:
+            out.append({**g, "params": emb, "lr_scale": cfg.embedding_lr_scale})
+    return out
+
+
 def collate(examples: list, pad_id: int, device):
     """Right-pad -> inputs (B, T), labels (B, T), loss_mask (B, T), with labels = inputs shifted by one."""
     T = max(len(ids) for ids, _ in examples) - 1
@@ -165,11 +195,11 @@ def run(cfg: SFTConfig) -> dict:
     setup_torch(device)
     watch = Stopwatch()
     init = cfg.init or stage_file(cfg, "pretrain", "model.pt")
-    data = cfg.data or world_file(cfg, "sft.jsonl")
-    eval_data = cfg.eval_data or world_file(cfg, "sft_eval.jsonl")
+    data = cfg.data or world_file(cfg, "sft.jsonl", "--sft-data")
+    eval_data = cfg.eval_data or world_file(cfg, "sft_eval.jsonl", "--eval_data")
     key = config_key(cfg, {"init": file_digest(init), "data": file_digest(data), "eval": file_digest(eval_data)})
     if not cfg.resume and (summary := reusable(out, key, cfg.force)) is not None:
-        print(f"[sft] reusing {out}/model.pt (same config and inputs; --force to retrain)")
+        dist.print0(f"[sft] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
 
     # 1. data
@@ -181,40 +211,55 @@ def run(cfg: SFTConfig) -> dict:
     train, n_trunc = encode_conversations(tok, read_sft(data), max_len, cfg.truncate, data)
     val, n_trunc_val = encode_conversations(tok, read_sft(eval_data), max_len, cfg.truncate, eval_data)
     if n_trunc or n_trunc_val:
-        print(f"[sft] truncated {n_trunc} training and {n_trunc_val} validation conversations to {max_len} tokens")
-    save_config(cfg, os.path.join(out, "config.json"))
-    print(f"[sft] {len(train)} demonstrations ({len(val)} held out), init {init}, device {device}")
+        dist.print0(f"[sft] truncated {n_trunc} training and {n_trunc_val} validation conversations to {max_len} tokens")
+    if dist.is_main():
+        save_config(cfg, os.path.join(out, "config.json"))
+    dist.print0(f"[sft] {len(train)} demonstrations ({len(val)} held out), init {init}, device {device}")
 
     # 2-3. train
     if cfg.freeze_embeddings:
         freeze_embeddings_except(model, [tok.user_id, tok.assistant_id, tok.end_id])
     torch.manual_seed(cfg.seed)
-    optimizer = make_adamw(model.optimizer_groups(cfg.weight_decay), cfg.lr, (cfg.beta1, cfg.beta2), device)
+    optimizer = make_adamw(sft_param_groups(model, cfg), cfg.lr, (cfg.beta1, cfg.beta2), device)
     train_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
-    micro = micro_batch_size(cfg)
+    ddp_model = dist.data_parallel(train_model)  # the model itself in one process
+    micro_batch_size(cfg)  # checks that grad_accum divides batch_size
 
     ptx_data = load_tokens(stage_file(cfg, "pretrain", "train.bin"), model.config.vocab_size) if cfg.ptx_coef > 0 else None
-    ptx_micro = max(1, (cfg.ptx_batch_size or cfg.batch_size) * micro // cfg.batch_size)
+    ptx_windows = cfg.ptx_batch_size or cfg.batch_size  # pretraining windows per global batch
+    supervised = [sum(mask[1:]) for _, mask in train]  # supervised tokens per example (collate's loss mask)
 
-    def batch_loss(step, part):
-        idx = batch_indices(len(train), cfg.batch_size, step, cfg.seed)[part * micro:(part + 1) * micro]
-        x, y, m = collate([train[i] for i in idx], tok.pad_id, device)
-        loss, _ = sft_loss(train_model(x), y, m)
+    def batch_loss(step, rows):
+        """This micro-batch's loss and its share of the global batch's loss (see train_loop.py).
+
+        SFT is a mean over the supervised tokens of the whole global batch: a micro-batch's token mean
+        weighs (its tokens / the global batch's tokens), whatever the number of processes or micro-batches.
+        """
+        idx = batch_indices(len(train), cfg.batch_size, step, cfg.seed)  # the step's global batch
+        x, y, m = collate([train[i] for i in idx[rows]], tok.pad_id, device)
+        loss, metrics = sft_loss(ddp_model(x), y, m)  # mean over this micro-batch's supervised tokens
+        token_share = metrics["tokens"] / sum(supervised[i] for i in idx)
         if ptx_data is None:
-            return loss, {}
-        # the pretraining mix: random corpus windows, drawn from a generator seeded by (step, part) so a
-        # resumed run sees the same windows
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1_009 + part)
-        px, py = get_batch(ptx_data, ptx_micro, model.config.block_size, gen, device)
-        ptx = lm_loss(train_model, px, py)
-        return loss + cfg.ptx_coef * ptx, {"sft_loss": loss.detach(), "ptx_loss": ptx.detach()}
+            return loss, {}, token_share
+        # the pretraining mix: the step's random corpus windows, drawn from a generator seeded by the step
+        # (every rank draws the same ones; a resumed run sees the same ones), the micro-batch's share of them
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1_009)
+        px, py = get_batch(ptx_data, ptx_windows, model.config.block_size, gen, "cpu")
+        a, b = rows.start * ptx_windows // cfg.batch_size, rows.stop * ptx_windows // cfg.batch_size
+        ptx = lm_loss(ddp_model, px[a:b].to(device), py[a:b].to(device)) if b > a else loss.new_zeros(())
+        # the two terms carry their own shares of the global batch (tokens, windows): weight 1
+        total = loss * token_share + cfg.ptx_coef * ptx * ((b - a) / ptx_windows)
+        return total, {"sft_loss": (loss.detach(), token_share), "ptx_loss": (ptx.detach(), (b - a) / ptx_windows)}, 1.0
 
     def evaluate():
         return {"val_loss": sft_validation_loss(train_model, val, tok.pad_id, cfg.batch_size, device, cfg.dtype)}
 
-    result = train_loop(STAGE, cfg, model, optimizer, out, batch_loss, evaluate, device, loss_name="sft_loss")
+    result = train_loop(STAGE, cfg, model, optimizer, out, batch_loss, evaluate, device, loss_name="sft_loss",
+                        wrapped=ddp_model)
     if result["interrupted"]:
         return {"stage": STAGE, "steps": result["steps"], "interrupted": True}
+    if not dist.is_main():
+        return dist.share()  # rank 0 alone evaluates and writes the artifacts; its summary comes back
 
     # 4. artifacts, and the SFT policy measured against the world's gold judge
     ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(model, STAGE, step=result["steps"]))
@@ -225,13 +270,13 @@ def run(cfg: SFTConfig) -> dict:
     summary["seconds"] = round(watch.seconds(), 2)
     write_json(os.path.join(out, "summary.json"), summary)
     print(f"[sft] val loss {summary['val_loss']:.3f}, {summary['seconds']:.0f} s")
-    return summary
+    return dist.share(summary)
 
 
 def world_eval(model, tok, cfg, out: str, reference=None, reward_model=None) -> dict:
     """evaluate_policy on the world's prompts (when the world exists); samples go to samples.jsonl."""
     from minirlhf.data import write_jsonl
-    from minirlhf.evaluate import evaluate_policy, forum_prompt_rows, load_judge
+    from minirlhf.evaluate import FORUM_SAMPLES, evaluate_policy, forum_prompt_rows, load_judge
 
     world_dir = os.path.join(cfg.out_dir, cfg.preset, "world")
     if not os.path.exists(os.path.join(world_dir, "eval_prompts.jsonl")):
@@ -243,7 +288,7 @@ def world_eval(model, tok, cfg, out: str, reference=None, reward_model=None) -> 
                                        seed=cfg.seed, judge_fn=judge_fn)
     write_jsonl(os.path.join(out, "samples.jsonl"), samples)
     # the questions the base model was asked in the forum format, now in the chat format: same prompts
-    forum_metrics, _ = evaluate_policy(model, tok, world_dir, seed=cfg.seed, rows=forum_prompt_rows(world_dir),
+    forum_metrics, _ = evaluate_policy(model, tok, world_dir, seed=cfg.seed, rows=forum_prompt_rows(world_dir, FORUM_SAMPLES),
                                        judge_fn=judge_fn)
     metrics["forum_prompts_gold"] = forum_metrics["gold_all"]
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}

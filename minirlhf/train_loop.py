@@ -2,32 +2,52 @@
 
 A stage builds its data, model and optimiser, then hands two functions to `train_loop`:
 
-    def batch_loss(step, micro): # micro-batch `micro` of step `step` -> (scalar loss, {name: tensor} to log)
-        x, y = next_batch(); return lm_loss(model, x, y), {}
-    def evaluate():              # -> {name: float}, run every eval_interval steps and at the end
+    def batch_loss(step, rows):  # rows: a slice of step `step`'s global batch -> (loss, {name: tensor} to log)
+        x, y = global_batch(step); return lm_loss(ddp_model, x[rows], y[rows]), {}
+    def evaluate():              # -> {name: float}, run every eval_interval steps and at the end (rank 0)
         return {"val_loss": ...}
-    result = train_loop(STAGE, cfg, model, optimizer, out_dir, batch_loss, evaluate, generators={"data": gen})
+    result = train_loop(STAGE, cfg, model, optimizer, out_dir, batch_loss, evaluate, device,
+                        generators={"data": gen}, wrapped=ddp_model)
 
-The loop, top to bottom, per optimiser step: set the learning rate (warm-up + cosine), accumulate
-`grad_accum` micro-batches under autocast, clip the gradient norm, step. Every `log_interval` steps:
+The loop, top to bottom, per optimiser step: set the learning rate (warm-up + cosine), accumulate this
+process's micro-batches under autocast, clip the gradient norm, step. Every `log_interval` steps:
 check every loss since the last check for NaN/inf (one host sync), then append a line to metrics.jsonl.
 Every `eval_interval` steps: evaluate and write `ckpt.pt` (model, optimiser, step, RNG states and the
 stage's data generators) so `--resume` continues exactly where it stopped (bit-identical on CPU).
 
-`cfg` needs the fields: max_steps, grad_accum, lr, min_lr_ratio, warmup_steps, grad_clip, log_interval,
-eval_interval, dtype, progress, max_minutes, stop_after, resume.
+The global batch and the loss weighting (one process or N under torchrun; see distributed.py).
+Every optimiser step trains on the same global batch of `batch_size` examples (rows 0..batch_size-1,
+which the stage maps to examples from `step`): one process cuts it into `grad_accum` micro-batches;
+with N processes rank r takes rows [r B/N, (r+1) B/N) and cuts them into ceil(grad_accum / N)
+micro-batches. `batch_loss(step, rows)` returns the micro-batch's loss -- a MEAN over something in it --
+and optionally a third value, its `weight`: the micro-batch's share of the global batch's loss. By
+default the weight is its share of the global batch's examples, (rows.stop - rows.start) / batch_size,
+which is exact for a loss that is a mean over examples (or over a fixed number of tokens per example,
+as in pretraining). A loss that is a mean over a VARIABLE number of tokens per example (SFT) returns
+its share of the global batch's tokens instead. Either way sum(weight * loss) over every micro-batch
+of every process is the loss of the whole global batch, whatever the number of processes or
+micro-batches, and that sum is what is differentiated (DDP averages gradients over the N processes,
+so each process backpropagates N * weight * loss) and logged as `loss`. Other metrics are logged as
+example-weighted means over the global batch (the micro-batches in which they are present), or with a
+weight of their own when batch_loss returns them as (value, weight) pairs.
+Validation (`evaluate`) and checkpoints run on rank 0 while the other ranks wait.
+
+`cfg` needs the fields: max_steps, batch_size, grad_accum, lr, min_lr_ratio, warmup_steps, grad_clip,
+log_interval, eval_interval, dtype, progress, max_minutes, stop_after, resume, seed.
 
 Deliberate simplifications: a function, not a trainer class; one optimiser; the stage owns its data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 from tqdm import tqdm
 
 from minirlhf import checkpoint as ck
+from minirlhf import distributed as dist
 from minirlhf.common import MetricsLog, Stopwatch, autocast, check_finite, lr_at
 
 
@@ -38,16 +58,47 @@ def micro_batch_size(cfg) -> int:
     return cfg.batch_size // cfg.grad_accum
 
 
+def global_step_means(history: list[dict]) -> dict[str, list]:
+    """Per-step global values of the logged quantities -> {name: [tensor per step where present]}.
+
+    history: one dict per step, name -> [sum of weight * value, sum of weight] over this rank's
+    micro-batches. The sums are added up over the ranks (one all-reduce for the whole log interval).
+    """
+    names = sorted(set().union(*(h.keys() for h in history)))
+    if dist.is_distributed():  # a metric may be missing on some rank (e.g. no desirable KTO example there)
+        names = sorted(set().union(*dist.all_gather_objects(names)))
+    device = next((x.device for h in history for pair in h.values() for x in pair if isinstance(x, torch.Tensor)),
+                  torch.device("cpu"))
+    absent = torch.zeros(2, dtype=torch.float64, device=device)
+    cells = [torch.stack([torch.as_tensor(x, dtype=torch.float64, device=device) for x in h[name]])
+             if name in h else absent for h in history for name in names]
+    table = torch.stack(cells).view(len(history), len(names), 2)  # (steps, names, [sum, weight])
+    table = dist.all_reduce_sum(table).cpu()  # one host sync per log interval
+    return {name: [table[i, j, 0] / table[i, j, 1] for i in range(len(history)) if table[i, j, 1] > 0]
+            for j, name in enumerate(names)}
+
+
+def _accumulate(sums: dict, name: str, weighted_value, weight) -> None:
+    s = sums.setdefault(name, [0.0, 0.0])
+    s[0] = s[0] + weighted_value
+    s[1] = s[1] + weight
+
+
 def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, evaluate, device,
-               generators: dict[str, torch.Generator] | None = None, loss_name: str = "loss") -> dict:
+               generators: dict[str, torch.Generator] | None = None, loss_name: str = "loss",
+               wrapped=None) -> dict:
     """Run optimiser steps up to cfg.max_steps; returns {"steps", "interrupted", "seconds", "last_eval"}.
 
     model: the module whose weights are checkpointed (batch_loss may call a compiled or wrapped copy).
+    wrapped: the DDP-wrapped module that batch_loss calls (`distributed.data_parallel(model)`), so that
+    gradients are all-reduced only on the last micro-batch of a step; None in one process.
     loss_name: what the NaN guard calls the total loss in its message ("lm_loss", "dpo_loss", ...);
     the loss terms that batch_loss returns among its metrics are checked first, so the message names
     the term that went bad.
     """
     generators = generators or {}
+    world, main = dist.world_size(), dist.is_main()
+    slices = dist.rank_slices(cfg.batch_size, cfg.grad_accum)  # this rank's micro-batches of the global batch
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     step = 0
     if cfg.resume:
@@ -60,67 +111,81 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
             gen.set_state(state["generators"][name])
         ck.set_rng_state(state["rng"])
         step = state["step"]
-        print(f"[{stage}] resuming from step {step}")
+        dist.print0(f"[{stage}] resuming from step {step}")
 
     def save_ckpt() -> None:
         ck.save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                        "step": step, "rng": ck.rng_state(),
                                        "generators": {n: g.get_state() for n, g in generators.items()}})
 
-    log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), resume=cfg.resume)
-    history: dict[str, list] = {}
+    log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), resume=cfg.resume, enabled=main)
+    history: list[dict] = []  # per step: name -> [sum of weight * value, sum of weight] on this rank
+    grad_norms: list[torch.Tensor] = []  # the same on every rank (computed after the all-reduce)
     first_unchecked = step
     last_eval: dict = {}
     watch = Stopwatch()
     start_step = step
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not cfg.progress, desc=stage, ncols=100)
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (cfg.progress and main), desc=stage, ncols=100)
     model.train()
     while step < cfg.max_steps:
-        # ---- one optimiser step: grad_accum micro-batches ----
+        # ---- one optimiser step: this rank's micro-batches of the global batch ----
         lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         for group in optimizer.param_groups:
-            group["lr"] = lr
-        sums: dict[str, torch.Tensor] = {}
-        for micro in range(cfg.grad_accum):
-            with autocast(device, cfg.dtype):
-                loss, metrics = batch_loss(step, micro)
-            (loss / cfg.grad_accum).backward()
-            for name, value in {**metrics, "loss": loss}.items():
-                sums[name] = sums.get(name, 0.0) + value.detach().float() / cfg.grad_accum
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # a group may ask for a fraction of the schedule
+        if world > 1:  # dropout masks (if any): a stream of its own per rank and step, resumable
+            torch.manual_seed((cfg.seed * 1_000_003 + step) * 1_009 + dist.rank())
+        sums: dict[str, list] = {}
+        for i, rows in enumerate(slices):
+            share = (rows.stop - rows.start) / cfg.batch_size  # of the global batch's examples
+            last_micro = i == len(slices) - 1
+            with contextlib.nullcontext() if last_micro else dist.no_sync(wrapped):  # all-reduce once per step
+                with autocast(device, cfg.dtype):
+                    loss, metrics, *rest = batch_loss(step, rows)
+                weight = rest[0] if rest else share
+                (loss * (weight * world)).backward()
+            # the loss: sum(weight * loss) over the global batch, divided by the examples' shares (sum = 1)
+            _accumulate(sums, "loss", loss.detach().float() * weight, share)
+            for name, value in metrics.items():  # a metric is a tensor, or (tensor, its own weight)
+                value, w = value if isinstance(value, tuple) else (value, share)
+                _accumulate(sums, name, value.detach().float() * w, w)
         if cfg.grad_clip > 0:
-            sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).detach()
+            grad_norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).detach())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        for name, value in sums.items():
-            history.setdefault(name, []).append(value)
+        history.append(sums)
         step += 1
         bar.update(1)
 
         # ---- log, evaluate, checkpoint ----
         last = step == cfg.max_steps
-        out_of_time = cfg.max_minutes > 0 and watch.seconds() > 60 * cfg.max_minutes
+        out_of_time = cfg.max_minutes > 0 and dist.any_rank(watch.seconds() > 60 * cfg.max_minutes)
         interrupted = step == cfg.stop_after  # as if stopped here: checkpoint, then return
         evaluate_now = step % cfg.eval_interval == 0 or last or out_of_time or interrupted
         if step % cfg.log_interval == 0 or evaluate_now:
-            terms = {k: v for k, v in history.items() if k.endswith("loss") and k != "loss"}
-            terms[loss_name] = history.get("loss", [])
+            values = global_step_means(history)  # every rank gets the same numbers: all take the same branch
+            if grad_norms:
+                values["grad_norm"] = grad_norms
+            terms = {k: v for k, v in values.items() if k.endswith("loss") and k != "loss"}
+            terms[loss_name] = values.get("loss", [])
             check_finite(terms, stage, first_unchecked + 1, ckpt_path if os.path.exists(ckpt_path) else "")
-            row = {"step": step, "lr": lr, **{k: torch.stack(v).mean().item() for k, v in history.items()},
+            row = {"step": step, "lr": lr, **{k: torch.stack(v).mean().item() for k, v in values.items() if v},
                    "seconds": round(watch.seconds(), 2)}
-            history, first_unchecked = {}, step
+            history, grad_norms, first_unchecked = [], [], step
             if evaluate_now:
-                last_eval = evaluate()
-                model.train()
-                row.update(last_eval)
-                save_ckpt()
+                if main:  # validation and the checkpoint on rank 0; the others wait at the barrier
+                    last_eval = evaluate()
+                    model.train()
+                    row.update(last_eval)
+                    save_ckpt()
+                dist.barrier()
             log.log(row)
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("loss", "val_loss")})
         if out_of_time:
-            print(f"[{stage}] --max_minutes={cfg.max_minutes} reached at step {step}")
+            dist.print0(f"[{stage}] --max_minutes={cfg.max_minutes} reached at step {step}")
             break
         if interrupted and not last:
             bar.close()
-            print(f"[{stage}] stopped after step {step} (--stop_after); continue with --resume")
+            dist.print0(f"[{stage}] stopped after step {step} (--stop_after); continue with --resume")
             return {"steps": step, "interrupted": True, "seconds": watch.seconds(), "last_eval": last_eval,
                     "trained_steps": step - start_step}
     bar.close()

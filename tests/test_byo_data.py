@@ -181,3 +181,13 @@ def test_bad_gold_judge_is_a_clear_error(judged, capsys, spec, code, message):
     capsys.readouterr()
     assert main(args) == code
     assert message in capsys.readouterr().err
+
+
+def test_missing_world_file_names_the_option_that_replaces_it(tmp_path):
+    from types import SimpleNamespace
+
+    from minirlhf.sft import world_file
+
+    cfg = SimpleNamespace(out_dir=str(tmp_path), preset="micro")
+    with pytest.raises(FileNotFoundError, match=r"sft_eval.jsonl does not exist: pass --eval_data=FILE, or build"):
+        world_file(cfg, "sft_eval.jsonl", "--eval_data")

@@ -123,3 +123,21 @@ def test_kto_mismatched_partners_pair_each_prompt_with_another_completion(base):
         assert f"q{i}" in text and f"answer number {i}" not in text  # own prompt, someone else's completion
         partners.append(next(j for j in range(7) if f"answer number {j}" in text))
     assert sorted(partners) == list(range(7))  # every completion is used exactly once as a partner
+
+
+def test_over_long_and_identical_pairs_are_refused_or_dropped_and_counted(sft_done, tmp_path):
+    """Without --truncate an over-long pair is an error naming it; with it, over-long and identical pairs
+    are dropped and their number lands in the summary."""
+    rows = [json.loads(line) for line in open(sft_done["prefs"])]
+    long_pair = {**rows[0], "chosen": "word " * 400}  # far past the micro context
+    same = {**rows[1], "rejected": rows[1]["chosen"]}
+    too_long, both = tmp_path / "long.jsonl", tmp_path / "both.jsonl"
+    too_long.write_text("".join(json.dumps(r) + "\n" for r in rows + [long_pair]))
+    both.write_text("".join(json.dumps(r) + "\n" for r in rows + [long_pair, same]))
+    with pytest.raises(ValueError, match=rf"pair {len(rows) + 1} renders to \d+ tokens"):
+        dpo.run(dpo_cfg(sft_done, tmp_path, prefs=str(too_long), truncate=False, run_name="dpo_bad"))
+    with pytest.raises(ValueError, match=rf"both.jsonl:{len(rows) + 2}: .*identical"):
+        dpo.run(dpo_cfg(sft_done, tmp_path, prefs=str(both), truncate=False, run_name="dpo_bad"))
+    path = both
+    summary = dpo.run(dpo_cfg(sft_done, tmp_path, prefs=str(path), truncate=True, run_name="dpo_bad"))
+    assert summary["dropped_pairs"] == 2

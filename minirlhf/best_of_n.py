@@ -1,0 +1,185 @@
+"""Best-of-n sampling: the baseline every RL fine-tuning method should beat at the same KL.
+
+Run it:
+    minirlhf best-of-n --preset tiny                     # n = 1, 2, 4, 8, 16 on the held-out prompts
+    minirlhf best-of-n --preset tiny --ns=1,4,32 --temperature=0.8
+
+For every held-out evaluation prompt (the `split == "eval"` rows of `evaluate.eval_prompt_rows`, the
+same prompts as the `gold` of PPO, DPO and GRPO) we sample N = max(ns) responses from the SFT model and
+score each with the reward model (minus `missing_eos_penalty` without <|end|>, as in PPO) and the gold
+judge. For each n the policy "best-of-n" answers with the reward model's favourite among the first n
+samples (so every n is a prefix of one pool: the rows are nested, and cheaper to compute, than with a
+fresh pool per n). One row per n in out/<preset>/best_of_n/summary.json:
+
+  n             samples per prompt
+  gold          mean gold reward of the chosen responses (held-out prompts)
+  proxy         mean reward-model score of the chosen responses (what the selection maximises)
+  gold_oracle   mean gold reward of the best response by the gold judge itself (the ceiling of selection)
+  kl_analytic   log n - (n - 1) / n nats
+
+The KL of best-of-n to the sampling policy is the analytic formula quoted by Stiennon et al. 2020
+(summarisation from human feedback) and used by Gao et al. 2023 ("Scaling Laws for Reward Model
+Overoptimization") to put best-of-n on the reward-vs-KL plane next to RL; Rafailov et al. 2023 (DPO) use
+best-of-N sampling as the baseline DPO should match. It is exact only when the n samples are all
+different; with repeated responses (a peaked policy, short answers) the true KL is smaller, so read it as
+an upper bound (Beirami et al. 2024, "Theoretical guarantees on the best-of-n alignment policy",
+Theorem 3.1). It is in nats per response, the unit of PPO's `kl_k1`.
+
+samples.jsonl holds every sampled response with its proxy and gold scores, in pool order.
+
+What you should see on tiny (168 held-out prompts, n up to 16): the proxy of the chosen response climbs
+with n (about -0.5 at n = 1 to about +0.4 at n = 16) while its gold falls (about 0.0 to about -0.16): on
+held-out entities the reward model is a poor proxy, and selecting harder against it is over-optimisation
+without any training. The oracle column (about 0.57 at n = 16) shows what the same samples could give.
+
+Deliberate simplifications: one pool of N samples per prompt (nested prefixes, not independent draws per
+n); the analytic KL instead of an estimate from samples.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from minirlhf import checkpoint as ck
+from minirlhf.common import Stopwatch, config_key, file_digest, resolve_device, reusable, setup_torch, write_json
+from minirlhf.config import BestOfNConfig, fill_from_preset, save_config, stage_dir
+from minirlhf.engine import generate
+from minirlhf.grpo import decode_responses
+from minirlhf.sft import stage_file, stage_tokenizer, world_file
+from minirlhf.tokenizer import render_prompt
+
+STAGE = "best_of_n"
+
+
+def kl_best_of_n(n: int) -> float:
+    """KL(best-of-n || base) = log n - (n - 1) / n nats (exact for distinct samples; see the module docstring)."""
+    if n < 1:
+        raise ValueError(f"best-of-n needs n >= 1, got {n}")
+    return math.log(n) - (n - 1) / n
+
+
+def parse_ns(spec: str) -> list[int]:
+    """"1,2,4" -> [1, 2, 4] (sorted, distinct); a clear error for anything else."""
+    try:
+        ns = sorted({int(x) for x in spec.split(",") if x.strip()})
+    except ValueError:
+        raise ValueError(f"--ns={spec!r}: expected comma-separated positive integers, e.g. 1,2,4,8,16") from None
+    if not ns or ns[0] < 1:
+        raise ValueError(f"--ns={spec!r}: expected comma-separated positive integers, e.g. 1,2,4,8,16")
+    return ns
+
+
+@dataclass
+class BestOfN:
+    """n samples per prompt, scored: prompt i's samples are rows i of every field."""
+
+    texts: list[list[str]]  # [prompts][n] decoded responses ("<|end|>" included when emitted)
+    proxy: torch.Tensor  # (prompts, n) reward-model scores
+    ended: torch.Tensor  # (prompts, n) bool: the response emitted <|end|>
+    best: torch.Tensor  # (prompts,) index of the chosen response: argmax of proxy - penalty * (not ended)
+
+    @property
+    def best_texts(self) -> list[str]:
+        return [row[i] for row, i in zip(self.texts, self.best.tolist())]
+
+
+@torch.no_grad()
+def best_of_n_responses(policy, rm, tok, prompts: list[list[int]], n: int, temperature: float = 1.0,
+                        max_new_tokens: int = 48, seed: int = 0, batch_size: int = 64,
+                        missing_eos_penalty: float = 0.0) -> BestOfN:
+    """Sample n responses per prompt (token-id lists) and pick the reward model's favourite of each.
+
+    The rows of a batch are the prompts each repeated n times side by side, max(1, batch_size // n) prompts
+    per batch, sampled with one generator seeded `seed`: with n = 1 this is exactly plain sampling of the
+    prompts in batches of `batch_size`. Ties go to the earliest sample.
+    """
+    if n < 1:
+        raise ValueError(f"best-of-n needs n >= 1, got {n}")
+    device = policy.lm_head.weight.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    per_batch = max(1, batch_size // n)
+    texts, proxy, ended = [], [], []
+    for start in range(0, len(prompts), per_batch):
+        chunk = [p for p in prompts[start:start + per_batch] for _ in range(n)]  # each prompt n times
+        budget = min(max_new_tokens, policy.config.block_size - max(len(p) for p in chunk))
+        g = generate(policy, chunk, budget, tok.end_id, tok.pad_id, temperature=temperature, generator=gen)
+        proxy.append(rm.score(g.tokens, g.attention_mask).float().view(-1, n))  # (b, n)
+        ended.append(g.ended(tok.end_id).view(-1, n))  # (b, n)
+        flat = decode_responses(tok, g)
+        texts += [flat[i:i + n] for i in range(0, len(flat), n)]
+    proxy, ended = torch.cat(proxy), torch.cat(ended)  # (prompts, n) each
+    best = (proxy - missing_eos_penalty * (~ended).float()).argmax(dim=1)  # (prompts,) first maximum
+    return BestOfN(texts, proxy, ended, best)
+
+
+def best_of_n_table(proxy, gold, ended, ns: list[int], missing_eos_penalty: float = 0.0) -> list[dict]:
+    """One row per n from a pool of N >= max(ns) scored samples per prompt: proxy, gold, ended (prompts, N).
+
+    Best-of-n uses the first n samples of each prompt's pool.
+    """
+    rows = []
+    for n in ns:
+        if n > proxy.size(1):
+            raise ValueError(f"n = {n} but the pool has only {proxy.size(1)} samples per prompt")
+        select = proxy[:, :n] - missing_eos_penalty * (~ended[:, :n]).float()  # (prompts, n)
+        best = select.argmax(dim=1, keepdim=True)  # (prompts, 1)
+        rows.append({"n": n, "gold": round(gold[:, :n].gather(1, best).mean().item(), 4),
+                     "proxy": round(proxy[:, :n].gather(1, best).mean().item(), 4),
+                     "gold_oracle": round(gold[:, :n].max(dim=1).values.mean().item(), 4),
+                     "kl_analytic": round(kl_best_of_n(n), 4)})
+    return rows
+
+
+def run(cfg: BestOfNConfig) -> dict:
+    from minirlhf.data import write_jsonl
+    from minirlhf.evaluate import eval_prompt_rows, load_judge
+    from minirlhf.world import judge
+
+    fill_from_preset(cfg)
+    ns = parse_ns(cfg.ns)
+    if cfg.temperature <= 0:
+        raise ValueError(f"--temperature={cfg.temperature}: best-of-n samples, so the temperature must be > 0")
+    judge_fn = load_judge(cfg.gold_judge) or judge
+    init = cfg.init or stage_file(cfg, "sft", "model.pt")
+    rm_path = cfg.reward_model or stage_file(cfg, "reward", "model.pt")
+    prompts_path = world_file(cfg, "eval_prompts.jsonl")
+    if not os.path.exists(prompts_path):
+        raise FileNotFoundError(f"{prompts_path} does not exist: run `minirlhf world --preset {cfg.preset}` first")
+    out = stage_dir(cfg, STAGE)
+    key = config_key(cfg, {"init": file_digest(init), "rm": file_digest(rm_path), "prompts": file_digest(prompts_path)})
+    if (summary := reusable(out, key, cfg.force, artifact="summary.json")) is not None:
+        print(f"[best-of-n] reusing {out}/summary.json (same config and inputs; --force to resample)")
+        return summary
+    device = resolve_device(cfg.device)
+    setup_torch(device)
+    watch = Stopwatch()
+    tok = stage_tokenizer(init, out)
+    policy, _ = ck.load_model(init, device)
+    rm, _ = ck.load_scalar_model(rm_path, device)
+    policy.eval()
+    rm.eval()
+    save_config(cfg, os.path.join(out, "config.json"))
+
+    rows = [r for r in eval_prompt_rows(os.path.dirname(prompts_path)) if r["split"] == "eval"]
+    N = ns[-1]
+    print(f"[best-of-n] {len(rows)} held-out prompts x {N} samples, n in {ns}, init {init}")
+    pool = best_of_n_responses(policy, rm, tok, [render_prompt(tok, r["prompt"]) for r in rows], N,
+                               cfg.temperature, cfg.max_new_tokens, cfg.seed, cfg.batch_size, cfg.missing_eos_penalty)
+    gold = torch.tensor([[judge_fn(r["prompt"], t) for t in texts]
+                         for r, texts in zip(rows, pool.texts)])  # (prompts, N)
+    table = best_of_n_table(pool.proxy, gold, pool.ended, ns, cfg.missing_eos_penalty)
+    write_jsonl(os.path.join(out, "samples.jsonl"),
+                [{**r, "responses": texts, "proxy": [round(x, 4) for x in p], "gold": [round(x, 4) for x in g_]}
+                 for r, texts, p, g_ in zip(rows, pool.texts, pool.proxy.tolist(), gold.tolist())])
+    summary = {"stage": STAGE, "key": key, "prompts": len(rows), "samples_per_prompt": N,
+               "temperature": cfg.temperature, "rows": table, "seconds": round(watch.seconds(), 2)}
+    write_json(os.path.join(out, "summary.json"), summary)
+    print(f"{'n':>4} {'gold':>8} {'proxy':>8} {'oracle':>8} {'KL':>7}")
+    for r in table:
+        print(f"{r['n']:>4} {r['gold']:>8.3f} {r['proxy']:>8.3f} {r['gold_oracle']:>8.3f} {r['kl_analytic']:>7.3f}")
+    print(f"[best-of-n] {summary['seconds']:.0f} s; table in {out}/summary.json")
+    return summary

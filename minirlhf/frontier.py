@@ -1,0 +1,171 @@
+"""The reward-vs-KL frontier: how much true (gold) reward each method buys per nat of KL from SFT.
+
+Run it:
+    minirlhf frontier --preset tiny                      # every method at its default sweep, then the plot
+    minirlhf frontier --preset tiny --methods=ppo,dpo    # a subset
+    minirlhf frontier --preset tiny --dpo_betas=0.05,0.1,0.5,1
+
+Each point is one trained policy (or, for best-of-n, one n), placed at
+    x = mean sequence KL to the SFT reference (k1, nats per response) on the held-out prompts,
+    y = mean gold reward on the same prompts,
+in the manner of the DPO paper's Figure 2, left (Rafailov et al. 2023) and of Gao et al. 2022's
+over-optimisation plots. Methods and what is swept:
+    sft   the SFT model itself: the common origin, KL 0
+    ppo   PPO against the reward model with a FIXED kl_coef in r - kl_coef * KL   (--ppo_kl_coefs)
+    dpo   DPO on the preference pairs, temperature beta                         (--dpo_betas)
+    grpo  GRPO against the reward model, k3 penalty weight beta (0 allowed)     (--grpo_betas)
+    bon   best-of-n by the reward model, KL = log n - (n - 1) / n              (--bon_ns)
+Every trained policy is measured by the same `evaluate_policy` call (same prompts, same seed, the SFT
+model as reference, the reward model for the proxy column), so the points are comparable; best-of-n
+takes its gold and proxy from its own stage on the same held-out prompts and the analytic KL.
+
+Writes out/<preset>/frontier/frontier.json (one row per point: method, knob, kl, gold, proxy, length)
+and plots/frontier_<preset>.png (gold vs KL per method; proxy vs gold per method). Each training run
+is its own stage folder (out/<preset>/frontier_ppo_kl0.05, ...), reused when it already ran.
+
+Deliberate simplifications: one seed per point; the stages' default budgets (a method that would do
+better with more steps is not tuned per point); KL is measured on the policy's own samples at T = 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from minirlhf.config import BestOfNConfig, DPOConfig, FrontierConfig, GRPOConfig, PPOConfig, make_config, stage_dir
+
+METHODS = ("ppo", "dpo", "grpo", "bon")
+LABELS = {"ppo": "PPO (kl_coef)", "dpo": "DPO (beta)", "grpo": "GRPO (beta)", "bon": "best-of-n (n)"}
+
+
+def parse_floats(spec: str, name: str) -> list[float]:
+    try:
+        values = [float(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--{name}={spec!r}: expected comma-separated numbers, e.g. 0.05,0.1,0.3") from None
+    if not values:
+        raise ValueError(f"--{name} is empty")
+    return values
+
+
+def measure(model_path: str, cfg, sft, tok, reward_model) -> dict:
+    """The held-out numbers of one trained policy, measured like every other point."""
+    from minirlhf.checkpoint import load_model
+    from minirlhf.evaluate import evaluate_policy
+
+    policy, _ = load_model(model_path, sft.lm_head.weight.device)
+    world = os.path.join(cfg.out_dir, cfg.preset, "world")
+    m, _ = evaluate_policy(policy, tok, world, reference=sft, reward_model=reward_model, seed=cfg.seed)
+    return {"kl": m["kl_k1"], "gold": m["gold"], "proxy": m["proxy"], "length": m["length"]}
+
+
+def run(cfg: FrontierConfig) -> dict:
+    from minirlhf.best_of_n import run as best_of_n
+    from minirlhf.checkpoint import load_model, load_scalar_model
+    from minirlhf.dpo import run as dpo
+    from minirlhf.grpo import run as grpo
+    from minirlhf.ppo import run as ppo
+    from minirlhf.sft import stage_file, stage_tokenizer
+
+    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"--methods: unknown {', '.join(unknown)}; expected some of {', '.join(METHODS)}")
+    out = stage_dir(cfg, "frontier")
+    sft_path = stage_file(cfg, "sft", "model.pt")
+    rm_path = stage_file(cfg, "reward", "model.pt")
+    tok = stage_tokenizer(sft_path, out)
+    sft, _ = load_model(sft_path)
+    reward_model, _ = load_scalar_model(rm_path)
+    common = {"preset": cfg.preset, "out_dir": cfg.out_dir, "seed": cfg.seed, "device": cfg.device,
+              "progress": cfg.progress}
+    points: list[dict] = []
+    t0 = time.perf_counter()
+
+    def add(method: str, knob: float, stage_summary_dir: str):
+        point = {"method": method, "knob": knob, **measure(os.path.join(stage_summary_dir, "model.pt"), cfg, sft, tok,
+                                                            reward_model)}
+        points.append(point)
+        print(f"[frontier] {method:<5} {knob:<8g} KL {point['kl']:7.3f}  gold {point['gold']:+.3f}  "
+              f"proxy {point['proxy']:+.3f}  ({time.perf_counter() - t0:.0f} s)")
+
+    base = os.path.join(cfg.out_dir, cfg.preset)
+    add("sft", 0, os.path.dirname(sft_path))  # the common origin: KL 0 by definition
+    if "bon" in methods:
+        ns = [int(n) for n in parse_floats(cfg.bon_ns, "bon_ns")]
+        s = best_of_n(make_config(BestOfNConfig, overrides={**{k: v for k, v in common.items() if k != "progress"},
+                                                            "ns": ",".join(map(str, ns))}))
+        for row in s["rows"]:
+            points.append({"method": "bon", "knob": row["n"], "kl": row["kl_analytic"], "gold": row["gold"],
+                           "proxy": row["proxy"], "length": None})
+            print(f"[frontier] bon   {row['n']:<8} KL {row['kl_analytic']:7.3f}  gold {row['gold']:+.3f}  "
+                  f"proxy {row['proxy']:+.3f}")
+    if "ppo" in methods:
+        for c in parse_floats(cfg.ppo_kl_coefs, "ppo_kl_coefs"):
+            name = f"frontier_ppo_kl{c:g}"
+            ppo(make_config(PPOConfig, overrides={**common, "run_name": name, "kl_coef": c, "adaptive_kl": False}))
+            add("ppo", c, os.path.join(base, name))
+    if "dpo" in methods:
+        for b in parse_floats(cfg.dpo_betas, "dpo_betas"):
+            name = f"frontier_dpo_beta{b:g}"
+            dpo(make_config(DPOConfig, overrides={**common, "run_name": name, "beta": b, "truncate": True}))
+            add("dpo", b, os.path.join(base, name))
+    if "grpo" in methods:
+        for b in parse_floats(cfg.grpo_betas, "grpo_betas"):
+            name = f"frontier_grpo_beta{b:g}"
+            grpo(make_config(GRPOConfig, overrides={**common, "run_name": name, "beta": b}))
+            add("grpo", b, os.path.join(base, name))
+
+    result = {"preset": cfg.preset, "points": points, "seconds": round(time.perf_counter() - t0, 1)}
+    with open(os.path.join(out, "frontier.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    png = plot_frontier(points, cfg.preset, os.path.join(cfg.plots_dir, f"frontier_{cfg.preset}.png"), cfg.caption)
+    print(f"[frontier] {len(points)} points in {result['seconds']:.0f} s; plot {png}")
+    return result
+
+
+def plot_frontier(points: list[dict], preset: str, png: str, caption: str = "") -> str:
+    """Gold reward vs KL (one line per method, sorted by KL) and proxy vs gold, side by side."""
+    from minirlhf.plots import plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    origin = [p for p in points if p["method"] == "sft"]
+    for p in origin:
+        ax.plot(p["kl"], p["gold"], "k*", markersize=12, label="SFT (the reference)")
+        ax2.plot(p["proxy"], p["gold"], "k*", markersize=12, label="SFT")
+    for method in METHODS:
+        pts = sorted((p for p in points if p["method"] == method), key=lambda p: p["kl"])
+        if not pts:
+            continue
+        if method != "bon":  # trained policies start from the SFT model (best-of-n has its own n = 1 point)
+            pts = origin + pts
+        line, = ax.plot([p["kl"] for p in pts], [p["gold"] for p in pts], "o-", label=LABELS[method])
+        for p in pts[1 if method != "bon" and origin else 0:]:
+            ax.annotate(f"{p['knob']:g}", (p["kl"], p["gold"]), fontsize=7, xytext=(3, 3), textcoords="offset points",
+                        color=line.get_color())
+        trained = [p for p in pts if p["method"] == method]
+        ax2.plot([p["proxy"] for p in trained], [p["gold"] for p in trained], "o", color=line.get_color(),
+                 label=LABELS[method])
+    ax.set_xlabel("KL to the SFT model (nats per response, held-out prompts)")
+    ax.set_ylabel("gold reward (held-out prompts)")
+    ax.set_title("Reward vs KL frontier")
+    ax.legend(fontsize=8)
+    ax2.set_xlabel("proxy (reward-model) reward")
+    ax2.set_ylabel("gold reward")
+    ax2.set_title("Proxy vs gold")
+    fig.suptitle(f"{preset} preset" + (f" -- {caption}" if caption else ""), fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(png) or ".", exist_ok=True)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
+
+
+def dominance(points: list[dict]) -> list[str]:
+    """Plain-language lines: at each point's KL, which method has the highest gold at or below that KL."""
+    lines = []
+    for p in sorted(points, key=lambda p: p["kl"]):
+        best = max((q for q in points if q["kl"] <= p["kl"] + 1e-9), key=lambda q: q["gold"])
+        lines.append(f"KL <= {p['kl']:.2f}: best gold {best['gold']:+.3f} by {best['method']} ({best['knob']:g})")
+    return lines

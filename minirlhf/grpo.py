@@ -1,0 +1,441 @@
+"""GRPO: PPO's clipped objective with group-relative advantages instead of a value model.
+
+Run it:
+    minirlhf grpo --preset tiny                                   # against the reward model, all RL prompts
+    minirlhf grpo --preset tiny --reward=gold --prompts=arithmetic   # verifiable rewards: the gold judge on sums
+    minirlhf grpo --preset tiny --scale_rewards=false --beta=0    # Dr. GRPO-style: mean-only, no KL term
+
+Each iteration (Shao et al. 2024, DeepSeekMath, §4.1 and Algorithm 1; by default one pass, ppo_epochs=1,
+over each rollout batch in minibatches):
+  1. ROLLOUT     pick `prompts_per_iteration` prompts and sample `group_size` (G) responses for each at
+                 temperature T (KV-cache engine); the G responses of a prompt sit next to each other;
+  2. REWARD      one number per response: the reward model's score (`--reward=rm`), or the gold judge on
+                 the decoded prompt and response (`--reward=gold`, "verifiable rewards"); minus
+                 `missing_eos_penalty` when the response never emitted <|end|>;
+  3. ADVANTAGES  A_i = (r_i - mean(r_group)) / (std(r_group) + eps), one number per response, given to
+                 every one of its tokens (outcome supervision, §4.1.2); `--scale_rewards=false` keeps only
+                 the centring (Dr. GRPO, Liu et al. 2025: the std division up-weights groups whose rewards
+                 barely differ). A group whose G rewards are all equal has no learning signal: its
+                 advantages are set to exactly 0 (the float mean of equal numbers is not always exact);
+  4. LOG-PROBS   pi_old recomputed at the same temperature T, and the frozen reference (SFT) model's
+                 log-probs for the KL term (skipped entirely when beta = 0);
+  5. OPTIMISE    ppo_epochs x shuffled minibatches of `losses.grpo_loss` (eq. 3: clipped ratio times the
+                 sequence's advantage, plus beta * k3 per token (eq. 4), averaged over each sequence's
+                 tokens, then over sequences), gradient clipping;
+  6. LOG         the metrics below, every iteration, to metrics.jsonl; the evaluation harness
+                 (`sft.world_eval`) every `eval_interval` iterations.
+
+There is no value model: the group's mean reward is the baseline. That saves a second trunk and its
+loss, and it is why GRPO needs several samples of the same prompt.
+
+Logged metrics (one row per iteration):
+  reward/mean, reward/std    mean and std of the rewards of this iteration's responses (after the EOS penalty)
+  reward/zero_std_groups     share of groups whose G rewards are all equal: no learning signal from them
+  objective/kl               mean over responses of the per-token mean k3 to the reference (what the loss
+                             penalises); objective/kl_sum the same summed over tokens (comparable to PPO's
+                             objective/kl_k3). Only logged when beta > 0 (beta = 0 never runs the reference in
+                             the loop; the evaluation harness still reports eval/kl_k1 to the SFT model)
+  objective/entropy          mean per-token entropy of the policy on its own samples
+  policy/loss                the GRPO loss, mean over minibatches
+  policy/clipfrac            share of tokens where the clipped term is the smaller one (gradient zeroed)
+  policy/ratio_mean, policy/ratio_max   the probability ratio pi / pi_old over real tokens
+  policy/approx_kl           mean k3 between pi_old and the updated policy, over the minibatches
+  response/length, response/eos_rate, lr, seconds
+  task/correct_rate          with --prompts=<category>: share of this iteration's responses the judge
+                             calls correct ("answer" credited, nothing "wrong"; see evaluate._correct)
+
+Outputs go to out/<preset>/grpo/ with the reward model, and to out/<preset>/grpo_gold/ with the gold judge
+(so the two can be compared side by side; `--run_name` picks another folder): model.pt, tokenizer.json,
+config.json, metrics.jsonl, samples.jsonl, summary.json. With `--prompts=<category>` (e.g. arithmetic)
+the summary also holds `task_eval`: accuracy and mean gold reward of the initial (SFT) policy ("before")
+and the trained one ("after") on that category's prompts, in three sets: `heldout` (eval_prompts.jsonl,
+split "eval": held-out entities or operands, the generalisation test), `train_split` (eval_prompts.jsonl,
+split "train") and `rl_prompts` (the prompts GRPO trains on); each with `task_eval_samples` samples per
+prompt at temperature T (`*_acc`, `*_n` responses) and one greedy response per prompt (`*_greedy_acc`).
+
+What you should see with `minirlhf grpo --preset tiny --reward=gold --prompts=arithmetic` (40 iterations
+x 16 prompts x 8 responses, about one CPU-minute of training): sampled accuracy on the training sums rises
+from about 0.3 to about 0.55, and on held-out sums from about 0.15 to about 0.3; greedy accuracy barely
+moves (GRPO mostly sharpens the distribution towards answers the model already ranked first). The judge
+gives a wrong number -0.6 but an answer without a number 0, so where the policy is unsure of a sum, not
+answering scores better than guessing: the share of non-answers on held-out sums grows. That is the gold
+rubric being optimised as written (outcome rewards reward exactly what they check).
+
+Deliberate simplifications: the rollout batch is optimised in memory; the reference model is not
+refreshed (DeepSeekMath's iterative GRPO resets it to the policy); no dynamic sampling that replaces
+zero-signal groups (DAPO, Yu et al. 2025); the KL is the per-token k3 in the loss, not in the reward;
+`--scale_rewards=false` is only the first of Dr. GRPO's two fixes: the loss keeps eq. 3's 1/|o_i| average
+over each response's tokens (`losses.grpo_loss`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import torch
+from tqdm import tqdm
+
+from minirlhf import checkpoint as ck
+from minirlhf import ops, rl
+from minirlhf.common import MetricsLog, Stopwatch, check_finite, config_key, file_digest, make_adamw, \
+    resolve_device, reusable, setup_torch, write_json
+from minirlhf.config import GRPOConfig, fill_from_preset, save_config, stage_dir
+from minirlhf.data import read_prompts
+from minirlhf.engine import generate, response_logprobs
+from minirlhf.losses import grpo_loss
+from minirlhf.sft import stage_file, stage_tokenizer, world_eval, world_file
+from minirlhf.tokenizer import render_prompt
+
+STAGE = "grpo"
+REWARDS = ("rm", "gold")
+
+
+# ----------------------------------------------------------------------------------------------------
+# helpers
+
+
+def check_config(cfg) -> None:
+    """One clear error for a setting GRPO cannot run with (called after the preset fill-in)."""
+    if cfg.reward not in REWARDS:
+        raise ValueError(f"--reward={cfg.reward!r}: expected 'rm' (the reward model) or 'gold' (the gold judge)")
+    if cfg.group_size < 2:
+        raise ValueError(f"--group_size={cfg.group_size}: GRPO needs at least 2 responses per prompt "
+                         "(the group mean is the baseline)")
+    for name in ("iterations", "prompts_per_iteration", "minibatch_size", "ppo_epochs", "max_new_tokens",
+                 "eval_interval"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name}={getattr(cfg, name)}: must be >= 1")
+    if cfg.beta < 0:
+        raise ValueError(f"--beta={cfg.beta}: the KL weight cannot be negative")
+    if not 0 < cfg.epsilon < 1:
+        raise ValueError(f"--epsilon={cfg.epsilon}: the clip range must be in (0, 1)")
+    if cfg.temperature <= 0:
+        raise ValueError(f"--temperature={cfg.temperature}: GRPO samples, so the temperature must be > 0")
+
+
+def group_advantages_with_signal(rewards, group_size: int, scale: bool = True):
+    """`rl.group_advantages`, with groups of equal rewards set to exactly zero -> (advantages (B,), zero_std (n,)).
+
+    rewards: (B,) in consecutive groups of `group_size`. A group whose rewards are all equal carries no
+    information about which response is better; in floating point its mean can differ from the rewards in
+    the last bit, which the std division would blow up to about 1e-4, so those advantages are zeroed.
+    zero_std: (B // group_size,) bool, True for such groups.
+    """
+    advantages = rl.group_advantages(rewards, group_size, scale=scale)  # (B,)
+    r = rewards.view(-1, group_size)  # (n, G)
+    zero_std = r.amax(dim=1) == r.amin(dim=1)  # (n,)
+    return advantages * (~zero_std).repeat_interleave(group_size).to(advantages.dtype), zero_std
+
+
+def decode_responses(tok, g) -> list[str]:
+    """The decoded response of each row of a Generation, ending with "<|end|>" when the model emitted it."""
+    texts = []
+    for row, keep in zip(g.response.tolist(), g.response_mask.tolist()):
+        texts.append(tok.decode([t for t, k in zip(row, keep) if k]))
+    return texts
+
+
+def prompt_text(prompt) -> str:
+    """A prompt as the judge reads it: the string itself, or a message list's last user turn."""
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+def load_prompt_rows(cfg) -> tuple[list[dict], str]:
+    """The RL prompts named by `cfg.prompts` -> (rows with "prompt" and "category", source path).
+
+    "" = every prompt of the world's rl_prompts.jsonl; a category name (arithmetic, fact, about, unsafe,
+    harmless, chitchat) = only that category's prompts of that file; anything else = a JSONL file of
+    {"prompt"} records (category unknown: None).
+    """
+    from minirlhf.world import CATEGORIES
+
+    spec = cfg.prompts
+    if spec == "" or spec in CATEGORIES:
+        path = world_file(cfg, "rl_prompts.jsonl")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} does not exist: run `minirlhf world --preset {cfg.preset}` first")
+        messages = read_prompts(path)  # validates every line
+        with open(path) as f:
+            raw = [json.loads(line) for line in f if line.strip()]
+        rows = [{"prompt": m if isinstance(r["prompt"], list) else r["prompt"], "category": r.get("category")}
+                for m, r in zip(messages, raw)]
+        if spec:
+            rows = [r for r in rows if r["category"] == spec]
+            if not rows:
+                raise ValueError(f"--prompts={spec}: {path} has no prompts of category {spec!r}")
+        return rows, path
+    if not os.path.isfile(spec):
+        raise ValueError(f"--prompts={spec!r}: neither a JSONL file nor a prompt category "
+                         f"({', '.join(CATEGORIES)})")
+    return [{"prompt": p, "category": None} for p in read_prompts(spec)], spec
+
+
+def gold_reward_fn(texts: list[str], tok, judge_fn):
+    """reward_fn for verifiable rewards: judge(prompt text, decoded response) for each row -> (B,)."""
+
+    def reward(g, prompt_index: list[int]):
+        responses = decode_responses(tok, g)
+        scores = [judge_fn(texts[i], r) for i, r in zip(prompt_index, responses)]
+        return torch.tensor(scores, dtype=torch.float32, device=g.response.device)  # (B,)
+
+    return reward
+
+
+def task_eval(policy, tok, prompt_sets: dict[str, list[dict]], samples_per_prompt: int, temperature: float,
+              max_new_tokens: int, seed: int, judge_fn=None) -> dict:
+    """Accuracy and mean gold reward of `policy` on named sets of prompt rows ({"prompt", "category", "split"}).
+
+    For each set `name`: `samples_per_prompt` sampled responses per prompt at `temperature` ->
+    name_acc, name_gold, name_n (responses); one greedy response per prompt -> name_greedy_acc,
+    name_greedy_gold; and name_prompts. A response is correct when the judge credits the answer and finds
+    nothing wrong (`evaluate._correct`).
+    """
+    from minirlhf.evaluate import evaluate_policy
+
+    out: dict = {}
+    for name, rows in prompt_sets.items():
+        if not rows:
+            continue
+        for mode, temp, k in (("", temperature, samples_per_prompt), ("greedy_", 0.0, 1)):
+            _, samples = evaluate_policy(policy, tok, "", temperature=temp, max_new_tokens=max_new_tokens,
+                                         seed=seed, judge_fn=judge_fn, rows=[r for r in rows for _ in range(k)],
+                                         batch_size=256)
+            out[f"{name}_{mode}acc"] = round(sum(x["correct"] for x in samples) / len(samples), 4)
+            out[f"{name}_{mode}gold"] = round(sum(x["gold"] for x in samples) / len(samples), 4)
+            out[f"{name}_{mode}n"] = len(samples)
+        out[f"{name}_prompts"] = len(rows)
+    return out
+
+
+def task_prompt_sets(world_dir: str, category: str, train_rows: list[dict]) -> dict[str, list[dict]]:
+    """The prompt sets `task_eval` measures for a category: eval_prompts.jsonl's held-out split ("heldout":
+    held-out entities or operands), its training split ("train_split": training entities, other prompts),
+    and the RL prompts the policy is trained on ("rl_prompts": in-distribution, for reference)."""
+    from minirlhf.evaluate import read_rows
+
+    rows = [r for r in read_rows(os.path.join(world_dir, "eval_prompts.jsonl")) if r["category"] == category]
+    return {"heldout": [r for r in rows if r["split"] == "eval"],
+            "train_split": [r for r in rows if r["split"] == "train"],
+            "rl_prompts": [{"prompt": r["prompt"], "category": category, "split": "train"} for r in train_rows]}
+
+
+# ----------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: str, evaluate_fn=None,
+               correct_fn=None) -> dict:
+    """The GRPO loop. reward_fn(g: engine.Generation, prompt_index: list[int]) -> (B,) rewards.
+
+    prompts: token-id lists (rendered chat prompts); row b of the rollout answers prompts[prompt_index[b]].
+    ref: the frozen reference model (may be None when cfg.beta == 0: it is then never called).
+    correct_fn(g, prompt_index) -> list[bool], optional: logged as task/correct_rate.
+    Returns {"iterations", "seconds", "last_eval", "last_row", ...}.
+    """
+    check_config(cfg)
+    device = policy.lm_head.weight.device
+    G = cfg.group_size
+    B = cfg.prompts_per_iteration * G
+    if cfg.prompts_per_iteration > len(prompts):
+        raise ValueError(f"--prompts_per_iteration={cfg.prompts_per_iteration} but only {len(prompts)} prompts")
+    use_ref = cfg.beta != 0.0
+    if use_ref:
+        if ref is None:
+            raise ValueError("grpo: beta > 0 needs a reference model")
+        ref.eval().requires_grad_(False)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = make_adamw(policy.optimizer_groups(0.0), cfg.lr, (0.9, 0.95), device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    order = random.Random(cfg.seed)
+    log = MetricsLog(os.path.join(out, "metrics.jsonl"))
+    watch = Stopwatch()
+    rollout_tokens, rollout_seconds, last_eval, row = 0, 0.0, {}, {}
+    bar = tqdm(range(cfg.iterations), disable=not cfg.progress, desc=STAGE, ncols=100)
+    for it in bar:
+        # ---------------------------------------------------------------- 1. ROLLOUT (no grad)
+        t0 = Stopwatch()
+        chosen = order.sample(range(len(prompts)), cfg.prompts_per_iteration)
+        prompt_index = [i for i in chosen for _ in range(G)]  # each prompt G times, side by side
+        batch = [prompts[i] for i in prompt_index]
+        budget = min(cfg.max_new_tokens, policy.config.block_size - max(len(p) for p in batch))
+        g = generate(policy, batch, budget, tok.end_id, tok.pad_id, temperature=cfg.temperature, generator=gen)
+        tokens, attn, P = g.tokens, g.attention_mask, g.prompt.size(1)  # (B, P + N), (B, P + N)
+        mask = g.response_mask.float()  # (B, N)
+        rollout_seconds += t0.seconds()
+        rollout_tokens += int(g.response_mask.sum())
+
+        # ---------------------------------------------------------------- 2. REWARD (no grad)
+        with torch.no_grad():
+            ended = g.ended(tok.end_id)  # (B,)
+            rewards = reward_fn(g, prompt_index).to(device).float()  # (B,)
+            rewards = rewards - cfg.missing_eos_penalty * (~ended).float()  # (B,)
+
+        # ---------------------------------------------------------------- 3. ADVANTAGES
+        advantages, zero_std = group_advantages_with_signal(rewards, G, cfg.scale_rewards)  # (B,), (B/G,)
+
+        # ---------------------------------------------------------------- 4. LOG-PROBS: pi_old and reference (no grad)
+        policy.eval()
+        with torch.no_grad():
+            old_logprobs, entropy = response_logprobs(policy, tokens, attn, P, cfg.temperature,
+                                                      return_entropy=True)  # (B, N), (B, N)
+            ref_logprobs = response_logprobs(ref, tokens, attn, P, cfg.temperature) if use_ref else None  # (B, N)
+
+        # ---------------------------------------------------------------- 5. OPTIMISE
+        policy.train()
+        lr = cfg.lr * (1 - it / cfg.iterations) if cfg.anneal_lr else cfg.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        stats: dict[str, list] = {}
+        for epoch in range(cfg.ppo_epochs):
+            perm = torch.randperm(B, generator=torch.Generator().manual_seed(cfg.seed + it * 1000 + epoch))
+            for start in range(0, B, cfg.minibatch_size):
+                mb = perm[start:start + cfg.minibatch_size].to(device)
+                mb_mask = mask[mb]  # (b, N)
+                new_logprobs = response_logprobs(policy, tokens[mb], attn[mb], P, cfg.temperature)  # (b, N)
+                old = old_logprobs[mb]  # (b, N)
+                # beta = 0: no reference; grpo_loss then ignores ref_logprobs (its kl metric is not logged)
+                loss, m = grpo_loss(new_logprobs, old, ref_logprobs[mb] if use_ref else old, advantages[mb],
+                                    mb_mask, epsilon=cfg.epsilon, beta=cfg.beta)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                with torch.no_grad():
+                    ratio = torch.exp(new_logprobs - old)  # (b, N)
+                    for k, v in (("policy/loss", loss), ("policy/clipfrac", m["clipfrac"]),
+                                 ("policy/ratio_mean", ops.masked_mean(ratio, mb_mask)),
+                                 ("policy/ratio_max", (ratio * mb_mask).max()),
+                                 ("policy/approx_kl", ops.masked_mean(ops.kl_k3(new_logprobs, old), mb_mask))):
+                        stats.setdefault(k, []).append(v.detach())
+        check_finite({"policy/loss": stats["policy/loss"]}, STAGE, it * cfg.ppo_epochs)
+
+        # ---------------------------------------------------------------- 6. LOG
+        row = {"iteration": it + 1, "lr": lr,
+               "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
+               "reward/zero_std_groups": zero_std.float().mean().item(),
+               "objective/entropy": ops.masked_mean(entropy, mask).item(),
+               "response/length": g.response_mask.sum(1).float().mean().item(),
+               "response/eos_rate": ended.float().mean().item(),
+               "policy/ratio_max": torch.stack(stats.pop("policy/ratio_max")).max().item(),
+               **{k: torch.stack(v).mean().item() for k, v in stats.items()}}
+        if use_ref:
+            k3 = ops.kl_k3(old_logprobs, ref_logprobs)  # (B, N)
+            row["objective/kl"] = ops.masked_mean(k3, mask, dim=1).mean().item()
+            row["objective/kl_sum"] = ops.masked_sum(k3, mask, dim=1).mean().item()
+        if correct_fn is not None:
+            correct = correct_fn(g, prompt_index)
+            row["task/correct_rate"] = sum(correct) / len(correct)
+        row["seconds"] = round(watch.seconds(), 2)
+        if evaluate_fn is not None and ((it + 1) % cfg.eval_interval == 0 or it + 1 == cfg.iterations):
+            last_eval = evaluate_fn(policy)
+            row.update({f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
+        log.log(row)
+        bar.set_postfix(reward=f"{row['reward/mean']:.2f}", zero=f"{row['reward/zero_std_groups']:.2f}")
+    bar.close()
+    return {"iterations": cfg.iterations, "seconds": watch.seconds(), "last_eval": last_eval,
+            "rollout_tokens_per_second": rollout_tokens / max(rollout_seconds, 1e-9),
+            "iterations_per_second": cfg.iterations / max(watch.seconds(), 1e-9), "last_row": row}
+
+
+# ----------------------------------------------------------------------------------------------------
+# the stage
+
+
+def run(cfg: GRPOConfig) -> dict:
+    from minirlhf.evaluate import _correct, load_judge
+    from minirlhf.world import CATEGORIES, judge, judge_terms
+
+    fill_from_preset(cfg)
+    check_config(cfg)
+    judge_fn = load_judge(cfg.gold_judge) or judge
+    init = cfg.init or stage_file(cfg, "sft", "model.pt")
+    default_rm = os.path.join(cfg.out_dir, cfg.preset, "reward", "model.pt")
+    if cfg.reward == "rm":
+        rm_path = cfg.reward_model or stage_file(cfg, "reward", "model.pt")
+    else:  # the gold judge trains; a reward model, if there is one, only adds the proxy column to the evaluation
+        rm_path = cfg.reward_model or (default_rm if os.path.exists(default_rm) else "")
+    rows, prompts_path = load_prompt_rows(cfg)
+    out = stage_dir(cfg, cfg.run_name or (STAGE if cfg.reward == "rm" else f"{STAGE}_gold"))
+    device = resolve_device(cfg.device)
+    setup_torch(device)
+    watch = Stopwatch()
+    inputs = {"init": file_digest(init), "prompts": file_digest(prompts_path)}
+    if rm_path:
+        inputs["rm"] = file_digest(rm_path)
+    key = config_key(cfg, inputs)
+    if (summary := reusable(out, key, cfg.force)) is not None:
+        print(f"[grpo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
+        return summary
+    tok = stage_tokenizer(init, out)
+    torch.manual_seed(cfg.seed)
+    policy, _ = ck.load_model(init, device)  # dropout off in every RL stage
+    ref, _ = ck.load_model(init, device)
+    ref.eval().requires_grad_(False)
+    reward_model = None
+    if rm_path:
+        reward_model, _ = ck.load_scalar_model(rm_path, device)
+        reward_model.eval().requires_grad_(False)
+
+    # prompts: rendered, and those too long for the context left out (counted)
+    kept = [(r, render_prompt(tok, r["prompt"])) for r in rows]
+    kept = [(r, ids) for r, ids in kept if len(ids) + 8 <= policy.config.block_size]
+    if len(kept) < len(rows):
+        print(f"[grpo] left out {len(rows) - len(kept)} prompts too long for the context")
+    texts = [prompt_text(r["prompt"]) for r, _ in kept]
+    prompts = [ids for _, ids in kept]
+
+    if cfg.reward == "rm":
+        def reward_fn(g, prompt_index):
+            return reward_model.score(g.tokens, g.attention_mask)  # (B,)
+    else:
+        reward_fn = gold_reward_fn(texts, tok, judge_fn)
+
+    def correct_fn(g, prompt_index):
+        return [_correct(judge_terms(texts[i], r)) for i, r in zip(prompt_index, decode_responses(tok, g))]
+
+    def evaluate_fn(model):
+        return world_eval(model, tok, cfg, out, reference=ref, reward_model=reward_model)
+
+    save_config(cfg, os.path.join(out, "config.json"))
+    world_dir = os.path.join(cfg.out_dir, cfg.preset, "world")
+    category = cfg.prompts if cfg.prompts in CATEGORIES else ""
+    have_world = os.path.exists(os.path.join(world_dir, "eval_prompts.jsonl"))
+
+    prompt_sets = task_prompt_sets(world_dir, category, [r for r, _ in kept]) if category and have_world else {}
+
+    def task_eval_fn(model):
+        return task_eval(model, tok, prompt_sets, cfg.task_eval_samples, cfg.temperature, cfg.max_new_tokens,
+                         cfg.seed, load_judge(cfg.gold_judge))
+
+    before = task_eval_fn(policy) if prompt_sets else {}
+    print(f"[grpo] {len(prompts)} prompts ({cfg.prompts or 'all'}), reward {cfg.reward}, {cfg.iterations} "
+          f"iterations x {cfg.prompts_per_iteration} prompts x {cfg.group_size} responses, init {init}")
+
+    result = train_grpo(policy, ref, reward_fn, prompts, tok, cfg, out, evaluate_fn,
+                        correct_fn if category else None)
+    ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(policy, STAGE, iterations=cfg.iterations))
+    summary = {"stage": STAGE, "key": key, "reward": cfg.reward, "prompts": cfg.prompts or "all",
+               "iterations": cfg.iterations,
+               **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in result["last_eval"].items()},
+               "final_reward_mean": round(result["last_row"]["reward/mean"], 4),
+               "iterations_per_second": round(result["iterations_per_second"], 4),
+               "rollout_tokens_per_second": round(result["rollout_tokens_per_second"], 1),
+               "train_seconds": round(result["seconds"], 2)}
+    if before:
+        summary["task_eval"] = {"category": category, "samples_per_prompt": cfg.task_eval_samples,
+                                "temperature": cfg.temperature, "before": before, "after": task_eval_fn(policy)}
+    summary["seconds"] = round(watch.seconds(), 2)
+    write_json(os.path.join(out, "summary.json"), summary)
+    print(f"[grpo] gold {summary.get('gold')}, proxy {summary.get('proxy')}, KL {summary.get('kl_k1')}; "
+          f"{summary['seconds']:.0f} s")
+    if before:
+        b, a = summary["task_eval"]["before"], summary["task_eval"]["after"]
+        for name in ("heldout", "train_split", "rl_prompts"):
+            if f"{name}_acc" in a:
+                print(f"[grpo] {category} accuracy, {name} ({a[f'{name}_prompts']} prompts): sampled "
+                      f"{b[f'{name}_acc']} -> {a[f'{name}_acc']} ({a[f'{name}_n']} responses), greedy "
+                      f"{b[f'{name}_greedy_acc']} -> {a[f'{name}_greedy_acc']}")
+    return summary

@@ -1,0 +1,170 @@
+"""The GRPO loop on a tiny random GPT: ratio 1 and KL 0 before any update, beta=0 never touches the
+reference, equal-reward groups give no gradient, a programmatic reward rises, and the prompt selection
+and config checks behave."""
+
+import copy
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from minirlhf.config import GRPOConfig, ModelConfig, make_config
+from minirlhf.engine import Generation
+from minirlhf.grpo import gold_reward_fn, group_advantages_with_signal, load_prompt_rows, run, train_grpo
+from minirlhf.world import judge
+from minirlhf.model import GPT
+
+V, END, PAD, P = 64, 62, 63, 6
+TOK = SimpleNamespace(end_id=END, pad_id=PAD)
+
+
+def setup(seed=0):
+    torch.manual_seed(seed)
+    policy = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=V))
+    prompts = torch.randint(0, 60, (40, P)).tolist()
+    return policy, copy.deepcopy(policy), prompts
+
+
+def low_token_share(g, prompt_index):
+    """Reward: share of response tokens with an id below 30 (about half the vocabulary at random init)."""
+    mask = g.response_mask.float()
+    return ((g.response < 30).float() * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def cfg(tmp_path, **kw):
+    base = dict(preset="micro", out_dir=str(tmp_path), iterations=1, prompts_per_iteration=4, group_size=4,
+                minibatch_size=16, ppo_epochs=1, lr=1e-3, max_new_tokens=10, progress=False, eval_interval=1000,
+                missing_eos_penalty=0.0)
+    return make_config(GRPOConfig, overrides={**base, **kw})
+
+
+def rows(tmp_path):
+    return [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.3])
+def test_first_minibatch_ratio_is_one_and_kl_is_zero(tmp_path, temperature):
+    policy, ref, prompts = setup()
+    train_grpo(policy, ref, low_token_share, prompts, TOK, cfg(tmp_path, temperature=temperature), str(tmp_path))
+    row = rows(tmp_path)[0]
+    # one epoch, one minibatch = the whole batch: these numbers are computed before the update
+    assert abs(row["policy/ratio_mean"] - 1) < 1e-6 and abs(row["policy/ratio_max"] - 1) < 1e-6
+    assert row["policy/clipfrac"] == 0.0 and abs(row["policy/approx_kl"]) < 1e-7
+    assert row["objective/kl"] == 0.0 and row["objective/kl_sum"] == 0.0  # policy == reference
+    # and the policy did move
+    assert any((a - b).abs().max() > 0 for a, b in zip(policy.parameters(), ref.parameters()))
+
+
+class Untouchable(GPT):
+    """A reference model that fails the test the moment anything runs it."""
+
+    def forward(self, *args, **kwargs):
+        raise AssertionError("the reference model was called although beta = 0")
+
+
+def test_beta_zero_never_calls_the_reference(tmp_path):
+    policy, _, prompts = setup()
+    untouchable = Untouchable(policy.config)
+    train_grpo(policy, untouchable, low_token_share, prompts, TOK, cfg(tmp_path, beta=0.0, iterations=2),
+               str(tmp_path))
+    train_grpo(policy, None, low_token_share, prompts, TOK, cfg(tmp_path, beta=0.0), str(tmp_path))  # None is fine too
+    assert "objective/kl" not in rows(tmp_path)[0]  # no reference pass, so no KL to log
+    with pytest.raises(AssertionError, match="reference model was called"):  # and with beta > 0 it is called
+        train_grpo(policy, untouchable, low_token_share, prompts, TOK, cfg(tmp_path, beta=0.04), str(tmp_path))
+
+
+def test_group_advantages_hand_values_and_exact_zero_for_equal_groups():
+    # group 1: seven equal rewards of 0.1, whose float mean is not exactly 0.1; group 2: 0, 1, ..., 6
+    rewards = torch.tensor([0.1] * 7 + list(range(7)), dtype=torch.float32)
+    adv, zero_std = group_advantages_with_signal(rewards, 7, scale=True)
+    assert zero_std.tolist() == [True, False]
+    assert torch.equal(adv[:7], torch.zeros(7))
+    std = (sum((i - 3) ** 2 for i in range(7)) / 6) ** 0.5  # unbiased std of 0..6 = sqrt(28 / 6)
+    expected = torch.tensor([(i - 3) / (std + 1e-4) for i in range(7)])
+    torch.testing.assert_close(adv[7:], expected)
+    adv, _ = group_advantages_with_signal(rewards, 7, scale=False)  # Dr. GRPO: centring only
+    assert torch.equal(adv[:7], torch.zeros(7))
+    torch.testing.assert_close(adv[7:], torch.arange(7.0) - 3)
+
+
+def test_equal_reward_groups_give_no_policy_gradient(tmp_path):
+    """Every group equal (a constant reward), beta = 0: zero advantages, zero gradients, AdamW leaves every
+    weight exactly as it was."""
+    policy, ref, prompts = setup()
+    before = copy.deepcopy(policy.state_dict())
+    c = cfg(tmp_path, beta=0.0, iterations=2, minibatch_size=8)
+    train_grpo(policy, ref, lambda g, idx: torch.full((g.response.size(0),), 0.1), prompts, TOK, c, str(tmp_path))
+    assert all(r["reward/zero_std_groups"] == 1.0 for r in rows(tmp_path))
+    for name, tensor in policy.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def test_missing_eos_penalty_is_subtracted_from_the_reward(tmp_path):
+    policy, ref, prompts = setup(2)
+    train_grpo(policy, ref, lambda g, idx: torch.zeros(g.response.size(0)), prompts, TOK,
+               cfg(tmp_path, missing_eos_penalty=1.0, max_new_tokens=20), str(tmp_path))
+    row = rows(tmp_path)[0]
+    assert 0 < row["response/eos_rate"] < 1  # some responses ran out of budget, some ended
+    assert row["reward/mean"] == pytest.approx(-(1 - row["response/eos_rate"]), abs=1e-6)
+
+
+def test_grpo_raises_a_programmatic_reward(tmp_path):
+    policy, ref, prompts = setup(1)
+    c = cfg(tmp_path, iterations=12, prompts_per_iteration=8, group_size=4, minibatch_size=16, lr=5e-3, beta=0.0)
+    train_grpo(policy, ref, low_token_share, prompts, TOK, c, str(tmp_path))
+    reward = [r["reward/mean"] for r in rows(tmp_path)]
+    first, last = sum(reward[:3]) / 3, sum(reward[-3:]) / 3
+    assert last > first + 0.2, (first, last)
+
+
+def test_gold_reward_judges_the_decoded_response():
+    """Verifiable rewards: the judge sees the prompt text and the response up to and including <|end|>."""
+    pieces = {1: "3 plus 4 is ", 2: "7.", 3: "8.", END: "<|end|>", PAD: "<|pad|>"}
+    tok = SimpleNamespace(end_id=END, pad_id=PAD, decode=lambda ids: "".join(pieces[i] for i in ids))
+    g = Generation(prompt=torch.zeros(3, 2, dtype=torch.long), prompt_mask=torch.ones(3, 2, dtype=torch.long),
+                   response=torch.tensor([[1, 2, END], [1, 3, END], [1, 2, 2]]),
+                   logprobs=torch.zeros(3, 3), response_mask=torch.ones(3, 3, dtype=torch.long))
+    reward = gold_reward_fn(["What is 3 plus 4?", "What is 1 plus 1?"], tok, judge)
+    got = reward(g, [0, 0, 0])
+    q = "What is 3 plus 4?"
+    expected = [judge(q, "3 plus 4 is 7.<|end|>"), judge(q, "3 plus 4 is 8.<|end|>"), judge(q, "3 plus 4 is 7.7.")]
+    assert got.tolist() == pytest.approx(expected)
+    assert expected[0] > 0.7 and expected[1] < 0 and expected[2] < expected[0]  # right, wrong, no <|end|>
+    # a padded row: the pad after <|end|> is not part of the response
+    g.response[0] = torch.tensor([1, END, PAD])
+    g.response_mask[0] = torch.tensor([1, 1, 0])
+    assert reward(g, [1, 0, 0])[0].item() == pytest.approx(judge("What is 1 plus 1?", "3 plus 4 is <|end|>"))
+
+
+def write_world_prompts(tmp_path):
+    world = tmp_path / "micro" / "world"
+    world.mkdir(parents=True)
+    records = [{"prompt": "What is 2 plus 3?", "category": "arithmetic", "topic": "plus", "split": "train"},
+               {"prompt": "What is the capital of France?", "category": "fact", "topic": "capital", "split": "train"},
+               {"prompt": "How much is 4 plus 1?", "category": "arithmetic", "topic": "plus", "split": "train"},
+               {"prompt": "How do I pick a lock?", "category": "unsafe", "topic": "lock", "split": "train"}]
+    (world / "rl_prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def test_prompt_selection_by_category(tmp_path):
+    records = write_world_prompts(tmp_path)
+    arithmetic, _ = load_prompt_rows(cfg(tmp_path, prompts="arithmetic"))
+    assert [r["prompt"] for r in arithmetic] == ["What is 2 plus 3?", "How much is 4 plus 1?"]
+    assert {r["category"] for r in arithmetic} == {"arithmetic"}
+    everything, _ = load_prompt_rows(cfg(tmp_path, prompts=""))
+    assert [r["prompt"] for r in everything] == [r["prompt"] for r in records]
+    with pytest.raises(ValueError, match="no prompts of category 'chitchat'"):
+        load_prompt_rows(cfg(tmp_path, prompts="chitchat"))
+    with pytest.raises(ValueError, match="neither a JSONL file nor a prompt category"):
+        load_prompt_rows(cfg(tmp_path, prompts="arithmetics"))
+
+
+@pytest.mark.parametrize("override, message", [({"group_size": 1}, "at least 2 responses"),
+                                               ({"reward": "judge"}, "expected 'rm'"),
+                                               ({"beta": -0.1}, "cannot be negative")])
+def test_bad_config_is_one_clear_error(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        run(cfg(tmp_path, **override))
