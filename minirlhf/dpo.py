@@ -23,7 +23,8 @@ beta * (log pi - log pi_ref) of DPO (Rafailov et al. 2023, eq. 5); rewards/margi
 rewards/accuracies the share of pairs with chosen above rejected; logps/chosen and logps/rejected the
 policy's sequence log-probs. Expect logps/chosen to FALL during DPO: the loss only asks that the
 *difference* grows, and pushing the rejected response down also drags similar chosen ones down
-(Rafailov et al. 2023, §5; widely observed since).
+(the gradient of Rafailov et al. 2023's eq. 7 only asks the difference to grow; studied by Pal et al.
+2024, "Smaug", and Razin et al. 2024).
 
 KTO (Ethayarajh et al. 2024) needs no pairs: each example is one (prompt, completion, desirable?)
 triple. Its reference point z0 estimates KL(pi || pi_ref) from MISMATCHED pairs -- a prompt with another
@@ -330,11 +331,14 @@ def run(cfg: DPOConfig) -> dict:
 
     # 4. artifacts, and the policy measured against the world (KL to the SFT reference)
     ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(model, STAGE, loss=cfg.loss, step=result["steps"]))
+    del optimizer, ref_model  # free them before the evaluation loads the reference again
     reference, _ = ck.load_model(ref_path, device)
+    rm_path = os.path.join(cfg.out_dir, cfg.preset, "reward", "model.pt")  # the proxy column, when there is one
+    reward_model = ck.load_scalar_model(rm_path, device)[0] if os.path.exists(rm_path) else None
     summary = {"stage": STAGE, "loss": cfg.loss, "key": key, "steps": result["steps"],
                **{k: round(v, 4) for k, v in result["last_eval"].items()}, "dropped_pairs": skipped,
                "train_seconds": round(result["seconds"], 2), "device": str(device)}
-    summary.update(world_eval(model, tok, cfg, out, reference=reference))
+    summary.update(world_eval(model, tok, cfg, out, reference=reference, reward_model=reward_model))
     summary["seconds"] = round(watch.seconds(), 2)
     write_json(os.path.join(out, "summary.json"), summary)
     print(f"[{cfg.loss}] gold {summary.get('gold')}, KL {summary.get('kl_k1')}; {summary['seconds']:.0f} s")

@@ -1,0 +1,120 @@
+"""Lesson 08 -- the reward-vs-KL frontier: how much true reward each method buys per nat of drift from SFT.
+
+Run:      python lessons/08_reward_vs_kl.py          (preset tiny: about 30 minutes on a 2-core CPU; 4 points
+                                                     per trained method, each run reused once it exists)
+          python lessons/08_reward_vs_kl.py micro    (quick mode, 2 points per method: under a minute)
+          python lessons/08_reward_vs_kl.py tiny quick   (the quick sweep on any preset)
+Reads:    out/<preset>/sft/, out/<preset>/reward/, out/<preset>/pairs/ (lessons 02-03; run here if missing)
+Writes:   out/<preset>/frontier_<method>_<knob>/ (one folder per trained point, reused when it already ran),
+          out/<preset>/best_of_n/, out/<preset>/frontier/frontier.json, plots/frontier_<preset>.png
+
+Every fine-tuning method trades distance from the SFT model for reward. Distance is measured here as
+the KL divergence KL(pi || pi_sft) in nats per response, on the policy's own samples of the held-out
+prompts; reward as the gold judge's mean score on the same prompts. Each method has a knob that sets
+how far it may go:
+  PPO        a FIXED kl_coef in the shaped reward r - kl_coef * KL (Ziegler et al. 2019, eq. 2;
+             InstructGPT, Ouyang et al. 2022, eq. 2): a smaller coefficient lets it go further;
+  DPO        beta, the same KL coefficient in the objective DPO solves in closed form (Rafailov et al.
+             2023, eq. 3); DPO's Figure 2 (left) draws exactly this plane for PPO and DPO;
+  GRPO       beta, the weight of the k3 KL term in its loss (Shao et al. 2024, eq. 3);
+  best-of-n  n samples from SFT, keep the reward model's favourite: no training at all, and an analytic
+             KL = log n - (n - 1)/n (Stiennon et al. 2020; Gao et al. 2022) -- the baseline every RL
+             method should beat at equal KL.
+A method's points, joined from the SFT origin, trace its frontier; a method DOMINATES at a given KL
+when it reaches more gold than the others without exceeding that KL. The right panel puts the proxy
+(reward-model score) against gold: a learned reward is a good guide while the two rise together, and
+over-optimised once proxy keeps rising while gold stalls or falls (Gao et al. 2022; lesson 06).
+
+What you should see
+  1. The points table: for every method, KL grows as its knob loosens (smaller kl_coef, smaller beta,
+     larger n), and gold first rises with it.
+  2. The dominance lines: at each KL, which method has the most gold at or below it. The frontier is
+     usually not one method everywhere -- best-of-n is strong at very small KL (it buys reward with no
+     training), trained methods take over further out, and where the proxy has been over-optimised more
+     KL stops paying.
+  3. plots/frontier_<preset>.png: gold vs KL (left) and proxy vs gold (right). Points that sit high
+     on the proxy axis but low on gold are reward hacking.
+
+Deliberate simplifications: one seed per point and each stage's default budget (no per-point tuning),
+so small differences between methods are within the noise; KL is a sample estimate except for best-of-n,
+where the analytic value is an upper bound (see minirlhf/best_of_n.py).
+"""
+
+# %% Setup
+import math
+import sys
+
+from minirlhf.config import FrontierConfig, make_config
+from minirlhf.frontier import LABELS, dominance
+from minirlhf.frontier import run as frontier
+from prerequisites import ensure
+
+preset = sys.argv[1] if len(sys.argv) > 1 else "tiny"
+mode = sys.argv[2] if len(sys.argv) > 2 else ("quick" if preset == "micro" else "full")
+out_dir = "out"
+ensure(preset, out_dir, upto="reward")  # SFT (origin and reference), the pairs (DPO), the reward model (PPO, GRPO, bon)
+
+# %% 1. Run (or reuse) every point: the library's `minirlhf frontier`
+overrides = {"preset": preset, "out_dir": out_dir}
+if mode == "quick":  # two points per trained method, three for best-of-n
+    overrides.update({"ppo_kl_coefs": "0.1,0.3", "dpo_betas": "0.1,1", "grpo_betas": "0,0.5", "bon_ns": "1,2,4"})
+cfg = make_config(FrontierConfig, overrides=overrides)
+print(f"sweeps ({mode}): PPO kl_coef {cfg.ppo_kl_coefs}; DPO beta {cfg.dpo_betas}; GRPO beta {cfg.grpo_betas}; "
+      f"best-of-n n {cfg.bon_ns}")
+result = frontier(cfg)
+points = result["points"]
+
+# %% 2. The points table
+sft = next(p for p in points if p["method"] == "sft")
+print(f"\n{'method':<16}{'knob':>7}{'KL':>8}{'gold':>8}{'gain':>8}{'gain/KL':>9}{'proxy':>8}{'length':>8}")
+for p in sorted(points, key=lambda p: ("sft", "bon", "ppo", "dpo", "grpo").index(p["method"]) * 1e6 + p["kl"]):
+    gain = p["gold"] - sft["gold"]
+    per_nat = f"{gain / p['kl']:+.3f}" if p["kl"] > 1e-6 else "-"
+    length = f"{p['length']:.1f}" if p.get("length") is not None else "-"
+    print(f"{LABELS.get(p['method'], 'SFT'):<16}{p['knob']:>7g}{p['kl']:>8.3f}{p['gold']:>+8.3f}{gain:>+8.3f}"
+          f"{per_nat:>9}{p['proxy']:>+8.3f}{length:>8}")
+print("KL: nats per response to the SFT model (best-of-n: the analytic log n - (n-1)/n); gain: gold minus SFT's gold;\n"
+      "gain/KL: gold bought per nat of drift; proxy: the reward model's score (what PPO, GRPO and best-of-n optimise).")
+
+# %% 3. Which method dominates at which KL
+print("\nat each KL, the best gold reached without exceeding it:")
+for line in dominance(points):
+    print("  " + line)
+one = next((p for p in points if p["method"] == "bon" and p["knob"] == 1), None)
+if one is not None:  # best-of-1 is plain sampling from SFT: the same policy as the SFT row
+    print(f"\nbest-of-n at n = 1 IS the SFT policy, sampled again: its gold {one['gold']:+.3f} vs the SFT row's "
+          f"{sft['gold']:+.3f}.\nThat gap ({abs(one['gold'] - sft['gold']):.3f}) is the noise of one evaluation "
+          "(the same held-out prompts, other samples):\nsmaller differences between points are not evidence.")
+best = max(points, key=lambda p: p["gold"])
+print(f"\nhighest gold overall: {best['gold']:+.3f} by {best['method']} ({best['knob']:g}) at KL {best['kl']:.3f} "
+      f"(sqrt KL {math.sqrt(max(best['kl'], 0)):.2f})")
+
+# %% 4. Proxy vs gold, per method: does the reward model still point the right way?
+print(f"\n{'method':<16}{'proxy, lowest -> highest KL':>28}{'gold, lowest -> highest KL':>28}")
+for method in ("bon", "ppo", "grpo", "dpo"):
+    pts = sorted((p for p in points if p["method"] == method), key=lambda p: p["kl"])
+    if len(pts) < 2:
+        continue
+    lo, hi = pts[0], pts[-1]
+    proxy = f"{lo['proxy']:+.3f} -> {hi['proxy']:+.3f}"
+    gold = f"{lo['gold']:+.3f} -> {hi['gold']:+.3f}"
+    hacked = hi["proxy"] > lo["proxy"] and hi["gold"] < lo["gold"]
+    verdict = "  <- proxy up, gold down: over-optimised" if hacked else ""
+    print(f"{LABELS[method]:<16}{proxy:>28}{gold:>28}{verdict}")
+print("DPO never optimises the proxy, so its proxy column is only the reward model's opinion of DPO's samples.")
+print(f"\nplot: plots/frontier_{preset}.png (left: gold vs KL per method from the SFT star; right: proxy vs gold)")
+print(f"table: {out_dir}/{preset}/frontier/frontier.json; {len(points)} points in {result['seconds']:.0f} s")
+
+# %% Check yourself
+# 1. Why compare methods at equal KL rather than at equal training steps? (KL is the budget every method
+#    spends: it measures how far the policy moved from the model we trust, in the same unit for all of
+#    them -- and the objective PPO and DPO both solve is "reward minus beta * KL".)
+# 2. Best-of-n trains nothing. Why is it still the baseline to beat? (Step 2: it buys reward at a known,
+#    small KL; a trained method that does not beat it at the same KL wasted its compute.)
+# 3. In the right panel, what does a point far right (high proxy) but low (low gold) mean? (Reward
+#    hacking: the policy found what the reward model over-rates -- lesson 06, step 4 of this lesson.)
+# 4. DPO never sees the reward model. Why can it still be placed on this plot and compared? (Its KL and
+#    gold are measured by the same harness as everyone else's; only the proxy column is the RM's opinion
+#    of its samples. Rafailov et al. 2023, Figure 2, draws the same comparison.)
+# 5. Which knob value would you ship for each method? (The point just before its gold stops rising with
+#    KL, read off the table in step 2.)
