@@ -40,7 +40,7 @@ PRESETS: dict[str, dict] = {
     "tiny": {
         "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=2048),
         "pretrain": dict(max_steps=800, batch_size=32, lr=2e-3),
-        "sft": dict(max_steps=400, batch_size=32, lr=3e-4),
+        "sft": dict(max_steps=600, batch_size=32, lr=1e-3, ptx_coef=0.5, ptx_batch_size=8),
         "reward": dict(max_steps=300, batch_size=32, lr=0.0005, calibration_prompts=256),
         "pairs": dict(n_prompts=600),
         "ppo": dict(iterations=60, batch_size=64, minibatch_size=16, lr=5e-05),
@@ -52,7 +52,7 @@ PRESETS: dict[str, dict] = {
     "small": {
         "model": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=4096),
         "pretrain": dict(max_steps=3000, batch_size=64, lr=1e-3),
-        "sft": dict(max_steps=600, batch_size=64, lr=2e-4),
+        "sft": dict(max_steps=600, batch_size=64, lr=2e-4, ptx_coef=0.5, ptx_batch_size=16),
         "reward": dict(max_steps=500, batch_size=64, lr=0.0002, calibration_prompts=512),
         "pairs": dict(n_prompts=2000),
         "ppo": dict(iterations=150, batch_size=128, minibatch_size=32, lr=2e-05),
@@ -168,7 +168,7 @@ class SFTConfig(TrainConfig):
     init_chat_embeddings: bool = True  # start <|user|>, <|assistant|>, <|end|> from the forum's "Q:", "\nA:", "\n"
     ptx_coef: float = 0.0  # weight of a pretraining-loss term mixed into every step (keeps the base model's knowledge)
     freeze_embeddings: bool = False  # train only the chat tokens' rows of the (tied) embedding matrix
-    embedding_lr_scale: float = 1.0  # learning-rate multiplier for the token and position embeddings
+    embedding_lr_scale: float = 0.1  # learning-rate multiplier for the token and position embeddings (see sft.py)
     ptx_batch_size: int = 0  # pretraining windows per step for that term; 0 = batch_size
     gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
     warmup_steps: int = 20  # linear warm-up steps

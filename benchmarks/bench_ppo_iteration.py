@@ -1,0 +1,83 @@
+"""Benchmark: one PPO iteration on a real preset, with the static-cache generator vs the previous loop.
+
+Run:  python benchmarks/bench_ppo_iteration.py [--preset tiny] [--out_dir out] [--iterations 6] [--threads N]
+      (needs out/<preset>/sft/ and out/<preset>/reward/: run `minirlhf pipeline` or lessons 00-03 first)
+
+The same `ppo.train_ppo` loop (policy and reference from SFT, value model and score from the reward
+model, the preset's batch sizes) runs `--iterations` iterations twice: once with `engine.generate` (the
+static preallocated KV cache and capturable decode step, the default) and once with
+`engine.generate_kv_reference` swapped in (the loop through `GPT.forward` and the growing `KVCache`,
+which is what PPO used before). The table reports seconds per iteration and rollout tokens/s for each,
+and their ratio. Both use the same seeds; their rollouts are identical token for token (the test suite
+checks the two generators agree), so the ratio is the speed of the generator alone.
+
+Deliberate simplifications: the first iteration is included (no separate warm-up); no evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+
+import torch
+
+from minirlhf import engine, ppo
+from minirlhf.checkpoint import load_model, load_scalar_model
+from minirlhf.config import PPOConfig, make_config
+from minirlhf.data import read_prompts
+from minirlhf.sample import tokenizer_for
+from minirlhf.tokenizer import render_prompt
+
+
+def one_run(generator_fn, args) -> dict:
+    base = os.path.join(args.out_dir, args.preset)
+    tok = tokenizer_for(os.path.join(base, "sft", "model.pt"))
+    policy, _ = load_model(os.path.join(base, "sft", "model.pt"))
+    ref, _ = load_model(os.path.join(base, "sft", "model.pt"))
+    rm, _ = load_scalar_model(os.path.join(base, "reward", "model.pt"))
+    value, _ = load_scalar_model(os.path.join(base, "reward", "model.pt"))
+    rm.eval().requires_grad_(False)
+    prompts = [render_prompt(tok, p) for p in read_prompts(os.path.join(base, "world", "rl_prompts.jsonl"))]
+    prompts = [p for p in prompts if len(p) + 8 <= policy.config.block_size]
+    cfg = make_config(PPOConfig, overrides={"preset": args.preset, "iterations": args.iterations, "progress": False,
+                                            "out_dir": args.out_dir})
+    from minirlhf.config import fill_from_preset
+    fill_from_preset(cfg)
+    cfg.iterations = args.iterations
+    saved = ppo.generate
+    ppo.generate = generator_fn  # the name the PPO loop calls
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            result = ppo.train_ppo(policy, ref, value, rm.score, prompts, tok, cfg, out)
+            seconds = time.perf_counter() - t0
+    finally:
+        ppo.generate = saved
+    return {"s_per_iteration": seconds / args.iterations, "rollout_tokens_per_s": result["rollout_tokens_per_second"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--out_dir", default="out")
+    ap.add_argument("--iterations", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = {"engine.generate (static cache, default)": one_run(engine.generate, args),
+            "engine.generate_kv_reference (before)": one_run(engine.generate_kv_reference, args)}
+    before = rows["engine.generate_kv_reference (before)"]["s_per_iteration"]
+    print(f"PPO iterations on the {args.preset} preset, {args.iterations} iterations each; torch {torch.__version__}, "
+          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"| generator | s / iteration | rollout tokens/s | speed-up vs before |\n|---|---:|---:|---:|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['s_per_iteration']:.2f} | {r['rollout_tokens_per_s']:.0f} | "
+              f"{before / r['s_per_iteration']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
