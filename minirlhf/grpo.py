@@ -116,17 +116,15 @@ def check_config(cfg) -> None:
 
 
 def group_advantages_with_signal(rewards, group_size: int, scale: bool = True):
-    """`rl.group_advantages`, with groups of equal rewards set to exactly zero -> (advantages (B,), zero_std (n,)).
+    """`rl.group_advantages` and which groups had no signal -> (advantages (B,), zero_std (n,)).
 
     rewards: (B,) in consecutive groups of `group_size`. A group whose rewards are all equal carries no
-    information about which response is better; in floating point its mean can differ from the rewards in
-    the last bit, which the std division would blow up to about 1e-4, so those advantages are zeroed.
-    zero_std: (B // group_size,) bool, True for such groups.
+    information about which response is better; `rl.group_advantages` gives it exactly zero advantages.
+    zero_std: (B // group_size,) bool, True for such groups (logged as reward/zero_std_groups).
     """
     advantages = rl.group_advantages(rewards, group_size, scale=scale)  # (B,)
     r = rewards.view(-1, group_size)  # (n, G)
-    zero_std = r.amax(dim=1) == r.amin(dim=1)  # (n,)
-    return advantages * (~zero_std).repeat_interleave(group_size).to(advantages.dtype), zero_std
+    return advantages, r.amax(dim=1) == r.amin(dim=1)  # (B,), (n,)
 
 
 def decode_responses(tok, g) -> list[str]:

@@ -149,7 +149,8 @@ def group_advantages(rewards, group_size: int, scale: bool = True, eps: float = 
 
     rewards: (B,) laid out as consecutive groups of `group_size` samples of the same prompt. The std is
     the unbiased one (divides by group_size - 1). scale=False gives mean-only centring (Dr. GRPO,
-    Liu et al. 2025), which does not up-weight groups whose rewards barely differ. Returns (B,).
+    Liu et al. 2025), which does not up-weight groups whose rewards barely differ. A group whose rewards
+    are all equal gets exactly 0. Returns (B,).
     """
     if rewards.dim() != 1:
         raise ValueError(f"group_advantages: rewards must be (B,), got shape {tuple(rewards.shape)}")
@@ -163,7 +164,10 @@ def group_advantages(rewards, group_size: int, scale: bool = True, eps: float = 
     adv = r - r.mean(dim=1, keepdim=True)  # (G, group_size)
     if scale:
         adv = adv / (r.std(dim=1, unbiased=True, keepdim=True) + eps)
-    return adv.view(-1)  # (B,)
+    # a group of equal rewards carries no signal: exactly 0 (the float mean of equal numbers can miss them
+    # by an ulp, which the std division would blow up)
+    tied = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)  # (G, 1)
+    return adv.masked_fill(tied, 0.0).view(-1)  # (B,)
 
 
 @dataclass

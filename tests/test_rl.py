@@ -292,3 +292,12 @@ def test_ppo_value_loss_gradcheck():
     mask = t([1, 1, 1, 1], [1, 1, 1, 0])
     assert torch.autograd.gradcheck(lambda v: ppo_value_loss(v, old, returns, mask, 0.2)[0], (values,))
     assert torch.autograd.gradcheck(lambda v: ppo_value_loss(v, old, returns, mask, None)[0], (values,))
+
+
+def test_group_advantages_are_exactly_zero_for_a_group_of_equal_rewards():
+    """Seven 0.1s: their float mean is not exactly 0.1, but a tied group must carry no signal at all."""
+    rewards = torch.tensor([0.1] * 7 + [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+    for scale in (True, False):
+        adv = group_advantages(rewards, 7, scale=scale)
+        assert torch.equal(adv[:7], torch.zeros(7))
+        assert adv[7:].abs().min() > 0.1
