@@ -8,16 +8,20 @@ Writes:   out/<preset>/ppo/ (the pipeline's PPO, reused), out/<preset>/ppo_hacki
 
 What you should see
   1. PPO with a tiny, fixed KL coefficient, run long: the reward model's score (the proxy) keeps
-     climbing, while the gold judge's score rises, peaks and falls -- the policy has found what the
-     reward model likes that the gold judge does not: the annotators' taste for flattery and length,
-     which the reward model learned (lesson 03).
+     climbing, while the gold judge's score peaks and falls -- the policy has found what the reward
+     model likes that the gold judge does not: the annotators' taste for length (and flattery), which
+     the reward model learned (lesson 03), plus its plain errors away from its training data. On the
+     tiny preset (measured: proxy -0.50 -> +7.95, gold +0.21 -> -0.98 over 240 iterations, KL 128
+     nats) the gold peak is the SFT model itself: this reward model is already a poor guide at KL 0,
+     and the policy ends in a loop of "listen to music or take a short walk" that never stops.
   2. Gold and proxy against d = sqrt(KL to the SFT model), with Gao et al.'s fit for RL,
      R(d) = d (alpha - beta log d) (Gao, Schulman and Hilton 2022, "Scaling Laws for Reward Model
-     Overoptimization", eq. 2; R is the gain over the starting policy). The peak of the fit is at
-     d* = exp(alpha / beta - 1).
-  3. Samples from before and after the peak: longer, flattering, rambling answers after it.
-  4. The defences: the pipeline's adaptive KL controller (a healthy KL coefficient) stops near the
-     top of the gold curve; PPO-ptx (InstructGPT eq. 2) adds the pretraining loss and keeps the
+     Overoptimization", eq. 2; R is the gain over the starting policy). With beta > 0 the fit peaks at
+     d* = exp(alpha / beta - 1); with a gold curve that only falls (tiny) alpha < 0 and there is no
+     interior peak -- the fit says "do not optimise this reward model at all".
+  3. Samples from early and late in the run: longer, rambling answers, then loops, late.
+  4. The defences: the pipeline's adaptive KL controller (a healthy KL coefficient) keeps the KL near
+     its target, so the damage stays small; PPO-ptx (InstructGPT eq. 2) adds the pretraining loss and keeps the
      held-out perplexity -- the alignment tax -- lower at a similar gold reward.
 
 Deliberate simplifications: one seed per run (the curves are noisy); the fit uses the evaluation points
@@ -85,7 +89,7 @@ samples = [json.loads(line) for line in open(os.path.join(base, "ppo_hacking", "
 peak_iteration = 0 if peak == 0 else rows[peak - 1]["iteration"]
 before = [s for s in samples if s["iteration"] == (peak_iteration or samples[0]["iteration"])][:4]
 after = [s for s in samples if s["iteration"] == samples[-1]["iteration"]][:4]
-for title, chosen in ((f"near the gold peak (iteration {before[0]['iteration']})", before),
+for title, chosen in ((f"at the first evaluation at or after the gold peak (iteration {before[0]['iteration']})", before),
                       (f"at the end (iteration {after[0]['iteration']})", after)):
     print(f"\n{title}:")
     for s in chosen:
@@ -106,7 +110,7 @@ ax.plot(d, proxy - proxy[0], "o-", color="tab:blue", label="proxy (reward model)
 ax.plot(d, gain, "o-", color="tab:red", label="gold gain")
 grid = np.linspace(1e-3, d.max() * 1.05, 200)
 ax.plot(grid, grid * (alpha - beta * np.log(grid)), "--", color="tab:red", alpha=0.6,
-        label=f"fit d({alpha:.2f} - {beta:.2f} log d)")
+        label=f"fit d({alpha:.2f} {-beta:+.2f} log d)")
 for name, s, marker in (("adaptive KL", healthy, "s"), ("PPO-ptx", ptx, "^")):
     ax.plot(math.sqrt(max(s["kl_k1"], 0)), s["gold"] - gold[0], marker, color="k", label=f"{name} (gold)")
 ax.axhline(0, color="grey", lw=0.5)
