@@ -163,9 +163,16 @@ def plot_frontier(points: list[dict], preset: str, png: str, caption: str = "") 
 
 
 def dominance(points: list[dict]) -> list[str]:
-    """Plain-language lines: at each point's KL, which method has the highest gold at or below that KL."""
-    lines = []
+    """Plain-language lines: as the KL budget grows, which point has the highest gold within it.
+
+    One line each time the leader changes (ties go to the point with the smaller KL, then list order).
+    """
+    lines, leader = [], None
     for p in sorted(points, key=lambda p: p["kl"]):
-        best = max((q for q in points if q["kl"] <= p["kl"] + 1e-9), key=lambda q: q["gold"])
-        lines.append(f"KL <= {p['kl']:.2f}: best gold {best['gold']:+.3f} by {best['method']} ({best['knob']:g})")
+        within = [q for q in points if q["kl"] <= p["kl"] + 1e-9]
+        best = max(within, key=lambda q: (q["gold"], -q["kl"]))
+        if best is not leader:
+            lines.append(f"KL <= {p['kl']:.2f}: best gold {best['gold']:+.3f} by {best['method']} ({best['knob']:g}, "
+                         f"KL {best['kl']:.2f})")
+            leader = best
     return lines
