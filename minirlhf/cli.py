@@ -50,7 +50,7 @@ COMMANDS = {
     "export-hf": (C.ExportHFConfig, "minirlhf.hf:run_export", "our model.pt -> a Hugging Face folder (CHECKPOINT OUT)"),
 }
 # commands that run data-parallel under torchrun (every process trains); the others run on rank 0 only
-DATA_PARALLEL = {"pipeline", "pretrain", "sft", "reward", "ppo", "dpo"}
+DATA_PARALLEL = {"pipeline", "pretrain", "sft", "reward", "ppo", "dpo", "grpo"}
 # commands that take positional arguments: command -> the config fields they fill, in order
 POSITIONAL = {"import-hf": ("path",), "export-hf": ("checkpoint", "out")}
 

@@ -324,6 +324,7 @@ class GRPOConfig:
     iterations: int = 0  # rollout + optimise iterations; 0 = from preset
     prompts_per_iteration: int = 0  # distinct prompts per iteration; 0 = from preset
     group_size: int = 0  # responses G sampled per prompt (>= 2); 0 = from preset
+    rollout_shards: int = 0  # rollouts sampled in this many shards of whole groups, each seeded by (seed, iteration, shard); 0 = one per process
     minibatch_size: int = 0  # responses per gradient step; 0 = from preset
     ppo_epochs: int = 1  # passes over each rollout batch (1: the ratio is 1 on every minibatch's first pass)
     lr: float = 0.0  # learning rate; 0 = from preset

@@ -75,6 +75,30 @@ class Generation:
         """(B,) bool: the row emitted `eos_id` within the token budget."""
         return ((self.response == eos_id) & self.response_mask.bool()).any(dim=1)
 
+    def padded_to(self, P: int, N: int, pad_id: int) -> "Generation":
+        """The same rows laid out wider: the prompt left-padded to P columns, the response right-padded to N.
+
+        Extra pads change nothing: attention masks them and position ids count real tokens only. Used to
+        put rollouts sampled in separate shards (or on separate ranks) side by side at one width.
+        """
+        left, right = P - self.prompt.size(1), N - self.response.size(1)
+        if left < 0 or right < 0:
+            raise ValueError(f"padded_to({P}, {N}): the generation is already {self.prompt.size(1)} + "
+                             f"{self.response.size(1)} columns wide")
+        return Generation(F.pad(self.prompt, (left, 0), value=pad_id),  # (B, P)
+                          F.pad(self.prompt_mask, (left, 0), value=0),  # (B, P)
+                          F.pad(self.response, (0, right), value=pad_id),  # (B, N)
+                          F.pad(self.logprobs, (0, right), value=0.0),  # (B, N)
+                          F.pad(self.response_mask, (0, right), value=0))  # (B, N)
+
+
+def cat_generations(parts: list[Generation], P: int, N: int, pad_id: int) -> Generation:
+    """Several Generations as one batch (rows in order), each first padded to prompt width P and response
+    width N (`Generation.padded_to`)."""
+    padded = [g.padded_to(P, N, pad_id) for g in parts]
+    return Generation(*(torch.cat([getattr(g, f) for g in padded]) for f in
+                        ("prompt", "prompt_mask", "response", "logprobs", "response_mask")))
+
 
 def left_pad(prompts: list[list[int]], pad_id: int, device=None):
     """Left-pad a list of token-id lists -> ids (B, P), mask (B, P) with 1 on real tokens."""

@@ -12,18 +12,28 @@ over each rollout batch in minibatches):
   2. REWARD      one number per response: the reward model's score (`--reward=rm`), or the gold judge on
                  the decoded prompt and response (`--reward=gold`, "verifiable rewards"); minus
                  `missing_eos_penalty` when the response never emitted <|end|>;
-  3. ADVANTAGES  A_i = (r_i - mean(r_group)) / (std(r_group) + eps), one number per response, given to
+  3. LOG-PROBS   pi_old recomputed at the same temperature T, and the frozen reference (SFT) model's
+                 log-probs for the KL term (skipped entirely when beta = 0);
+  4. ADVANTAGES  A_i = (r_i - mean(r_group)) / (std(r_group) + eps), one number per response, given to
                  every one of its tokens (outcome supervision, §4.1.2); `--scale_rewards=false` keeps only
                  the centring (Dr. GRPO, Liu et al. 2025: the std division up-weights groups whose rewards
                  barely differ). A group whose G rewards are all equal has no learning signal: its
                  advantages are set to exactly 0 (the float mean of equal numbers is not always exact);
-  4. LOG-PROBS   pi_old recomputed at the same temperature T, and the frozen reference (SFT) model's
-                 log-probs for the KL term (skipped entirely when beta = 0);
   5. OPTIMISE    ppo_epochs x shuffled minibatches of `losses.grpo_loss` (eq. 3: clipped ratio times the
                  sequence's advantage, plus beta * k3 per token (eq. 4), averaged over each sequence's
                  tokens, then over sequences), gradient clipping;
   6. LOG         the metrics below, every iteration, to metrics.jsonl; the evaluation harness
                  (`sft.world_eval`) every `eval_interval` iterations.
+
+Under torchrun (N processes; see distributed.py) it is the same algorithm on the same global batch, as
+in ppo.py: the iteration's prompts are drawn identically on every rank; the batch is sampled in
+`rollout_shards` shards of whole groups (default: one per process), shard s with its own generator seeded
+by (seed, iteration, s), and rank r samples, rewards and scores (pi_old, reference) only its own shards.
+The per-response results are then all-gathered, so the group advantages and every logged mean are
+computed on the whole batch, identically on every rank. Each minibatch (the same permutation on every
+rank) is split between the ranks; the loss is a mean over the minibatch's responses, so each rank
+weighs its part by its share of them and DDP sums the gradients. Rank 0 alone evaluates and writes.
+A one-process run with `--rollout_shards=N` samples exactly the same rollouts as N processes.
 
 There is no value model: the group's mean reward is the baseline. That saves a second trunk and its
 loss, and it is why GRPO needs several samples of the same prompt.
@@ -78,12 +88,13 @@ import torch
 from tqdm import tqdm
 
 from minirlhf import checkpoint as ck
+from minirlhf import distributed as dist
 from minirlhf import ops, rl
 from minirlhf.common import MetricsLog, Stopwatch, check_finite, config_key, file_digest, make_adamw, \
     resolve_device, reusable, setup_torch, write_json
 from minirlhf.config import GRPOConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import read_prompts
-from minirlhf.engine import generate, response_logprobs
+from minirlhf.engine import cat_generations, generate, response_logprobs
 from minirlhf.losses import grpo_loss
 from minirlhf.sft import stage_file, stage_tokenizer, world_eval, world_file
 from minirlhf.tokenizer import render_prompt
@@ -225,12 +236,13 @@ def task_prompt_sets(world_dir: str, category: str, train_rows: list[dict]) -> d
 
 def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: str, evaluate_fn=None,
                correct_fn=None) -> dict:
-    """The GRPO loop. reward_fn(g: engine.Generation, prompt_index: list[int]) -> (B,) rewards.
+    """The GRPO loop. reward_fn(g: engine.Generation, prompt_index: list[int]) -> (b,) rewards.
 
     prompts: token-id lists (rendered chat prompts); row b of the rollout answers prompts[prompt_index[b]].
     ref: the frozen reference model (may be None when cfg.beta == 0: it is then never called).
     correct_fn(g, prompt_index) -> list[bool], optional: logged as task/correct_rate.
-    Returns {"iterations", "seconds", "last_eval", "last_row", ...}.
+    Under torchrun each rank samples, rewards and scores its own shards of the rollout batch; see the
+    module docstring. Returns {"iterations", "seconds", "last_eval", "last_row", ...}.
     """
     check_config(cfg)
     device = policy.lm_head.weight.device
@@ -238,6 +250,16 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
     B = cfg.prompts_per_iteration * G
     if cfg.prompts_per_iteration > len(prompts):
         raise ValueError(f"--prompts_per_iteration={cfg.prompts_per_iteration} but only {len(prompts)} prompts")
+    world, rank, main = dist.world_size(), dist.rank(), dist.is_main()
+    shards = cfg.rollout_shards or world  # the rollout batch is sampled in this many seeded shards of whole groups
+    if shards % world or cfg.prompts_per_iteration % shards:
+        raise ValueError(f"--rollout_shards={shards} must be a multiple of the number of processes ({world}) "
+                         f"and divide --prompts_per_iteration={cfg.prompts_per_iteration}")
+    if world > 1 and (cfg.minibatch_size % world or B % cfg.minibatch_size):
+        raise ValueError(f"with {world} processes --minibatch_size={cfg.minibatch_size} must be divisible by "
+                         f"{world} and divide the {B} responses of an iteration")
+    my_shards = range(rank * shards // world, (rank + 1) * shards // world)
+    shard_rows = B // shards  # responses per shard: whole groups
     use_ref = cfg.beta != 0.0
     if use_ref:
         if ref is None:
@@ -245,91 +267,116 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
         ref.eval().requires_grad_(False)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = make_adamw(policy.optimizer_groups(0.0), cfg.lr, (0.9, 0.95), device)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    ddp_policy = dist.data_parallel(policy)  # DDP with several processes; the policy itself in one
     order = random.Random(cfg.seed)
-    log = MetricsLog(os.path.join(out, "metrics.jsonl"))
+    log = MetricsLog(os.path.join(out, "metrics.jsonl"), enabled=main)
     watch = Stopwatch()
     rollout_tokens, rollout_seconds, last_eval, row = 0, 0.0, {}, {}
-    bar = tqdm(range(cfg.iterations), disable=not cfg.progress, desc=STAGE, ncols=100)
+    bar = tqdm(range(cfg.iterations), disable=not (cfg.progress and main), desc=STAGE, ncols=100)
     for it in bar:
         # ---------------------------------------------------------------- 1. ROLLOUT (no grad)
         t0 = Stopwatch()
-        chosen = order.sample(range(len(prompts)), cfg.prompts_per_iteration)
+        chosen = order.sample(range(len(prompts)), cfg.prompts_per_iteration)  # the same on every rank
         prompt_index = [i for i in chosen for _ in range(G)]  # each prompt G times, side by side
         batch = [prompts[i] for i in prompt_index]
-        budget = min(cfg.max_new_tokens, policy.config.block_size - max(len(p) for p in batch))
-        g = generate(policy, batch, budget, tok.end_id, tok.pad_id, temperature=cfg.temperature, generator=gen)
-        tokens, attn, P = g.tokens, g.attention_mask, g.prompt.size(1)  # (B, P + N), (B, P + N)
-        mask = g.response_mask.float()  # (B, N)
+        P = max(len(p) for p in batch)  # the global batch's prompt width
+        budget = min(cfg.max_new_tokens, policy.config.block_size - P)
+        parts, local_index = [], []
+        for shard in my_shards:  # this rank's shards, each sampled with a generator of its own
+            gen = torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + it) * 1_009 + shard)
+            rows = slice(shard * shard_rows, (shard + 1) * shard_rows)
+            parts.append(generate(policy, batch[rows], budget, tok.end_id, tok.pad_id, temperature=cfg.temperature,
+                                  generator=gen))
+            local_index += prompt_index[rows]
+        N = int(dist.all_reduce_max(float(max(g.response.size(1) for g in parts))))  # the global response width
+        g = cat_generations(parts, P, N, tok.pad_id)  # this rank's rows at the global width
+        tokens, attn = g.tokens, g.attention_mask  # (b, P + N) each
         rollout_seconds += t0.seconds()
-        rollout_tokens += int(g.response_mask.sum())
 
         # ---------------------------------------------------------------- 2. REWARD (no grad)
         with torch.no_grad():
-            ended = g.ended(tok.end_id)  # (B,)
-            rewards = reward_fn(g, prompt_index).to(device).float()  # (B,)
-            rewards = rewards - cfg.missing_eos_penalty * (~ended).float()  # (B,)
+            ended = g.ended(tok.end_id)  # (b,)
+            rewards = reward_fn(g, local_index).to(device).float()  # (b,)
+            rewards = rewards - cfg.missing_eos_penalty * (~ended).float()  # (b,)
+            correct = (torch.tensor(correct_fn(g, local_index), dtype=torch.float32, device=device)
+                       if correct_fn is not None else torch.zeros(len(local_index), device=device))  # (b,)
 
-        # ---------------------------------------------------------------- 3. ADVANTAGES
-        advantages, zero_std = group_advantages_with_signal(rewards, G, cfg.scale_rewards)  # (B,), (B/G,)
-
-        # ---------------------------------------------------------------- 4. LOG-PROBS: pi_old and reference (no grad)
+        # ---------------------------------------------------------------- 3. LOG-PROBS: pi_old and reference (no grad)
         policy.eval()
         with torch.no_grad():
             old_logprobs, entropy = response_logprobs(policy, tokens, attn, P, cfg.temperature,
-                                                      return_entropy=True)  # (B, N), (B, N)
-            ref_logprobs = response_logprobs(ref, tokens, attn, P, cfg.temperature) if use_ref else None  # (B, N)
+                                                      return_entropy=True)  # (b, N), (b, N)
+            ref_logprobs = (response_logprobs(ref, tokens, attn, P, cfg.temperature) if use_ref
+                            else torch.zeros_like(old_logprobs))  # (b, N); unused when beta = 0
+            # every rank's rows to every rank (rank order = shard order): from here on, the whole batch (B rows)
+            tokens, attn, mask, ended, rewards, correct, old_logprobs, entropy, ref_logprobs = (
+                dist.all_gather_rows(x) for x in (tokens, attn, g.response_mask.float(), ended.float(), rewards,
+                                                  correct, old_logprobs, entropy, ref_logprobs))
+            ended = ended.bool()  # (B,)
+        rollout_tokens += int(mask.sum())
+
+        # ---------------------------------------------------------------- 4. ADVANTAGES (the whole batch)
+        advantages, zero_std = group_advantages_with_signal(rewards, G, cfg.scale_rewards)  # (B,), (B/G,)
 
         # ---------------------------------------------------------------- 5. OPTIMISE
         policy.train()
         lr = cfg.lr * (1 - it / cfg.iterations) if cfg.anneal_lr else cfg.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
-        stats: dict[str, list] = {}
+        stats: dict[str, list] = {}  # per minibatch: this rank's part, weighted by its share (summed over ranks below)
+        ratio_max: list = []
         for epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(B, generator=torch.Generator().manual_seed(cfg.seed + it * 1000 + epoch))
             for start in range(0, B, cfg.minibatch_size):
-                mb = perm[start:start + cfg.minibatch_size].to(device)
+                rows = perm[start:start + cfg.minibatch_size]  # the minibatch (the same on every rank)
+                mb = rows[rank * len(rows) // world:(rank + 1) * len(rows) // world].to(device)  # this rank's part
                 mb_mask = mask[mb]  # (b, N)
-                new_logprobs = response_logprobs(policy, tokens[mb], attn[mb], P, cfg.temperature)  # (b, N)
+                # the loss is a mean over the minibatch's responses; the token metrics are means over its tokens
+                seq_share, tok_share = len(mb) / len(rows), mb_mask.sum() / mask[rows.to(device)].sum()
+                new_logprobs = response_logprobs(ddp_policy, tokens[mb], attn[mb], P, cfg.temperature)  # (b, N)
                 old = old_logprobs[mb]  # (b, N)
                 # beta = 0: no reference; grpo_loss then ignores ref_logprobs (its kl metric is not logged)
                 loss, m = grpo_loss(new_logprobs, old, ref_logprobs[mb] if use_ref else old, advantages[mb],
                                     mb_mask, epsilon=cfg.epsilon, beta=cfg.beta)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * seq_share * world).backward()  # DDP averages the ranks' gradients: * world makes it their sum
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
                 with torch.no_grad():
                     ratio = torch.exp(new_logprobs - old)  # (b, N)
-                    for k, v in (("policy/loss", loss), ("policy/clipfrac", m["clipfrac"]),
-                                 ("policy/ratio_mean", ops.masked_mean(ratio, mb_mask)),
-                                 ("policy/ratio_max", (ratio * mb_mask).max()),
-                                 ("policy/approx_kl", ops.masked_mean(ops.kl_k3(new_logprobs, old), mb_mask))):
-                        stats.setdefault(k, []).append(v.detach())
+                    for k, v, w in (("policy/loss", loss, seq_share), ("policy/clipfrac", m["clipfrac"], tok_share),
+                                    ("policy/ratio_mean", ops.masked_mean(ratio, mb_mask), tok_share),
+                                    ("policy/approx_kl", ops.masked_mean(ops.kl_k3(new_logprobs, old), mb_mask),
+                                     tok_share)):
+                        stats.setdefault(k, []).append(v.detach() * w)
+                    ratio_max.append((ratio * mb_mask).max())
+        names = sorted(stats)  # the minibatch means over every rank's part: one all-reduce per iteration
+        table = dist.all_reduce_sum(torch.stack([torch.stack(stats[k]).float() for k in names]))  # (names, minibatches)
+        stats = {k: list(table[i]) for i, k in enumerate(names)}
         check_finite({"policy/loss": stats["policy/loss"]}, STAGE, it * cfg.ppo_epochs)
 
-        # ---------------------------------------------------------------- 6. LOG
+        # ---------------------------------------------------------------- 6. LOG (global numbers, the same on every rank)
         row = {"iteration": it + 1, "lr": lr,
                "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
                "reward/zero_std_groups": zero_std.float().mean().item(),
                "objective/entropy": ops.masked_mean(entropy, mask).item(),
-               "response/length": g.response_mask.sum(1).float().mean().item(),
+               "response/length": mask.sum(1).mean().item(),
                "response/eos_rate": ended.float().mean().item(),
-               "policy/ratio_max": torch.stack(stats.pop("policy/ratio_max")).max().item(),
+               "policy/ratio_max": dist.all_reduce_max(torch.stack(ratio_max).max()).item(),
                **{k: torch.stack(v).mean().item() for k, v in stats.items()}}
         if use_ref:
             k3 = ops.kl_k3(old_logprobs, ref_logprobs)  # (B, N)
             row["objective/kl"] = ops.masked_mean(k3, mask, dim=1).mean().item()
             row["objective/kl_sum"] = ops.masked_sum(k3, mask, dim=1).mean().item()
         if correct_fn is not None:
-            correct = correct_fn(g, prompt_index)
-            row["task/correct_rate"] = sum(correct) / len(correct)
+            row["task/correct_rate"] = correct.mean().item()
         row["seconds"] = round(watch.seconds(), 2)
         if evaluate_fn is not None and ((it + 1) % cfg.eval_interval == 0 or it + 1 == cfg.iterations):
-            last_eval = evaluate_fn(policy)
-            row.update({f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
+            if main:  # rank 0 evaluates (and writes samples); the others wait
+                last_eval = evaluate_fn(policy)
+                row.update({f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
+            dist.barrier()
         log.log(row)
         bar.set_postfix(reward=f"{row['reward/mean']:.2f}", zero=f"{row['reward/zero_std_groups']:.2f}")
     bar.close()
@@ -365,7 +412,7 @@ def run(cfg: GRPOConfig) -> dict:
         inputs["rm"] = file_digest(rm_path)
     key = config_key(cfg, inputs)
     if (summary := reusable(out, key, cfg.force)) is not None:
-        print(f"[grpo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
+        dist.print0(f"[grpo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
     tok = stage_tokenizer(init, out)
     torch.manual_seed(cfg.seed)
@@ -381,7 +428,7 @@ def run(cfg: GRPOConfig) -> dict:
     kept = [(r, render_prompt(tok, r["prompt"])) for r in rows]
     kept = [(r, ids) for r, ids in kept if len(ids) + 8 <= policy.config.block_size]
     if len(kept) < len(rows):
-        print(f"[grpo] left out {len(rows) - len(kept)} prompts too long for the context")
+        dist.print0(f"[grpo] left out {len(rows) - len(kept)} prompts too long for the context")
     texts = [prompt_text(r["prompt"]) for r, _ in kept]
     prompts = [ids for _, ids in kept]
 
@@ -397,7 +444,8 @@ def run(cfg: GRPOConfig) -> dict:
     def evaluate_fn(model):
         return world_eval(model, tok, cfg, out, reference=ref, reward_model=reward_model)
 
-    save_config(cfg, os.path.join(out, "config.json"))
+    if dist.is_main():
+        save_config(cfg, os.path.join(out, "config.json"))
     world_dir = os.path.join(cfg.out_dir, cfg.preset, "world")
     category = cfg.prompts if cfg.prompts in CATEGORIES else ""
     have_world = os.path.exists(os.path.join(world_dir, "eval_prompts.jsonl"))
@@ -408,12 +456,14 @@ def run(cfg: GRPOConfig) -> dict:
         return task_eval(model, tok, prompt_sets, cfg.task_eval_samples, cfg.temperature, cfg.max_new_tokens,
                          cfg.seed, load_judge(cfg.gold_judge))
 
-    before = task_eval_fn(policy) if prompt_sets else {}
-    print(f"[grpo] {len(prompts)} prompts ({cfg.prompts or 'all'}), reward {cfg.reward}, {cfg.iterations} "
+    before = dist.on_main(task_eval_fn, policy) if prompt_sets else {}  # rank 0 measures; the others wait
+    dist.print0(f"[grpo] {len(prompts)} prompts ({cfg.prompts or 'all'}), reward {cfg.reward}, {cfg.iterations} "
           f"iterations x {cfg.prompts_per_iteration} prompts x {cfg.group_size} responses, init {init}")
 
     result = train_grpo(policy, ref, reward_fn, prompts, tok, cfg, out, evaluate_fn,
                         correct_fn if category else None)
+    if not dist.is_main():
+        return dist.share()  # rank 0 alone measures and writes the artifacts; its summary comes back
     ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(policy, STAGE, iterations=cfg.iterations))
     summary = {"stage": STAGE, "key": key, "reward": cfg.reward, "prompts": cfg.prompts or "all",
                "iterations": cfg.iterations,
@@ -436,4 +486,4 @@ def run(cfg: GRPOConfig) -> dict:
                 print(f"[grpo] {category} accuracy, {name} ({a[f'{name}_prompts']} prompts): sampled "
                       f"{b[f'{name}_acc']} -> {a[f'{name}_acc']} ({a[f'{name}_n']} responses), greedy "
                       f"{b[f'{name}_greedy_acc']} -> {a[f'{name}_greedy_acc']}")
-    return summary
+    return dist.share(summary)

@@ -75,7 +75,7 @@ from minirlhf.common import MetricsLog, Stopwatch, check_finite, config_key, fil
     resolve_device, reusable, setup_torch, write_json
 from minirlhf.config import PPOConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import read_jsonl, read_prompts
-from minirlhf.engine import generate, response_logprobs
+from minirlhf.engine import cat_generations, generate, response_logprobs
 from minirlhf.losses import ppo_policy_loss, ppo_value_loss
 from minirlhf.model import ScalarHead
 from minirlhf.pretrain import get_batch, lm_loss, load_tokens
@@ -113,19 +113,6 @@ class ActorCritic(torch.nn.Module):
 
     def forward(self, tokens, attention_mask, prompt_len: int):
         return policy_and_values(self.policy, self.critic, tokens, attention_mask, prompt_len)
-
-
-def repad_rollout(g, P: int, N: int, pad_id: int):
-    """A Generation laid out at a common width: the prompt left-padded to P columns, the response
-    right-padded to N -> tokens (b, P + N), attention mask (b, P + N), response mask (b, N).
-
-    Extra pads change nothing: attention masks them and position ids count real tokens only."""
-    left, right = P - g.prompt.size(1), N - g.response.size(1)
-    prompt = torch.nn.functional.pad(g.prompt, (left, 0), value=pad_id)
-    prompt_mask = torch.nn.functional.pad(g.prompt_mask, (left, 0), value=0)
-    response = torch.nn.functional.pad(g.response, (0, right), value=pad_id)
-    response_mask = torch.nn.functional.pad(g.response_mask, (0, right), value=0)
-    return torch.cat([prompt, response], 1), torch.cat([prompt_mask, response_mask], 1), response_mask
 
 
 def explained_variance(values, returns, mask) -> torch.Tensor:
@@ -180,8 +167,8 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
             parts.append(generate(policy, batch[shard * shard_size:(shard + 1) * shard_size], budget, tok.end_id,
                                   tok.pad_id, temperature=cfg.temperature, generator=gen))
         N = int(dist.all_reduce_max(float(max(g.response.size(1) for g in parts))))  # the global response width
-        tokens, attn, response_mask = (torch.cat(x) for x in zip(*(repad_rollout(g, P, N, tok.pad_id) for g in parts)))
-        response = tokens[:, P:]  # (b, N): this rank's rows
+        g = cat_generations(parts, P, N, tok.pad_id)  # this rank's rows at the global width
+        tokens, attn, response, response_mask = g.tokens, g.attention_mask, g.response, g.response_mask  # (b, P + N), (b, N)
         mask = response_mask.float()  # (b, N)
         rollout_seconds += t0.seconds()
 

@@ -1,7 +1,7 @@
 """Data parallelism (torchrun, DDP, gloo on CPU): N processes train on exactly what one process trains on.
 
 Two gloo processes (`torchrun --standalone --nproc_per_node=2`) run SFT (with the pretraining mix), the
-reward model, DPO and PPO (with PPO-ptx) on the micro shapes; every loss they log and every final weight
+reward model, DPO, PPO (with PPO-ptx) and GRPO on the micro shapes; every loss they log and every final weight
 must match a one-process run with the same global batch to 1e-5 (float32, same seeds). The one-process
 run cuts each global batch into the same two micro-batches as the two processes (`--grad_accum=2`), on
 one thread like each of them, so both do the same floating-point work and agree to the last bits or
@@ -9,9 +9,9 @@ nearly: a looser comparison would not catch much, because several parameters (th
 biases) have an exactly-zero true gradient, and Adam turns the rounding noise that different batch
 shapes leave there into steps of a fraction of the learning rate. That the number of micro-batches does
 not change the step is tested on its own below, in one process (`--grad_accum` 1, 2, 4), also for SFT's
-mean over a varying number of tokens. PPO samples in two seeded shards in both runs
-(`--rollout_shards=2`), so both runs sample the same rollouts; its minibatches are not split in one
-process, so its agreement is within rounding. The same two-process job stops an SFT run after step 2
+mean over a varying number of tokens. PPO and GRPO sample in two seeded shards in both runs
+(`--rollout_shards=2`), so both runs sample the same rollouts; their minibatches are not split in one
+process, so their agreement is within rounding. The same two-process job stops an SFT run after step 2
 and resumes it (it must end where the uninterrupted run ends) and records every file each process
 writes: rank 1 must write nothing. A rank that raises must end the job with its own error (naming the
 rank), and a rank that hangs must end it after the collective timeout.
@@ -61,6 +61,10 @@ def commands(base, out: str, ref: str, grad_accum: int = 1) -> list[list[str]]: 
          f"--prompts={base['prompts']}", "--iterations=3", "--batch_size=8", "--minibatch_size=4", "--ppo_epochs=2",
          "--max_new_tokens=8", "--rollout_shards=2", "--lr=5e-4", "--ptx_coef=0.1", "--ptx_batch_size=4",
          "--eval_interval=1000"],
+        ["grpo", *common, f"--init={sft_model}", f"--reward_model={os.path.join(ref, 'micro', 'reward', 'model.pt')}",
+         f"--prompts={base['prompts']}", "--iterations=3", "--prompts_per_iteration=4", "--group_size=2",
+         "--minibatch_size=4", "--ppo_epochs=2", "--max_new_tokens=8", "--rollout_shards=2", "--lr=5e-4",
+         "--beta=0.1", "--eval_interval=1000"],
     ]
 
 
@@ -87,7 +91,7 @@ def metric_rows(out: str, stage: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def two_runs(base, tmp_path_factory):  # noqa: F811
-    """The same four stages in one process (in this pytest process) and in two torchrun processes."""
+    """The same five stages in one process (in this pytest process) and in two torchrun processes."""
     root = tmp_path_factory.mktemp("dist")
     runs = root / "runs"  # the folder whose writes are recorded (the report goes beside it)
     ref, two, resumed = str(runs / "one_process"), str(runs / "two_processes"), str(runs / "two_resumed")
@@ -132,14 +136,18 @@ def assert_weights_match(ref_path: str, two_path: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["sft", "reward", "dpo", "ppo"])
+@pytest.mark.parametrize("stage", ["sft", "reward", "dpo", "ppo", "grpo"])
 def test_two_processes_match_one_process(two_runs, stage):
     ref_rows, two_rows = metric_rows(two_runs["ref"], stage), metric_rows(two_runs["two"], stage)
     assert_rows_match(ref_rows, two_rows, stage)
-    if stage != "ppo":  # the loss must actually have moved, or matching it proves little
-        assert ref_rows[0]["loss"] != ref_rows[-1]["loss"]
-    else:
+    # the loss must actually have moved, or matching it proves little
+    if stage == "ppo":
         assert ref_rows[0]["policy_loss"] != ref_rows[-1]["policy_loss"] and "ptx_loss" in ref_rows[0]
+    elif stage == "grpo":
+        assert ref_rows[0]["policy/loss"] != ref_rows[-1]["policy/loss"] and "objective/kl" in ref_rows[0]
+        assert any(r["reward/zero_std_groups"] < 1 for r in ref_rows)  # some groups had a learning signal
+    else:
+        assert ref_rows[0]["loss"] != ref_rows[-1]["loss"]
     assert_weights_match(os.path.join(two_runs["ref"], "micro", stage, "model.pt"),
                          os.path.join(two_runs["two"], "micro", stage, "model.pt"))
     with open(os.path.join(two_runs["two"], "micro", stage, "summary.json")) as f:
@@ -163,7 +171,7 @@ def test_rank_zero_alone_writes_artifacts(two_runs):
     with open(os.path.join(two_runs["report"], "writes_rank1.json")) as f:
         rank1 = json.load(f)
     assert rank1 == [], rank1[:10]
-    for stage in ("sft", "reward", "dpo", "ppo"):
+    for stage in ("sft", "reward", "dpo", "ppo", "grpo"):
         for name in ("model.pt", "metrics.jsonl", "summary.json", "config.json"):
             assert any(w.endswith(os.path.join(stage, name)) or os.path.join(stage, name + ".tmp") in w
                        for w in rank0), (stage, name)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from minirlhf.config import ModelConfig
-from minirlhf.engine import generate, generate_naive, left_pad, sample_next
+from minirlhf.engine import cat_generations, generate, generate_naive, left_pad, response_logprobs, sample_next
 from minirlhf.model import GPT
 
 CFG = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=61)
@@ -112,3 +112,28 @@ def test_bad_lengths_are_clear_errors():
         generate(model, [[1] * 60], 10, EOS, PAD)
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         generate(model, [[1], []], 5, EOS, PAD)
+
+
+def test_padded_generations_score_the_same_and_keep_every_real_token():
+    """Two shards sampled apart, padded to one width and stacked: the extra pads change no log-prob."""
+    model = make_model(2)
+    parts = [generate(model, PROMPTS[:2], 12, EOS, PAD, temperature=1.0, generator=torch.Generator().manual_seed(1)),
+             generate(model, PROMPTS[2:], 7, EOS, PAD, temperature=1.0, generator=torch.Generator().manual_seed(2))]
+    P = max(g.prompt.size(1) for g in parts) + 2  # wider than either shard needs
+    N = max(g.response.size(1) for g in parts) + 3
+    both = cat_generations(parts, P, N, PAD)
+    assert both.tokens.shape == (4, P + N) and both.response_mask.shape == (4, N)
+    row = 0
+    for g in parts:
+        n = g.response.size(1)
+        for i in range(g.prompt.size(0)):
+            # the real tokens, in order, are exactly the shard's, and the padding is masked
+            assert both.tokens[row][both.attention_mask[row].bool()].tolist() == \
+                g.tokens[i][g.attention_mask[i].bool()].tolist()
+            assert torch.equal(both.logprobs[row, :n], g.logprobs[i]) and both.response_mask[row, n:].sum() == 0
+            row += 1
+    # log-probs recomputed on the padded batch equal the sampler's own (which saw no extra padding)
+    recomputed = response_logprobs(model, both.tokens, both.attention_mask, P)  # (4, N)
+    assert (recomputed * both.response_mask - both.logprobs).abs().max().item() < 1e-10
+    with pytest.raises(ValueError, match="already"):
+        parts[0].padded_to(1, N, PAD)

@@ -168,3 +168,18 @@ def test_prompt_selection_by_category(tmp_path):
 def test_bad_config_is_one_clear_error(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         run(cfg(tmp_path, **override))
+
+
+def test_rollout_shards_must_hold_whole_groups(tmp_path):
+    policy, ref, prompts = setup()
+    with pytest.raises(ValueError, match="--rollout_shards=3 must be a multiple"):
+        train_grpo(policy, ref, low_token_share, prompts, TOK, cfg(tmp_path, rollout_shards=3), str(tmp_path))
+
+
+def test_sharded_rollouts_train_like_one_batch_given_the_same_samples(tmp_path):
+    """One process, two seeded shards: the same rollouts as two processes would sample (see
+    test_distributed.py), and the loop runs on them as on any batch: ratio 1 before the first update."""
+    policy, ref, prompts = setup()
+    train_grpo(policy, ref, low_token_share, prompts, TOK, cfg(tmp_path, rollout_shards=2), str(tmp_path))
+    row = rows(tmp_path)[0]
+    assert abs(row["policy/ratio_mean"] - 1) < 1e-6 and row["objective/kl"] == 0.0
