@@ -26,9 +26,13 @@ A stage's code is the same for one process and for N; this module is what makes 
     code; the timeout is the backstop for a rank that hangs rather than fails. A run that ends normally
     destroys the process group (`shutdown()`, also registered at exit).
 
+The evaluation harness (`evaluate.evaluate_policy`: sampling and judging hundreds of prompts) is shared:
+rank r takes every N-th batch of prompts and the samples are all-gathered, so every rank reports the
+numbers one process would. The validation losses during training, the reward model's calibration and
+artifact writing happen on rank 0 while the others wait (see the README, "More than one GPU").
+
 Deliberate simplifications: data parallelism only (no tensor or pipeline parallelism, no FSDP); the
-global batch must divide evenly between the processes; evaluation and artifact writing happen on rank 0
-while the others wait (see the README, "More than one GPU").
+global batch must divide evenly between the processes.
 """
 
 from __future__ import annotations

@@ -326,19 +326,21 @@ def run(cfg: DPOConfig) -> dict:
                         wrapped=ddp_model)
     if result["interrupted"]:
         return {"stage": STAGE, "steps": result["steps"], "interrupted": True}
-    if not dist.is_main():
-        return dist.share()  # rank 0 alone evaluates and writes the artifacts; its summary comes back
-
-    # 4. artifacts, and the policy measured against the world (KL to the SFT reference)
-    ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(model, STAGE, loss=cfg.loss, step=result["steps"]))
-    del optimizer, ref_model  # free them before the evaluation loads the reference again
+    # 4. the policy measured against the world, KL to the SFT reference (every rank samples its share)
+    optimizer = ref_model = None  # free them before the evaluation loads the reference again
     reference, _ = ck.load_model(ref_path, device)
     rm_path = os.path.join(cfg.out_dir, cfg.preset, "reward", "model.pt")  # the proxy column, when there is one
     reward_model = ck.load_scalar_model(rm_path, device)[0] if os.path.exists(rm_path) else None
+    evaluation = world_eval(model, tok, cfg, out, reference=reference, reward_model=reward_model)
+    if not dist.is_main():
+        return dist.share()  # rank 0 alone writes the artifacts; its summary comes back
+
+    # 5. artifacts
+    ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(model, STAGE, loss=cfg.loss, step=result["steps"]))
     summary = {"stage": STAGE, "loss": cfg.loss, "key": key, "steps": result["steps"],
                **{k: round(v, 4) for k, v in result["last_eval"].items()}, "dropped_pairs": skipped,
                "train_seconds": round(result["seconds"], 2), "device": str(device)}
-    summary.update(world_eval(model, tok, cfg, out, reference=reference, reward_model=reward_model))
+    summary.update(evaluation)
     summary["seconds"] = round(watch.seconds(), 2)
     write_json(os.path.join(out, "summary.json"), summary)
     print(f"[{cfg.loss}] gold {summary.get('gold')}, KL {summary.get('kl_k1')}; {summary['seconds']:.0f} s")

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from minirlhf import distributed as dist
 from minirlhf import ops
 from minirlhf.engine import generate, response_logprobs
 from minirlhf.tokenizer import END, render_prompt
@@ -179,6 +180,10 @@ def evaluate_policy(policy, tok, world_dir: str, reference=None, reward_model=No
                     batch_size: int = 64, judge_fn=None, rows: list[dict] | None = None) -> tuple[dict, list[dict]]:
     """Sample one response per evaluation prompt and measure everything in the module docstring.
 
+    The prompts go in batches of `batch_size`, batch b sampled with a generator seeded by (seed, b). Under
+    torchrun every rank must call this: rank r samples and judges batches r, r + N, ...; the samples are
+    all-gathered, so every rank returns the same metrics and samples as one process would.
+
     reference: the model KL is measured against (None: KL is not reported); reward_model: a ScalarModel
     for the proxy reward; judge_fn(prompt, response) -> float replaces the gold judge (bring your own);
     rows: the prompts to use (dicts with prompt, category, split) instead of `eval_prompt_rows`.
@@ -189,13 +194,15 @@ def evaluate_policy(policy, tok, world_dir: str, reference=None, reward_model=No
     judge_fn = judge_fn or judge
     device = policy.lm_head.weight.device
     rows = rows if rows is not None else eval_prompt_rows(world_dir, n_train, seed)
-    gen = torch.Generator(device=device).manual_seed(seed)
     was = policy.training
     policy.eval()
     samples: list[dict] = []
-    for chunk in _batches(rows, batch_size):
+    chunks = list(_batches(rows, batch_size))
+    for b in range(dist.rank(), len(chunks), dist.world_size()):  # this rank's batches (all of them in one process)
+        chunk = chunks[b]
         prompts = [render_prompt(tok, r["prompt"]) for r in chunk]
         budget = min(max_new_tokens, policy.config.block_size - max(len(p) for p in prompts))
+        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)  # batch b: the same on any rank
         g = generate(policy, prompts, budget, tok.end_id, tok.pad_id, temperature=temperature, generator=gen)
         P = g.prompt.size(1)
         mask = g.response_mask.float()  # (B, N)
@@ -219,6 +226,10 @@ def evaluate_policy(policy, tok, world_dir: str, reference=None, reward_model=No
             s.update({k: v[i] for k, v in extra.items()})
             samples.append(s)
     policy.train(was)
+    if dist.is_distributed():  # every rank's samples to every rank, back in prompt order (batch b on rank b % N)
+        per_rank = dist.all_gather_objects(samples)
+        samples = [s for b in range(len(chunks)) for s in
+                   per_rank[b % len(per_rank)][(b // len(per_rank)) * batch_size:][:len(chunks[b])]]
 
     def mean(key, where=lambda s: True):
         vals = [float(s[key]) for s in samples if where(s)]

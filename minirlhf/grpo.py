@@ -32,7 +32,8 @@ by (seed, iteration, s), and rank r samples, rewards and scores (pi_old, referen
 The per-response results are then all-gathered, so the group advantages and every logged mean are
 computed on the whole batch, identically on every rank. Each minibatch (the same permutation on every
 rank) is split between the ranks; the loss is a mean over the minibatch's responses, so each rank
-weighs its part by its share of them and DDP sums the gradients. Rank 0 alone evaluates and writes.
+weighs its part by its share of them and DDP sums the gradients. Every rank samples its share of the
+evaluation prompts and of the task-accuracy prompts (`evaluate.evaluate_policy`); rank 0 alone writes.
 A one-process run with `--rollout_shards=N` samples exactly the same rollouts as N processes.
 
 There is no value model: the group's mean reward is the baseline. That saves a second trunk and its
@@ -373,10 +374,8 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
             row["task/correct_rate"] = correct.mean().item()
         row["seconds"] = round(watch.seconds(), 2)
         if evaluate_fn is not None and ((it + 1) % cfg.eval_interval == 0 or it + 1 == cfg.iterations):
-            if main:  # rank 0 evaluates (and writes samples); the others wait
-                last_eval = evaluate_fn(policy)
-                row.update({f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
-            dist.barrier()
+            last_eval = evaluate_fn(policy)  # every rank samples its share of the prompts; rank 0 writes samples
+            row.update({f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
         log.log(row)
         bar.set_postfix(reward=f"{row['reward/mean']:.2f}", zero=f"{row['reward/zero_std_groups']:.2f}")
     bar.close()
@@ -456,14 +455,15 @@ def run(cfg: GRPOConfig) -> dict:
         return task_eval(model, tok, prompt_sets, cfg.task_eval_samples, cfg.temperature, cfg.max_new_tokens,
                          cfg.seed, load_judge(cfg.gold_judge))
 
-    before = dist.on_main(task_eval_fn, policy) if prompt_sets else {}  # rank 0 measures; the others wait
+    before = task_eval_fn(policy) if prompt_sets else {}  # every rank samples its share (evaluate_policy)
     dist.print0(f"[grpo] {len(prompts)} prompts ({cfg.prompts or 'all'}), reward {cfg.reward}, {cfg.iterations} "
           f"iterations x {cfg.prompts_per_iteration} prompts x {cfg.group_size} responses, init {init}")
 
     result = train_grpo(policy, ref, reward_fn, prompts, tok, cfg, out, evaluate_fn,
                         correct_fn if category else None)
+    after = task_eval_fn(policy) if prompt_sets else {}
     if not dist.is_main():
-        return dist.share()  # rank 0 alone measures and writes the artifacts; its summary comes back
+        return dist.share()  # rank 0 alone writes the artifacts; its summary comes back
     ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(policy, STAGE, iterations=cfg.iterations))
     summary = {"stage": STAGE, "key": key, "reward": cfg.reward, "prompts": cfg.prompts or "all",
                "iterations": cfg.iterations,
@@ -474,7 +474,7 @@ def run(cfg: GRPOConfig) -> dict:
                "train_seconds": round(result["seconds"], 2)}
     if before:
         summary["task_eval"] = {"category": category, "samples_per_prompt": cfg.task_eval_samples,
-                                "temperature": cfg.temperature, "before": before, "after": task_eval_fn(policy)}
+                                "temperature": cfg.temperature, "before": before, "after": after}
     summary["seconds"] = round(watch.seconds(), 2)
     write_json(os.path.join(out, "summary.json"), summary)
     print(f"[grpo] gold {summary.get('gold')}, proxy {summary.get('proxy')}, KL {summary.get('kl_k1')}; "

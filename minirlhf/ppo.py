@@ -53,7 +53,8 @@ Under torchrun (N processes; see distributed.py) it is the same algorithm on the
   * each minibatch (the same permutation on every rank) is split between the ranks; the policy and value
     losses are means over the minibatch's response tokens, so each rank weighs its part by its share of
     those tokens (the PPO-ptx term by its share of the windows) and DDP sums the gradients;
-  * rank 0 alone evaluates and writes metrics.jsonl, samples and the model.
+  * every rank samples its share of the evaluation prompts (`evaluate.evaluate_policy`); rank 0 alone
+    writes metrics.jsonl, samples and the model.
 
 Deliberate simplifications: one response per prompt; the rollout batch is optimised in memory; the shared
 value head starts from zero (the reward model's head was trained on another trunk's features).
@@ -262,10 +263,8 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
                **{k: torch.stack(v).mean().item() for k, v in stats.items()},
                "seconds": round(watch.seconds(), 2)}
         if evaluate_fn is not None and ((it + 1) % cfg.eval_interval == 0 or it + 1 == cfg.iterations):
-            if main:  # rank 0 evaluates (and writes samples); the others wait
-                last_eval = evaluate_fn(policy)
-                row.update({f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
-            dist.barrier()
+            last_eval = evaluate_fn(policy)  # every rank samples its share of the prompts; rank 0 writes samples
+            row.update({f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
         log.log(row)
         bar.set_postfix(score=f"{row['objective/scores']:.2f}", kl=f"{row['objective/kl']:.2f}")
     bar.close()
@@ -316,7 +315,7 @@ def run(cfg: PPOConfig) -> dict:
         # keep a few held-out samples of every evaluation (samples.jsonl holds only the latest one)
         n_evals[0] += 1
         iteration = min(n_evals[0] * cfg.eval_interval, cfg.iterations)
-        if os.path.exists(os.path.join(out, "samples.jsonl")):
+        if dist.is_main() and os.path.exists(os.path.join(out, "samples.jsonl")):
             held = [r for _, r in read_jsonl(os.path.join(out, "samples.jsonl")) if r.get("split") == "eval"]
             with open(os.path.join(out, "eval_samples.jsonl"), "a" if n_evals[0] > 1 else "w") as f:
                 for r in held[:cfg.samples_per_eval]:

@@ -268,15 +268,17 @@ def run(cfg: SFTConfig) -> dict:
                         wrapped=ddp_model)
     if result["interrupted"]:
         return {"stage": STAGE, "steps": result["steps"], "interrupted": True}
+    # 4. the SFT policy measured against the world's gold judge (every rank samples its share of the prompts)
+    evaluation = world_eval(model, tok, cfg, out)
     if not dist.is_main():
-        return dist.share()  # rank 0 alone evaluates and writes the artifacts; its summary comes back
+        return dist.share()  # rank 0 alone writes the artifacts; its summary comes back
 
-    # 4. artifacts, and the SFT policy measured against the world's gold judge
+    # 5. artifacts
     ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(model, STAGE, step=result["steps"]))
     summary = {"stage": STAGE, "key": key, "steps": result["steps"], "val_loss": round(result["last_eval"]["val_loss"], 4),
                "examples": len(train), "truncated": n_trunc + n_trunc_val, "train_seconds": round(result["seconds"], 2),
                "device": str(device)}
-    summary.update(world_eval(model, tok, cfg, out))
+    summary.update(evaluation)
     summary["seconds"] = round(watch.seconds(), 2)
     write_json(os.path.join(out, "summary.json"), summary)
     print(f"[sft] val loss {summary['val_loss']:.3f}, {summary['seconds']:.0f} s")
@@ -284,7 +286,10 @@ def run(cfg: SFTConfig) -> dict:
 
 
 def world_eval(model, tok, cfg, out: str, reference=None, reward_model=None) -> dict:
-    """evaluate_policy on the world's prompts (when the world exists); samples go to samples.jsonl."""
+    """evaluate_policy on the world's prompts (when the world exists); samples go to samples.jsonl.
+
+    Under torchrun every rank calls it (each samples its share of the prompts; see `evaluate_policy`) and
+    gets the same metrics; rank 0 alone writes the samples."""
     from minirlhf.data import write_jsonl
     from minirlhf.evaluate import FORUM_SAMPLES, evaluate_policy, forum_prompt_rows, load_judge
 
@@ -296,7 +301,8 @@ def world_eval(model, tok, cfg, out: str, reference=None, reward_model=None) -> 
     metrics, samples = evaluate_policy(model, tok, world_dir, reference, reward_model,
                                        pretrain_dir if os.path.exists(os.path.join(pretrain_dir, "val.bin")) else None,
                                        seed=cfg.seed, judge_fn=judge_fn)
-    write_jsonl(os.path.join(out, "samples.jsonl"), samples)
+    if dist.is_main():
+        write_jsonl(os.path.join(out, "samples.jsonl"), samples)
     # the questions the base model was asked in the forum format, now in the chat format: same prompts
     forum_metrics, _ = evaluate_policy(model, tok, world_dir, seed=cfg.seed, rows=forum_prompt_rows(world_dir, FORUM_SAMPLES),
                                        judge_fn=judge_fn)

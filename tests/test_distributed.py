@@ -2,7 +2,8 @@
 
 Two gloo processes (`torchrun --standalone --nproc_per_node=2`) run SFT (with the pretraining mix), the
 reward model, DPO, PPO (with PPO-ptx) and GRPO on the micro shapes; every loss they log and every final weight
-must match a one-process run with the same global batch to 1e-5 (float32, same seeds). The one-process
+must match a one-process run with the same global batch to 1e-5 (float32, same seeds), and so must the
+evaluation harness each stage ends with (each rank samples and judges its share of the prompts). The one-process
 run cuts each global batch into the same two micro-batches as the two processes (`--grad_accum=2`), on
 one thread like each of them, so both do the same floating-point work and agree to the last bits or
 nearly: a looser comparison would not catch much, because several parameters (the attention's key
@@ -41,6 +42,8 @@ TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 WORKER = os.path.join(os.path.dirname(__file__), "dist_worker.py")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
+EVAL_KEYS = {"gold", "gold_train", "fact_acc_train", "refusal_sft_unsafe", "length", "eos_rate", "n_prompts",
+             "forum_prompts_gold", "kl_k1", "proxy"}  # summary.json numbers from the evaluation harness
 
 
 def commands(base, out: str, ref: str, grad_accum: int = 1) -> list[list[str]]:  # noqa: F811
@@ -77,11 +80,14 @@ def torchrun(spec: dict, path, timeout: float = 600, nproc: int = 2, **env_vars)
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
-def with_pretrain_tokens(base, out: str) -> None:  # noqa: F811
-    """SFT's and PPO's pretraining mix read out/<preset>/pretrain/train.bin: give each run the base model's."""
+def with_pretrain_tokens(base, out: str, world: str | None = None) -> None:  # noqa: F811
+    """SFT's and PPO's pretraining mix read out/<preset>/pretrain/train.bin: give each run the base model's
+    (and, with `world`, a copy of a micro world, so that every stage ends with the evaluation harness)."""
     os.makedirs(os.path.join(out, "micro", "pretrain"), exist_ok=True)
     shutil.copyfile(os.path.join(base["out"], "micro", "pretrain", "train.bin"),
                     os.path.join(out, "micro", "pretrain", "train.bin"))
+    if world is not None:
+        shutil.copytree(world, os.path.join(out, "micro", "world"))
 
 
 def metric_rows(out: str, stage: str) -> list[dict]:
@@ -95,8 +101,9 @@ def two_runs(base, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("dist")
     runs = root / "runs"  # the folder whose writes are recorded (the report goes beside it)
     ref, two, resumed = str(runs / "one_process"), str(runs / "two_processes"), str(runs / "two_resumed")
+    assert main(["world", "--preset=micro", f"--out_dir={root / 'world'}"]) == 0
     for out in (ref, two, resumed):
-        with_pretrain_tokens(base, out)
+        with_pretrain_tokens(base, out, world=str(root / "world" / "micro" / "world"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun worker (OMP_NUM_THREADS=1): the same float reductions
     try:
@@ -150,8 +157,17 @@ def test_two_processes_match_one_process(two_runs, stage):
         assert ref_rows[0]["loss"] != ref_rows[-1]["loss"]
     assert_weights_match(os.path.join(two_runs["ref"], "micro", stage, "model.pt"),
                          os.path.join(two_runs["two"], "micro", stage, "model.pt"))
-    with open(os.path.join(two_runs["two"], "micro", stage, "summary.json")) as f:
-        assert json.load(f)["stage"] == stage
+    # the evaluation harness at the end (each rank sampled half of the prompts) reports what one process does
+    summaries = []
+    for run in ("ref", "two"):
+        with open(os.path.join(two_runs[run], "micro", stage, "summary.json")) as f:
+            summaries.append(json.load(f))
+    assert summaries[1]["stage"] == stage
+    if stage != "reward":
+        a, b = ({k: v for k, v in x.items() if k in EVAL_KEYS} for x in summaries)
+        assert a.keys() == b.keys() == EVAL_KEYS - ({"kl_k1", "proxy"} if stage == "sft" else set()), stage
+        assert_rows_match([a], [b], stage)
+        assert a["n_prompts"] > 64, "the evaluation must span several batches, or no rank had to share"
 
 
 @pytest.mark.slow
