@@ -131,8 +131,11 @@ def file_digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def config_key(cfg, inputs: dict[str, str], ignore=("force", "resume", "progress", "stop_after")) -> str:
-    """A digest of the config (minus flags that do not change the result) and the inputs' digests."""
+def config_key(cfg, inputs: dict[str, str], ignore=("force", "resume", "progress", "stop_after", "out_dir")) -> str:
+    """A digest of the config (minus flags that do not change the result) and the inputs' digests.
+
+    `out_dir` is left out: where the artifacts live does not change them (the inputs are digested by
+    content), so a moved or copied out/ folder is still reused."""
     d = {k: v for k, v in vars(cfg).items() if k not in ignore}
     blob = json.dumps({"config": d, "inputs": inputs}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 from minirlhf.cli import main
 
@@ -26,6 +27,14 @@ def test_micro_pipeline_end_to_end(tmp_path, capsys):
     # a second run reuses every stage
     capsys.readouterr()
     assert main(args) == 0
+    printed = capsys.readouterr().out
+    for stage in ("pretrain", "sft", "pairs", "reward", "ppo", "dpo"):
+        assert f"[{stage}] reusing" in printed, stage
+
+    # and so does a run on a copy of the folder (the key does not depend on where out/ is)
+    moved = str(tmp_path / "moved")
+    shutil.copytree(out, moved)
+    assert main([a if not a.startswith("--out_dir=") else f"--out_dir={moved}" for a in args]) == 0
     printed = capsys.readouterr().out
     for stage in ("pretrain", "sft", "pairs", "reward", "ppo", "dpo"):
         assert f"[{stage}] reusing" in printed, stage
