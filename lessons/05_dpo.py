@@ -1,6 +1,6 @@
 """Lesson 05 -- DPO: preference optimisation with no reward model and no sampling.
 
-Run:      python lessons/05_dpo.py          (preset tiny: about 7 minutes on a 2-core CPU after lesson 03)
+Run:      python lessons/05_dpo.py          (preset tiny: 5 minutes on a 2-core CPU after lesson 03, measured)
           python lessons/05_dpo.py micro    (under a minute; learns little)
 Reads:    out/<preset>/sft/ (lesson 02), out/<preset>/pairs/prefs.jsonl (lesson 03: the on-policy pairs
           DPO trains on), out/<preset>/world/prefs_eval.jsonl (held-out pairs); run here if missing
