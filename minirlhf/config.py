@@ -273,6 +273,7 @@ class EvalConfig:
     max_new_tokens: int = 48  # response budget in tokens
     n_train: int = 120  # training-split prompts evaluated besides the held-out ones
     seed: int = 0  # sampling seed: same seed, same numbers
+    seeds: str = ""  # comma-separated seeds, e.g. 1,2,3,4,5: evaluate once per seed, report mean and std (replaces --seed)
     device: str = "auto"  # "auto", "cpu", "cuda"
     output: str = ""  # JSON file for the metrics; "" = eval.json next to the checkpoint
     gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge

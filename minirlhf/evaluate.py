@@ -5,6 +5,7 @@
                                        pretrain_dir="out/tiny/pretrain")
     minirlhf eval --checkpoint out/tiny/sft/model.pt        # the same, as a printed table + eval.json
     minirlhf eval --checkpoint out/tiny/sft/model.pt --gold-judge my_judges:politeness   # your own judge
+    minirlhf eval --checkpoint out/tiny/dpo/model.pt --seeds=1,2,3,4,5   # mean and std over sampling seeds
 
 What `evaluate_policy` measures (one sampled response per prompt, temperature 1 by default, fixed seed):
 
@@ -30,7 +31,9 @@ What `evaluate_policy` measures (one sampled response per prompt, temperature 1 
 base model is not charged for a chat token it has never seen).
 
 Deliberate simplifications: one sample per prompt (means over a few hundred prompts; enough to compare
-stages, not to resolve differences of a few hundredths); refusals and flattery are detected by phrases.
+stages, not to resolve differences of a few hundredths: on `tiny` the held-out gold of one SFT model
+ranges from 0.16 to 0.27 over six seeds -- `--seeds` measures that noise for any checkpoint); refusals
+and flattery are detected by phrases.
 """
 
 from __future__ import annotations
@@ -316,6 +319,30 @@ def format_table(results: dict[str, dict], keys: list[str] | None = None) -> str
     return "\n".join(lines)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """"1,2,3" -> [1, 2, 3], with a clear error for anything else (at least two distinct seeds)."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds={text!r}: expected comma-separated integers, e.g. --seeds=1,2,3") from None
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds={text!r}: give at least two distinct seeds (one seed: --seed)")
+    return seeds
+
+
+def mean_and_std(runs: list[dict]) -> tuple[dict, dict]:
+    """Per metric, the mean and the sample standard deviation (n - 1) over several evaluations; NaN values
+    (a metric with no prompts) are left out of both."""
+    mean, std = {}, {}
+    for k in runs[0]:
+        vals = [float(r[k]) for r in runs if isinstance(r[k], (int, float)) and not math.isnan(float(r[k]))]
+        if not vals:
+            continue
+        mean[k] = float(np.mean(vals))
+        std[k] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+    return mean, std
+
+
 def run(cfg) -> dict:
     """`minirlhf eval`: load the policy (and the reference and reward model if present), print the table."""
     from minirlhf.checkpoint import load_model, load_scalar_model
@@ -325,6 +352,7 @@ def run(cfg) -> dict:
     if not cfg.checkpoint:
         raise ValueError("--checkpoint is required, e.g. --checkpoint=out/tiny/sft/model.pt")
     judge_fn = load_judge(cfg.gold_judge)  # before any model is loaded: a bad spec fails at once
+    seeds = parse_seeds(cfg.seeds) if cfg.seeds else [cfg.seed]
     device = resolve_device(cfg.device)
     base = os.path.join(cfg.out_dir, cfg.preset)
     policy, _ = load_model(cfg.checkpoint, device)
@@ -334,13 +362,22 @@ def run(cfg) -> dict:
     reference = load_model(ref_path, device)[0] if os.path.exists(ref_path) else None
     reward_model = load_scalar_model(rm_path, device)[0] if os.path.exists(rm_path) else None
     pretrain_dir = os.path.join(base, "pretrain")
-    metrics, samples = evaluate_policy(policy, tok, os.path.join(base, "world"), reference, reward_model,
-                                       pretrain_dir if os.path.exists(os.path.join(pretrain_dir, "val.bin")) else None,
-                                       cfg.temperature, cfg.max_new_tokens, cfg.seed, cfg.n_train, judge_fn=judge_fn)
-    print(format_table({os.path.basename(os.path.dirname(os.path.abspath(cfg.checkpoint))): metrics}))
+    per_seed = {}
+    for seed in seeds:
+        per_seed[seed], _ = evaluate_policy(policy, tok, os.path.join(base, "world"), reference, reward_model,
+                                            pretrain_dir if os.path.exists(os.path.join(pretrain_dir, "val.bin")) else None,
+                                            cfg.temperature, cfg.max_new_tokens, seed, cfg.n_train, judge_fn=judge_fn)
+    name = os.path.basename(os.path.dirname(os.path.abspath(cfg.checkpoint)))
+    result = {"checkpoint": cfg.checkpoint, "gold_judge": cfg.gold_judge or "world",
+              "reference": ref_path if reference else None, "reward_model": rm_path if reward_model else None}
+    if len(seeds) == 1:
+        metrics = per_seed[seeds[0]]
+        print(format_table({name: metrics}))
+    else:  # the sampling noise: the same model and prompts, one evaluation per seed
+        metrics, std = mean_and_std(list(per_seed.values()))
+        print(format_table({**{f"seed {s}": m for s, m in per_seed.items()}, "mean": metrics, "std": std}))
+        result.update({"seeds": seeds, "std": std, "per_seed": {str(s): m for s, m in per_seed.items()}})
     output = cfg.output or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "eval.json")
-    write_json(output, {"checkpoint": cfg.checkpoint, "gold_judge": cfg.gold_judge or "world",
-                        "reference": ref_path if reference else None,
-                        "reward_model": rm_path if reward_model else None, "metrics": metrics})
+    write_json(output, {**result, "metrics": metrics})
     print(f"metrics written to {output}")
     return metrics

@@ -191,3 +191,31 @@ def test_missing_world_file_names_the_option_that_replaces_it(tmp_path):
     cfg = SimpleNamespace(out_dir=str(tmp_path), preset="micro")
     with pytest.raises(FileNotFoundError, match=r"sft_eval.jsonl does not exist: pass --eval_data=FILE, or build"):
         world_file(cfg, "sft_eval.jsonl", "--eval_data")
+
+
+def test_eval_over_several_seeds_reports_mean_and_std(judged, tmp_path):
+    """--seeds: one evaluation per seed, each equal to a single-seed run, then their mean and sample std."""
+    common = ["eval", f"--checkpoint={judged['checkpoint']}", "--preset=micro", f"--out_dir={judged['wout']}",
+              "--n_train=8", "--device=cpu", "--max_new_tokens=8"]
+    singles = []
+    for seed in (3, 4):
+        assert main([*common, f"--seed={seed}", f"--output={tmp_path / f'seed{seed}.json'}"]) == 0
+        with open(tmp_path / f"seed{seed}.json") as fh:
+            singles.append(json.load(fh)["metrics"])
+    assert main([*common, "--seeds=3,4", f"--output={tmp_path / 'both.json'}"]) == 0
+    with open(tmp_path / "both.json") as fh:
+        both = json.load(fh)
+    assert both["seeds"] == [3, 4] and both["per_seed"] == {"3": singles[0], "4": singles[1]}
+    a, b = singles[0]["length"], singles[1]["length"]
+    assert a != b  # different samples, or the mean and std below would prove little
+    assert both["metrics"]["length"] == pytest.approx((a + b) / 2)
+    assert both["std"]["length"] == pytest.approx(abs(a - b) / 2 ** 0.5)  # sample std of two numbers
+
+
+@pytest.mark.parametrize("seeds", ["1", "1,1", "1,x"])
+def test_bad_seeds_are_a_clear_error(judged, capsys, seeds):
+    capsys.readouterr()
+    assert main(["eval", f"--checkpoint={judged['checkpoint']}", "--preset=micro", f"--out_dir={judged['wout']}",
+                 f"--seeds={seeds}"]) == 1
+    err = capsys.readouterr().err
+    assert f"--seeds={seeds!r}" in err
