@@ -205,10 +205,11 @@ class PPOConfig:
     force: bool = False  # retrain even if the inputs are unchanged
     device: str = "auto"  # "auto", "cpu", "cuda"
     init: str = ""  # policy and reference init; "" = out/<preset>/sft/model.pt
-    run_name: str = ""  # folder under out/<preset>/ for this run's artifacts; "" = "ppo"
+    run_name: str = ""  # folder under out/<preset>/ for this run's artifacts; "" = "ppo" (reward=rm) or "ppo_gold"
     reward_model: str = ""  # "" = out/<preset>/reward/model.pt
     value_init: str = ""  # value model init (trunk + head); "" = the reward model (InstructGPT)
     value_model: str = "separate"  # "separate" (own trunk, from the RM) or "shared" (a head on the policy's trunk)
+    reward: str = "rm"  # "rm": the reward model's score; "gold": the gold judge itself (the ceiling a perfect reward model would give)
     prompts: str = ""  # RL prompts; "" = the world's rl_prompts.jsonl
     iterations: int = 0  # rollout + optimise iterations; 0 = from preset
     batch_size: int = 0  # rollouts per iteration; 0 = from preset

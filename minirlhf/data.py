@@ -505,6 +505,11 @@ def read_kto(path: str | os.PathLike, *, tokenizer: Encoder | None = None,
     return rows
 
 
+def prompt_text(prompt) -> str:
+    """A prompt as the judge reads it: the string itself, or a message list's last user turn."""
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
 def read_prompts(path: str | os.PathLike, *, tokenizer: Encoder | None = None,
                  max_prompt_tokens: int | None = None, truncate: bool = False,
                  report: dict | None = None) -> list[Messages]:

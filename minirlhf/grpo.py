@@ -95,7 +95,7 @@ from minirlhf import ops, rl
 from minirlhf.common import MetricsLog, Stopwatch, check_finite, config_key, file_digest, make_adamw, \
     resolve_device, reusable, setup_torch, write_json
 from minirlhf.config import GRPOConfig, fill_from_preset, save_config, stage_dir
-from minirlhf.data import read_prompts
+from minirlhf.data import prompt_text, read_prompts
 from minirlhf.engine import cat_generations, generate, response_logprobs
 from minirlhf.losses import grpo_loss
 from minirlhf.sft import stage_file, stage_tokenizer, world_eval, world_file
@@ -146,11 +146,6 @@ def decode_responses(tok, g) -> list[str]:
     for row, keep in zip(g.response.tolist(), g.response_mask.tolist()):
         texts.append(tok.decode([t for t, k in zip(row, keep) if k]))
     return texts
-
-
-def prompt_text(prompt) -> str:
-    """A prompt as the judge reads it: the string itself, or a message list's last user turn."""
-    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
 
 
 def load_prompt_rows(cfg) -> tuple[list[dict], str]:

@@ -38,6 +38,9 @@ Options worth flipping and comparing:
   --cliprange_value=0       no value clipping
   --value_model=shared      the value head reads the policy's own hidden states: one trunk instead of
                             two (less memory, one forward pass); the value loss then also moves the policy
+  --reward=gold             score rollouts with the gold judge instead of the reward model: the ceiling
+                            PPO reaches with a perfect reward (outputs in out/<preset>/ppo_gold/; the value
+                            model still starts from the reward model, whose score stays the proxy column)
   --ptx_coef=1.0            PPO-ptx (InstructGPT eq. 2): add ptx_coef * the next-token loss on pretraining
                             windows to every minibatch, so the policy keeps its language-model skills (the
                             alignment tax shows as held-out perplexity); logged as ptx_loss
@@ -75,7 +78,7 @@ from minirlhf import ops, rl
 from minirlhf.common import MetricsLog, Stopwatch, check_finite, config_key, file_digest, make_adamw, \
     resolve_device, reusable, setup_torch, write_json
 from minirlhf.config import PPOConfig, fill_from_preset, save_config, stage_dir
-from minirlhf.data import read_jsonl, read_prompts
+from minirlhf.data import prompt_text, read_jsonl, read_prompts
 from minirlhf.engine import cat_generations, generate, response_logprobs
 from minirlhf.losses import ppo_policy_loss, ppo_value_loss
 from minirlhf.model import ScalarHead
@@ -114,6 +117,30 @@ class ActorCritic(torch.nn.Module):
 
     def forward(self, tokens, attention_mask, prompt_len: int):
         return policy_and_values(self.policy, self.critic, tokens, attention_mask, prompt_len)
+
+
+def gold_score_fn(prompts: list[list[int]], texts: list[str], tok, judge_fn):
+    """score_fn for `--reward=gold`: the judge on (prompt text, decoded response) of every rollout row.
+
+    prompts: the rendered prompts (token ids), texts: what the judge reads for each. A row's real tokens
+    (attention mask 1) start with its rendered prompt -- the longest rendered prompt that is a prefix of
+    the row, so a multi-turn prompt is not mistaken for a shorter one it begins with -- and the rest is
+    the response (ending with <|end|> when the policy emitted it, which the judge checks).
+    """
+    by_ids = {tuple(p): t for p, t in zip(prompts, texts)}
+    lengths = sorted({len(p) for p in prompts}, reverse=True)
+
+    def score(tokens, attention_mask):
+        scores = []
+        for row, keep in zip(tokens.tolist(), attention_mask.tolist()):
+            real = [t for t, k in zip(row, keep) if k]
+            n = next((n for n in lengths if tuple(real[:n]) in by_ids), None)
+            if n is None:
+                raise ValueError("ppo --reward=gold: a rollout does not start with any of the rendered prompts")
+            scores.append(float(judge_fn(by_ids[tuple(real[:n])], tok.decode(real[n:]))))
+        return torch.tensor(scores, dtype=torch.float32, device=tokens.device)  # (B,)
+
+    return score
 
 
 def explained_variance(values, returns, mask) -> torch.Tensor:
@@ -274,8 +301,13 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
 
 
 def run(cfg: PPOConfig) -> dict:
+    from minirlhf.evaluate import load_judge
+    from minirlhf.world import judge
+
     fill_from_preset(cfg)
-    out = stage_dir(cfg, cfg.run_name or STAGE)
+    if cfg.reward not in ("rm", "gold"):
+        raise ValueError(f"--reward={cfg.reward!r}: expected 'rm' (the reward model) or 'gold' (the gold judge)")
+    out = stage_dir(cfg, cfg.run_name or (STAGE if cfg.reward == "rm" else f"{STAGE}_gold"))
     device = resolve_device(cfg.device)
     setup_torch(device)
     watch = Stopwatch()
@@ -302,11 +334,16 @@ def run(cfg: PPOConfig) -> dict:
         raise ValueError(f"--value_model={cfg.value_model!r}: expected 'separate' or 'shared'")
     ptx_data = load_tokens(stage_file(cfg, "pretrain", "train.bin"), policy.config.vocab_size) \
         if cfg.ptx_coef > 0 else None
-    prompts = [render_prompt(tok, p) for p in read_prompts(prompts_path)]
-    prompts = [p for p in prompts if len(p) + 8 <= policy.config.block_size]
+    rows = [(p, render_prompt(tok, p)) for p in read_prompts(prompts_path)]
+    rows = [(p, ids) for p, ids in rows if len(ids) + 8 <= policy.config.block_size]
+    prompts = [ids for _, ids in rows]
+    # the reward: the reward model's score, or (--reward=gold) the gold judge on the decoded response
+    score_fn = reward_model.score if cfg.reward == "rm" else gold_score_fn(
+        prompts, [prompt_text(p) for p, _ in rows], tok, load_judge(cfg.gold_judge) or judge)
     if dist.is_main():
         save_config(cfg, os.path.join(out, "config.json"))
-    dist.print0(f"[ppo] {len(prompts)} prompts, {cfg.iterations} iterations x {cfg.batch_size} rollouts, init {init}")
+    dist.print0(f"[ppo] {len(prompts)} prompts, reward {cfg.reward}, {cfg.iterations} iterations x {cfg.batch_size} "
+                f"rollouts, init {init}")
 
     n_evals = [0]
 
@@ -322,11 +359,11 @@ def run(cfg: PPOConfig) -> dict:
                     f.write(json.dumps({"iteration": iteration, **r}) + "\n")
         return metrics
 
-    result = train_ppo(policy, ref, value_model, reward_model.score, prompts, tok, cfg, out, evaluate_fn, ptx_data)
+    result = train_ppo(policy, ref, value_model, score_fn, prompts, tok, cfg, out, evaluate_fn, ptx_data)
     if not dist.is_main():
         return dist.share()  # rank 0 alone writes the artifacts; its summary comes back
     ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(policy, STAGE, iterations=cfg.iterations))
-    summary = {"stage": STAGE, "key": key, "iterations": cfg.iterations,
+    summary = {"stage": STAGE, "key": key, "reward": cfg.reward, "iterations": cfg.iterations,
                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in result["last_eval"].items()},
                "iterations_per_second": round(result["iterations_per_second"], 4),
                "rollout_tokens_per_second": round(result["rollout_tokens_per_second"], 1),

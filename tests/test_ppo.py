@@ -99,3 +99,39 @@ def test_ptx_without_data_is_a_clear_error(tmp_path):
     policy, ref, value, prompts = setup()
     with pytest.raises(ValueError, match="ptx_data"):
         train_ppo(policy, ref, value, low_token_share, prompts, TOK, cfg(tmp_path, ptx_coef=0.5), str(tmp_path))
+
+
+def test_gold_score_reads_each_rows_prompt_and_response_through_padding():
+    """--reward=gold: every row is judged on its own prompt's text and its own decoded response, whatever
+    the left and right padding, and a multi-turn prompt is not mistaken for the shorter prompt it starts with."""
+    from minirlhf.engine import cat_generations, Generation
+    from minirlhf.ppo import gold_score_fn
+
+    short, long_ = [1, 2, 9], [1, 2, 9, 5, 6, 7, 9]  # long_ begins with short (a multi-turn rendering)
+    other = [3, 9]
+    tok = SimpleNamespace(decode=lambda ids: ",".join(map(str, ids)))
+    seen = []
+
+    def judge(prompt, response):
+        seen.append((prompt, response))
+        return float(len(response))
+
+    score = gold_score_fn([short, long_, other], ["short?", "long?", "other?"], tok, judge)
+    parts = []
+    for prompt, response in ((short, [11, 12]), (long_, [13]), (other, [14, 15, 16])):
+        mask = torch.ones(1, len(response), dtype=torch.long)
+        parts.append(Generation(torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long),
+                                torch.tensor([response]), torch.zeros(1, len(response)), mask))
+    g = cat_generations(parts, P=9, N=5, pad_id=PAD)  # left-padded prompts, right-padded responses
+    scores = score(g.tokens, g.attention_mask)
+    assert seen == [("short?", "11,12"), ("long?", "13"), ("other?", "14,15,16")]
+    assert scores.tolist() == [5.0, 2.0, 8.0]
+    with pytest.raises(ValueError, match="does not start with any of the rendered prompts"):
+        score(torch.tensor([[4, 4, 4]]), torch.ones(1, 3, dtype=torch.long))
+
+
+def test_unknown_reward_is_a_clear_error(tmp_path):
+    from minirlhf.ppo import run
+
+    with pytest.raises(ValueError, match="--reward='judge'"):
+        run(cfg(tmp_path, reward="judge"))
