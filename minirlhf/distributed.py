@@ -287,6 +287,17 @@ def any_rank(flag: bool) -> bool:
     return bool(all_reduce_max(1.0 if flag else 0.0)) if is_distributed() else flag
 
 
+def sum_parts(stats: dict[str, list]) -> dict[str, list]:
+    """Per-minibatch numbers, each this rank's weighted part of the minibatch's mean -> the minibatch means.
+
+    stats: name -> [0-d tensor per minibatch]; every rank must hold the same names and counts. The parts
+    are summed over the ranks in one all-reduce (the identity in one process, where the part is the whole).
+    """
+    names = sorted(stats)
+    table = all_reduce_sum(torch.stack([torch.stack(stats[k]).float() for k in names]))  # (names, minibatches)
+    return {k: list(table[i]) for i, k in enumerate(names)}
+
+
 def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's tensor along dim 0, in rank order (the shapes must be equal)."""
     if not is_distributed():

@@ -100,6 +100,35 @@ def cat_generations(parts: list[Generation], P: int, N: int, pad_id: int) -> Gen
                         ("prompt", "prompt_mask", "response", "logprobs", "response_mask")))
 
 
+def generate_sharded(model, prompts: list[list[int]], n_shards: int, seed: int, max_new_tokens: int, eos_id: int,
+                     pad_id: int, temperature: float = 1.0) -> tuple[Generation, slice]:
+    """This process's rows of a batch sampled in `n_shards` seeded shards -> (Generation, its rows of `prompts`).
+
+    The rollout batch of PPO and GRPO, the same whatever the number of processes N: shard s (rows
+    [s * B / n_shards, (s + 1) * B / n_shards)) is sampled with a generator seeded by `seed` and s, and rank
+    r samples shards [r * n_shards / N, (r + 1) * n_shards / N), so one process with n_shards = N samples
+    exactly what N processes do. Every rank lays its rows out at the batch's widths: P = the longest
+    prompt of the whole batch, and N = the longest response on any rank (one all-reduce), so the ranks'
+    rows can be all-gathered. n_shards must be a multiple of N and divide len(prompts) (checked by the
+    stages, with their own option names).
+    """
+    from minirlhf import distributed as dist
+
+    world, rank = dist.world_size(), dist.rank()
+    shard_size = len(prompts) // n_shards
+    P = max(len(p) for p in prompts)  # the global batch's prompt width
+    budget = min(max_new_tokens, unwrap(model).config.block_size - P)
+    device = unwrap(model).lm_head.weight.device
+    first, stop = rank * n_shards // world, (rank + 1) * n_shards // world  # this rank's shards
+    parts = []
+    for shard in range(first, stop):  # each sampled with a generator of its own
+        gen = torch.Generator(device=device).manual_seed(seed * 1_009 + shard)
+        parts.append(generate(model, prompts[shard * shard_size:(shard + 1) * shard_size], budget, eos_id, pad_id,
+                              temperature=temperature, generator=gen))
+    N = int(dist.all_reduce_max(float(max(g.response.size(1) for g in parts))))  # the global response width
+    return cat_generations(parts, P, N, pad_id), slice(first * shard_size, stop * shard_size)
+
+
 def left_pad(prompts: list[list[int]], pad_id: int, device=None):
     """Left-pad a list of token-id lists -> ids (B, P), mask (B, P) with 1 on real tokens."""
     if len(prompts) == 0:

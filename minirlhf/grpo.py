@@ -96,7 +96,7 @@ from minirlhf.common import MetricsLog, Stopwatch, check_finite, config_key, fil
     resolve_device, reusable, setup_torch, write_json
 from minirlhf.config import GRPOConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import prompt_text, read_prompts
-from minirlhf.engine import cat_generations, generate, response_logprobs
+from minirlhf.engine import generate_sharded, response_logprobs
 from minirlhf.losses import grpo_loss
 from minirlhf.sft import stage_file, stage_tokenizer, world_eval, world_file
 from minirlhf.tokenizer import render_prompt
@@ -255,8 +255,6 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
     if world > 1 and (cfg.minibatch_size % world or B % cfg.minibatch_size):
         raise ValueError(f"with {world} processes --minibatch_size={cfg.minibatch_size} must be divisible by "
                          f"{world} and divide the {B} responses of an iteration")
-    my_shards = range(rank * shards // world, (rank + 1) * shards // world)
-    shard_rows = B // shards  # responses per shard: whole groups
     use_ref = cfg.beta != 0.0
     if use_ref:
         if ref is None:
@@ -276,18 +274,11 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
         chosen = order.sample(range(len(prompts)), cfg.prompts_per_iteration)  # the same on every rank
         prompt_index = [i for i in chosen for _ in range(G)]  # each prompt G times, side by side
         batch = [prompts[i] for i in prompt_index]
-        P = max(len(p) for p in batch)  # the global batch's prompt width
-        budget = min(cfg.max_new_tokens, policy.config.block_size - P)
-        parts, local_index = [], []
-        for shard in my_shards:  # this rank's shards, each sampled with a generator of its own
-            gen = torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + it) * 1_009 + shard)
-            rows = slice(shard * shard_rows, (shard + 1) * shard_rows)
-            parts.append(generate(policy, batch[rows], budget, tok.end_id, tok.pad_id, temperature=cfg.temperature,
-                                  generator=gen))
-            local_index += prompt_index[rows]
-        N = int(dist.all_reduce_max(float(max(g.response.size(1) for g in parts))))  # the global response width
-        g = cat_generations(parts, P, N, tok.pad_id)  # this rank's rows at the global width
-        tokens, attn = g.tokens, g.attention_mask  # (b, P + N) each
+        # this rank's shards (whole groups: shard size = B / rollout_shards), at the global width
+        g, mine = generate_sharded(policy, batch, shards, cfg.seed * 1_000_003 + it, cfg.max_new_tokens, tok.end_id,
+                                   tok.pad_id, cfg.temperature)
+        local_index = prompt_index[mine]  # the prompt of each of this rank's rows
+        tokens, attn, P = g.tokens, g.attention_mask, g.prompt.size(1)  # (b, P + N) each
         rollout_seconds += t0.seconds()
 
         # ---------------------------------------------------------------- 2. REWARD (no grad)
@@ -348,9 +339,7 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
                                      tok_share)):
                         stats.setdefault(k, []).append(v.detach() * w)
                     ratio_max.append((ratio * mb_mask).max())
-        names = sorted(stats)  # the minibatch means over every rank's part: one all-reduce per iteration
-        table = dist.all_reduce_sum(torch.stack([torch.stack(stats[k]).float() for k in names]))  # (names, minibatches)
-        stats = {k: list(table[i]) for i, k in enumerate(names)}
+        stats = dist.sum_parts(stats)  # the minibatch means over every rank's part: one all-reduce per iteration
         check_finite({"policy/loss": stats["policy/loss"]}, STAGE, it * cfg.ppo_epochs)
 
         # ---------------------------------------------------------------- 6. LOG (global numbers, the same on every rank)

@@ -79,7 +79,7 @@ from minirlhf.common import MetricsLog, Stopwatch, check_finite, config_key, fil
     resolve_device, reusable, setup_torch, write_json
 from minirlhf.config import PPOConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import prompt_text, read_jsonl, read_prompts
-from minirlhf.engine import cat_generations, generate, response_logprobs
+from minirlhf.engine import generate_sharded, response_logprobs
 from minirlhf.losses import ppo_policy_loss, ppo_value_loss
 from minirlhf.model import ScalarHead
 from minirlhf.pretrain import get_batch, lm_loss, load_tokens
@@ -169,8 +169,6 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
     if world > 1 and (cfg.minibatch_size % world or cfg.batch_size % cfg.minibatch_size):
         raise ValueError(f"with {world} processes --minibatch_size={cfg.minibatch_size} must be divisible by "
                          f"{world} and divide --batch_size={cfg.batch_size}")
-    my_shards = range(rank * shards // world, (rank + 1) * shards // world)
-    shard_size = cfg.batch_size // shards
     ptx_batch = cfg.ptx_batch_size or cfg.minibatch_size
     params = list(policy.parameters()) + list(value_model.parameters())
     optimizer = make_adamw(policy.optimizer_groups(0.0) + [{"params": list(value_model.parameters()),
@@ -187,15 +185,9 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
         # ---------------------------------------------------------------- 1. ROLLOUT (no grad)
         t0 = Stopwatch()
         batch = [prompts[i] for i in order.sample(range(len(prompts)), cfg.batch_size)]  # the same on every rank
-        P = max(len(p) for p in batch)  # the global batch's prompt width
-        budget = min(cfg.max_new_tokens, policy.config.block_size - P)
-        parts = []
-        for shard in my_shards:  # this rank's shards, each sampled with a generator of its own
-            gen = torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + it) * 1_009 + shard)
-            parts.append(generate(policy, batch[shard * shard_size:(shard + 1) * shard_size], budget, tok.end_id,
-                                  tok.pad_id, temperature=cfg.temperature, generator=gen))
-        N = int(dist.all_reduce_max(float(max(g.response.size(1) for g in parts))))  # the global response width
-        g = cat_generations(parts, P, N, tok.pad_id)  # this rank's rows at the global width
+        g, _ = generate_sharded(policy, batch, shards, cfg.seed * 1_000_003 + it, cfg.max_new_tokens, tok.end_id,
+                                tok.pad_id, cfg.temperature)  # this rank's shards of the batch, at the global width
+        P = g.prompt.size(1)
         tokens, attn, response, response_mask = g.tokens, g.attention_mask, g.response, g.response_mask  # (b, P + N), (b, N)
         mask = response_mask.float()  # (b, N)
         rollout_seconds += t0.seconds()
@@ -266,9 +258,7 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
                              ("value/clipfrac", vf["clipfrac"])):
                     stats.setdefault(k, []).append(v.detach() * share)
                 ratio_max.append(pg["ratio_max"])
-        names = sorted(stats)  # the minibatch means over every rank's part: one all-reduce per iteration
-        table = dist.all_reduce_sum(torch.stack([torch.stack(stats[k]).float() for k in names]))  # (names, minibatches)
-        stats = {k: list(table[i]) for i, k in enumerate(names)}
+        stats = dist.sum_parts(stats)  # the minibatch means over every rank's part: one all-reduce per iteration
         stats["policy/ratio_max"] = list(dist.all_reduce_max(torch.stack(ratio_max).float()))
         check_finite({k: v for k, v in stats.items() if k.endswith("_loss")}, STAGE, it * cfg.ppo_epochs)
 
