@@ -1,7 +1,5 @@
 """`python -m minirlhf ...` is the same as the `minirlhf` command (and what torchrun launches)."""
 
-import sys
+from minirlhf.cli import entry
 
-from minirlhf.cli import main
-
-sys.exit(main())
+entry()

@@ -157,8 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"minirlhf {name}: crashed{dist.where()} (traceback above)", file=sys.stderr)
         dist.abort(1)
-    return 0  # distributed: the process group is destroyed at exit (registered by distributed.init)
+    return 0  # under torchrun the entry point (`entry`) destroys the process group when the process ends
+
+
+def entry() -> None:
+    """The `minirlhf` console script and `python -m minirlhf`: run `main`, then end the process
+    (`distributed.finish`: under torchrun, destroy the process group and skip the interpreter's teardown)."""
+    dist.finish(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -23,8 +23,12 @@ A stage's code is the same for one process and for N; this module is what makes 
     2: ...") and ends that process at once with `os._exit(1)` -- no exit handlers, no attempt at a clean
     `destroy_process_group` while the peers may be blocked in a collective. The peers' next collective
     then fails (gloo sees the closed connection) and torchrun stops the job with the failing rank's exit
-    code; the timeout is the backstop for a rank that hangs rather than fails. A run that ends normally
-    destroys the process group (`shutdown()`, also registered at exit).
+    code; the timeout is the backstop for a rank that hangs rather than fails. A command that ends normally
+    goes through `finish(code)`: it destroys the process group (`shutdown()`) and leaves with `os._exit`,
+    skipping the interpreter's teardown, where the C++ side of the process group can abort a process whose
+    work is done ("terminate called without an active exception": twice in about 90 two-process pipeline
+    runs on CPU, after every artifact was written) and turn a good run into a failed job. (`shutdown()` is also registered at exit, for code that
+    calls stages in-process.)
 
 The evaluation harness (`evaluate.evaluate_policy`: sampling and judging hundreds of prompts) is shared:
 rank r takes every N-th batch of prompts and the samples are all-gathered, so every rank reports the
@@ -43,6 +47,7 @@ import datetime
 import inspect
 import os
 import sys
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -150,6 +155,25 @@ def shutdown() -> None:
     """Destroy the process group after a normal end (idempotent)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def finish(code: int) -> NoReturn:
+    """End this process with exit status `code` after a command returned it (the `minirlhf` entry point).
+
+    One process: `sys.exit(code)`. Under torchrun: flush the output, destroy the process group, then
+    `os._exit(code)` -- every file a stage writes is closed by then (each is written with `with open`),
+    and skipping the interpreter's teardown avoids an abort in gloo's threads after the work is done
+    (see the module docstring)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        shutdown()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def collective_error_hint(e: BaseException) -> str:

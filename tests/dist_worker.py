@@ -75,4 +75,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from minirlhf import distributed
+
+    distributed.finish(main())  # as the `minirlhf` entry point ends a torchrun worker

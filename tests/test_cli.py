@@ -42,3 +42,16 @@ def test_help_lists_documented_options(capsys):
     assert main(["pretrain", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--max_steps" in out and "optimiser steps" in out
+
+
+def test_entry_point_exits_with_mains_status():
+    """`python -m minirlhf` (the entry point the console script and torchrun use) ends the process with the
+    status `main` returned: 2 for a bad option, 0 for help."""
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "minirlhf", "pretrain", "--no_such_key=3"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "unknown option --no_such_key" in bad.stderr
+    ok = subprocess.run([sys.executable, "-m", "minirlhf", "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "pipeline" in ok.stdout

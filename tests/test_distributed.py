@@ -75,7 +75,7 @@ def torchrun(spec: dict, path, timeout: float = 600, nproc: int = 2, **env_vars)
     with open(path, "w") as f:
         json.dump(spec, f)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.dirname(WORKER)]), OMP_NUM_THREADS="1",
-               **env_vars)
+               PYTHONFAULTHANDLER="1", **env_vars)  # a worker that aborts prints its Python stacks
     return subprocess.run([TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", WORKER, str(path)],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
@@ -116,7 +116,7 @@ def two_runs(base, tmp_path_factory):  # noqa: F811
     spec = {"commands": commands(base, two, ref) + [sft_again + ["--stop_after=2"], sft_again + ["--resume"]],
             "watch": str(runs), "report": str(root / "report")}
     proc = torchrun(spec, root / "spec.json")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-12000:]
     print(f"two-process job: {time.perf_counter() - t0:.1f} s")
     return {"ref": ref, "two": two, "resumed": resumed, "report": str(root / "report"),
             "output": proc.stdout + proc.stderr}
@@ -243,7 +243,7 @@ def test_two_process_micro_pipeline_completes(tmp_path):
             "watch": str(tmp_path / "run"), "report": str(tmp_path / "report")}
     t0 = time.perf_counter()
     proc = torchrun(spec, tmp_path / "spec.json", timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-12000:]
     print(f"two-process micro pipeline: {time.perf_counter() - t0:.1f} s")
     base = os.path.join(out, "micro")
     for stage in ("pretrain", "sft", "reward", "ppo", "dpo"):
