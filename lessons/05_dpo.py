@@ -101,7 +101,8 @@ print("p(w>l) is the annotator's probability of the label it gave; gold w / gold
       "the reference.")
 
 # %% 2. Train DPO, beta = 0.1 (the pipeline's run: reused if the pipeline or this lesson already ran it)
-common = {"preset": preset, "out_dir": out_dir, "truncate": True}  # exactly what `minirlhf pipeline` runs
+common = {"preset": preset, "out_dir": out_dir, "truncate": True,  # exactly what `minirlhf pipeline` runs,
+          "progress": sys.stderr.isatty()}  # with progress bars only on a terminal (not when piped to a file)
 main = dpo(make_config(DPOConfig, overrides=common))
 rows = read_metrics(os.path.join(base, "dpo", "metrics.jsonl"))
 print(f"\n{'step':>5}{'loss':>8}{'r_chosen':>10}{'r_rejected':>11}{'margin':>8}{'acc':>6}{'logp_w':>9}{'logp_l':>9}")

@@ -28,7 +28,7 @@ PRESETS: dict[str, dict] = {
     "micro": {
         "model": dict(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512),
         "pretrain": dict(max_steps=60, batch_size=16, lr=3e-3),
-        "sft": dict(max_steps=30, batch_size=16, lr=0.001),
+        "sft": dict(max_steps=30, batch_size=16, lr=0.001, ptx_coef=0.0),
         "reward": dict(max_steps=20, batch_size=16, lr=0.001, calibration_prompts=32),
         "pairs": dict(n_prompts=48),
         "ppo": dict(iterations=4, batch_size=16, minibatch_size=8, lr=0.0001),
@@ -64,7 +64,7 @@ PRESETS: dict[str, dict] = {
     "gpt2": {
         "model": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),
         "pretrain": dict(max_steps=5000, batch_size=16, lr=6e-4),
-        "sft": dict(max_steps=1000, batch_size=32, lr=5e-05),
+        "sft": dict(max_steps=1000, batch_size=32, lr=5e-05, ptx_coef=0.0),
         "reward": dict(max_steps=1000, batch_size=32, lr=1e-05, calibration_prompts=512),
         "pairs": dict(n_prompts=4000),
         "ppo": dict(iterations=300, batch_size=128, minibatch_size=16, lr=1e-05),
@@ -166,7 +166,7 @@ class SFTConfig(TrainConfig):
     truncate: bool = False  # cut conversations longer than the context (and report how many) instead of failing
     dropout: float = 0.0  # dropout during SFT
     init_chat_embeddings: bool = True  # start <|user|>, <|assistant|>, <|end|> from the forum's "Q:", "\nA:", "\n"
-    ptx_coef: float = 0.0  # weight of a pretraining-loss term mixed into every step (keeps the base model's knowledge)
+    ptx_coef: float = -1.0  # weight of a pretraining-loss term mixed into every step (keeps base knowledge); 0 = off, -1 = from preset
     freeze_embeddings: bool = False  # train only the chat tokens' rows of the (tied) embedding matrix
     embedding_lr_scale: float = 0.1  # learning-rate multiplier for the token and position embeddings (see sft.py)
     ptx_batch_size: int = 0  # pretraining windows per step for that term; 0 = batch_size
@@ -438,14 +438,17 @@ class ConfigError(ValueError):
 
 
 def fill_from_preset(cfg):
-    """Fill the fields left at 0 with the preset's values: the model shape, then the stage's section."""
+    """Fill the fields left at their "from preset" default with the preset's values: the model shape, then the
+    stage's section. That default is 0 where 0 means nothing (steps, sizes, rates) and -1 where 0 is a
+    setting a user may ask for (SFT's ptx_coef: 0 = no pretraining mix), so `--ptx_coef=0` is kept."""
     if cfg.preset not in PRESETS:
         raise ConfigError(f"unknown preset {cfg.preset!r}; valid presets: {', '.join(PRESETS)}")
     preset = PRESETS[cfg.preset]
     values = {**preset["model"], **preset.get(getattr(cfg, "stage", ""), {})}
     for f in fields(cfg):
-        if f.name in values and getattr(cfg, f.name) in (0, 0.0) and not isinstance(getattr(cfg, f.name), bool):
-            setattr(cfg, f.name, type(getattr(cfg, f.name))(values[f.name]))
+        value = getattr(cfg, f.name)
+        if f.name in values and not isinstance(value, bool) and value == f.default:
+            setattr(cfg, f.name, type(value)(values[f.name]))
     return cfg
 
 

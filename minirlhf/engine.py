@@ -49,6 +49,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from minirlhf import distributed as dist
+from minirlhf.distributed import unwrap  # the GPT inside DDP / torch.compile wrappers
 from minirlhf.model import plain_attention
 from minirlhf.ops import entropy_from_logits, linear_logprobs, logprobs_from_logits, upcast, use_fused_logprobs
 
@@ -112,7 +114,6 @@ def generate_sharded(model, prompts: list[list[int]], n_shards: int, seed: int, 
     rows can be all-gathered. n_shards must be a multiple of N and divide len(prompts) (checked by the
     stages, with their own option names).
     """
-    from minirlhf import distributed as dist
 
     world, rank = dist.world_size(), dist.rank()
     shard_size = len(prompts) // n_shards
@@ -171,12 +172,6 @@ def sample_next(logits, temperature: float, top_k: int, top_p: float, generator)
     probs = F.softmax(filtered, dim=-1)  # (B, V)
     token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
     return token, logp.gather(-1, token[:, None]).squeeze(-1)
-
-
-def unwrap(model):
-    """The GPT inside a DDP or torch.compile wrapper (or the model itself)."""
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    return getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
 
 
 def sequence_logprobs(model, tokens, attention_mask=None, start: int = 1, temperature: float = 1.0,

@@ -200,6 +200,8 @@ def sft_validation_loss(model, examples, pad_id, batch_size, device, dtype) -> f
 
 def run(cfg: SFTConfig) -> dict:
     fill_from_preset(cfg)
+    if cfg.ptx_coef < 0:
+        raise ValueError(f"--ptx_coef={cfg.ptx_coef:g}: expected >= 0 (0 = no pretraining mix; -1 = the preset's)")
     out = stage_dir(cfg, STAGE)
     device = resolve_device(cfg.device)
     setup_torch(device)

@@ -55,3 +55,19 @@ def test_entry_point_exits_with_mains_status():
     assert bad.returncode == 2 and "unknown option --no_such_key" in bad.stderr
     ok = subprocess.run([sys.executable, "-m", "minirlhf", "--help"], capture_output=True, text=True)
     assert ok.returncode == 0 and "pipeline" in ok.stdout
+
+
+def test_zero_is_kept_where_it_is_a_setting():
+    """SFT's pretraining mix: the tiny preset sets 0.5, and `--ptx_coef=0` turns it off (not refilled);
+    fields whose 0 means "from the preset" (max_steps) are still filled."""
+    from minirlhf.config import SFTConfig
+
+    assert make_config(SFTConfig, preset="tiny").ptx_coef == 0.5
+    off = make_config(SFTConfig, preset="tiny", overrides=["--ptx_coef=0", "--max_steps=0"])
+    assert off.ptx_coef == 0.0 and off.max_steps == 600
+    assert make_config(SFTConfig, preset="micro").ptx_coef == 0.0
+
+
+def test_negative_ptx_coef_is_a_clear_error(capsys):
+    assert main(["sft", "--preset=micro", "--ptx_coef=-0.5", "--out_dir=/nonexistent/minirlhf"]) == 1
+    assert "--ptx_coef=-0.5: expected >= 0" in capsys.readouterr().err
