@@ -40,7 +40,7 @@ PRESETS: dict[str, dict] = {
     "tiny": {
         "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=2048),
         "pretrain": dict(max_steps=800, batch_size=32, lr=2e-3),
-        "sft": dict(max_steps=600, batch_size=32, lr=1e-3, ptx_coef=0.5, ptx_batch_size=8),
+        "sft": dict(max_steps=600, batch_size=32, lr=2e-3, ptx_coef=0.5, ptx_batch_size=8),
         "reward": dict(max_steps=300, batch_size=32, lr=0.0005, calibration_prompts=256),
         "pairs": dict(n_prompts=600),
         "ppo": dict(iterations=60, batch_size=64, minibatch_size=16, lr=5e-05),

@@ -160,20 +160,24 @@ def shutdown() -> None:
 def finish(code: int) -> NoReturn:
     """End this process with exit status `code` after a command returned it (the `minirlhf` entry point).
 
-    One process: `sys.exit(code)`. Under torchrun: flush the output, destroy the process group, then
+    One process: `sys.exit(code)`. Under torchrun: destroy the process group, flush the output, then
     `os._exit(code)` -- every file a stage writes is closed by then (each is written with `with open`),
-    and skipping the interpreter's teardown avoids an abort in gloo's threads after the work is done
-    (see the module docstring)."""
+    and skipping the interpreter's teardown avoids the abort described in the module docstring."""
     if not (dist.is_available() and dist.is_initialized()):
         sys.exit(code)
-    sys.stdout.flush()
-    sys.stderr.flush()
     try:
         shutdown()
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush_output()
         os._exit(code)
+
+
+def _flush_output() -> None:
+    """Flush stdout and stderr before os._exit (which would drop what is still buffered); a closed pipe is
+    not an error here."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
 
 
 def collective_error_hint(e: BaseException) -> str:
@@ -192,8 +196,7 @@ def collective_error_hint(e: BaseException) -> str:
 def abort(exit_code: int = 1) -> None:
     """In a distributed run: flush and end this process now (see the module docstring). No-op otherwise."""
     if is_distributed():
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush_output()
         os._exit(exit_code)
 
 
