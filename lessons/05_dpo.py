@@ -1,6 +1,6 @@
 """Lesson 05 -- DPO: preference optimisation with no reward model and no sampling.
 
-Run:      python lessons/05_dpo.py          (preset tiny: 5 minutes on a 2-core CPU after lesson 03, measured)
+Run:      python lessons/05_dpo.py          (preset tiny: 6 minutes on a 2-core CPU after lesson 03, measured)
           python lessons/05_dpo.py micro    (under a minute; learns little)
 Reads:    out/<preset>/sft/ (lesson 02), out/<preset>/pairs/prefs.jsonl (lesson 03: the on-policy pairs
           DPO trains on), out/<preset>/world/prefs_eval.jsonl (held-out pairs); run here if missing
@@ -101,8 +101,7 @@ print("p(w>l) is the annotator's probability of the label it gave; gold w / gold
       "the reference.")
 
 # %% 2. Train DPO, beta = 0.1 (the pipeline's run: reused if the pipeline or this lesson already ran it)
-common = {"preset": preset, "out_dir": out_dir, "truncate": True,  # exactly what `minirlhf pipeline` runs,
-          "progress": sys.stderr.isatty()}  # with progress bars only on a terminal (not when piped to a file)
+common = {"preset": preset, "out_dir": out_dir, "truncate": True}  # exactly what `minirlhf pipeline` runs
 main = dpo(make_config(DPOConfig, overrides=common))
 rows = read_metrics(os.path.join(base, "dpo", "metrics.jsonl"))
 print(f"\n{'step':>5}{'loss':>8}{'r_chosen':>10}{'r_rejected':>11}{'margin':>8}{'acc':>6}{'logp_w':>9}{'logp_l':>9}")

@@ -11,9 +11,10 @@ What you should see
      climbing, while the gold judge's score peaks and falls -- the policy has found what the reward
      model likes that the gold judge does not: the annotators' taste for length (and flattery), which
      the reward model learned (lesson 03), plus its plain errors away from its training data. On the
-     tiny preset (measured: proxy -0.50 -> +7.95, gold +0.21 -> -0.98 over 240 iterations, KL 128
+     tiny preset (measured: proxy -0.40 -> +6.79, gold +0.23 -> -1.00 over 240 iterations, KL 123
      nats) the gold peak is the SFT model itself: this reward model is already a poor guide at KL 0,
-     and the policy ends in a loop of "listen to music or take a short walk" that never stops.
+     and the policy ends in a loop of "... are welcome! I am glad I could help with that ..." that
+     never stops.
   2. Gold and proxy against d = sqrt(KL to the SFT model), with Gao et al.'s fit for RL,
      R(d) = d (alpha - beta log d) (Gao, Schulman and Hilton 2022, "Scaling Laws for Reward Model
      Overoptimization", eq. 2; R is the gain over the starting policy). With beta > 0 the fit peaks at

@@ -1,6 +1,6 @@
 """Lesson 07 -- the preference-optimisation family side by side: DPO, cDPO, IPO, KTO, ORPO, SimPO and GRPO.
 
-Run:      python lessons/07_variants.py          (preset tiny: 14 minutes on a 2-core CPU after lesson 03, measured)
+Run:      python lessons/07_variants.py          (preset tiny: 15 minutes on a 2-core CPU after lesson 03, measured)
           python lessons/07_variants.py micro    (about a minute; learns little)
 Reads:    out/<preset>/sft/, out/<preset>/pairs/prefs.jsonl, out/<preset>/reward/ (lessons 02-03; run here
           if missing), out/<preset>/pretrain/model.pt (ORPO's starting point)
