@@ -26,9 +26,9 @@ A stage's code is the same for one process and for N; this module is what makes 
     code; the timeout is the backstop for a rank that hangs rather than fails. A command that ends normally
     goes through `finish(code)`: it destroys the process group (`shutdown()`) and leaves with `os._exit`,
     skipping the interpreter's teardown, where the C++ side of the process group can abort a process whose
-    work is done ("terminate called without an active exception": twice in about 90 two-process pipeline
-    runs on CPU, after every artifact was written) and turn a good run into a failed job. (`shutdown()` is also registered at exit, for code that
-    calls stages in-process.)
+    work is done and turn a good run into a failed job ("terminate called without an active exception",
+    after every artifact was written: once in CI and once in about 80 two-process pipeline runs here).
+    (`shutdown()` is also registered at exit, for code that calls stages in-process.)
 
 The evaluation harness (`evaluate.evaluate_policy`: sampling and judging hundreds of prompts) is shared:
 rank r takes every N-th batch of prompts and the samples are all-gathered, so every rank reports the

@@ -114,7 +114,6 @@ def generate_sharded(model, prompts: list[list[int]], n_shards: int, seed: int, 
     rows can be all-gathered. n_shards must be a multiple of N and divide len(prompts) (checked by the
     stages, with their own option names).
     """
-
     world, rank = dist.world_size(), dist.rank()
     shard_size = len(prompts) // n_shards
     P = max(len(p) for p in prompts)  # the global batch's prompt width
