@@ -32,7 +32,7 @@ base model is not charged for a chat token it has never seen).
 
 Deliberate simplifications: one sample per prompt (means over a few hundred prompts; enough to compare
 stages, not to resolve differences of a few hundredths: on `tiny` the held-out gold of one SFT model
-ranges from 0.16 to 0.27 over six seeds -- `--seeds` measures that noise for any checkpoint); refusals
+ranges from 0.21 to 0.28 over six seeds -- `--seeds` measures that noise for any checkpoint); refusals
 and flattery are detected by phrases.
 """
 

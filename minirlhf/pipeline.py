@@ -59,8 +59,9 @@ def write_report(path: str, preset: str, rows: list) -> None:
               "The base model is asked the forum-eval questions in the forum format it saw in pretraining "
               "(`Q: ...\\nA:`, its answer cut at the end of the line); chat models are asked the same questions "
               "in the chat format, and the world's held-out and training-split prompts. Temperature 1, one sample "
-              "per prompt and one seed: on `tiny` the held-out gold of one model moves by about 0.05 from seed to "
-              "seed, so compare smaller differences with `minirlhf eval --checkpoint=... --seeds=1,2,3,4,5`.", "",
+              "per prompt and one seed: on `tiny` the held-out gold of one model moves by a few hundredths from seed "
+              "to seed (std 0.03 over five seeds for SFT), so compare smaller differences with "
+              "`minirlhf eval --checkpoint=... --seeds=1,2,3,4,5`.", "",
               "| metric | " + " | ".join(m for m, _, _ in models) + " |", "|---|" + "---:|" * len(models)]
     for label, base_key, chat_key in COMPARISON:
         cells = []
