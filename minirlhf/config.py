@@ -255,7 +255,7 @@ class PairsConfig:
     init: str = ""  # the policy to sample from; "" = out/<preset>/sft/model.pt
     prompts: str = ""  # RL prompts to sample on; "" = the world's rl_prompts.jsonl
     templated: str = ""  # templated pairs mixed in; "" = the world's prefs.jsonl
-    n_prompts: int = 0  # prompts sampled on (each gives samples_per_prompt // 2 pairs); 0 = from preset
+    n_prompts: int = -1  # prompts sampled on (each gives samples_per_prompt // 2 pairs); 0 = templated pairs only, -1 = from preset
     samples_per_prompt: int = 2  # responses per prompt
     temperature: float = 1.0  # sampling temperature
     max_new_tokens: int = 48  # response budget in tokens
@@ -440,7 +440,8 @@ class ConfigError(ValueError):
 def fill_from_preset(cfg):
     """Fill the fields left at their "from preset" default with the preset's values: the model shape, then the
     stage's section. That default is 0 where 0 means nothing (steps, sizes, rates) and -1 where 0 is a
-    setting a user may ask for (SFT's ptx_coef: 0 = no pretraining mix), so `--ptx_coef=0` is kept."""
+    setting a user may ask for (SFT's ptx_coef: 0 = no pretraining mix; pairs' n_prompts: 0 = no on-policy
+    pairs), so `--ptx_coef=0` and `--n_prompts=0` are kept."""
     if cfg.preset not in PRESETS:
         raise ConfigError(f"unknown preset {cfg.preset!r}; valid presets: {', '.join(PRESETS)}")
     preset = PRESETS[cfg.preset]

@@ -57,6 +57,8 @@ def run(cfg: PairsConfig) -> dict:
     from minirlhf.world import agreement_stats, label_pair, strip_end
 
     fill_from_preset(cfg)
+    if cfg.n_prompts < 0:
+        raise ValueError(f"--n_prompts={cfg.n_prompts}: expected >= 0 (0 = templated pairs only; -1 = the preset's)")
     out = stage_dir(cfg, STAGE)
     device = resolve_device(cfg.device)
     watch = Stopwatch()

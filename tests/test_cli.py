@@ -71,3 +71,8 @@ def test_zero_is_kept_where_it_is_a_setting():
 def test_negative_ptx_coef_is_a_clear_error(capsys):
     assert main(["sft", "--preset=micro", "--ptx_coef=-0.5", "--out_dir=/nonexistent/minirlhf"]) == 1
     assert "--ptx_coef=-0.5: expected >= 0" in capsys.readouterr().err
+
+
+def test_negative_n_prompts_is_a_clear_error(capsys):
+    assert main(["pairs", "--preset=micro", "--n_prompts=-3", "--out_dir=/nonexistent/minirlhf"]) == 1
+    assert "--n_prompts=-3: expected >= 0" in capsys.readouterr().err

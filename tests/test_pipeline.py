@@ -38,3 +38,13 @@ def test_micro_pipeline_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     for stage in ("pretrain", "sft", "pairs", "reward", "ppo", "dpo"):
         assert f"[{stage}] reusing" in printed, stage
+
+    # `pairs --n_prompts=0`: the templated pairs alone (0 is a setting here, not "from the preset")
+    assert main(["pairs", "--preset=micro", f"--out_dir={moved}"]) == 0
+    assert "[pairs] reusing" in capsys.readouterr().out
+    assert main(["pairs", "--preset=micro", f"--out_dir={moved}", "--n_prompts=0"]) == 0
+    summary = json.load(open(os.path.join(moved, "micro", "pairs", "summary.json")))
+    templated = sum(1 for _ in open(os.path.join(moved, "micro", "world", "prefs.jsonl")))
+    rows = [json.loads(line) for line in open(os.path.join(moved, "micro", "pairs", "prefs.jsonl"))]
+    assert summary["on_policy_pairs"] == 0 and summary["templated_pairs"] == templated == len(rows)
+    assert {r["source"] for r in rows} == {"templated"}
