@@ -16,6 +16,10 @@ What you should see
   4. the bias: the annotators like longer and flattering answers, so the reward model does too. It
      scores "Great question! <ideal answer>" above the plain ideal answer for most prompts, while the
      gold judge always prefers the plain one. This is the gap PPO will exploit (lesson 06).
+  5. On the SFT model's own samples -- the pairs PPO and best-of-n actually ask it to rank -- the reward
+     model is far weaker than on the templated validation pairs: on tiny it is near chance, on held-out
+     prompts and even on training prompts, although the annotators' labels would still be right about
+     60 % of the time there. A good validation accuracy does not make a reward model worth optimising.
 
 Deliberate simplifications: the library's default reward-model settings; one score per response.
 """
@@ -99,6 +103,18 @@ ax.legend()
 fig.tight_layout()
 fig.savefig(f"plots/rm_bias_{preset}.png", dpi=120)
 print(f"\nplots saved to plots/rm_scores_by_style_{preset}.png and plots/rm_bias_{preset}.png")
+
+# %% 5. The question RL asks: which of the policy's OWN samples is better?
+# The validation pairs above are mostly templated styles that differ a lot (ideal vs rude, vs wrong). PPO and
+# best-of-n ask something harder: rank k samples of one prompt from the SFT model, which differ in a fact or a
+# few words. The reward stage measured that too (4 samples per prompt, every pair whose gold scores differ).
+if "on_policy_gold_accuracy_heldout" in rm:
+    print(f"\n{'prompts':<24}{'pairs':>7}{'RM vs gold':>12}{'annotators vs gold':>20}")
+    for split, label in (("train", "training split"), ("heldout", "held-out (new entities)")):
+        print(f"{label:<24}{rm[f'on_policy_pairs_{split}']:>7}{rm[f'on_policy_gold_accuracy_{split}']:>12.3f}"
+              f"{rm[f'on_policy_annotator_agreement_{split}']:>20.3f}")
+    print("0.5 is chance. Where the reward model is near it, best-of-n and PPO have nothing to climb but its "
+          "biases:\nthat is why gold reward falls under optimisation on those prompts (lessons 04, 06, 08).")
 
 # %% Check yourself
 # 1. Why can the RM agree with gold more often than the annotators it learned from? (Step 2: their

@@ -17,6 +17,10 @@ fresh pool per n). One row per n in out/<preset>/best_of_n/summary.json:
   gold_oracle   mean gold reward of the best response by the gold judge itself (the ceiling of selection)
   kl_analytic   log n - (n - 1) / n nats
 
+and `rm_pairwise_gold_accuracy`: over every pair of one prompt's N samples with different gold scores,
+how often the reward model orders them as the gold judge does (0.5 = chance; selection can only gain
+gold where this is well above 0.5).
+
 The KL of best-of-n to the sampling policy is the analytic formula quoted by Stiennon et al. 2020
 (summarisation from human feedback) and used by Gao et al. 2023 ("Scaling Laws for Reward Model
 Overoptimization") to put best-of-n on the reward-vs-KL plane next to RL; Rafailov et al. 2023 (DPO) use
@@ -49,6 +53,7 @@ from minirlhf.common import Stopwatch, config_key, file_digest, resolve_device, 
 from minirlhf.config import BestOfNConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.engine import generate
 from minirlhf.grpo import decode_responses
+from minirlhf.reward import pairwise_gold_accuracy
 from minirlhf.sft import stage_file, stage_tokenizer, world_file
 from minirlhf.tokenizer import render_prompt
 
@@ -175,11 +180,15 @@ def run(cfg: BestOfNConfig) -> dict:
     write_jsonl(os.path.join(out, "samples.jsonl"),
                 [{**r, "responses": texts, "proxy": [round(x, 4) for x in p], "gold": [round(x, 4) for x in g_]}
                  for r, texts, p, g_ in zip(rows, pool.texts, pool.proxy.tolist(), gold.tolist())])
+    hits, pairs = pairwise_gold_accuracy(pool.proxy.tolist(), gold.tolist())  # why selection helps or hurts
     summary = {"stage": STAGE, "key": key, "prompts": len(rows), "samples_per_prompt": N,
-               "temperature": cfg.temperature, "rows": table, "seconds": round(watch.seconds(), 2)}
+               "temperature": cfg.temperature, "rows": table,
+               "rm_pairwise_gold_accuracy": round(hits / max(pairs, 1), 4), "rm_pairwise_pairs": pairs, "seconds": round(watch.seconds(), 2)}
     write_json(os.path.join(out, "summary.json"), summary)
     print(f"{'n':>4} {'gold':>8} {'proxy':>8} {'oracle':>8} {'KL':>7}")
     for r in table:
         print(f"{r['n']:>4} {r['gold']:>8.3f} {r['proxy']:>8.3f} {r['gold_oracle']:>8.3f} {r['kl_analytic']:>7.3f}")
+    print(f"[best-of-n] the reward model orders {summary['rm_pairwise_gold_accuracy']:.3f} of the {pairs} pairs of "
+          f"samples with different gold scores as the gold judge does (0.5 = chance)")
     print(f"[best-of-n] {summary['seconds']:.0f} s; table in {out}/summary.json")
     return summary

@@ -362,11 +362,14 @@ def run(cfg) -> dict:
     reference = load_model(ref_path, device)[0] if os.path.exists(ref_path) else None
     reward_model = load_scalar_model(rm_path, device)[0] if os.path.exists(rm_path) else None
     pretrain_dir = os.path.join(base, "pretrain")
+    ppl_dir = pretrain_dir if os.path.exists(os.path.join(pretrain_dir, "val.bin")) else None
     per_seed = {}
-    for seed in seeds:
+    for i, seed in enumerate(seeds):  # perplexity uses fixed windows, not the sampling seed: measured once
         per_seed[seed], _ = evaluate_policy(policy, tok, os.path.join(base, "world"), reference, reward_model,
-                                            pretrain_dir if os.path.exists(os.path.join(pretrain_dir, "val.bin")) else None,
-                                            cfg.temperature, cfg.max_new_tokens, seed, cfg.n_train, judge_fn=judge_fn)
+                                            ppl_dir if i == 0 else None, cfg.temperature, cfg.max_new_tokens, seed,
+                                            cfg.n_train, judge_fn=judge_fn)
+        if "heldout_ppl" in per_seed[seeds[0]]:
+            per_seed[seed]["heldout_ppl"] = per_seed[seeds[0]]["heldout_ppl"]
     name = os.path.basename(os.path.dirname(os.path.abspath(cfg.checkpoint)))
     result = {"checkpoint": cfg.checkpoint, "gold_judge": cfg.gold_judge or "world",
               "reference": ref_path if reference else None, "reward_model": rm_path if reward_model else None}

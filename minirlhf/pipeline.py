@@ -69,8 +69,28 @@ def write_report(path: str, preset: str, rows: list) -> None:
             k = base_key if col == 1 else chat_key
             cells.append(_fmt(summary[k]) if summary and k and k in summary else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += _reward_model_section(by_name.get("reward") or {})
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _reward_model_section(rm: dict) -> list[str]:
+    """Report lines: how well the reward model ranks the policy's own samples (what PPO optimises)."""
+    if "on_policy_gold_accuracy_heldout" not in rm:
+        return []
+    return ["", "## How far the reward model can be trusted", "",
+            f"On its validation pairs (mostly templated styles) the reward model agrees with the gold ordering "
+            f"{_fmt(rm.get('val_gold_accuracy', float('nan')))} of the time. On pairs of the SFT model's own samples "
+            f"(4 per prompt, every pair whose gold scores differ) -- what PPO and best-of-n ask it to rank -- it "
+            f"agrees {_fmt(rm['on_policy_gold_accuracy_train'])} of the time on training-split prompts "
+            f"({rm['on_policy_pairs_train']} pairs) and {_fmt(rm['on_policy_gold_accuracy_heldout'])} on held-out "
+            f"prompts ({rm['on_policy_pairs_heldout']} pairs); 0.5 is chance, and the annotators' labels would agree "
+            f"{_fmt(rm['on_policy_annotator_agreement_train'])} and "
+            f"{_fmt(rm['on_policy_annotator_agreement_heldout'])}. "
+            f"Where it is near chance, optimising it cannot raise the gold reward, and what it does reward "
+            f"consistently is the annotators' bias (it prefers an added flattering opener on "
+            f"{_fmt(rm.get('rm_prefers_flattery', float('nan')))} and an added filler sentence on "
+            f"{_fmt(rm.get('rm_prefers_length', float('nan')))} of probe prompts)."]
 
 
 REPORT_KEYS = {
@@ -82,7 +102,8 @@ REPORT_KEYS = {
     "pairs": ["on_policy_pairs", "templated_pairs", "on_policy_agreement"],
     "ppo": ["gold", "proxy", "kl_k1", "length", "iterations_per_second", "rollout_tokens_per_second"],
     "dpo": ["gold", "kl_k1", "val_rewards/accuracies", "length"],
-    "reward": ["dropped_pairs", "val_accuracy", "val_gold_accuracy", "annotator_gold_agreement", "raw_mean", "raw_std"],
+    "reward": ["dropped_pairs", "val_accuracy", "val_gold_accuracy", "annotator_gold_agreement",
+               "on_policy_gold_accuracy_heldout", "on_policy_gold_accuracy_train", "raw_mean", "raw_std"],
 }
 
 # rows of the model comparison table: (label, summary key of the base model, key of the chat models)

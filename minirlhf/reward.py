@@ -15,6 +15,9 @@ What happens, top to bottom:
   4. normalise: sample responses from the SFT policy on RL prompts, score them, and set the head's gain and
      offset so those scores have mean 0 and std 1 (Ziegler et al. 2019 §2.2; lm-human-preferences). PPO's
      KL coefficient then means the same thing whatever the raw scale of the reward model;
+     then, on the world's data, measure what it inherited from the annotators (`measure_bias`: flattery,
+     length) and how well it ranks the SFT model's own samples (`on_policy_accuracy`: the pairs RL will
+     show it, which the validation pairs do not resemble);
   5. write model.pt (trunk + head), tokenizer.json, metrics.jsonl, summary.json to out/<preset>/reward/.
 
 Deliberate simplifications: one epoch-free step budget; pairs longer than the context are an error
@@ -23,6 +26,7 @@ unless `--truncate`, which drops them and reports how many (cutting would move t
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 
@@ -35,6 +39,7 @@ from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_
 from minirlhf.config import RewardConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import read_jsonl, read_preferences_with_report, read_prompts
 from minirlhf.engine import generate
+from minirlhf.evaluate import eval_prompt_rows
 from minirlhf.losses import bradley_terry_loss
 from minirlhf.model import ScalarModel, last_token_index
 from minirlhf.sft import batch_indices, stage_file, stage_tokenizer, world_file
@@ -42,6 +47,7 @@ from minirlhf.tokenizer import END, Tokenizer, render_conversation, render_promp
 from minirlhf.train_loop import micro_batch_size, train_loop
 
 STAGE = "reward"
+ON_POLICY_K = 4  # SFT samples per prompt for the on-policy accuracy check (6 pairs per prompt)
 
 
 def encode_pairs(tok: Tokenizer, rows: list[dict], max_len: int, truncate: bool, source: str):
@@ -206,6 +212,69 @@ def measure_bias(model, tok, preset: str, seed: int, n: int = 200) -> dict:
     return out
 
 
+def pairwise_gold_accuracy(proxy: list[list[float]], gold: list[list[float]]) -> tuple[int, int]:
+    """(hits, pairs): over every pair of samples of one prompt whose gold scores differ, how often the
+    proxy orders them as the gold judge does (a proxy tie counts as a miss). Rows are prompts."""
+    hits = pairs = 0
+    for q, g in zip(proxy, gold):
+        for i, j in itertools.combinations(range(len(g)), 2):
+            if g[i] != g[j]:
+                pairs += 1
+                hits += (q[i] - q[j]) * (g[i] - g[j]) > 0
+    return hits, pairs
+
+
+def on_policy_stats(rows: list[dict], texts: list[list[str]], proxy: list[list[float]], judge_fn) -> dict:
+    """`on_policy_accuracy`'s numbers from k scored samples per prompt row (texts and proxy: [rows][k]).
+
+    Per split ("eval" -> `_heldout`, "train" -> `_train`): the pairs with different gold scores, the reward
+    model's accuracy on them, and the annotators' expected agreement with gold on the same pairs (the mean
+    `preference_probability` of the gold-better response).
+    """
+    from minirlhf.world import preference_probability
+
+    out: dict = {}
+    for split, name in (("eval", "heldout"), ("train", "train")):
+        picked_proxy, picked_gold, agree = [], [], []
+        for r, t, q in zip(rows, texts, proxy):
+            if r["split"] != split:
+                continue
+            g = [judge_fn(r["prompt"], x) for x in t]
+            picked_proxy.append(q)
+            picked_gold.append(g)
+            for i, j in itertools.combinations(range(len(g)), 2):
+                if g[i] != g[j]:
+                    better, worse = (i, j) if g[i] > g[j] else (j, i)
+                    agree.append(preference_probability(g[better], g[worse], t[better], t[worse]))
+        hits, pairs = pairwise_gold_accuracy(picked_proxy, picked_gold)
+        out[f"on_policy_pairs_{name}"] = pairs
+        out[f"on_policy_gold_accuracy_{name}"] = hits / pairs if pairs else float("nan")
+        out[f"on_policy_annotator_agreement_{name}"] = sum(agree) / len(agree) if agree else float("nan")
+    return out
+
+
+@torch.no_grad()
+def on_policy_accuracy(model, policy, tok, rows: list[dict], k: int, max_new_tokens: int, temperature: float,
+                       seed: int) -> dict:
+    """The reward model's gold accuracy on what RL will show it: pairs of the SFT policy's own samples.
+
+    The validation pairs are mostly templated styles (ideal vs rude, vs wrong, ...); PPO and best-of-n
+    instead ask the reward model to rank samples of one prompt from the policy, which differ in subtler
+    ways (a right or a wrong fact, a few words more). For each prompt row (`split` "eval" = held-out,
+    "train" = training split) sample k responses, score them with the reward model and the gold judge, and
+    count over all k-choose-2 pairs with different gold scores how often the two order them alike
+    (`on_policy_stats`). Next to it, the annotators' expected agreement with gold on the same pairs: what
+    a reward model that had learned the labels exactly would reach. 0.5 is chance: a reward model at 0.5
+    on held-out prompts gives best-of-n and PPO nothing to climb there but its own biases.
+    """
+    from minirlhf.best_of_n import best_of_n_responses
+    from minirlhf.world import judge
+
+    prompts = [render_prompt(tok, r["prompt"]) for r in rows]
+    pool = best_of_n_responses(policy, model, tok, prompts, k, temperature, max_new_tokens, seed)
+    return on_policy_stats(rows, pool.texts, pool.proxy.tolist(), judge)
+
+
 def annotator_ceiling(path: str) -> dict:
     """How often the annotators' own labels agree with the gold ordering on the validation pairs.
 
@@ -281,8 +350,11 @@ def run(cfg: RewardConfig) -> dict:
     calib = normalise(model, policy, tok, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.seed, device)
     final = pair_accuracy(model, val, tok.pad_id, cfg.batch_size, device, cfg.dtype)
     final.update(annotator_ceiling(eval_prefs))
-    if not cfg.prefs:  # trained on the world's data: measure the taste it inherited from the annotators
-        final.update(measure_bias(model, tok, cfg.preset, cfg.seed))
+    if not cfg.prefs:  # trained on the world's data: measure the taste it inherited from the annotators,
+        final.update(measure_bias(model, tok, cfg.preset, cfg.seed))  # and how it ranks the policy's own samples
+        rows = eval_prompt_rows(os.path.dirname(world_file(cfg, "eval_prompts.jsonl")))
+        final.update(on_policy_accuracy(model, policy, tok, rows, ON_POLICY_K, cfg.max_new_tokens, cfg.temperature,
+                                        cfg.seed))
 
     # 5. artifacts
     ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(model, STAGE, step=result["steps"]))
@@ -293,6 +365,9 @@ def run(cfg: RewardConfig) -> dict:
     write_json(os.path.join(out, "summary.json"), summary)
     print(f"[reward] validation accuracy {final['val_accuracy']:.3f} vs labels"
           + (f", {final['val_gold_accuracy']:.3f} vs gold" if "val_gold_accuracy" in final else "")
+          + (f"; on the SFT model's own samples {final['on_policy_gold_accuracy_heldout']:.3f} vs gold on held-out "
+             f"prompts, {final['on_policy_gold_accuracy_train']:.3f} on training prompts"
+             if "on_policy_gold_accuracy_heldout" in final else "")
           + f"; normalised on {calib['calibration_samples']} SFT samples; {summary['seconds']:.0f} s")
     return dist.share(summary)
 

@@ -19,10 +19,15 @@ def test_micro_pipeline_end_to_end(tmp_path, capsys):
         assert os.path.exists(ckpt) and os.path.exists(os.path.join(base, stage, "metrics.jsonl")), stage
     report = open(os.path.join(base, "report.md")).read()
     assert all(f"| {stage} |" in report for stage in ("pretrain", "sft", "reward", "ppo", "dpo"))
-    assert "Models compared by the gold judge" in report
+    assert "Models compared by the gold judge" in report and "How far the reward model can be trusted" in report
     assert all(os.path.exists(p) for p in json.load(open(os.path.join(base, "pipeline_summary.json")))["figures"])
     sft_summary = json.load(open(os.path.join(base, "sft", "summary.json")))
     assert -1 <= sft_summary["gold"] <= 1 and os.path.exists(os.path.join(base, "sft", "samples.jsonl"))
+    rm_summary = json.load(open(os.path.join(base, "reward", "summary.json")))  # the on-policy check ran
+    for split in ("heldout", "train"):
+        assert rm_summary[f"on_policy_pairs_{split}"] > 0
+        assert 0 <= rm_summary[f"on_policy_gold_accuracy_{split}"] <= 1
+        assert 0 < rm_summary[f"on_policy_annotator_agreement_{split}"] < 1  # a mean of probabilities
 
     # a second run reuses every stage
     capsys.readouterr()

@@ -1,6 +1,7 @@
 """SFT and the reward model: loss masks, score position, batching invariance, normalisation, bad input."""
 
 import json
+import math
 import os
 
 import pytest
@@ -163,3 +164,28 @@ def test_reward_margin_needs_annotator_probability():
         reward.margins_for(pairs, 1.0, "cpu")
     m = reward.margins_for([{"p_chosen": 0.5}, {"p_chosen": 0.8}], 2.0, "cpu")
     assert m[0].item() == 0.0 and abs(m[1].item() - 2 * abs(torch.log(torch.tensor(4.0)).item())) < 1e-6
+
+
+def test_pairwise_gold_accuracy_by_hand():
+    # prompt 1: gold 0, 1, 0.5 and proxy 1, 2, 3: pairs (0,1) and (0,2) agree, (1,2) does not
+    # prompt 2: a gold tie is not a pair; (0,2) and (1,2) are ordered the wrong way round
+    # prompt 3: a proxy tie on a pair with different gold counts as a miss
+    hits, pairs = reward.pairwise_gold_accuracy([[1, 2, 3], [5, 5, 0], [4, 4]],
+                                                [[0, 1, 0.5], [0.2, 0.2, 0.9], [0, 1]])
+    assert (hits, pairs) == (2, 6)
+
+
+def test_on_policy_stats_by_hand():
+    """Two samples per prompt; the annotators' agreement is the Bradley-Terry formula of world.annotators."""
+    gold = {"good answer": 1.0, "bad": 0.35, "meh": 0.35}
+    rows = [{"prompt": "p", "split": "eval"}, {"prompt": "q", "split": "eval"}, {"prompt": "r", "split": "train"}]
+    texts = [["bad", "good answer"], ["bad", "meh"], ["good answer", "bad"]]
+    proxy = [[0.0, 1.0], [3.0, 2.0], [-1.0, 0.0]]
+    out = reward.on_policy_stats(rows, texts, proxy, lambda p, t: gold[t])
+    # held-out: prompt q is a gold tie (no pair); prompt p: the RM agrees with gold
+    assert out["on_policy_pairs_heldout"] == 1 and out["on_policy_gold_accuracy_heldout"] == 1.0
+    assert out["on_policy_pairs_train"] == 1 and out["on_policy_gold_accuracy_train"] == 0.0
+    # P(annotator prefers "good answer" over "bad") = sigmoid(0.65 / tau + 0.5 tanh((2 - 1) / 20)), tau = 0.65
+    expected = 1 / (1 + math.exp(-(1.0 + 0.5 * math.tanh(1 / 20))))
+    assert out["on_policy_annotator_agreement_heldout"] == pytest.approx(expected, abs=1e-12)
+    assert out["on_policy_annotator_agreement_train"] == pytest.approx(expected, abs=1e-12)
