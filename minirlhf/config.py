@@ -184,6 +184,7 @@ class RewardConfig(TrainConfig):
     prefs: str = ""  # preference JSONL {"prompt","chosen","rejected"}; "" = out/<preset>/pairs/prefs.jsonl
     eval_prefs: str = ""  # held-out pairs for validation accuracy; "" = the world's prefs_eval.jsonl
     prompts: str = ""  # RL prompts whose SFT samples calibrate the scores; "" = the world's rl_prompts.jsonl
+    run_name: str = ""  # folder under out/<preset>/ for this run's artifacts; "" = "reward"
     margin_coef: float = 0.0  # Llama-2-style margin: coef * |logit(annotator p_chosen)| (0 = off)
     center_coef: float = 0.0  # reward centering: coef * mean((r_chosen + r_rejected)^2) (0 = off)
     truncate: bool = False  # drop over-long / identical pairs (and report the count) instead of failing

@@ -3,6 +3,8 @@
 Run it:
     minirlhf reward --preset tiny                       # on out/tiny/pairs/prefs.jsonl, from the SFT model
     minirlhf reward --preset tiny --prefs my_prefs.jsonl
+    minirlhf reward --preset tiny --margin_coef=1 --run_name=reward_margin   # a variant next to the default,
+    minirlhf ppo --preset tiny --reward_model=out/tiny/reward_margin/model.pt --run_name=ppo_margin  # used by PPO
 
 What happens, top to bottom:
   1. read the pairs (`{"prompt","chosen","rejected"}`, validated line by line) and render each response as
@@ -291,7 +293,7 @@ def annotator_ceiling(path: str) -> dict:
 
 def run(cfg: RewardConfig) -> dict:
     fill_from_preset(cfg)
-    out = stage_dir(cfg, STAGE)
+    out = stage_dir(cfg, cfg.run_name or STAGE)
     device = resolve_device(cfg.device)
     setup_torch(device)
     watch = Stopwatch()

@@ -158,6 +158,22 @@ def test_reward_stage_learns_pairs_and_normalises(base):
     assert abs(scores.mean().item()) < 1e-5 and abs(scores.std().item() - 1) < 1e-5
 
 
+def test_reward_run_name_writes_next_to_the_default(base):
+    sft_over = dict(preset="micro", out_dir=base["out"], init=base["init"], data=base["sft"], eval_data=base["sft"],
+                    max_steps=5, progress=False)
+    sft.run(make_config(SFTConfig, overrides=sft_over))
+    over = dict(preset="micro", out_dir=base["out"], prefs=base["prefs"], eval_prefs=base["prefs"],
+                prompts=base["prompts"], max_steps=2, calibration_prompts=4, max_new_tokens=4, progress=False)
+    default = os.path.join(base["out"], "micro", "reward", "model.pt")
+    before = os.path.getmtime(default) if os.path.exists(default) else None
+    summary = reward.run(make_config(RewardConfig, overrides=dict(over, run_name="reward_b", margin_coef=1.0)))
+    folder = os.path.join(base["out"], "micro", "reward_b")
+    assert summary["steps"] == 2 and os.path.exists(os.path.join(folder, "model.pt"))
+    with open(os.path.join(folder, "config.json")) as f:
+        assert json.load(f)["margin_coef"] == 1.0
+    assert (os.path.getmtime(default) if os.path.exists(default) else None) == before  # the default is untouched
+
+
 def test_reward_margin_needs_annotator_probability():
     pairs = [{"p_chosen": None}]
     with pytest.raises(ValueError, match="p_chosen"):
