@@ -17,9 +17,10 @@ What you should see
      scores "Great question! <ideal answer>" above the plain ideal answer for most prompts, while the
      gold judge always prefers the plain one. This is the gap PPO will exploit (lesson 06).
   5. On the SFT model's own samples -- the pairs PPO and best-of-n actually ask it to rank -- the reward
-     model is far weaker than on the templated validation pairs: on tiny it is near chance, on held-out
-     prompts and even on training prompts, although the annotators' labels would still be right about
-     60 % of the time there. A good validation accuracy does not make a reward model worth optimising.
+     model is far weaker than on the templated validation pairs: on tiny it is at chance (0.45 on
+     training prompts, 0.48 on held-out ones) where the annotators' labels would still be right 61 % and
+     71 % of the time. Most of those pairs differ by a few words or one fact, and the reward model has
+     learned styles, not facts. A good validation accuracy does not make a reward model worth optimising.
 
 Deliberate simplifications: the library's default reward-model settings; one score per response.
 """
@@ -120,6 +121,9 @@ if "on_policy_gold_accuracy_heldout" in rm:
 # 1. Why can the RM agree with gold more often than the annotators it learned from? (Step 2: their
 #    errors are random per pair; fitting many pairs averages them out. Their *bias* is not random --)
 # 2. -- so which errors does the RM keep? (Step 4: the systematic ones, flattery and length.)
-# 3. Why read the score at the <|end|> token and normalise it on SFT samples? (The last token has seen
+# 3. Why can a reward model with 0.80 validation accuracy be at chance on the policy's samples? (Step 5:
+#    validation pairs are other styles -- rude, wrong, verbose -- while the policy's samples are all polite
+#    and short and differ by a few words or in one fact, which it never learned to check.)
+# 4. Why read the score at the <|end|> token and normalise it on SFT samples? (The last token has seen
 #    the whole response; mean 0 / std 1 on the policy's own samples makes PPO's KL coefficient
 #    comparable across reward models.)
