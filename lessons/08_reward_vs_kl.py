@@ -1,7 +1,7 @@
 """Lesson 08 -- the reward-vs-KL frontier: how much true reward each method buys per nat of drift from SFT.
 
-Run:      python lessons/08_reward_vs_kl.py          (preset tiny: about 30 minutes on a 2-core CPU; 4 points
-                                                     per trained method, each run reused once it exists)
+Run:      python lessons/08_reward_vs_kl.py          (preset tiny: 23 minutes on a 2-core CPU for all 18 points,
+                                                     4 per trained method, each run reused once it exists)
           python lessons/08_reward_vs_kl.py micro    (quick mode, 2 points per method: under a minute)
           python lessons/08_reward_vs_kl.py tiny quick   (the quick sweep on any preset)
 Reads:    out/<preset>/sft/, out/<preset>/reward/, out/<preset>/pairs/ (lessons 02-03; run here if missing)
@@ -27,11 +27,17 @@ over-optimised once proxy keeps rising while gold stalls or falls (Gao et al. 20
 
 What you should see
   1. The points table: for every method, KL grows as its knob loosens (smaller kl_coef, smaller beta,
-     larger n), and gold first rises with it.
-  2. The dominance lines: at each KL, which method has the most gold at or below it. The frontier is
-     usually not one method everywhere -- best-of-n is strong at very small KL (it buys reward with no
-     training), trained methods take over further out, and where the proxy has been over-optimised more
-     KL stops paying.
+     larger n). The textbook picture has gold first rising with it, then falling once the proxy is
+     over-optimised. On tiny (measured) gold does not rise: no point beats the SFT model's 0.23, and gold
+     falls with KL -- best-of-n from 0.23 (n = 1) to -0.01 at KL 1.8 (n = 16), PPO from 0.19 at KL 0.3
+     (kl_coef 0.3) to 0.05 at KL 3.8, DPO from 0.22 at KL 0.02 (beta 1) to -0.26 at KL 6.2 (beta 0.03),
+     GRPO from 0.14 at KL 0.5 (beta 0.5) to 0.02-0.09 beyond KL 1.9. The reason is measured in lesson 03,
+     step 5: the reward model ranks the policy's own samples of these prompts at chance, so optimising it
+     (or the annotators' labels behind it, for DPO) buys drift and its biases, not gold.
+  2. The dominance lines: at each KL, which method has the most gold at or below it. On tiny, DPO with a
+     large beta loses least at small KL (0.22 at KL 0.02-0.04, the SFT level within the noise), and
+     every method loses more the further it goes; check the reward model's on-policy accuracy before
+     reading any frontier.
   3. plots/frontier_<preset>.png: gold vs KL (left) and proxy vs gold (right). Points that sit high
      on the proxy axis but low on gold are reward hacking.
 
