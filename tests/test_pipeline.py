@@ -4,6 +4,8 @@ import json
 import os
 import shutil
 
+import pytest
+
 from minirlhf.cli import main
 
 
@@ -53,3 +55,15 @@ def test_micro_pipeline_end_to_end(tmp_path, capsys):
     rows = [json.loads(line) for line in open(os.path.join(moved, "micro", "pairs", "prefs.jsonl"))]
     assert summary["on_policy_pairs"] == 0 and summary["templated_pairs"] == templated == len(rows)
     assert {r["source"] for r in rows} == {"templated"}
+
+
+def test_pair_responses_disjoint_and_all_by_hand():
+    from minirlhf.pairs import pair_responses
+    samples = ["a<|end|>", "b<|end|>", "a<|end|>", "a<|end|>", "<|end|>", "c<|end|>"]
+    # disjoint: (a, b) kept; (a, a) identical; (empty, c) has an empty response
+    assert pair_responses(samples, "disjoint") == ([("a<|end|>", "b<|end|>")], 1, 1)
+    # all: distinct a, b, empty, c (two repeats of a merged); the empty one dropped; 3 choose 2 pairs
+    assert pair_responses(samples, "all") == ([("a<|end|>", "b<|end|>"), ("a<|end|>", "c<|end|>"),
+                                               ("b<|end|>", "c<|end|>")], 2, 1)
+    with pytest.raises(ValueError, match="--pairing='some'"):
+        pair_responses(samples, "some")
