@@ -21,7 +21,7 @@ spread is a few hundredths; the SFT model's held-out gold is 0.23): the default 
 give 294 on-policy pairs, and with the resulting reward model PPO reaches a held-out gold of 0.06, DPO
 0.18; `--n_prompts=1000 --samples_per_prompt=4 --pairing=all` gives 1632 pairs (19 s), PPO 0.10, DPO
 0.21; `--n_prompts=1000 --samples_per_prompt=8` gives 1977 pairs (38 s) and PPO 0.17. Better, but still
-below SFT: the reward model's accuracy on the policy's own samples stays near chance (0.50-0.55;
+below SFT: the reward model's accuracy on the policy's own samples stays near chance (0.50-0.56;
 reward.py measures it).
 
 Deliberate simplifications: pairs are labelled independently (no K-wise ranking); identical and empty
