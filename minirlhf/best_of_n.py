@@ -184,7 +184,8 @@ def run(cfg: BestOfNConfig) -> dict:
     hits, pairs = pairwise_gold_accuracy(pool.proxy.tolist(), gold.tolist())  # why selection helps or hurts
     summary = {"stage": STAGE, "key": key, "prompts": len(rows), "samples_per_prompt": N,
                "temperature": cfg.temperature, "rows": table,
-               "rm_pairwise_gold_accuracy": round(hits / max(pairs, 1), 4), "rm_pairwise_pairs": pairs, "seconds": round(watch.seconds(), 2)}
+               "rm_pairwise_gold_accuracy": round(hits / max(pairs, 1), 4), "rm_pairwise_pairs": pairs,
+               "seconds": round(watch.seconds(), 2)}
     write_json(os.path.join(out, "summary.json"), summary)
     print(f"{'n':>4} {'gold':>8} {'proxy':>8} {'oracle':>8} {'KL':>7}")
     for r in table:

@@ -256,7 +256,7 @@ class PairsConfig:
     init: str = ""  # the policy to sample from; "" = out/<preset>/sft/model.pt
     prompts: str = ""  # RL prompts to sample on; "" = the world's rl_prompts.jsonl
     templated: str = ""  # templated pairs mixed in; "" = the world's prefs.jsonl
-    n_prompts: int = -1  # prompts sampled on (each gives samples_per_prompt // 2 pairs); 0 = templated pairs only, -1 = from preset
+    n_prompts: int = -1  # prompts sampled on (samples_per_prompt // 2 pairs each; more with --pairing=all); 0 = templated pairs only, -1 = from preset
     samples_per_prompt: int = 2  # responses per prompt
     pairing: str = "disjoint"  # "disjoint": samples (1,2), (3,4), ...; "all": every pair of distinct samples
     temperature: float = 1.0  # sampling temperature
