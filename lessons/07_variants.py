@@ -170,11 +170,18 @@ print("\nEach variant should beat SFT: its gold above the SFT row. " +
 if "ORPO" in below:
     print("(ORPO starts from the base model: within its step budget it must learn the chat format and the preferences\n"
           " at once, while every other row starts from a policy that already had SFT.)")
-if [k for k in below if k != "ORPO"]:
-    print(f"({', '.join(k for k in below if k != 'ORPO')}: the pairs teach what the annotators preferred -- mostly style,\n"
-          " with their taste for length and flattery -- and, on the policy's own samples, which answer is right no\n"
-          " better than chance: the reward model fitted to these same pairs ranks those samples at chance (lesson 03,\n"
-          " step 5). Learning that moves a policy away from SFT without gaining gold; compare each row's loss with its KL.)")
+rm_path = os.path.join(base, "reward", "summary.json")
+if [k for k in below if k != "ORPO"] and os.path.exists(rm_path):
+    with open(rm_path) as f:
+        rm = json.load(f)
+    if "on_policy_gold_accuracy_heldout" in rm:
+        print(f"({', '.join(k for k in below if k != 'ORPO')}: how much can these pairs teach about the policy's own "
+              f"answers? The reward model\n fitted to them orders pairs of the SFT model's samples as the gold judge "
+              f"does {rm['on_policy_gold_accuracy_heldout']:.2f} of the time\n on held-out prompts "
+              f"({rm['on_policy_gold_accuracy_train']:.2f} on training prompts; 0.5 = chance; lesson 03, step 5). Near "
+              "chance, the pairs carry\n style and the annotators' taste for length and flattery, not which answer is "
+              "right: learning them moves a\n policy away from SFT without gaining gold. Compare each row's gold with "
+              "its KL.)")
 if cuda:
     print("peak RSS (host) per variant: " + ", ".join(f"{k} {v['peak_rss_mib']:.0f}" for k, v in results.items())
           + " MiB")
