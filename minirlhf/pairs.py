@@ -67,6 +67,11 @@ def sample_responses(policy, tok, prompts: list[str], k: int, max_new_tokens: in
 PAIRINGS = ("disjoint", "all")
 
 
+def check_pairing(pairing: str) -> None:
+    if pairing not in PAIRINGS:
+        raise ValueError(f"--pairing={pairing!r}: expected one of {', '.join(PAIRINGS)}")
+
+
 def pair_responses(responses: list[str], pairing: str) -> tuple[list[tuple[str, str]], int, int]:
     """The pairs to label from one prompt's K samples: (pairs, identical skipped, empty skipped).
 
@@ -82,6 +87,7 @@ def pair_responses(responses: list[str], pairing: str) -> tuple[list[tuple[str, 
     def is_empty(text: str) -> bool:
         return not strip_end(text)[0].strip()
 
+    check_pairing(pairing)
     if pairing == "disjoint":
         pairs, identical, empty = [], 0, 0
         for a, b in zip(responses[0::2], responses[1::2]):
@@ -92,19 +98,16 @@ def pair_responses(responses: list[str], pairing: str) -> tuple[list[tuple[str, 
             else:
                 pairs.append((a, b))
         return pairs, identical, empty
-    if pairing == "all":
-        distinct = list(dict.fromkeys(responses))  # first copies, in sample order
-        kept = [r for r in distinct if not is_empty(r)]
-        return list(itertools.combinations(kept, 2)), len(responses) - len(distinct), len(distinct) - len(kept)
-    raise ValueError(f"--pairing={pairing!r}: expected one of {', '.join(PAIRINGS)}")
+    distinct = list(dict.fromkeys(responses))  # "all": first copies, in sample order
+    kept = [r for r in distinct if not is_empty(r)]
+    return list(itertools.combinations(kept, 2)), len(responses) - len(distinct), len(distinct) - len(kept)
 
 
 def run(cfg: PairsConfig) -> dict:
     from minirlhf.world import agreement_stats, label_pair
 
     fill_from_preset(cfg)
-    if cfg.pairing not in PAIRINGS:
-        raise ValueError(f"--pairing={cfg.pairing!r}: expected one of {', '.join(PAIRINGS)}")
+    check_pairing(cfg.pairing)  # before any sampling
     if cfg.n_prompts < 0:
         raise ValueError(f"--n_prompts={cfg.n_prompts}: expected >= 0 (0 = templated pairs only; -1 = the preset's)")
     out = stage_dir(cfg, STAGE)
