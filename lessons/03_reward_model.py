@@ -11,6 +11,9 @@ What you should see
      with the gold ordering only about 75 % of the time (label noise, as with real labellers).
   2. The reward model's validation accuracy against the annotators' labels is close to that ceiling,
      and against the *gold* ordering it is higher: training on many noisy labels averages noise out.
+     How much higher it could be is computable: a reward model that had learned the annotators'
+     preference probabilities exactly orders a pair the gold way whenever they favour the better answer
+     at all. On tiny that ceiling is 0.91; the trained one reaches 0.80 (the annotators 0.72).
   3. Scores per response style line up with the gold judge's ranking (ideal high; wrong, rude and
      compliance low) -- with one telling exception:
   4. the bias: the annotators like longer and flattering answers, so the reward model does too. It
@@ -18,9 +21,12 @@ What you should see
      gold judge always prefers the plain one. This is the gap PPO will exploit (lesson 06).
   5. On the SFT model's own samples -- the pairs PPO and best-of-n actually ask it to rank -- the reward
      model is far weaker than on the templated validation pairs: on tiny it is at chance (0.45 on
-     training prompts, 0.48 on held-out ones) where the annotators' labels would still be right 61 % and
-     71 % of the time. Most of those pairs differ by a few words or one fact, and the reward model has
-     learned styles, not facts. A good validation accuracy does not make a reward model worth optimising.
+     training prompts, 0.48 on held-out ones) where one annotator label would still be right 61 % and
+     71 % of the time. Many of those pairs are two wordings of a right answer, where the gold judge
+     prefers the shorter and the annotators the longer (so the labels' own ceiling on training prompts
+     is only 0.38). But even on the decisive pairs -- a right against a wrong answer, gold scores at
+     least 0.5 apart -- it is at 0.56 (204 pairs) and 0.49 (367 pairs): it has learned styles, not
+     facts. A good validation accuracy does not make a reward model worth optimising.
 
 Deliberate simplifications: the library's default reward-model settings; one score per response.
 """
@@ -35,6 +41,7 @@ from minirlhf.checkpoint import load_scalar_model
 from minirlhf.config import PairsConfig, RewardConfig, SFTConfig, make_config
 from minirlhf.pairs import run as make_pairs
 from minirlhf.plots import plt
+from minirlhf.reward import DECISIVE_GAP
 from minirlhf.reward import run as train_reward
 from minirlhf.reward import score_responses
 from minirlhf.sample import tokenizer_for
@@ -56,6 +63,9 @@ print(f"\nvalidation accuracy vs annotator labels: {rm['val_accuracy']:.3f}")
 print(f"validation accuracy vs gold ordering:    {rm.get('val_gold_accuracy', float('nan')):.3f}")
 print(f"annotators' own agreement with gold:     {rm.get('annotator_gold_agreement', float('nan')):.3f}  (the ceiling "
       "for agreeing with their labels)")
+print(f"gold accuracy reachable from the labels: {rm.get('label_ceiling_gold_accuracy', float('nan')):.3f}  (a reward "
+      "model that learned the annotators' preference\n    probabilities exactly: it always picks the likelier label, so "
+      "their noise costs nothing and only their bias does)")
 
 # %% 3. Scores per response style vs the gold judge
 model, _ = load_scalar_model(os.path.join(base, "reward", "model.pt"))
@@ -109,17 +119,26 @@ print(f"\nplots saved to plots/rm_scores_by_style_{preset}.png and plots/rm_bias
 # The validation pairs above are mostly templated styles that differ a lot (ideal vs rude, vs wrong). PPO and
 # best-of-n ask something harder: rank k samples of one prompt from the SFT model, which differ in a fact or a
 # few words. The reward stage measured that too (4 samples per prompt, every pair whose gold scores differ).
-if "on_policy_gold_accuracy_heldout" in rm:
-    print(f"\n{'prompts':<24}{'pairs':>7}{'RM vs gold':>12}{'annotators vs gold':>20}")
+if "on_policy_gold_accuracy_heldout" in rm and "on_policy_decisive_pairs_heldout" not in rm:
+    print("\nthis reward model's summary predates the label-ceiling and decisive-pair columns: run "
+          f"`minirlhf reward --preset {preset} --force --truncate=true` (same weights) to add them")
+elif "on_policy_gold_accuracy_heldout" in rm:
+    print(f"\n{'prompts':<24}{'pairs':>7}{'RM vs gold':>12}{'one label':>11}{'label ceiling':>15}"
+          f"{'decisive pairs':>16}{'RM on them':>12}")
     for split, label in (("train", "training split"), ("heldout", "held-out (new entities)")):
         print(f"{label:<24}{rm[f'on_policy_pairs_{split}']:>7}{rm[f'on_policy_gold_accuracy_{split}']:>12.3f}"
-              f"{rm[f'on_policy_annotator_agreement_{split}']:>20.3f}")
-    print("0.5 is chance. Where the reward model is near it, best-of-n and PPO have nothing to climb but its "
-          "biases:\nthat is why gold reward falls under optimisation on those prompts (lessons 04, 06, 08).")
+              f"{rm[f'on_policy_annotator_agreement_{split}']:>11.3f}{rm[f'on_policy_label_ceiling_{split}']:>15.3f}"
+              f"{rm[f'on_policy_decisive_pairs_{split}']:>16}{rm[f'on_policy_decisive_accuracy_{split}']:>12.3f}")
+    print("0.5 is chance. 'one label': how often a fresh annotator label agrees with gold; 'label ceiling': what a "
+          "reward model\nthat had learned the labels exactly would reach; 'decisive pairs': gold scores at least "
+          f"{DECISIVE_GAP} apart (a right\nagainst a wrong answer). Where the reward model is near chance, best-of-n and PPO have "
+          "nothing to climb but its\nbiases: that is why gold reward falls under optimisation on those prompts "
+          "(lessons 04, 06, 08).")
 
 # %% Check yourself
-# 1. Why can the RM agree with gold more often than the annotators it learned from? (Step 2: their
-#    errors are random per pair; fitting many pairs averages them out. Their *bias* is not random --)
+# 1. Why can the RM agree with gold more often than the annotators it learned from, and how often at
+#    most? (Step 2: their errors are random per pair; fitting many pairs averages them out, up to the
+#    label ceiling. Their *bias* is not random --)
 # 2. -- so which errors does the RM keep? (Step 4: the systematic ones, flattery and length.)
 # 3. Why can a reward model with 0.80 validation accuracy be at chance on the policy's samples? (Step 5:
 #    validation pairs are other styles -- rude, wrong, verbose -- while the policy's samples are all polite

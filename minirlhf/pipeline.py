@@ -75,22 +75,40 @@ def write_report(path: str, preset: str, rows: list) -> None:
 
 
 def _reward_model_section(rm: dict) -> list[str]:
-    """Report lines: how well the reward model ranks the policy's own samples (what PPO optimises)."""
+    """Report lines: how well the reward model ranks the policy's own samples (what PPO optimises).
+
+    The label-ceiling and decisive-pair sentences need a reward summary written since they were added;
+    an older one (a reused stage) leaves them out rather than failing."""
     if "on_policy_gold_accuracy_heldout" not in rm:
         return []
-    return ["", "## How far the reward model can be trusted", "",
-            f"On its validation pairs (mostly templated styles) the reward model agrees with the gold ordering "
-            f"{_fmt(rm.get('val_gold_accuracy', float('nan')))} of the time. On pairs of the SFT model's own samples "
-            f"(4 per prompt, every pair whose gold scores differ) -- what PPO and best-of-n ask it to rank -- it "
-            f"agrees {_fmt(rm['on_policy_gold_accuracy_train'])} of the time on training-split prompts "
-            f"({rm['on_policy_pairs_train']} pairs) and {_fmt(rm['on_policy_gold_accuracy_heldout'])} on held-out "
-            f"prompts ({rm['on_policy_pairs_heldout']} pairs); 0.5 is chance, and the annotators' labels would agree "
-            f"{_fmt(rm['on_policy_annotator_agreement_train'])} and "
-            f"{_fmt(rm['on_policy_annotator_agreement_heldout'])}. "
-            f"Where it is near chance, optimising it cannot raise the gold reward, and what it does reward "
-            f"consistently is the annotators' bias (it prefers an added flattering opener on "
-            f"{_fmt(rm.get('rm_prefers_flattery', float('nan')))} and an added filler sentence on "
-            f"{_fmt(rm.get('rm_prefers_length', float('nan')))} of probe prompts)."]
+    from minirlhf.reward import DECISIVE_GAP
+
+    text = (f"On its validation pairs (mostly templated styles) the reward model agrees with the gold ordering "
+            f"{_fmt(rm.get('val_gold_accuracy', float('nan')))} of the time")
+    if "label_ceiling_gold_accuracy" in rm:
+        text += (f"; a reward model that had learned the annotators' preferences exactly would reach "
+                 f"{_fmt(rm['label_ceiling_gold_accuracy'])} there (their noise averages out, their bias does not)")
+    text += (f". On pairs of the SFT model's own samples (4 per prompt, every pair whose gold scores differ) -- "
+             f"what PPO and best-of-n ask it to rank -- it agrees {_fmt(rm['on_policy_gold_accuracy_train'])} of the "
+             f"time on training-split prompts ({rm['on_policy_pairs_train']} pairs) and "
+             f"{_fmt(rm['on_policy_gold_accuracy_heldout'])} on held-out prompts ({rm['on_policy_pairs_heldout']} "
+             f"pairs); 0.5 is chance.")
+    if "on_policy_decisive_pairs_heldout" in rm:
+        text += (f" A model of the annotators' labels would reach {_fmt(rm['on_policy_label_ceiling_train'])} and "
+                 f"{_fmt(rm['on_policy_label_ceiling_heldout'])}")
+        if min(rm["on_policy_label_ceiling_train"], rm["on_policy_label_ceiling_heldout"]) < 0.5:
+            text += (" (below 0.5 where most pairs are near-ties such as two wordings of one right answer: the gold "
+                     "judge prefers the shorter, the annotators the longer)")
+        text += (f". On the decisive pairs alone (gold scores at least "
+                 f"{DECISIVE_GAP} apart: a right against a wrong answer) it agrees "
+                 f"{_fmt(rm['on_policy_decisive_accuracy_train'])} ({rm['on_policy_decisive_pairs_train']} pairs) "
+                 f"and {_fmt(rm['on_policy_decisive_accuracy_heldout'])} ({rm['on_policy_decisive_pairs_heldout']} "
+                 f"pairs).")
+    text += (f" Where it is near chance, optimising it cannot raise the gold reward, and what it does reward "
+             f"consistently is the annotators' bias (it prefers an added flattering opener on "
+             f"{_fmt(rm.get('rm_prefers_flattery', float('nan')))} and an added filler sentence on "
+             f"{_fmt(rm.get('rm_prefers_length', float('nan')))} of probe prompts).")
+    return ["", "## How far the reward model can be trusted", "", text]
 
 
 REPORT_KEYS = {
@@ -103,7 +121,8 @@ REPORT_KEYS = {
     "ppo": ["gold", "proxy", "kl_k1", "length", "iterations_per_second", "rollout_tokens_per_second"],
     "dpo": ["gold", "kl_k1", "val_rewards/accuracies", "length"],
     "reward": ["dropped_pairs", "val_accuracy", "val_gold_accuracy", "annotator_gold_agreement",
-               "on_policy_gold_accuracy_heldout", "on_policy_gold_accuracy_train", "raw_mean", "raw_std"],
+               "label_ceiling_gold_accuracy", "on_policy_gold_accuracy_heldout", "on_policy_gold_accuracy_train",
+               "raw_mean", "raw_std"],
 }
 
 # rows of the model comparison table: (label, summary key of the base model, key of the chat models)

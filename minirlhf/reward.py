@@ -50,6 +50,7 @@ from minirlhf.train_loop import micro_batch_size, train_loop
 
 STAGE = "reward"
 ON_POLICY_K = 4  # SFT samples per prompt for the on-policy accuracy check (6 pairs per prompt)
+DECISIVE_GAP = 0.5  # gold gap of a "decisive" pair: a right against a wrong answer (~0.85 vs -0.6), not two wordings
 
 
 def encode_pairs(tok: Tokenizer, rows: list[dict], max_len: int, truncate: bool, source: str):
@@ -214,13 +215,15 @@ def measure_bias(model, tok, preset: str, seed: int, n: int = 200) -> dict:
     return out
 
 
-def pairwise_gold_accuracy(proxy: list[list[float]], gold: list[list[float]]) -> tuple[int, int]:
-    """(hits, pairs): over every pair of samples of one prompt whose gold scores differ, how often the
-    proxy orders them as the gold judge does (a proxy tie counts as a miss). Rows are prompts."""
+def pairwise_gold_accuracy(proxy: list[list[float]], gold: list[list[float]],
+                           min_gap: float = 0.0) -> tuple[int, int]:
+    """(hits, pairs): over every pair of samples of one prompt whose gold scores differ (by at least
+    `min_gap`), how often the proxy orders them as the gold judge does (a proxy tie counts as a miss).
+    Rows are prompts."""
     hits = pairs = 0
     for q, g in zip(proxy, gold):
         for i, j in itertools.combinations(range(len(g)), 2):
-            if g[i] != g[j]:
+            if g[i] != g[j] and abs(g[i] - g[j]) >= min_gap:
                 pairs += 1
                 hits += (q[i] - q[j]) * (g[i] - g[j]) > 0
     return hits, pairs
@@ -229,9 +232,15 @@ def pairwise_gold_accuracy(proxy: list[list[float]], gold: list[list[float]]) ->
 def on_policy_stats(rows: list[dict], texts: list[list[str]], proxy: list[list[float]], judge_fn) -> dict:
     """`on_policy_accuracy`'s numbers from k scored samples per prompt row (texts and proxy: [rows][k]).
 
-    Per split ("eval" -> `_heldout`, "train" -> `_train`): the pairs with different gold scores, the reward
-    model's accuracy on them, and the annotators' expected agreement with gold on the same pairs (the mean
-    `preference_probability` of the gold-better response).
+    Per split ("eval" -> `_heldout`, "train" -> `_train`), over the pairs with different gold scores:
+      on_policy_pairs, on_policy_gold_accuracy   how many, and how often the reward model orders them as gold;
+      on_policy_annotator_agreement              the annotators' expected agreement with gold on the same
+                                                 pairs (the mean `preference_probability` of the better one);
+      on_policy_label_ceiling                    the share of them where that probability is above one half:
+                                                 the accuracy of a reward model that learned the labels exactly;
+      on_policy_decisive_pairs, ..._accuracy     the same restricted to pairs whose gold scores differ by at
+                                                 least DECISIVE_GAP (a right against a wrong answer, not two
+                                                 wordings of the same one).
     """
     from minirlhf.world import preference_probability
 
@@ -252,6 +261,10 @@ def on_policy_stats(rows: list[dict], texts: list[list[str]], proxy: list[list[f
         out[f"on_policy_pairs_{name}"] = pairs
         out[f"on_policy_gold_accuracy_{name}"] = hits / pairs if pairs else float("nan")
         out[f"on_policy_annotator_agreement_{name}"] = sum(agree) / len(agree) if agree else float("nan")
+        out[f"on_policy_label_ceiling_{name}"] = sum(p > 0.5 for p in agree) / len(agree) if agree else float("nan")
+        hits, pairs = pairwise_gold_accuracy(picked_proxy, picked_gold, DECISIVE_GAP)
+        out[f"on_policy_decisive_pairs_{name}"] = pairs
+        out[f"on_policy_decisive_accuracy_{name}"] = hits / pairs if pairs else float("nan")
     return out
 
 
@@ -265,9 +278,11 @@ def on_policy_accuracy(model, policy, tok, rows: list[dict], k: int, max_new_tok
     ways (a right or a wrong fact, a few words more). For each prompt row (`split` "eval" = held-out,
     "train" = training split) sample k responses, score them with the reward model and the gold judge, and
     count over all k-choose-2 pairs with different gold scores how often the two order them alike
-    (`on_policy_stats`). Next to it, the annotators' expected agreement with gold on the same pairs: what
-    a reward model that had learned the labels exactly would reach. 0.5 is chance: a reward model at 0.5
-    on held-out prompts gives best-of-n and PPO nothing to climb there but its own biases.
+    (`on_policy_stats`). Next to it, the annotators' expected agreement with gold on the same pairs (what
+    one fresh label would reach) and the label ceiling (what a reward model that had learned their
+    preference probabilities exactly would reach), and the accuracy on the decisive pairs alone (a right
+    against a wrong answer). 0.5 is chance: a reward model at 0.5 on held-out prompts gives best-of-n and
+    PPO nothing to climb there but its own biases.
     """
     from minirlhf.best_of_n import best_of_n_responses
     from minirlhf.world import judge
@@ -278,17 +293,21 @@ def on_policy_accuracy(model, policy, tok, rows: list[dict], k: int, max_new_tok
 
 
 def annotator_ceiling(path: str) -> dict:
-    """How often the annotators' own labels agree with the gold ordering on the validation pairs.
+    """How often the annotators' own labels agree with the gold ordering on the validation pairs, and
+    the gold accuracy reachable from such labels.
 
     A reward model trained on those labels should not be expected to agree with them more often than
-    they agree with the truth; against gold it can do better (it averages the annotators' noise out).
+    they agree with the truth; against gold it can do better (it averages the annotators' noise out), up
+    to `label_ceiling_gold_accuracy`: the share of pairs where the annotators prefer the gold-better
+    answer with probability above one half. What stays below it is their bias (flattery, length).
     """
     from minirlhf.world import agreement_stats
 
     rows = [obj for _, obj in read_jsonl(path)]
     if not all("gold_chosen" in r and "p_chosen" in r for r in rows):
         return {}
-    return {"annotator_gold_agreement": agreement_stats(rows)["agreement"]}
+    stats = agreement_stats(rows)
+    return {"annotator_gold_agreement": stats["agreement"], "label_ceiling_gold_accuracy": stats["label_ceiling"]}
 
 
 def run(cfg: RewardConfig) -> dict:

@@ -30,6 +30,9 @@ def test_micro_pipeline_end_to_end(tmp_path, capsys):
         assert rm_summary[f"on_policy_pairs_{split}"] > 0
         assert 0 <= rm_summary[f"on_policy_gold_accuracy_{split}"] <= 1
         assert 0 < rm_summary[f"on_policy_annotator_agreement_{split}"] < 1  # a mean of probabilities
+        assert 0 <= rm_summary[f"on_policy_label_ceiling_{split}"] <= 1
+        assert 0 <= rm_summary[f"on_policy_decisive_pairs_{split}"] <= rm_summary[f"on_policy_pairs_{split}"]
+    assert 0 <= rm_summary["label_ceiling_gold_accuracy"] <= 1
 
     # a second run reuses every stage
     capsys.readouterr()
@@ -67,3 +70,21 @@ def test_pair_responses_disjoint_and_all_by_hand():
                                                ("b<|end|>", "c<|end|>")], 2, 1)
     with pytest.raises(ValueError, match="--pairing='some'"):
         pair_responses(samples, "some")
+
+
+def test_reward_model_section_with_old_and_new_summaries():
+    """A reward summary written before the label-ceiling keys existed still gives a report (without them)."""
+    from minirlhf.pipeline import _reward_model_section
+
+    old = {"val_gold_accuracy": 0.8, "on_policy_gold_accuracy_train": 0.45, "on_policy_pairs_train": 10,
+           "on_policy_gold_accuracy_heldout": 0.48, "on_policy_pairs_heldout": 12}
+    text = _reward_model_section(old)[-1]
+    assert "0.45 of the time on training-split prompts (10 pairs)" in text and "decisive" not in text
+    new = dict(old, label_ceiling_gold_accuracy=0.91, on_policy_label_ceiling_train=0.38,
+               on_policy_label_ceiling_heldout=0.76, on_policy_decisive_pairs_train=4,
+               on_policy_decisive_accuracy_train=0.5, on_policy_decisive_pairs_heldout=6,
+               on_policy_decisive_accuracy_heldout=0.25)
+    text = _reward_model_section(new)[-1]
+    assert "would reach 0.91 there" in text and "0.38 and 0.76 (below 0.5" in text
+    assert "agrees 0.5 (4 pairs) and 0.25 (6 pairs)" in text
+    assert _reward_model_section({}) == []

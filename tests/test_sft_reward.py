@@ -205,3 +205,23 @@ def test_on_policy_stats_by_hand():
     expected = 1 / (1 + math.exp(-(1.0 + 0.5 * math.tanh(1 / 20))))
     assert out["on_policy_annotator_agreement_heldout"] == pytest.approx(expected, abs=1e-12)
     assert out["on_policy_annotator_agreement_train"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_on_policy_label_ceiling_and_decisive_pairs_by_hand():
+    """The label ceiling counts the pairs the annotators' bias flips; decisive pairs have a gold gap >= 0.5."""
+    long_text = "one two three four five six seven eight nine ten eleven"  # 11 words
+    gold = {"right": 0.85, "wrong": -0.6, long_text: 0.50, "one": 0.52}
+    rows = [{"prompt": "p", "split": "eval"}, {"prompt": "s", "split": "eval"}]
+    texts = [["wrong", "right"], [long_text, "one"]]
+    proxy = [[1.0, 0.0], [0.0, 1.0]]  # wrong on the decisive pair, right on the near-tie
+    out = reward.on_policy_stats(rows, texts, proxy, lambda p, t: gold[t])
+    assert out["on_policy_pairs_heldout"] == 2 and out["on_policy_gold_accuracy_heldout"] == 0.5
+    assert out["on_policy_decisive_pairs_heldout"] == 1 and out["on_policy_decisive_accuracy_heldout"] == 0.0
+    # "right" over "wrong": sigmoid(1.45 / 0.65 + 0) > 1/2.  "one" over the 11-word answer:
+    # sigmoid(0.02 / 0.65 + 0.5 tanh(-10 / 20)) < 1/2 -- the annotators' length bias flips it
+    p_right = 1 / (1 + math.exp(-(1.45 / 0.65)))
+    p_short = 1 / (1 + math.exp(-(0.02 / 0.65 + 0.5 * math.tanh(-10 / 20))))
+    assert p_short < 0.5 < p_right
+    assert out["on_policy_annotator_agreement_heldout"] == pytest.approx((p_right + p_short) / 2, abs=1e-12)
+    assert out["on_policy_label_ceiling_heldout"] == 0.5
+    assert out["on_policy_pairs_train"] == 0 and math.isnan(out["on_policy_label_ceiling_train"])

@@ -323,6 +323,21 @@ def test_annotator_agreement_in_human_range(preset):
     assert stats["agreement_worse_flatters"] < stats["agreement_worse_plain"] - 0.2, stats
 
 
+def test_agreement_stats_by_hand():
+    """Three hand-made records: a tie (left out), an agreeing and a disagreeing label."""
+    records = [
+        {"chosen": "a", "rejected": "b", "gold_chosen": 0.5, "gold_rejected": 0.5, "p_chosen": 0.5},  # tie
+        {"chosen": "a", "rejected": "b", "gold_chosen": 0.8, "gold_rejected": 0.1, "p_chosen": 0.9},
+        # the gold-worse answer won; the annotators preferred the better one with probability 1 - 0.7 = 0.3
+        {"chosen": "a", "rejected": "b", "gold_chosen": 0.2, "gold_rejected": 0.3, "p_chosen": 0.7},
+    ]
+    stats = agreement_stats(records)
+    assert stats["pairs"] == 3 and stats["ties"] == 1
+    assert stats["agreement"] == 0.5
+    assert stats["expected_agreement"] == pytest.approx((0.9 + 0.3) / 2)
+    assert stats["label_ceiling"] == 0.5  # only the first pair is more likely labelled the gold way
+
+
 def test_summary_reports_agreement_noise_and_styles(micro):
     _, summary = micro
     assert summary["label_noise"] == pytest.approx(1 - summary["annotator_agreement"], abs=1e-4)

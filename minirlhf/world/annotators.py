@@ -103,7 +103,11 @@ def agreement_stats(records: list[dict]) -> dict:
     """How often the annotators' choice agrees with the gold ordering, overall and where the bias bites.
 
     Pairs whose gold scores tie are left out (no gold ordering). `expected` averages the probability
-    of choosing the gold-better answer (the sampled `agreement` fluctuates around it).
+    of choosing the gold-better answer (the sampled `agreement` fluctuates around it). `label_ceiling`
+    is the share of pairs where that probability is above one half: the gold accuracy of a reward model
+    that had learned the annotators' preference probabilities exactly. It orders each pair by the more
+    likely label, so their random noise costs it nothing and only their bias does (it is 1.0 for
+    unbiased annotators, however noisy).
     Subsets: `worse_longer` (the gold-worse answer has more words) vs `worse_shorter`, and
     `worse_flatters` (only the gold-worse answer flatters) vs `worse_plain` (it does not).
     """
@@ -133,6 +137,7 @@ def agreement_stats(records: list[dict]) -> dict:
         key = "" if name == "all" else f"_{name}"
         out[f"agreement{key}"] = round(sum(a for a, _ in items) / len(items), 4) if items else None
         out[f"expected_agreement{key}"] = round(sum(p for _, p in items) / len(items), 4) if items else None
+        out[f"label_ceiling{key}"] = round(sum(p > 0.5 for _, p in items) / len(items), 4) if items else None
         if name != "all":
             out[f"pairs{key}"] = len(items)
     return out
