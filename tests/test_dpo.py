@@ -68,6 +68,31 @@ def test_sequence_logps_sum_exactly_the_assistant_tokens(base):  # noqa: F811
     assert abs(total[0].item() - expected) < 1e-10 and count[0].item() == sum(mask)
 
 
+def test_rpo_alpha_adds_the_chosen_per_token_nll_by_hand():
+    """DPO + alpha * NLL (RPO): two pairs written out by hand, beta 0.1, alpha 0.5."""
+    cfg = DPOConfig(beta=0.1, rpo_alpha=0.5)
+    pc, pr = torch.tensor([-4.0, -6.0]), torch.tensor([-5.0, -5.0])  # summed log-probs
+    nc, nr = torch.tensor([2.0, 3.0]), torch.tensor([4.0, 4.0])  # token counts
+    ref = torch.tensor([-5.0, -5.0])
+    loss, m = dpo.preference_loss("dpo", cfg, pc, pr, nc, nr, ref, ref)
+    # h = (pc - ref) - (pr - ref) = [1, -1]; DPO = mean(-log sigmoid(0.1 h)); NLL = mean(4 / 2, 6 / 3) = 2
+    dpo_part = (math.log1p(math.exp(-0.1)) + math.log1p(math.exp(0.1))) / 2
+    assert loss.item() == pytest.approx(dpo_part + 0.5 * 2.0, abs=1e-6)
+    assert m["chosen_nll"].item() == pytest.approx(2.0)
+    plain, m0 = dpo.preference_loss("dpo", DPOConfig(beta=0.1), pc, pr, nc, nr, ref, ref)
+    assert plain.item() == pytest.approx(dpo_part, abs=1e-6) and "chosen_nll" not in m0
+
+
+def test_rpo_alpha_is_refused_where_it_does_not_apply(sft_done, tmp_path):
+    with pytest.raises(ValueError, match="--rpo_alpha=1.0.*--loss=orpo"):
+        dpo.run(dpo_cfg(sft_done, tmp_path, loss="orpo", rpo_alpha=1.0))
+    with pytest.raises(ValueError, match="--rpo_alpha=-1.0: must be >= 0"):
+        dpo.run(dpo_cfg(sft_done, tmp_path, rpo_alpha=-1.0))
+    summary = dpo.run(dpo_cfg(sft_done, tmp_path, loss="cdpo", rpo_alpha=1.0, max_steps=2))
+    assert math.isfinite(summary["val_loss"])
+    assert "nll/chosen" in first_row(sft_done["out"], "cdpo")
+
+
 def test_unknown_loss_is_a_clear_error(sft_done, tmp_path):
     with pytest.raises(ValueError, match="--loss='kto2'"):
         dpo.run(dpo_cfg(sft_done, tmp_path, loss="kto2"))
