@@ -44,7 +44,7 @@ import torch
 import transformers
 
 from minirlhf import checkpoint as ck
-from minirlhf.config import DPOConfig, make_config
+from minirlhf.config import PRESETS, DPOConfig, make_config
 from minirlhf.dpo import run as dpo
 from minirlhf.engine import generate
 from minirlhf.hf import export_hf, import_hf
@@ -53,6 +53,10 @@ from minirlhf.world import build_world, make_corpus
 
 root = os.path.join("out", "byo")
 source = sys.argv[1] if len(sys.argv) > 1 else None
+if source in PRESETS and not os.path.isdir(source):  # `python lessons/09_your_own_model.py micro`, like the others
+    print(f"Lesson 09 takes a Hugging Face GPT-2 folder, not a preset ({source!r}); going on with the tiny "
+          "random GPT-2 made here.")
+    source = None
 made_here = source is None
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()

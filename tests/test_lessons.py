@@ -3,8 +3,8 @@
 The lessons are what a reader runs first, so a lesson that stops with a traceback (a summary key it
 expects but an older stage did not write, a renamed option) is a bug like any other. They build on each
 other's artifacts (lesson 03 reuses lesson 02's SFT model, ...), so one test runs them all in a fresh
-folder, each as its own process, the way a reader would: `python lessons/NN_name.py micro`. Lesson 09
-takes a model folder instead of a preset; without one it makes its own tiny GPT-2.
+folder, each as its own process, the way a reader would: `python lessons/NN_name.py micro`. (Lesson 09
+takes a model folder instead of a preset; given a preset name it says so and makes its own tiny GPT-2.)
 
 Slow (about two minutes on 2 cores): `pytest -m slow tests/test_lessons.py`.
 """
@@ -42,8 +42,8 @@ def test_every_lesson_runs_on_micro(tmp_path):
     assert names[0].startswith("00_") and len(names) >= 10, names
     for name in names:
         path = os.path.join(LESSONS, name)
-        args = [sys.executable, path] + ([] if name.startswith("09_") else ["micro"])
-        run = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        run = subprocess.run([sys.executable, path, "micro"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600)
         output = run.stdout + run.stderr
         assert run.returncode == 0, f"{name} exited with {run.returncode}:\n{output[-3000:]}"
         missing = [p for p in promised_plots(path, "micro")
