@@ -260,6 +260,16 @@ def evaluate_policy(policy, tok, world_dir: str, reference=None, reward_model=No
     return metrics, samples
 
 
+def gold_by_category(samples: list[dict]) -> dict[tuple[str, str], tuple[float, int]]:
+    """Mean gold score and sample count per (split, category) of `evaluate_policy`'s samples (the rows of a
+    stage's samples.jsonl): where a policy's gold reward comes from, and where it was lost. Rows without a
+    split or category (prompts brought by the user) count as "unknown"."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for s in samples:
+        groups.setdefault((s.get("split", "unknown"), s.get("category", "unknown")), []).append(float(s["gold"]))
+    return {k: (float(np.mean(v)), len(v)) for k, v in groups.items()}
+
+
 def load_judge(spec: str):
     """`--gold-judge module:function` -> a judge(prompt, response) -> float; "" -> None (the world's judge).
 

@@ -69,9 +69,33 @@ def write_report(path: str, preset: str, rows: list) -> None:
             k = base_key if col == 1 else chat_key
             cells.append(_fmt(summary[k]) if summary and k and k in summary else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += _category_section(os.path.dirname(path), [name for name in ("sft", "ppo", "dpo") if name in by_name])
     lines += _reward_model_section(by_name.get("reward") or {})
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _category_section(base: str, stages: list[str]) -> list[str]:
+    """Report lines: each chat model's mean gold score per prompt category, held-out prompts first, read from
+    the stages' samples.jsonl (their final evaluation), so that a gain or a loss can be traced to its prompts."""
+    from minirlhf.evaluate import gold_by_category, read_rows
+
+    tables = {name: gold_by_category(read_rows(os.path.join(base, name, "samples.jsonl"))) for name in stages
+              if os.path.exists(os.path.join(base, name, "samples.jsonl"))}
+    if not tables:
+        return []
+    groups = sorted(set().union(*tables.values()), key=lambda k: (k[0] != "eval", k[0], k[1]))
+    split_names = {"eval": "held-out", "train": "training split"}
+    lines = ["", "## Where the gold reward comes from", "",
+             "Mean gold score per prompt category in each model's final evaluation (n = prompts; one sample each, "
+             "so a category of a few prompts moves a lot from seed to seed).", "",
+             "| prompts | n | " + " | ".join(name.upper() for name in tables) + " |",
+             "|---|---:|" + "---:|" * len(tables)]
+    for key in groups:
+        n = next(t[key][1] for t in tables.values() if key in t)
+        cells = [f"{t[key][0]:.3f}" if key in t else "" for t in tables.values()]
+        lines.append(f"| {split_names.get(key[0], key[0])}: {key[1]} | {n} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _reward_model_section(rm: dict) -> list[str]:

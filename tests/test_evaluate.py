@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from minirlhf.config import ModelConfig, WorldConfig
-from minirlhf.evaluate import evaluate_policy, forum_eval
+from minirlhf.evaluate import evaluate_policy, forum_eval, gold_by_category
 from minirlhf.model import GPT, ScalarModel
 from minirlhf.tokenizer import Tokenizer
 from minirlhf.world.build import run as build_world
@@ -61,3 +61,10 @@ def test_forum_eval_runs_on_a_base_model(world):
     metrics, samples = forum_eval(model, tok, world_dir, max_new_tokens=10)
     assert set(metrics) == {"forum_gold", "forum_unsafe_refusal", "forum_fact_acc"}
     assert all("\n" not in s["response"] for s in samples)  # the answer is cut at the end of the line
+
+
+def test_gold_by_category_by_hand():
+    samples = [{"split": "eval", "category": "fact", "gold": 1.0}, {"split": "eval", "category": "fact", "gold": 0.0},
+               {"split": "train", "category": "fact", "gold": -0.5}, {"prompt": "user's own", "gold": 0.25}]
+    assert gold_by_category(samples) == {("eval", "fact"): (0.5, 2), ("train", "fact"): (-0.5, 1),
+                                         ("unknown", "unknown"): (0.25, 1)}

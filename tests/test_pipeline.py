@@ -22,6 +22,7 @@ def test_micro_pipeline_end_to_end(tmp_path, capsys):
     report = open(os.path.join(base, "report.md")).read()
     assert all(f"| {stage} |" in report for stage in ("pretrain", "sft", "reward", "ppo", "dpo"))
     assert "Models compared by the gold judge" in report and "How far the reward model can be trusted" in report
+    assert "## Where the gold reward comes from" in report and "| held-out: fact |" in report
     assert all(os.path.exists(p) for p in json.load(open(os.path.join(base, "pipeline_summary.json")))["figures"])
     sft_summary = json.load(open(os.path.join(base, "sft", "summary.json")))
     assert -1 <= sft_summary["gold"] <= 1 and os.path.exists(os.path.join(base, "sft", "samples.jsonl"))
