@@ -11,9 +11,9 @@ What you should see
      with the gold ordering only about 75 % of the time (label noise, as with real labellers).
   2. The reward model's validation accuracy against the annotators' labels is close to that ceiling,
      and against the *gold* ordering it is higher: training on many noisy labels averages noise out.
-     How much higher it could be is computable: a reward model that had learned the annotators'
-     preference probabilities exactly orders a pair the gold way whenever they favour the better answer
-     at all. On tiny that ceiling is 0.91; the trained one reaches 0.80 (the annotators 0.72).
+     How much higher it could be is computable: a perfect model of the annotators (their preference
+     probability for every pair, the likelier answer picked) orders a pair the gold way whenever they
+     favour the better answer at all. On tiny that ceiling is 0.91; the trained one reaches 0.80 (the annotators 0.72).
   3. Scores per response style line up with the gold judge's ranking (ideal high; wrong, rude and
      compliance low) -- with one telling exception:
   4. the bias: the annotators like longer and flattering answers, so the reward model does too. It
@@ -63,9 +63,9 @@ print(f"\nvalidation accuracy vs annotator labels: {rm['val_accuracy']:.3f}")
 print(f"validation accuracy vs gold ordering:    {rm.get('val_gold_accuracy', float('nan')):.3f}")
 print(f"annotators' own agreement with gold:     {rm.get('annotator_gold_agreement', float('nan')):.3f}  (the ceiling "
       "for agreeing with their labels)")
-print(f"gold accuracy reachable from the labels: {rm.get('label_ceiling_gold_accuracy', float('nan')):.3f}  (a reward "
-      "model that learned the annotators' preference\n    probabilities exactly: it always picks the likelier label, so "
-      "their noise costs nothing and only their bias does)")
+print(f"gold accuracy reachable from the labels: {rm.get('label_ceiling_gold_accuracy', float('nan')):.3f}  (a perfect "
+      "model of the annotators' preferences\n    picks the likelier answer of every pair, so their noise costs nothing "
+      "and only their bias does)")
 
 # %% 3. Scores per response style vs the gold judge
 model, _ = load_scalar_model(os.path.join(base, "reward", "model.pt"))
@@ -130,7 +130,7 @@ elif "on_policy_gold_accuracy_heldout" in rm:
               f"{rm[f'on_policy_annotator_agreement_{split}']:>11.3f}{rm[f'on_policy_label_ceiling_{split}']:>15.3f}"
               f"{rm[f'on_policy_decisive_pairs_{split}']:>16}{rm[f'on_policy_decisive_accuracy_{split}']:>12.3f}")
     print("0.5 is chance. 'one label': how often a fresh annotator label agrees with gold; 'label ceiling': what a "
-          "reward model\nthat had learned the labels exactly would reach; 'decisive pairs': gold scores at least "
+          "perfect model\nof the annotators' preferences would reach; 'decisive pairs': gold scores at least "
           f"{DECISIVE_GAP} apart (a right\nagainst a wrong answer). Where the reward model is near chance, best-of-n and PPO have "
           "nothing to climb but its\nbiases: that is why gold reward falls under optimisation on those prompts "
           "(lessons 04, 06, 08).")

@@ -110,7 +110,7 @@ def _reward_model_section(rm: dict) -> list[str]:
     text = (f"On its validation pairs (mostly templated styles) the reward model agrees with the gold ordering "
             f"{_fmt(rm.get('val_gold_accuracy', float('nan')))} of the time")
     if "label_ceiling_gold_accuracy" in rm:
-        text += (f"; a reward model that had learned the annotators' preferences exactly would reach "
+        text += (f"; a perfect model of the annotators' preferences would reach "
                  f"{_fmt(rm['label_ceiling_gold_accuracy'])} there (their noise averages out, their bias does not)")
     text += (f". On pairs of the SFT model's own samples (4 per prompt, every pair whose gold scores differ) -- "
              f"what PPO and best-of-n ask it to rank -- it agrees {_fmt(rm['on_policy_gold_accuracy_train'])} of the "
@@ -118,7 +118,7 @@ def _reward_model_section(rm: dict) -> list[str]:
              f"{_fmt(rm['on_policy_gold_accuracy_heldout'])} on held-out prompts ({rm['on_policy_pairs_heldout']} "
              f"pairs); 0.5 is chance.")
     if "on_policy_decisive_pairs_heldout" in rm:
-        text += (f" A model of the annotators' labels would reach {_fmt(rm['on_policy_label_ceiling_train'])} and "
+        text += (f" A perfect model of the annotators would reach {_fmt(rm['on_policy_label_ceiling_train'])} and "
                  f"{_fmt(rm['on_policy_label_ceiling_heldout'])}")
         if min(rm["on_policy_label_ceiling_train"], rm["on_policy_label_ceiling_heldout"]) < 0.5:
             text += (" (below 0.5 where most pairs are near-ties such as two wordings of one right answer: the gold "

@@ -237,7 +237,7 @@ def on_policy_stats(rows: list[dict], texts: list[list[str]], proxy: list[list[f
       on_policy_annotator_agreement              the annotators' expected agreement with gold on the same
                                                  pairs (the mean `preference_probability` of the better one);
       on_policy_label_ceiling                    the share of them where that probability is above one half:
-                                                 the accuracy of a reward model that learned the labels exactly;
+                                                 the accuracy of a perfect model of the annotators;
       on_policy_decisive_pairs, ..._accuracy     the same restricted to pairs whose gold scores differ by at
                                                  least DECISIVE_GAP (a right against a wrong answer, not two
                                                  wordings of the same one).
@@ -279,8 +279,8 @@ def on_policy_accuracy(model, policy, tok, rows: list[dict], k: int, max_new_tok
     "train" = training split) sample k responses, score them with the reward model and the gold judge, and
     count over all k-choose-2 pairs with different gold scores how often the two order them alike
     (`on_policy_stats`). Next to it, the annotators' expected agreement with gold on the same pairs (what
-    one fresh label would reach) and the label ceiling (what a reward model that had learned their
-    preference probabilities exactly would reach), and the accuracy on the decisive pairs alone (a right
+    one fresh label would reach) and the label ceiling (what a perfect model of their preferences, picking
+    the likelier answer, would reach), and the accuracy on the decisive pairs alone (a right
     against a wrong answer). 0.5 is chance: a reward model at 0.5 on held-out prompts gives best-of-n and
     PPO nothing to climb there but its own biases.
     """

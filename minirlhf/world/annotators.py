@@ -104,10 +104,11 @@ def agreement_stats(records: list[dict]) -> dict:
 
     Pairs whose gold scores tie are left out (no gold ordering). `expected` averages the probability
     of choosing the gold-better answer (the sampled `agreement` fluctuates around it). `label_ceiling`
-    is the share of pairs where that probability is above one half: the gold accuracy of a reward model
-    that had learned the annotators' preference probabilities exactly. It orders each pair by the more
-    likely label, so their random noise costs it nothing and only their bias does (it is 1.0 for
-    unbiased annotators, however noisy).
+    is the share of pairs where that probability is above one half: the gold accuracy of a perfect model
+    of the annotators, one that knows their preference probability for every pair and picks the likelier
+    answer. Their random noise costs it nothing and only their bias does (it is 1.0 for unbiased
+    annotators, however noisy). A reward model can at best approach it: one score per response cannot
+    always express a preference that depends on the pair (the length bias is a tanh of the difference).
     Subsets: `worse_longer` (the gold-worse answer has more words) vs `worse_shorter`, and
     `worse_flatters` (only the gold-worse answer flatters) vs `worse_plain` (it does not).
     """
