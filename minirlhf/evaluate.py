@@ -3,7 +3,8 @@
     from minirlhf.evaluate import evaluate_policy
     metrics, samples = evaluate_policy(policy, tok, "out/tiny/world", reference=sft_model, reward_model=rm,
                                        pretrain_dir="out/tiny/pretrain")
-    minirlhf eval --checkpoint out/tiny/sft/model.pt        # the same, as a printed table + eval.json
+    minirlhf eval --checkpoint out/tiny/sft/model.pt        # the same, as a printed table + eval.json,
+                                                            # with the mean gold per prompt category
     minirlhf eval --checkpoint out/tiny/sft/model.pt --gold-judge my_judges:politeness   # your own judge
     minirlhf eval --checkpoint out/tiny/dpo/model.pt --seeds=1,2,3,4,5   # mean and std over sampling seeds
 
@@ -260,6 +261,9 @@ def evaluate_policy(policy, tok, world_dir: str, reference=None, reward_model=No
     return metrics, samples
 
 
+SPLIT_NAMES = {"eval": "held-out", "train": "training split"}  # the prompt rows' `split`, as tables print it
+
+
 def gold_by_category(samples: list[dict]) -> dict[tuple[str, str], tuple[float, int]]:
     """Mean gold score and sample count per (split, category) of `evaluate_policy`'s samples (the rows of a
     stage's samples.jsonl): where a policy's gold reward comes from, and where it was lost. Rows without a
@@ -373,11 +377,12 @@ def run(cfg) -> dict:
     reward_model = load_scalar_model(rm_path, device)[0] if os.path.exists(rm_path) else None
     pretrain_dir = os.path.join(base, "pretrain")
     ppl_dir = pretrain_dir if os.path.exists(os.path.join(pretrain_dir, "val.bin")) else None
-    per_seed = {}
+    per_seed, samples = {}, []
     for i, seed in enumerate(seeds):  # perplexity uses fixed windows, not the sampling seed: measured once
-        per_seed[seed], _ = evaluate_policy(policy, tok, os.path.join(base, "world"), reference, reward_model,
-                                            ppl_dir if i == 0 else None, cfg.temperature, cfg.max_new_tokens, seed,
-                                            cfg.n_train, judge_fn=judge_fn)
+        per_seed[seed], seed_samples = evaluate_policy(policy, tok, os.path.join(base, "world"), reference,
+                                                       reward_model, ppl_dir if i == 0 else None, cfg.temperature,
+                                                       cfg.max_new_tokens, seed, cfg.n_train, judge_fn=judge_fn)
+        samples += seed_samples
         if "heldout_ppl" in per_seed[seeds[0]]:
             per_seed[seed]["heldout_ppl"] = per_seed[seeds[0]]["heldout_ppl"]
     name = os.path.basename(os.path.dirname(os.path.abspath(cfg.checkpoint)))
@@ -390,6 +395,11 @@ def run(cfg) -> dict:
         metrics, std = mean_and_std(list(per_seed.values()))
         print(format_table({**{f"seed {s}": m for s, m in per_seed.items()}, "mean": metrics, "std": std}))
         result.update({"seeds": seeds, "std": std, "per_seed": {str(s): m for s, m in per_seed.items()}})
+    by_category = {f"{SPLIT_NAMES.get(split, split)}: {category}": {"gold": round(gold, 4), "samples": n}
+                   for (split, category), (gold, n) in sorted(gold_by_category(samples).items())}
+    print("\nmean gold per prompt category (samples of all seeds pooled)")
+    print("\n".join(f"  {k:<30}{v['gold']:>8.3f}{v['samples']:>6}" for k, v in by_category.items()))
+    result["gold_by_category"] = by_category
     output = cfg.output or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "eval.json")
     write_json(output, {**result, "metrics": metrics})
     print(f"metrics written to {output}")

@@ -78,14 +78,13 @@ def write_report(path: str, preset: str, rows: list) -> None:
 def _category_section(base: str, stages: list[str]) -> list[str]:
     """Report lines: each chat model's mean gold score per prompt category, held-out prompts first, read from
     the stages' samples.jsonl (their final evaluation), so that a gain or a loss can be traced to its prompts."""
-    from minirlhf.evaluate import gold_by_category, read_rows
+    from minirlhf.evaluate import SPLIT_NAMES, gold_by_category, read_rows
 
     tables = {name: gold_by_category(read_rows(os.path.join(base, name, "samples.jsonl"))) for name in stages
               if os.path.exists(os.path.join(base, name, "samples.jsonl"))}
     if not tables:
         return []
     groups = sorted(set().union(*tables.values()), key=lambda k: (k[0] != "eval", k[0], k[1]))
-    split_names = {"eval": "held-out", "train": "training split"}
     lines = ["", "## Where the gold reward comes from", "",
              "Mean gold score per prompt category in each model's final evaluation (n = prompts; one sample each, "
              "so a category of a few prompts moves a lot from seed to seed).", "",
@@ -94,7 +93,7 @@ def _category_section(base: str, stages: list[str]) -> list[str]:
     for key in groups:
         n = next(t[key][1] for t in tables.values() if key in t)
         cells = [f"{t[key][0]:.3f}" if key in t else "" for t in tables.values()]
-        lines.append(f"| {split_names.get(key[0], key[0])}: {key[1]} | {n} | " + " | ".join(cells) + " |")
+        lines.append(f"| {SPLIT_NAMES.get(key[0], key[0])}: {key[1]} | {n} | " + " | ".join(cells) + " |")
     return lines
 
 

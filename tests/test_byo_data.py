@@ -166,6 +166,9 @@ def test_gold_judge_replaces_the_world_judge(judged, tmp_path, monkeypatch):
         result = json.load(fh)
     assert result["gold_judge"] == "my_judges:constant"
     assert result["metrics"]["gold"] == result["metrics"]["gold_all"] == 0.125
+    cats = result["gold_by_category"]  # every prompt in exactly one split/category group, each at the constant
+    assert cats and all(v["gold"] == 0.125 for v in cats.values())
+    assert sum(v["samples"] for v in cats.values()) == result["metrics"]["n_prompts"]
 
 
 @pytest.mark.parametrize("spec, code, message", [
@@ -210,6 +213,10 @@ def test_eval_over_several_seeds_reports_mean_and_std(judged, tmp_path):
     assert a != b  # different samples, or the mean and std below would prove little
     assert both["metrics"]["length"] == pytest.approx((a + b) / 2)
     assert both["std"]["length"] == pytest.approx(abs(a - b) / 2 ** 0.5)  # sample std of two numbers
+    # the per-category table pools both seeds' samples: twice the prompts, and the mean of the two runs' gold
+    assert sum(v["samples"] for v in both["gold_by_category"].values()) == 2 * singles[0]["n_prompts"]
+    weighted = sum(v["gold"] * v["samples"] for v in both["gold_by_category"].values()) / (2 * singles[0]["n_prompts"])
+    assert weighted == pytest.approx((singles[0]["gold_all"] + singles[1]["gold_all"]) / 2, abs=1e-3)
 
 
 @pytest.mark.parametrize("seeds", ["1", "1,1", "1,x"])
