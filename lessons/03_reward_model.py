@@ -13,7 +13,8 @@ What you should see
      and against the *gold* ordering it is higher: training on many noisy labels averages noise out.
      How much higher it could be is computable: a perfect model of the annotators (their preference
      probability for every pair, the likelier answer picked) orders a pair the gold way whenever they
-     favour the better answer at all. On tiny that ceiling is 0.91; the trained one reaches 0.80 (the annotators 0.72).
+     favour the better answer at all. On tiny that ceiling is 0.91; the trained one reaches 0.80 (the
+     annotators themselves 0.72).
   3. Scores per response style line up with the gold judge's ranking (ideal high; wrong, rude and
      compliance low) -- with one telling exception:
   4. the bias: the annotators like longer and flattering answers, so the reward model does too. It
