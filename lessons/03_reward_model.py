@@ -132,9 +132,9 @@ elif "on_policy_gold_accuracy_heldout" in rm:
               f"{rm[f'on_policy_decisive_pairs_{split}']:>16}{rm[f'on_policy_decisive_accuracy_{split}']:>12.3f}")
     print("0.5 is chance. 'one label': how often a fresh annotator label agrees with gold; 'label ceiling': what a "
           "perfect model\nof the annotators' preferences would reach; 'decisive pairs': gold scores at least "
-          f"{DECISIVE_GAP} apart (a right\nagainst a wrong answer). Where the reward model is near chance, best-of-n and PPO have "
-          "nothing to climb but its\nbiases: that is why gold reward falls under optimisation on those prompts "
-          "(lessons 04, 06, 08).")
+          f"{DECISIVE_GAP} apart (a right\nagainst a wrong answer). Where the reward model is near chance, "
+          "best-of-n and PPO have nothing to climb but its\nbiases: that is why gold reward falls under "
+          "optimisation on those prompts (lessons 04, 06, 08).")
 
 # %% Check yourself
 # 1. Why can the RM agree with gold more often than the annotators it learned from, and how often at

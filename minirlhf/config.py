@@ -299,7 +299,7 @@ class DPOConfig(TrainConfig):
     simpo_beta: float = 2.0  # SimPO reward scale (Meng et al. 2024)
     simpo_gamma: float = 0.5  # SimPO target margin
     orpo_lambda: float = 0.1  # ORPO weight of the odds-ratio term (Hong et al. 2024)
-    rpo_alpha: float = 0.0  # dpo/cdpo/ipo: + alpha * per-token NLL of the chosen response (RPO, Pang et al. 2024); 0 = off
+    rpo_alpha: float = 0.0  # dpo/cdpo/ipo: + alpha * per-token NLL of the chosen responses (RPO); 0 = off
     kto_data: str = ""  # KTO JSONL {"prompt","completion","label"}; "" = the preference pairs, unpaired
     kto_desirable_weight: float = 1.0  # KTO lambda_D (Ethayarajh et al. 2024)
     kto_undesirable_weight: float = 1.0  # KTO lambda_U
