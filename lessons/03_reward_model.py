@@ -1,10 +1,10 @@
 """Lesson 03 -- the reward model: a learned, noisy, biased stand-in for human judgement.
 
-Run:      python lessons/03_reward_model.py         (preset tiny: about 3 minutes on a 2-core CPU after lesson 02)
+Run:      python lessons/03_reward_model.py         (preset tiny: about 5 minutes on a 2-core CPU after lesson 02)
           python lessons/03_reward_model.py micro   (seconds)
 Reads:    out/<preset>/sft/ (lesson 02), out/<preset>/world/
-Writes:   out/<preset>/pairs/, out/<preset>/reward/, plots/rm_scores_by_style_<preset>.png,
-          plots/rm_bias_<preset>.png
+Writes:   out/<preset>/pairs/, out/<preset>/reward/, out/<preset>/reward_odin/,
+          plots/rm_scores_by_style_<preset>.png, plots/rm_bias_<preset>.png, plots/rm_odin_<preset>.png
 
 What you should see
   1. On-policy pairs: the SFT model's own samples, labelled by the simulated annotators -- who agree
@@ -28,6 +28,12 @@ What you should see
      is only 0.38). But even on the decisive pairs -- a right against a wrong answer, gold scores at
      least 0.5 apart -- it is at 0.56 (204 pairs) and 0.49 (367 pairs): it has learned styles, not
      facts. A good validation accuracy does not make a reward model worth optimising.
+  6. ODIN takes the length bias out: the same reward model trained with a second head that soaks up
+     length, dropped afterwards. On tiny an added filler sentence wins on 20 % of prompts instead of 94 %,
+     and the correlation of its scores with length on SFT samples falls from 0.57 to 0.02, at the same
+     validation gold accuracy (0.80). On the SFT model's own samples it is now above chance (0.55 on
+     held-out prompts, 0.69 on training prompts), because it no longer prefers the longer of two wordings
+     of one answer. Flattery stays: only length was separated out.
 
 Deliberate simplifications: the library's default reward-model settings; one score per response.
 """
@@ -136,6 +142,46 @@ elif "on_policy_gold_accuracy_heldout" in rm:
           "best-of-n and PPO have nothing to climb but its\nbiases: that is why gold reward falls under "
           "optimisation on those prompts (lessons 04, 06, 08).")
 
+# %% 6. Taking the length bias out: ODIN
+# The annotators' liking for length is a known bias, and response length is cheap to measure, so it can be
+# separated out (Chen et al. 2024, "ODIN"): a second linear head on the same trunk, trained so that its score
+# follows length while the first head's score is kept uncorrelated with length (and the two heads' weights
+# orthogonal). The Bradley-Terry loss sees the sum of the two scores, so together they can still fit the
+# annotators' labels; afterwards the length head is dropped and RL sees the first head alone. Same pairs,
+# same steps, one flag:
+odin = train_reward(make_config(RewardConfig, overrides={"preset": preset, "out_dir": out_dir, "truncate": True,
+                                                         "length_head_coef": 1.0, "run_name": "reward_odin"}))
+rows_6 = [("validation accuracy vs gold", "val_gold_accuracy"), ("validation accuracy vs labels", "val_accuracy"),
+          ("prefers + filler sentence", "rm_prefers_length"), ("prefers + flattering opener", "rm_prefers_flattery"),
+          ("corr(score, length), SFT samples", "corr_score_length"),
+          ("on-policy gold accuracy, held-out", "on_policy_gold_accuracy_heldout")]
+print(f"\n{'':<36}{'default':>10}{'ODIN':>10}")
+for label, key in rows_6:
+    if key in rm and key in odin:
+        print(f"{label:<36}{rm[key]:>10.3f}{odin[key]:>10.3f}")
+print(f"With the length head dropped, an added filler sentence wins on {odin['rm_prefers_length']:.0%} of prompts "
+      f"(default: {rm['rm_prefers_length']:.0%}), a flattering\nopener on {odin['rm_prefers_flattery']:.0%} "
+      f"(default: {rm['rm_prefers_flattery']:.0%}). Only length was separated out: a bias has to be named and "
+      "measured before it\ncan be taken out this way.")
+fig, ax = plt.subplots(figsize=(8, 4.2))
+bars_6 = [(k, label) for k, label in (("rm_prefers_length", "prefers\n+ filler sentence"),
+                                       ("rm_prefers_flattery", "prefers\n+ flattering opener"),
+                                       ("val_gold_accuracy", "gold accuracy,\nvalidation pairs"),
+                                       ("on_policy_gold_accuracy_heldout", "gold accuracy, SFT samples\n(held-out prompts)"))
+          if k in rm and k in odin]
+x6 = range(len(bars_6))
+ax.bar([i - 0.2 for i in x6], [rm[k] for k, _ in bars_6], width=0.4, label="default reward model")
+ax.bar([i + 0.2 for i in x6], [odin[k] for k, _ in bars_6], width=0.4, label="ODIN (length head dropped)")
+ax.set_xticks(list(x6), [label for _, label in bars_6])
+ax.set_ylim(0, 1.2)
+ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+ax.legend(loc="upper center", ncol=2)
+ax.set_ylabel("share of prompts / of pairs")
+ax.set_title(f"Separating length from content ({preset}); the gold judge prefers neither addition")
+fig.tight_layout()
+fig.savefig(f"plots/rm_odin_{preset}.png", dpi=120)
+print(f"plot saved to plots/rm_odin_{preset}.png")
+
 # %% Check yourself
 # 1. Why can the RM agree with gold more often than the annotators it learned from, and how often at
 #    most? (Step 2: their errors are random per pair; fitting many pairs averages them out, up to the
@@ -147,3 +193,6 @@ elif "on_policy_gold_accuracy_heldout" in rm:
 # 4. Why read the score at the <|end|> token and normalise it on SFT samples? (The last token has seen
 #    the whole response; mean 0 / std 1 on the policy's own samples makes PPO's KL coefficient
 #    comparable across reward models.)
+# 5. Why is ODIN's quality head less biased than the labels it was trained on? (Step 6: the length head can
+#    absorb every length-driven part of a label, so the quality head gains nothing from copying it; the
+#    correlation penalty and the orthogonality make sure it does not.)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from minirlhf.ops import masked_mean, upcast
+from minirlhf.ops import masked_mean, pearson_correlation, upcast
 
 
 def sft_loss(logits, labels, loss_mask):
@@ -48,6 +48,31 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None, center_coe
     margins = (chosen_rewards - rejected_rewards).detach()
     return loss, {"accuracy": (margins > 0).float().mean(), "margins": margins,
                   "chosen_rewards": chosen_rewards.detach(), "rejected_rewards": rejected_rewards.detach()}
+
+
+def length_disentangle_loss(quality, length_scores, lengths, w_quality, w_length):
+    """ODIN's extra reward-model loss: a length head absorbs length, the quality head is kept free of it.
+
+    Chen et al. 2024, "ODIN: Disentangled Reward Mitigates Hacking in RLHF", §4. Two linear heads read the
+    same final hidden state; the Bradley-Terry loss is applied to their sum, and this loss adds
+
+        |corr(quality, lengths)| - corr(length_scores, lengths) + |w_quality . w_length|
+
+    with Pearson's correlation over the batch's responses (chosen and rejected together): the quality
+    head is pushed to be uncorrelated with length, the length head to follow it, and the two heads'
+    weight vectors to be orthogonal. After training the length head is dropped, so RL optimises a reward
+    that no longer pays for length (the annotators' bias), while the pair of heads could still fit labels
+    that do.
+
+    quality, length_scores, lengths: (N,) scores of the two heads and response lengths (tokens);
+    w_quality, w_length: the heads' weights (any shape, flattened). Metrics: both correlations and the
+    heads' overlap |w_quality . w_length|.
+    """
+    corr_q, corr_l = pearson_correlation(quality, lengths), pearson_correlation(length_scores, lengths)
+    orth = (w_quality.flatten() @ w_length.flatten()).abs()
+    loss = corr_q.abs() - corr_l + orth
+    return loss, {"corr_quality_length": corr_q.detach(), "corr_length_head": corr_l.detach(),
+                  "head_overlap": orth.detach()}
 
 
 def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: float):

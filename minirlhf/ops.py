@@ -75,6 +75,16 @@ def masked_whiten(x, mask, shift_mean: bool = True, eps: float = 1e-8):
     return whitened * mask
 
 
+def pearson_correlation(x, y, eps: float = 1e-8):
+    """Pearson's correlation of two (N,) float tensors: cov(x, y) / (std(x) std(y)), differentiable.
+
+    0 when either input is constant (the denominator is clamped at `eps`). Computed in float32 or wider.
+    """
+    x, y = upcast(x), upcast(y)
+    xc, yc = x - x.mean(), y - y.mean()  # (N,)
+    return (xc * yc).sum() / (xc.norm() * yc.norm()).clamp_min(eps)
+
+
 def logprobs_from_logits(logits, labels, temperature: float = 1.0):
     """log p(label) under softmax(logits / temperature): (..., V), (...) -> (...).
 

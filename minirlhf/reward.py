@@ -5,6 +5,7 @@ Run it:
     minirlhf reward --preset tiny --prefs my_prefs.jsonl
     minirlhf reward --preset tiny --margin_coef=1 --run_name=reward_margin   # a variant next to the default,
     minirlhf ppo --preset tiny --reward_model=out/tiny/reward_margin/model.pt --run_name=ppo_margin  # used by PPO
+    minirlhf reward --preset tiny --length_head_coef=1 --run_name=reward_odin  # ODIN: length bias taken out
 
 What happens, top to bottom:
   1. read the pairs (`{"prompt","chosen","rejected"}`, validated line by line) and render each response as
@@ -14,6 +15,9 @@ What happens, top to bottom:
   3. train: chosen and rejected of a batch go through ONE forward pass (2B rows), loss
      `bradley_terry_loss(r_chosen, r_rejected)` (optionally with a confidence margin and reward centering);
      validation accuracy against the annotators' labels and against the gold ordering;
+     with `--length_head_coef` > 0, ODIN (Chen et al. 2024): a second head on the same trunk is trained
+     to carry the labels' liking for length (`LengthDisentangled`, `losses.length_disentangle_loss`)
+     and is dropped afterwards, so the saved reward model scores content, not length;
   4. normalise: sample responses from the SFT policy on RL prompts, score them, and set the head's gain and
      offset so those scores have mean 0 and std 1 (Ziegler et al. 2019 §2.2; lm-human-preferences). PPO's
      KL coefficient then means the same thing whatever the raw scale of the reward model;
@@ -42,8 +46,9 @@ from minirlhf.config import RewardConfig, fill_from_preset, save_config, stage_d
 from minirlhf.data import read_jsonl, read_preferences_with_report, read_prompts
 from minirlhf.engine import generate
 from minirlhf.evaluate import eval_prompt_rows
-from minirlhf.losses import bradley_terry_loss
-from minirlhf.model import ScalarModel, last_token_index
+from minirlhf.losses import bradley_terry_loss, length_disentangle_loss
+from minirlhf.model import ScalarHead, ScalarModel, last_token_index
+from minirlhf.ops import pearson_correlation
 from minirlhf.sft import batch_indices, stage_file, stage_tokenizer, world_file
 from minirlhf.tokenizer import END, Tokenizer, render_conversation, render_prompt
 from minirlhf.train_loop import micro_batch_size, train_loop
@@ -102,12 +107,53 @@ def pad_right(seqs: list[list[int]], pad_id: int, device):
     return ids.to(device), mask.to(device)
 
 
+def at_last_token(values, mask):
+    """(B, T) per-position values -> (B,) at the last real token: ScalarModel.score outside the model."""
+    return values.gather(1, last_token_index(mask)[:, None]).squeeze(1)
+
+
 def score_pairs(model, pairs: list[dict], pad_id: int, device):
     """Chosen and rejected in one forward pass: (B,), (B,). `model` may be DDP-wrapped (forward is called)."""
     ids, mask = pad_right([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id, device)
-    values = model(ids, mask)  # (2B, T): ScalarModel.score, written through forward so that DDP sees the call
-    scores = values.gather(1, last_token_index(mask)[:, None]).squeeze(1)  # (2B,) at the last real token
+    scores = at_last_token(model(ids, mask), mask)  # (2B,); through forward so that DDP sees the call
     return scores[:len(pairs)], scores[len(pairs):]
+
+
+class LengthDisentangled(torch.nn.Module):
+    """ODIN's training-time reward model (Chen et al. 2024, §4): `model` plus a length head on its trunk.
+
+    forward(idx, mask) -> (quality values, length values), each (B, T), from one pass of the trunk. The
+    reward stage trains the sum of the two scores with the Bradley-Terry loss plus
+    `losses.length_disentangle_loss`, then keeps `model` (trunk + quality head) and drops the length head.
+    """
+
+    def __init__(self, model: ScalarModel):
+        super().__init__()
+        self.model = model
+        self.length_head = ScalarHead(model.config.n_embd)
+
+    def forward(self, idx, attention_mask=None):
+        hidden = self.model.trunk.hidden_states(idx, attention_mask)  # (B, T, C)
+        return self.model.head(hidden), self.length_head(hidden)
+
+
+def disentangled_pair_loss(model, pairs: list[dict], pad_id: int, device, cfg):
+    """The ODIN training loss of one batch of pairs -> (loss, metrics). `model` is a (DDP-wrapped)
+    LengthDisentangled; lengths are the responses' token counts (assistant tokens and the closing <|end|>).
+
+    The correlations are over this micro-batch's 2B responses, as ODIN computes them per device batch, so
+    with gradient accumulation or several processes they are not those of the whole global batch."""
+    ids, mask = pad_right([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id, device)
+    quality, length = (at_last_token(v, mask) for v in model(ids, mask))  # (2B,) each
+    lengths = torch.tensor([sum(p["chosen_mask"]) for p in pairs] + [sum(p["rejected_mask"]) for p in pairs],
+                           dtype=torch.float32, device=device)  # (2B,)
+    B = len(pairs)
+    bt, m = bradley_terry_loss(quality[:B] + length[:B], quality[B:] + length[B:],
+                               margins_for(pairs, cfg.margin_coef, device), cfg.center_coef)
+    inner = model.module if hasattr(model, "module") else model  # DDP keeps the module as .module
+    reg, r = length_disentangle_loss(quality, length, lengths, inner.model.head.linear.weight,
+                                     inner.length_head.linear.weight)
+    return bt + cfg.length_head_coef * reg, {"accuracy": m["accuracy"], "margin": m["margins"].mean(), **r}
 
 
 def margins_for(pairs: list[dict], coef: float, device):
@@ -145,21 +191,26 @@ def pair_accuracy(model, pairs: list[dict], pad_id: int, batch_size: int, device
 @torch.no_grad()
 def normalise(model, policy, tok, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int,
               device, batch_size: int = 64) -> dict:
-    """Set the head's gain/offset so scores of policy samples on `prompts` have mean 0 and std 1."""
+    """Set the head's gain/offset so scores of policy samples on `prompts` have mean 0 and std 1.
+
+    Also returns `corr_score_length`: Pearson's correlation of those scores with the samples' lengths in
+    tokens (how much the reward model pays for length on the policy's own samples; ODIN's measure)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     model.eval()
-    raw = []
+    raw, lengths = [], []
     for i in range(0, len(prompts), batch_size):
         g = generate(policy, prompts[i:i + batch_size], max_new_tokens, tok.end_id, tok.pad_id,
                      temperature=temperature, generator=gen)
         raw.append(model.score(g.tokens, g.attention_mask))
+        lengths.append(g.response_mask.sum(1).float())
     raw = torch.cat(raw)  # scores with the current gain/offset
     head = model.head
     mean, std = raw.mean(), raw.std()
     # new(x) = (old(x) - mean) / std  =>  gain' = gain / std, offset' = (offset - mean) / std
     head.gain.copy_(head.gain / std)
     head.offset.copy_((head.offset - mean) / std)
-    return {"calibration_samples": len(raw), "raw_mean": mean.item(), "raw_std": std.item()}
+    return {"calibration_samples": len(raw), "raw_mean": mean.item(), "raw_std": std.item(),
+            "corr_score_length": pearson_correlation(raw, torch.cat(lengths)).item()}
 
 
 @torch.no_grad()
@@ -312,6 +363,9 @@ def annotator_ceiling(path: str) -> dict:
 
 def run(cfg: RewardConfig) -> dict:
     fill_from_preset(cfg)
+    if cfg.length_head_coef < 0 or cfg.margin_coef < 0 or cfg.center_coef < 0:
+        raise ValueError(f"--length_head_coef={cfg.length_head_coef}, --margin_coef={cfg.margin_coef}, "
+                         f"--center_coef={cfg.center_coef}: each must be >= 0 (0 = off)")
     out = stage_dir(cfg, cfg.run_name or STAGE)
     device = resolve_device(cfg.device)
     setup_torch(device)
@@ -338,18 +392,22 @@ def run(cfg: RewardConfig) -> dict:
     torch.manual_seed(cfg.seed)
     trunk, _ = ck.load_model(init, device)
     model = ScalarModel(trunk).to(device)
-    optimizer = make_adamw(model.trunk.optimizer_groups(cfg.weight_decay) +
-                           [{"params": list(model.head.parameters()), "weight_decay": 0.0}],
+    # ODIN: train with a second (length) head, checkpointed with the model while training, dropped at the end
+    trained = LengthDisentangled(model).to(device) if cfg.length_head_coef else model
+    heads = [p for name, p in trained.named_parameters() if "trunk." not in name]
+    optimizer = make_adamw(model.trunk.optimizer_groups(cfg.weight_decay) + [{"params": heads, "weight_decay": 0.0}],
                            cfg.lr, (cfg.beta1, cfg.beta2), device)
     dist.print0(f"[reward] {len(train)} training pairs, {len(val)} validation pairs, init {init}")
 
     # 3. train (the Bradley-Terry loss is a mean over pairs: each micro-batch weighs its share of the pairs)
     micro_batch_size(cfg)  # checks that grad_accum divides batch_size
-    ddp_model = dist.data_parallel(model)  # the model itself in one process
+    ddp_model = dist.data_parallel(trained)  # the model itself in one process
 
     def batch_loss(step, rows):
         idx = batch_indices(len(train), cfg.batch_size, step, cfg.seed)[rows]  # this micro-batch of the global batch
         chunk = [train[i] for i in idx]
+        if cfg.length_head_coef:
+            return disentangled_pair_loss(ddp_model, chunk, tok.pad_id, device, cfg)
         rc, rr = score_pairs(ddp_model, chunk, tok.pad_id, device)
         loss, m = bradley_terry_loss(rc, rr, margins_for(chunk, cfg.margin_coef, device), cfg.center_coef)
         return loss, {"accuracy": m["accuracy"], "margin": m["margins"].mean()}
@@ -357,7 +415,7 @@ def run(cfg: RewardConfig) -> dict:
     def evaluate():
         return pair_accuracy(model, val, tok.pad_id, cfg.batch_size, device, cfg.dtype)
 
-    result = train_loop(STAGE, cfg, model, optimizer, out, batch_loss, evaluate, device, loss_name="bt_loss",
+    result = train_loop(STAGE, cfg, trained, optimizer, out, batch_loss, evaluate, device, loss_name="bt_loss",
                         wrapped=ddp_model)
     if result["interrupted"]:
         return {"stage": STAGE, "steps": result["steps"], "interrupted": True}

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from minirlhf.losses import bradley_terry_loss, sft_loss
+from minirlhf.losses import bradley_terry_loss, length_disentangle_loss, sft_loss
 
 
 def test_sft_loss_only_counts_masked_tokens():
@@ -53,3 +53,25 @@ def test_gradchecks():
     labels = torch.randint(0, 5, (2, 3))
     mask = torch.tensor([[0, 1, 1], [1, 1, 0]])
     assert torch.autograd.gradcheck(lambda z: sft_loss(z, labels, mask)[0], (logits,))
+
+
+def test_length_disentangle_loss_by_hand():
+    q = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)  # quality head: perfectly anti-correlated with length
+    l_ = torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64)  # length head
+    n = torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)  # response lengths
+    w_q = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    w_l = torch.tensor([3.0, -1.0], dtype=torch.float64)
+    loss, m = length_disentangle_loss(q, l_, n, w_q, w_l)
+    # |corr(q, n)| = |-1| = 1; corr(l, n): centred (-1, 1, 0).(1, 0, -1) = -1 over 2 -> -0.5; |w_q . w_l| = 1
+    assert m["corr_quality_length"].item() == pytest.approx(-1.0)
+    assert m["corr_length_head"].item() == pytest.approx(-0.5)
+    assert loss.item() == pytest.approx(1.0 + 0.5 + 1.0)
+    # the best case: quality uncorrelated with length, length head = length, orthogonal heads -> -1
+    best, _ = length_disentangle_loss(torch.tensor([1.0, -2.0, 1.0], dtype=torch.float64), n, n, w_q,
+                                      torch.tensor([-2.0, 1.0], dtype=torch.float64))
+    assert best.item() == pytest.approx(-1.0)
+    args = [torch.randn(6, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    w = [torch.randn(4, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    lengths = torch.arange(6, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b, c, d: length_disentangle_loss(a, b, lengths, c, d)[0],
+                                    (*args, *w))

@@ -83,3 +83,18 @@ def test_kl_estimators_are_unbiased_for_exact_kl():
     k1 = (p * ops.kl_k1(p.log(), q.log())).sum()
     k3 = (p * ops.kl_k3(p.log(), q.log())).sum()
     assert k1.item() == pytest.approx(exact.item()) and k3.item() == pytest.approx(exact.item())
+
+
+def test_pearson_correlation_by_hand():
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    y = torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64)
+    # centred: (-1, 0, 1) and (-1, 1, 0): covariance sum 1, norms sqrt(2) each -> 1/2
+    assert ops.pearson_correlation(x, y).item() == pytest.approx(0.5)
+    assert ops.pearson_correlation(x, 3 * x + 7).item() == pytest.approx(1.0)
+    assert ops.pearson_correlation(x, -x).item() == pytest.approx(-1.0)
+    assert ops.pearson_correlation(x, torch.full_like(x, 2.0)).item() == 0.0  # a constant: 0, not NaN
+    a, b = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
+    naive = torch.corrcoef(torch.stack([a, b]))[0, 1]
+    assert ops.pearson_correlation(a, b).item() == pytest.approx(naive.item(), abs=1e-12)
+    a.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: ops.pearson_correlation(z, b), (a,))

@@ -115,13 +115,18 @@ def test_reward_score_at_last_real_token_whatever_the_padding():
         assert abs(right.item() - alone.item()) < 1e-10 and abs(left.item() - alone.item()) < 1e-10
 
 
-def test_chosen_rejected_batched_equals_one_by_one(base):
+def float64_model_and_pairs(base):
+    """A float64 reward model on the base trunk, the tokenizer, and the QA pairs (rejected = "No, " repeated)."""
     torch.manual_seed(0)
     model = ScalarModel(ck.load_model(base["init"])[0]).double().eval()
-    tok = base["tok"]
     rows = [{"prompt": [{"role": "user", "content": q}], "chosen": a, "rejected": "No, " * (i + 1)}
             for i, (q, a) in enumerate(QA)]
-    pairs, _ = reward.encode_pairs(tok, rows, 64, False, "x")
+    pairs, _ = reward.encode_pairs(base["tok"], rows, 64, False, "x")
+    return model, base["tok"], pairs
+
+
+def test_chosen_rejected_batched_equals_one_by_one(base):
+    model, tok, pairs = float64_model_and_pairs(base)
     rc, rr = reward.score_pairs(model, pairs, tok.pad_id, "cpu")
     for i, p in enumerate(pairs):
         c1, r1 = reward.score_pairs(model, [p], tok.pad_id, "cpu")
@@ -156,6 +161,13 @@ def test_reward_stage_learns_pairs_and_normalises(base):
     with torch.no_grad():
         scores = model.score(g.tokens, g.attention_mask)
     assert abs(scores.mean().item()) < 1e-5 and abs(scores.std().item() - 1) < 1e-5
+    # the correlation with length survives the affine normalisation: recompute it from the same samples
+    lengths = g.response_mask.sum(1).double()
+    sc, lc = scores.double() - scores.double().mean(), lengths - lengths.mean()
+    if lc.norm() == 0:  # every sample ran to the token budget: a constant length correlates with nothing
+        assert stats["corr_score_length"] == 0.0
+    else:
+        assert abs(stats["corr_score_length"] - ((sc * lc).sum() / (sc.norm() * lc.norm())).item()) < 1e-5
 
 
 def test_reward_run_name_writes_next_to_the_default(base):
@@ -172,6 +184,55 @@ def test_reward_run_name_writes_next_to_the_default(base):
     with open(os.path.join(folder, "config.json")) as f:
         assert json.load(f)["margin_coef"] == 1.0
     assert (os.path.getmtime(default) if os.path.exists(default) else None) == before  # the default is untouched
+
+
+def test_length_disentangled_keeps_the_reward_model_and_adds_a_length_head(base):
+    model, tok, pairs = float64_model_and_pairs(base)
+    two = reward.LengthDisentangled(model).double().eval()
+    ids, mask = reward.pad_right([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], tok.pad_id, "cpu")
+    quality, length = two(ids, mask)
+    assert torch.equal(quality, model(ids, mask))  # the quality head IS the reward model that is kept
+    assert not torch.allclose(length, quality)
+    # with the length head switched off and no regulariser, the loss is the plain Bradley-Terry loss
+    torch.nn.init.zeros_(two.length_head.linear.weight)
+    cfg = RewardConfig(margin_coef=0.0, center_coef=0.0, length_head_coef=0.0)
+    loss, m = reward.disentangled_pair_loss(two, pairs, tok.pad_id, "cpu", cfg)
+    rc, rr = reward.score_pairs(model, pairs, tok.pad_id, "cpu")
+    from minirlhf.losses import bradley_terry_loss
+    assert abs(loss.item() - bradley_terry_loss(rc, rr)[0].item()) < 1e-12
+    # the lengths it correlates with are the responses' token counts, <|end|> included
+    n = torch.tensor([sum(p["chosen_mask"]) for p in pairs] + [sum(p["rejected_mask"]) for p in pairs],
+                     dtype=torch.float64)
+    assert n[len(pairs):].tolist() == [len(tok.encode("No, " * (i + 1))) + 1 for i in range(len(pairs))]
+    from minirlhf.ops import pearson_correlation
+    assert abs(m["corr_quality_length"].item() - pearson_correlation(torch.cat([rc, rr]), n).item()) < 1e-6
+
+
+def test_reward_stage_with_a_length_head_saves_the_quality_head_only(base):
+    sft_over = dict(preset="micro", out_dir=base["out"], init=base["init"], data=base["sft"], eval_data=base["sft"],
+                    max_steps=5, progress=False)
+    sft.run(make_config(SFTConfig, overrides=sft_over))
+    over = dict(preset="micro", out_dir=base["out"], prefs=base["prefs"], eval_prefs=base["prefs"],
+                prompts=base["prompts"], max_steps=4, calibration_prompts=4, max_new_tokens=4, progress=False,
+                log_interval=2, run_name="reward_odin", length_head_coef=1.0)
+    summary = reward.run(make_config(RewardConfig, overrides=over))
+    folder = os.path.join(base["out"], "micro", "reward_odin")
+    assert summary["steps"] == 4
+    state = torch.load(os.path.join(folder, "model.pt"), map_location="cpu", weights_only=False)
+    keys = list(state["model"].keys()) if "model" in state else list(state.keys())
+    assert not any("length_head" in k for k in keys), "the length head is dropped after training"
+    model, _ = ck.load_scalar_model(os.path.join(folder, "model.pt"))
+    assert isinstance(model, ScalarModel)
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        logged = [json.loads(line) for line in f]
+    assert all(-1 <= r["corr_quality_length"] <= 1 and -1 <= r["corr_length_head"] <= 1
+               for r in logged if "corr_quality_length" in r)
+    assert any("corr_quality_length" in r for r in logged)
+
+
+def test_reward_negative_coefficients_are_an_error():
+    with pytest.raises(ValueError, match="length_head_coef=-1.0"):
+        reward.run(make_config(RewardConfig, overrides=dict(preset="micro", length_head_coef=-1.0)))
 
 
 def test_reward_margin_needs_annotator_probability():
