@@ -141,8 +141,9 @@ def disentangled_pair_loss(model, pairs: list[dict], pad_id: int, device, cfg):
     """The ODIN training loss of one batch of pairs -> (loss, metrics). `model` is a (DDP-wrapped)
     LengthDisentangled; lengths are the responses' token counts (assistant tokens and the closing <|end|>).
 
-    The correlations are over this micro-batch's 2B responses, as ODIN computes them per device batch, so
-    with gradient accumulation or several processes they are not those of the whole global batch."""
+    The correlations are over this micro-batch's 2B responses, as ODIN computes them per device batch: with
+    gradient accumulation or several processes they are not those of the whole global batch, and N processes
+    compute what one process with --grad_accum=N does (tests/test_distributed.py checks it)."""
     ids, mask = pad_right([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id, device)
     quality, length = (at_last_token(v, mask) for v in model(ids, mask))  # (2B,) each
     lengths = torch.tensor([sum(p["chosen_mask"]) for p in pairs] + [sum(p["rejected_mask"]) for p in pairs],

@@ -1,8 +1,8 @@
 """Data parallelism (torchrun, DDP, gloo on CPU): N processes train on exactly what one process trains on.
 
 Two gloo processes (`torchrun --standalone --nproc_per_node=2`) run SFT (with the pretraining mix), the
-reward model, DPO, PPO (with PPO-ptx) and GRPO on the micro shapes; every loss they log and every final weight
-must match a one-process run with the same global batch to 1e-5 (float32, same seeds), and so must the
+reward model (also with ODIN's length head), DPO, PPO (with PPO-ptx) and GRPO on the micro shapes; every
+loss they log and every final weight must match a one-process run with the same global batch to 1e-5 (float32, same seeds), and so must the
 evaluation harness each stage ends with (each rank samples and judges its share of the prompts). The one-process
 run cuts each global batch into the same two micro-batches as the two processes (`--grad_accum=2`), on
 one thread like each of them, so both do the same floating-point work and agree to the last bits or
@@ -47,8 +47,9 @@ EVAL_KEYS = {"gold", "gold_train", "fact_acc_train", "refusal_sft_unsafe", "leng
 
 
 def commands(base, out: str, ref: str, grad_accum: int = 1) -> list[list[str]]:  # noqa: F811
-    """SFT (+ptx), reward, DPO, PPO (+ptx) writing to `out`; every input comes from `base` or the reference
-    run `ref`, so the one- and two-process runs of a stage start from the same files."""
+    """SFT (+ptx), reward (plain and with ODIN's length head), DPO, PPO (+ptx), GRPO writing to `out`; every
+    input comes from `base` or the reference run `ref`, so the one- and two-process runs of a stage start from
+    the same files."""
     sft_model = os.path.join(ref, "micro", "sft", "model.pt")
     common = ["--preset=micro", f"--out_dir={out}", "--progress=false", "--force"]
     train = ["--log_interval=1", "--eval_interval=1000", "--warmup_steps=2", f"--grad_accum={grad_accum}"]
@@ -58,6 +59,9 @@ def commands(base, out: str, ref: str, grad_accum: int = 1) -> list[list[str]]: 
         ["reward", *common, *train, f"--init={sft_model}", f"--prefs={base['prefs']}", f"--eval_prefs={base['prefs']}",
          f"--prompts={base['prompts']}", "--max_steps=4", "--batch_size=8", "--lr=3e-3", "--calibration_prompts=8",
          "--max_new_tokens=8"],
+        ["reward", *common, *train, f"--init={sft_model}", f"--prefs={base['prefs']}", f"--eval_prefs={base['prefs']}",
+         f"--prompts={base['prompts']}", "--max_steps=4", "--batch_size=8", "--lr=3e-3", "--calibration_prompts=8",
+         "--max_new_tokens=8", "--length_head_coef=1", "--run_name=reward_odin"],  # correlations per micro-batch
         ["dpo", *common, *train, f"--init={sft_model}", f"--reference={sft_model}", f"--prefs={base['prefs']}",
          f"--eval_prefs={base['prefs']}", "--max_steps=4", "--batch_size=8", "--lr=1e-3"],
         ["ppo", *common, f"--init={sft_model}", f"--reward_model={os.path.join(ref, 'micro', 'reward', 'model.pt')}",
@@ -97,7 +101,7 @@ def metric_rows(out: str, stage: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def two_runs(base, tmp_path_factory):  # noqa: F811
-    """The same five stages in one process (in this pytest process) and in two torchrun processes."""
+    """The same six stage runs in one process (in this pytest process) and in two torchrun processes."""
     root = tmp_path_factory.mktemp("dist")
     runs = root / "runs"  # the folder whose writes are recorded (the report goes beside it)
     ref, two, resumed = str(runs / "one_process"), str(runs / "two_processes"), str(runs / "two_resumed")
@@ -143,7 +147,7 @@ def assert_weights_match(ref_path: str, two_path: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["sft", "reward", "dpo", "ppo", "grpo"])
+@pytest.mark.parametrize("stage", ["sft", "reward", "reward_odin", "dpo", "ppo", "grpo"])
 def test_two_processes_match_one_process(two_runs, stage):
     ref_rows, two_rows = metric_rows(two_runs["ref"], stage), metric_rows(two_runs["two"], stage)
     assert_rows_match(ref_rows, two_rows, stage)
@@ -162,8 +166,8 @@ def test_two_processes_match_one_process(two_runs, stage):
     for run in ("ref", "two"):
         with open(os.path.join(two_runs[run], "micro", stage, "summary.json")) as f:
             summaries.append(json.load(f))
-    assert summaries[1]["stage"] == stage
-    if stage != "reward":
+    assert summaries[1]["stage"] == stage.split("_")[0]  # reward_odin: the reward stage with ODIN's length head
+    if not stage.startswith("reward"):
         a, b = ({k: v for k, v in x.items() if k in EVAL_KEYS} for x in summaries)
         assert a.keys() == b.keys() == EVAL_KEYS - ({"kl_k1", "proxy"} if stage == "sft" else set()), stage
         assert_rows_match([a], [b], stage)
