@@ -167,7 +167,8 @@ fig, ax = plt.subplots(figsize=(8, 4.2))
 bars_6 = [(k, label) for k, label in (("rm_prefers_length", "prefers\n+ filler sentence"),
                                        ("rm_prefers_flattery", "prefers\n+ flattering opener"),
                                        ("val_gold_accuracy", "gold accuracy,\nvalidation pairs"),
-                                       ("on_policy_gold_accuracy_heldout", "gold accuracy, SFT samples\n(held-out prompts)"))
+                                       ("on_policy_gold_accuracy_heldout",
+                                        "gold accuracy, SFT samples\n(held-out prompts)"))
           if k in rm and k in odin]
 x6 = range(len(bars_6))
 ax.bar([i - 0.2 for i in x6], [rm[k] for k, _ in bars_6], width=0.4, label="default reward model")

@@ -2,9 +2,9 @@
 
 Two gloo processes (`torchrun --standalone --nproc_per_node=2`) run SFT (with the pretraining mix), the
 reward model (also with ODIN's length head), DPO, PPO (with PPO-ptx) and GRPO on the micro shapes; every
-loss they log and every final weight must match a one-process run with the same global batch to 1e-5 (float32, same seeds), and so must the
-evaluation harness each stage ends with (each rank samples and judges its share of the prompts). The one-process
-run cuts each global batch into the same two micro-batches as the two processes (`--grad_accum=2`), on
+loss they log and every final weight must match a one-process run with the same global batch to 1e-5
+(float32, same seeds), and so must the evaluation harness each stage ends with (each rank samples and judges
+its share of the prompts). The one-process run cuts each global batch into the same two micro-batches as the two processes (`--grad_accum=2`), on
 one thread like each of them, so both do the same floating-point work and agree to the last bits or
 nearly: a looser comparison would not catch much, because several parameters (the attention's key
 biases) have an exactly-zero true gradient, and Adam turns the rounding noise that different batch
