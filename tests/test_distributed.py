@@ -4,9 +4,9 @@ Two gloo processes (`torchrun --standalone --nproc_per_node=2`) run SFT (with th
 reward model (also with ODIN's length head), DPO, PPO (with PPO-ptx) and GRPO on the micro shapes; every
 loss they log and every final weight must match a one-process run with the same global batch to 1e-5
 (float32, same seeds), and so must the evaluation harness each stage ends with (each rank samples and judges
-its share of the prompts). The one-process run cuts each global batch into the same two micro-batches as the two processes (`--grad_accum=2`), on
-one thread like each of them, so both do the same floating-point work and agree to the last bits or
-nearly: a looser comparison would not catch much, because several parameters (the attention's key
+its share of the prompts). The one-process run cuts each global batch into the same two micro-batches
+as the two processes (`--grad_accum=2`), on one thread like each of them, so both do the same
+floating-point work and agree to the last bits or nearly: a looser comparison would not catch much, because several parameters (the attention's key
 biases) have an exactly-zero true gradient, and Adam turns the rounding noise that different batch
 shapes leave there into steps of a fraction of the learning rate. That the number of micro-batches does
 not change the step is tested on its own below, in one process (`--grad_accum` 1, 2, 4), also for SFT's
