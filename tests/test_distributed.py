@@ -1,21 +1,21 @@
 """Data parallelism (torchrun, DDP, gloo on CPU): N processes train on exactly what one process trains on.
 
-Two gloo processes (`torchrun --standalone --nproc_per_node=2`) run SFT (with the pretraining mix), the
-reward model (also with ODIN's length head), DPO, PPO (with PPO-ptx) and GRPO on the micro shapes; every
-loss they log and every final weight must match a one-process run with the same global batch to 1e-5
-(float32, same seeds), and so must the evaluation harness each stage ends with (each rank samples and judges
-its share of the prompts). The one-process run cuts each global batch into the same two micro-batches
-as the two processes (`--grad_accum=2`), on one thread like each of them, so both do the same
-floating-point work and agree to the last bits or nearly: a looser comparison would not catch much, because several parameters (the attention's key
-biases) have an exactly-zero true gradient, and Adam turns the rounding noise that different batch
-shapes leave there into steps of a fraction of the learning rate. That the number of micro-batches does
-not change the step is tested on its own below, in one process (`--grad_accum` 1, 2, 4), also for SFT's
-mean over a varying number of tokens. PPO and GRPO sample in two seeded shards in both runs
-(`--rollout_shards=2`), so both runs sample the same rollouts; their minibatches are not split in one
-process, so their agreement is within rounding. The same two-process job stops an SFT run after step 2
-and resumes it (it must end where the uninterrupted run ends) and records every file each process
-writes: rank 1 must write nothing. A rank that raises must end the job with its own error (naming the
-rank), and a rank that hangs must end it after the collective timeout.
+Two gloo processes (`torchrun --standalone --nproc_per_node=2`) run SFT (with the pretraining mix), the reward
+model (also with ODIN's length head), DPO, PPO (with PPO-ptx) and GRPO on the micro shapes; every loss they
+log and every final weight must match a one-process run with the same global batch to 1e-5 (float32, same
+seeds), and so must the evaluation harness each stage ends with (each rank samples and judges its share of the
+prompts). The one-process run cuts each global batch into the same two micro-batches as the two processes
+(`--grad_accum=2`), on one thread like each of them, so both do the same floating-point work and agree to the
+last bits or nearly: a looser comparison would not catch much, because several parameters (the attention's key
+biases) have an exactly-zero true gradient, and Adam turns the rounding noise that different batch shapes
+leave there into steps of a fraction of the learning rate. That the number of micro-batches does not change
+the step is tested on its own below, in one process (`--grad_accum` 1, 2, 4), also for SFT's mean over a
+varying number of tokens. PPO and GRPO sample in two seeded shards in both runs (`--rollout_shards=2`), so
+both runs sample the same rollouts; their minibatches are not split in one process, so their agreement is
+within rounding. The same two-process job stops an SFT run after step 2 and resumes it (it must end where the
+uninterrupted run ends) and records every file each process writes: rank 1 must write nothing. A rank that
+raises must end the job with its own error (naming the rank), and a rank that hangs must end it after the
+collective timeout.
 
 The two-process tests launch `torchrun` (seconds of start-up per launch on a busy 2-core machine) and
 are marked slow: run them with `pytest -m slow tests/test_distributed.py`.
