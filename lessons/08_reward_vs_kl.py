@@ -1,7 +1,7 @@
 """Lesson 08 -- the reward-vs-KL frontier: how much true reward each method buys per nat of drift from SFT.
 
-Run:      python lessons/08_reward_vs_kl.py          (preset tiny: 23 minutes on a 2-core CPU for all 18 points,
-                                                     4 per trained method, each run reused once it exists)
+Run:      python lessons/08_reward_vs_kl.py          (preset tiny: 23 minutes on a 2-core CPU for all 22 points,
+                                                     4 per method, each trained run reused once it exists)
           python lessons/08_reward_vs_kl.py micro    (quick mode, 2 points per method: under a minute)
           python lessons/08_reward_vs_kl.py tiny quick   (the quick sweep on any preset)
 Reads:    out/<preset>/sft/, out/<preset>/reward/, out/<preset>/pairs/ (lessons 02-03; run here if missing)
@@ -19,7 +19,10 @@ how far it may go:
   GRPO       beta, the weight of the k3 KL term in its loss (Shao et al. 2024, eq. 3);
   best-of-n  n samples from SFT, keep the reward model's favourite: no training at all, and an analytic
              KL = log n - (n - 1)/n (Stiennon et al. 2020; Gao et al. 2022) -- the baseline every RL
-             method should beat at equal KL.
+             method should beat at equal KL;
+  SFT at T   the SFT model itself sampled at a temperature T < 1: no training and no reward model, only
+             a sharper distribution, with KL(pi_T || pi_sft) measured like everyone else's. A second
+             baseline: how much gold is there for the taking by entropy reduction alone?
 A method's points, joined from the SFT origin, trace its frontier; a method DOMINATES at a given KL
 when it reaches more gold than the others without exceeding that KL. The right panel puts the proxy
 (reward-model score) against gold: a learned reward is a good guide while the two rise together, and
@@ -34,10 +37,15 @@ What you should see
      GRPO from 0.14 at KL 0.5 (beta 0.5) to 0.02-0.09 beyond KL 1.9. The reason is measured in lesson 03,
      step 5: the reward model ranks the policy's own samples of these prompts at chance, so optimising it
      (or the annotators' labels behind it, for DPO) buys drift and its biases, not gold.
-  2. The dominance lines: at each KL, which method has the most gold at or below it. On tiny, DPO with a
-     large beta loses least at small KL (0.22 at KL 0.02-0.04, the SFT level within the noise), and
-     every method loses more the further it goes; check the reward model's on-policy accuracy before
-     reading any frontier.
+     Yet gold WAS there to be had near SFT: the SFT model merely sampled at a lower temperature rises
+     steadily -- 0.27 at T = 0.9 (KL 0.02), 0.29 at 0.8 (KL 0.05), 0.32 at 0.7 (KL 0.10), 0.36 at 0.5
+     (KL 0.26) -- because the answer it gives most often is usually the right one. (Its proxy score
+     falls meanwhile: one more sign that the reward model does not point at gold here.)
+  2. The dominance lines: at each KL, which method has the most gold at or below it. On tiny the
+     tempered SFT model leads at every KL it reaches; of the trained methods DPO with a large beta loses
+     least (0.22 at KL 0.02-0.04, the SFT level within the noise), and every trained method loses more
+     the further it goes. Check the reward model's on-policy accuracy, and this no-training baseline,
+     before crediting any method with a gain.
   3. plots/frontier_<preset>.png: gold vs KL (left) and proxy vs gold (right). Points that sit high
      on the proxy axis but low on gold are reward hacking.
 
@@ -63,21 +71,22 @@ ensure(preset, out_dir, upto="reward")  # SFT (origin and reference), the pairs 
 # %% 1. Run (or reuse) every point: the library's `minirlhf frontier`
 overrides = {"preset": preset, "out_dir": out_dir}
 if mode == "quick":  # two points per trained method, three for best-of-n
-    overrides.update({"ppo_kl_coefs": "0.1,0.3", "dpo_betas": "0.1,1", "grpo_betas": "0,0.5", "bon_ns": "1,2,4"})
+    overrides.update({"ppo_kl_coefs": "0.1,0.3", "dpo_betas": "0.1,1", "grpo_betas": "0,0.5", "bon_ns": "1,2,4",
+                      "temperatures": "0.8,0.5"})
 cfg = make_config(FrontierConfig, overrides=overrides)
 print(f"sweeps ({mode}): PPO kl_coef {cfg.ppo_kl_coefs}; DPO beta {cfg.dpo_betas}; GRPO beta {cfg.grpo_betas}; "
-      f"best-of-n n {cfg.bon_ns}")
+      f"best-of-n n {cfg.bon_ns}; SFT at temperature {cfg.temperatures}")
 result = frontier(cfg)
 points = result["points"]
 
 # %% 2. The points table
 sft = next(p for p in points if p["method"] == "sft")
-print(f"\n{'method':<16}{'knob':>7}{'KL':>8}{'gold':>8}{'gain':>8}{'gain/KL':>9}{'proxy':>8}{'length':>8}")
-for p in sorted(points, key=lambda p: ("sft", "bon", "ppo", "dpo", "grpo").index(p["method"]) * 1e6 + p["kl"]):
+print(f"\n{'method':<22}{'knob':>7}{'KL':>8}{'gold':>8}{'gain':>8}{'gain/KL':>9}{'proxy':>8}{'length':>8}")
+for p in sorted(points, key=lambda p: ("sft", "bon", "temp", "ppo", "dpo", "grpo").index(p["method"]) * 1e6 + p["kl"]):
     gain = p["gold"] - sft["gold"]
     per_nat = f"{gain / p['kl']:+.3f}" if p["kl"] > 1e-6 else "-"
     length = f"{p['length']:.1f}" if p.get("length") is not None else "-"
-    print(f"{LABELS.get(p['method'], 'SFT'):<16}{p['knob']:>7g}{p['kl']:>8.3f}{p['gold']:>+8.3f}{gain:>+8.3f}"
+    print(f"{LABELS.get(p['method'], 'SFT'):<22}{p['knob']:>7g}{p['kl']:>8.3f}{p['gold']:>+8.3f}{gain:>+8.3f}"
           f"{per_nat:>9}{p['proxy']:>+8.3f}{length:>8}")
 print("KL: nats per response to the SFT model (best-of-n: the analytic log n - (n-1)/n); gain: gold minus SFT's gold;\n"
       "gain/KL: gold bought per nat of drift; proxy: the reward model's score (what PPO, GRPO and best-of-n optimise).")
@@ -96,8 +105,8 @@ print(f"\nhighest gold overall: {best['gold']:+.3f} by {best['method']} ({best['
       f"(sqrt KL {math.sqrt(max(best['kl'], 0)):.2f})")
 
 # %% 4. Proxy vs gold, per method: does the reward model still point the right way?
-print(f"\n{'method':<16}{'proxy, lowest -> highest KL':>28}{'gold, lowest -> highest KL':>28}")
-for method in ("bon", "ppo", "grpo", "dpo"):
+print(f"\n{'method':<22}{'proxy, lowest -> highest KL':>28}{'gold, lowest -> highest KL':>28}")
+for method in ("bon", "temp", "ppo", "grpo", "dpo"):
     pts = sorted((p for p in points if p["method"] == method), key=lambda p: p["kl"])
     if len(pts) < 2:
         continue
@@ -106,8 +115,9 @@ for method in ("bon", "ppo", "grpo", "dpo"):
     gold = f"{lo['gold']:+.3f} -> {hi['gold']:+.3f}"
     hacked = hi["proxy"] > lo["proxy"] and hi["gold"] < lo["gold"]
     verdict = "  <- proxy up, gold down: over-optimised" if hacked else ""
-    print(f"{LABELS[method]:<16}{proxy:>28}{gold:>28}{verdict}")
-print("DPO never optimises the proxy, so its proxy column is only the reward model's opinion of DPO's samples.")
+    print(f"{LABELS[method]:<22}{proxy:>28}{gold:>28}{verdict}")
+print("DPO and the tempered SFT model never optimise the proxy: their proxy column is only the reward model's "
+      "opinion\nof their samples.")
 print(f"\nplot: plots/frontier_{preset}.png (left: gold vs KL per method from the SFT star; right: proxy vs gold)")
 print(f"table: {out_dir}/{preset}/frontier/frontier.json; {len(points)} points in {result['seconds']:.0f} s")
 
@@ -124,3 +134,7 @@ print(f"table: {out_dir}/{preset}/frontier/frontier.json; {len(points)} points i
 #    of its samples. Rafailov et al. 2023, Figure 2, draws the same comparison.)
 # 5. Which knob value would you ship for each method? (The point just before its gold stops rising with
 #    KL, read off the table in step 2.)
+# 6. The tempered SFT model trains nothing and never sees a reward model. What does it mean when it beats
+#    every trained method at every KL? (Step 2: that the gold on offer near SFT is mostly "say the most likely
+#    answer more often"; a reward model that ranks the policy's samples at chance cannot point there, and
+#    the trained methods spend their KL on its biases instead. Check this baseline before crediting a method.)

@@ -370,17 +370,18 @@ class BestOfNConfig:
 
 @dataclass
 class FrontierConfig:
-    """`minirlhf frontier`: gold reward vs KL to SFT for PPO, DPO, GRPO and best-of-n, swept over their knobs."""
+    """`minirlhf frontier`: gold reward vs KL to SFT for PPO, DPO, GRPO, best-of-n and a tempered SFT model."""
 
     preset: str = "tiny"  # finds the SFT model, the reward model, the pairs and the world
     seed: int = 1337  # one seed for every run and every measurement
     out_dir: str = "out"  # runs in <out_dir>/<preset>/frontier_<method>_<knob>/, the table in .../frontier/
     device: str = "auto"  # "auto", "cpu", "cuda"
-    methods: str = "bon,ppo,dpo,grpo"  # which methods to run (comma-separated)
+    methods: str = "bon,ppo,dpo,grpo,temp"  # which methods to run (comma-separated)
     ppo_kl_coefs: str = "0.02,0.05,0.1,0.3"  # fixed PPO KL coefficients
     dpo_betas: str = "0.03,0.1,0.3,1.0"  # DPO temperatures beta
     grpo_betas: str = "0,0.02,0.1,0.5"  # GRPO k3 penalty weights
     bon_ns: str = "1,2,4,8,16"  # best-of-n sample counts
+    temperatures: str = "0.9,0.8,0.7,0.5"  # the SFT model sampled at these temperatures (no training)
     plots_dir: str = "plots"  # the figure goes here
     caption: str = ""  # provenance printed on the figure (machine, commit, ...)
     progress: bool = False  # progress bars of the individual runs

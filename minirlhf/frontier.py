@@ -15,7 +15,10 @@ over-optimisation plots. Methods and what is swept:
     dpo   DPO on the preference pairs, temperature beta                         (--dpo_betas)
     grpo  GRPO against the reward model, k3 penalty weight beta (0 allowed)     (--grpo_betas)
     bon   best-of-n by the reward model, KL = log n - (n - 1) / n              (--bon_ns)
-Every trained policy is measured by the same `evaluate_policy` call (same prompts, same seed, the SFT
+    temp  the SFT model itself sampled at temperature T < 1: no training and no reward model at all,
+          only a sharper distribution (--temperatures); the baseline that says how much of a gain
+          is plain entropy reduction (most answers the SFT model gives most often are right)
+Every trained (or tempered) policy is measured by the same `evaluate_policy` call (same prompts, same seed, the SFT
 model as reference, the reward model for the proxy column), so the points are comparable; best-of-n
 takes its gold and proxy from its own stage on the same held-out prompts and the analytic KL.
 
@@ -35,8 +38,9 @@ import time
 
 from minirlhf.config import BestOfNConfig, DPOConfig, FrontierConfig, GRPOConfig, PPOConfig, make_config, stage_dir
 
-METHODS = ("ppo", "dpo", "grpo", "bon")
-LABELS = {"ppo": "PPO (kl_coef)", "dpo": "DPO (beta)", "grpo": "GRPO (beta)", "bon": "best-of-n (n)"}
+METHODS = ("ppo", "dpo", "grpo", "bon", "temp")
+LABELS = {"ppo": "PPO (kl_coef)", "dpo": "DPO (beta)", "grpo": "GRPO (beta)", "bon": "best-of-n (n)",
+          "temp": "SFT at temperature T"}
 
 
 def parse_floats(spec: str, name: str) -> list[float]:
@@ -49,12 +53,32 @@ def parse_floats(spec: str, name: str) -> list[float]:
     return values
 
 
-def measure(model_path: str, cfg, sft, tok, reward_model) -> dict:
-    """The held-out numbers of one trained policy, measured like every other point."""
+def tempered(model, temperature: float):
+    """A copy of `model` whose sampling at temperature 1 IS sampling `model` at `temperature`.
+
+    Logits are h @ W.T with W the (tied) embedding matrix; the copy gets its own LM head W / T, so every
+    consumer (the generator, the KL in `evaluate_policy`) sees softmax(logits / T) without knowing about
+    temperature. Its KL to `model` is then KL(pi_T || pi) of the policy actually sampled. `model` is
+    left unchanged (its embedding and LM head stay tied).
+    """
+    import copy
+
+    import torch
+
+    if not temperature > 0:
+        raise ValueError(f"--temperatures: each must be > 0, got {temperature}")
+    copied = copy.deepcopy(model)
+    copied.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach() / temperature)  # unties it
+    return copied
+
+
+def measure(policy, cfg, sft, tok, reward_model) -> dict:
+    """The held-out numbers of one policy (a model, or a model.pt path), measured like every other point."""
     from minirlhf.checkpoint import load_model
     from minirlhf.evaluate import evaluate_policy
 
-    policy, _ = load_model(model_path, sft.lm_head.weight.device)
+    if isinstance(policy, str):
+        policy, _ = load_model(policy, sft.lm_head.weight.device)
     world = os.path.join(cfg.out_dir, cfg.preset, "world")
     m, _ = evaluate_policy(policy, tok, world, reference=sft, reward_model=reward_model, seed=cfg.seed)
     return {"kl": m["kl_k1"], "gold": m["gold"], "proxy": m["proxy"], "length": m["length"]}
@@ -83,9 +107,10 @@ def run(cfg: FrontierConfig) -> dict:
     points: list[dict] = []
     t0 = time.perf_counter()
 
-    def add(method: str, knob: float, stage_summary_dir: str):
-        point = {"method": method, "knob": knob, **measure(os.path.join(stage_summary_dir, "model.pt"), cfg, sft, tok,
-                                                            reward_model)}
+    def add(method: str, knob: float, policy):
+        """Measure one point; `policy` is a stage folder (its model.pt is loaded) or a model."""
+        policy = os.path.join(policy, "model.pt") if isinstance(policy, str) else policy
+        point = {"method": method, "knob": knob, **measure(policy, cfg, sft, tok, reward_model)}
         points.append(point)
         print(f"[frontier] {method:<5} {knob:<8g} KL {point['kl']:7.3f}  gold {point['gold']:+.3f}  "
               f"proxy {point['proxy']:+.3f}  ({time.perf_counter() - t0:.0f} s)")
@@ -116,6 +141,9 @@ def run(cfg: FrontierConfig) -> dict:
             name = f"frontier_grpo_beta{b:g}"
             grpo(make_config(GRPOConfig, overrides={**common, "run_name": name, "beta": b}))
             add("grpo", b, os.path.join(base, name))
+    if "temp" in methods:
+        for t in parse_floats(cfg.temperatures, "temperatures"):
+            add("temp", t, tempered(sft, t))
 
     result = {"preset": cfg.preset, "points": points, "seconds": round(time.perf_counter() - t0, 1)}
     with open(os.path.join(out, "frontier.json"), "w") as f:
@@ -138,7 +166,7 @@ def plot_frontier(points: list[dict], preset: str, png: str, caption: str = "") 
         pts = sorted((p for p in points if p["method"] == method), key=lambda p: p["kl"])
         if not pts:
             continue
-        if method != "bon":  # trained policies start from the SFT model (best-of-n has its own n = 1 point)
+        if method != "bon":  # the others start from the SFT model (best-of-n has its own n = 1 point)
             pts = origin + pts
         line, = ax.plot([p["kl"] for p in pts], [p["gold"] for p in pts], "o-", label=LABELS[method])
         for p in pts[1 if method != "bon" and origin else 0:]:

@@ -31,3 +31,30 @@ def test_bad_sweep_is_a_clear_error():
     assert parse_floats("0.1, 0.3", "dpo_betas") == [0.1, 0.3]
     with pytest.raises(ValueError, match="--dpo_betas='0.1,x'"):
         parse_floats("0.1,x", "dpo_betas")
+
+
+def test_tempered_copy_is_the_model_at_that_temperature():
+    import torch
+
+    from minirlhf.config import ModelConfig
+    from minirlhf.engine import generate
+    from minirlhf.frontier import tempered
+    from minirlhf.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=30)).double().eval()
+    x = torch.randint(0, 30, (2, 7))
+    hot = tempered(model, 0.5)
+    with torch.no_grad():
+        assert torch.allclose(hot(x), model(x) / 0.5, atol=1e-12)
+    assert model.lm_head.weight is model.transformer.wte.weight  # the original is untouched and still tied
+    assert hot.lm_head.weight is not hot.transformer.wte.weight
+    # sampling the copy at temperature 1 draws what sampling the model at 0.5 draws, seed for seed
+    a = generate(hot, [[1, 2, 3], [4, 5]], 12, eos_id=29, pad_id=0, temperature=1.0,
+                 generator=torch.Generator().manual_seed(3))
+    b = generate(model, [[1, 2, 3], [4, 5]], 12, eos_id=29, pad_id=0, temperature=0.5,
+                 generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.response, b.response)
+    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-10)
+    with pytest.raises(ValueError, match="temperatures"):
+        tempered(model, 0.0)
