@@ -67,7 +67,10 @@ print(f"\n{pairs['on_policy_pairs']} on-policy pairs; annotators agree with gold
 # %% 2. Train the reward model
 rm = train_reward(make_config(RewardConfig, overrides={"preset": preset, "out_dir": out_dir, "truncate": True}))
 print(f"\nvalidation accuracy vs annotator labels: {rm['val_accuracy']:.3f}")
-print(f"validation accuracy vs gold ordering:    {rm.get('val_gold_accuracy', float('nan')):.3f}")
+acc = rm.get("val_gold_accuracy", float("nan"))
+half_width = 1.96 * (acc * (1 - acc) / rm["val_pairs"]) ** 0.5  # normal approximation to a binomial proportion
+print(f"validation accuracy vs gold ordering:    {acc:.3f}  (+- {half_width:.3f}: the 95 % interval of a share "
+      f"of ~{rm['val_pairs']} pairs;\n    a smaller difference between two reward models is noise)")
 print(f"annotators' own agreement with gold:     {rm.get('annotator_gold_agreement', float('nan')):.3f}  (the ceiling "
       "for agreeing with their labels)")
 print(f"gold accuracy reachable from the labels: {rm.get('label_ceiling_gold_accuracy', float('nan')):.3f}  (a perfect "
