@@ -18,9 +18,9 @@ over-optimisation plots. Methods and what is swept:
     temp  the SFT model itself sampled at temperature T < 1: no training and no reward model at all,
           only a sharper distribution (--temperatures); the baseline that says how much of a gain
           is plain entropy reduction (most answers the SFT model gives most often are right)
-Every trained (or tempered) policy is measured by the same `evaluate_policy` call (same prompts, same seed, the SFT
-model as reference, the reward model for the proxy column), so the points are comparable; best-of-n
-takes its gold and proxy from its own stage on the same held-out prompts and the analytic KL.
+Every trained (or tempered) policy is measured by the same `evaluate_policy` call (same prompts, same
+seed, the SFT model as reference, the reward model for the proxy column), so the points are comparable;
+best-of-n takes its gold and proxy from its own stage on the same held-out prompts and the analytic KL.
 
 Writes out/<preset>/frontier/frontier.json (one row per point: method, knob, kl, gold, proxy, length)
 and plots/frontier_<preset>.png (gold vs KL per method; proxy vs gold per method). Each training run

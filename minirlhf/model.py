@@ -268,6 +268,11 @@ def last_token_index(attention_mask):
     return (attention_mask.long() * (positions + 1)).argmax(dim=1)  # the largest position whose mask is 1
 
 
+def at_last_token(values, attention_mask):
+    """(B, T) per-position values -> (B,), each row's value at its last real token (a reward model's score)."""
+    return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
+
+
 class ScalarModel(nn.Module):
     """A GPT trunk with an explicit `ScalarHead`: the reward model and the value model.
 
@@ -291,4 +296,4 @@ class ScalarModel(nn.Module):
 
     def score(self, idx, attention_mask):
         values = self(idx, attention_mask)  # (B, T)
-        return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)  # (B,)
+        return at_last_token(values, attention_mask)  # (B,)

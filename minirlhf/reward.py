@@ -47,7 +47,7 @@ from minirlhf.data import read_jsonl, read_preferences_with_report, read_prompts
 from minirlhf.engine import generate
 from minirlhf.evaluate import eval_prompt_rows
 from minirlhf.losses import bradley_terry_loss, length_disentangle_loss
-from minirlhf.model import ScalarHead, ScalarModel, last_token_index
+from minirlhf.model import ScalarHead, ScalarModel, at_last_token
 from minirlhf.ops import pearson_correlation
 from minirlhf.sft import batch_indices, stage_file, stage_tokenizer, world_file
 from minirlhf.tokenizer import END, Tokenizer, render_conversation, render_prompt
@@ -105,11 +105,6 @@ def pad_right(seqs: list[list[int]], pad_id: int, device):
         ids[i, :len(s)] = torch.tensor(s)
         mask[i, :len(s)] = 1
     return ids.to(device), mask.to(device)
-
-
-def at_last_token(values, mask):
-    """(B, T) per-position values -> (B,) at the last real token: ScalarModel.score outside the model."""
-    return values.gather(1, last_token_index(mask)[:, None]).squeeze(1)
 
 
 def score_pairs(model, pairs: list[dict], pad_id: int, device):
