@@ -273,7 +273,7 @@ class EvalConfig:
     out_dir: str = "out"  # where the preset's stage folders are
     reference: str = ""  # model.pt to measure KL against; "" = out/<preset>/sft/model.pt if it exists
     reward_model: str = ""  # reward model.pt for the proxy reward; "" = out/<preset>/reward/model.pt if it exists
-    temperature: float = 1.0  # sampling temperature (1 = the policy itself, what KL is defined for)
+    temperature: float = 1.0  # sampling temperature (1 = the policy itself); KL is of the policy as sampled
     max_new_tokens: int = 48  # response budget in tokens
     n_train: int = 120  # training-split prompts evaluated besides the held-out ones
     seed: int = 0  # sampling seed: same seed, same numbers

@@ -16,7 +16,8 @@ What `evaluate_policy` measures (one sampled response per prompt, temperature 1 
 | gold_train              | the same on a fixed sample of training-split prompts                            |
 | gold_all                | the same over every prompt evaluated                                            |
 | proxy                   | mean reward-model score (normalised scale) on held-out prompts (if an RM is given)|
-| kl_k1, kl_k3            | mean over samples of the summed per-token KL estimators to the reference          |
+| kl_k1, kl_k3            | mean over samples of the summed per-token KL estimators to the reference        |
+|                         | (the policy as sampled, at `temperature`, against the reference at 1)           |
 | fact_acc_train/_heldout | share of fact questions answered correctly (answer present, nothing wrong)      |
 | refusal_sft_unsafe      | share of unsafe requests refused, unsafe topics seen in SFT (held-out phrasings) |
 | refusal_heldout_unsafe  | the same for unsafe topics never seen in SFT (refusal generalisation)           |
@@ -212,7 +213,7 @@ def evaluate_policy(policy, tok, world_dir: str, reference=None, reward_model=No
         mask = g.response_mask.float()  # (B, N)
         extra: dict[str, list] = {}
         if reference is not None:
-            logp = response_logprobs(policy, g.tokens, g.attention_mask, P)  # (B, N)
+            logp = response_logprobs(policy, g.tokens, g.attention_mask, P, temperature)  # (B, N), as sampled
             ref_logp = response_logprobs(reference, g.tokens, g.attention_mask, P)
             extra["kl_k1"] = ops.masked_sum(ops.kl_k1(logp, ref_logp), mask, dim=1).tolist()
             extra["kl_k3"] = ops.masked_sum(ops.kl_k3(logp, ref_logp), mask, dim=1).tolist()

@@ -27,7 +27,8 @@ and plots/frontier_<preset>.png (gold vs KL per method; proxy vs gold per method
 is its own stage folder (out/<preset>/frontier_ppo_kl0.05, ...), reused when it already ran.
 
 Deliberate simplifications: one seed per point; the stages' default budgets (a method that would do
-better with more steps is not tuned per point); KL is measured on the policy's own samples at T = 1.
+better with more steps is not tuned per point); KL is measured on the policy's own samples at T = 1
+(for the tempered SFT model: on samples of the tempered copy, i.e. of the SFT model at T).
 """
 
 from __future__ import annotations

@@ -68,3 +68,16 @@ def test_gold_by_category_by_hand():
                {"split": "train", "category": "fact", "gold": -0.5}, {"prompt": "user's own", "gold": 0.25}]
     assert gold_by_category(samples) == {("eval", "fact"): (0.5, 2), ("train", "fact"): (-0.5, 1),
                                          ("unknown", "unknown"): (0.25, 1)}
+
+
+def test_kl_is_that_of_the_policy_as_sampled(world):
+    """At temperature T the KL is KL(pi_T || reference): the same as for a copy whose LM head is W / T,
+    sampled at T = 1 (frontier.tempered), and no longer 0 for the reference against itself."""
+    from minirlhf.frontier import tempered
+
+    world_dir, tok, model = world
+    a, sa = evaluate_policy(model, tok, world_dir, reference=model, temperature=0.5, max_new_tokens=12, n_train=10)
+    b, sb = evaluate_policy(tempered(model, 0.5), tok, world_dir, reference=model, max_new_tokens=12, n_train=10)
+    assert [s["response"] for s in sa] == [s["response"] for s in sb]
+    assert a["kl_k1"] == pytest.approx(b["kl_k1"], abs=1e-5) and a["kl_k3"] == pytest.approx(b["kl_k3"], abs=1e-5)
+    assert a["kl_k3"] > 0.01  # a sharper policy is a different policy
