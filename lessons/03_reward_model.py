@@ -31,9 +31,11 @@ What you should see
   6. ODIN takes the length bias out: the same reward model trained with a second head that soaks up
      length, dropped afterwards. On tiny an added filler sentence wins on 20 % of prompts instead of 94 %,
      and the correlation of its scores with length on SFT samples falls from 0.57 to 0.02, at the same
-     validation gold accuracy (0.80). On the SFT model's own samples it is now above chance (0.55 on
-     held-out prompts, 0.69 on training prompts), because it no longer prefers the longer of two wordings
-     of one answer. Flattery stays: only length was separated out.
+     validation gold accuracy (0.80). On the SFT model's own samples of training-split prompts it rises
+     from 0.45 to 0.69, because it no longer prefers the longer of two wordings of one answer; on
+     held-out prompts it stays near chance (0.55 on 574 pairs here, 0.50 on 11,285 pairs of 16 samples
+     in `minirlhf best-of-n --reward_model=out/tiny/reward_odin/model.pt`, whose gold still falls with
+     n): taking a bias out does not teach it the facts. Flattery stays: only length was separated out.
 
 Deliberate simplifications: the library's default reward-model settings; one score per response.
 """
