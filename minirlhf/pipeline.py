@@ -145,7 +145,7 @@ REPORT_KEYS = {
     "dpo": ["gold", "kl_k1", "val_rewards/accuracies", "length"],
     "reward": ["dropped_pairs", "val_accuracy", "val_gold_accuracy", "annotator_gold_agreement",
                "label_ceiling_gold_accuracy", "on_policy_gold_accuracy_heldout", "on_policy_gold_accuracy_train",
-               "raw_mean", "raw_std"],
+               "corr_score_length", "raw_mean", "raw_std"],
 }
 
 # rows of the model comparison table: (label, summary key of the base model, key of the chat models)

@@ -443,6 +443,7 @@ def run(cfg: RewardConfig) -> dict:
           + (f"; on the SFT model's own samples {final['on_policy_gold_accuracy_heldout']:.3f} vs gold on held-out "
              f"prompts, {final['on_policy_gold_accuracy_train']:.3f} on training prompts"
              if "on_policy_gold_accuracy_heldout" in final else "")
-          + f"; normalised on {calib['calibration_samples']} SFT samples; {summary['seconds']:.0f} s")
+          + f"; normalised on {calib['calibration_samples']} SFT samples (correlation of the scores with their "
+            f"length {calib['corr_score_length']:.2f}); {summary['seconds']:.0f} s")
     return dist.share(summary)
 
