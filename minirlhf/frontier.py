@@ -97,6 +97,11 @@ def run(cfg: FrontierConfig) -> dict:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"--methods: unknown {', '.join(unknown)}; expected some of {', '.join(METHODS)}")
+    # every sweep is read before any run starts: a typo in the last one must not cost an hour of the others
+    knob = {"bon": "bon_ns", "ppo": "ppo_kl_coefs", "dpo": "dpo_betas", "grpo": "grpo_betas", "temp": "temperatures"}
+    sweeps = {m: parse_floats(getattr(cfg, knob[m]), knob[m]) for m in methods}
+    if any(not t > 0 for t in sweeps.get("temp", [])):
+        raise ValueError(f"--temperatures={cfg.temperatures!r}: each must be > 0")
     out = stage_dir(cfg, "frontier")
     sft_path = stage_file(cfg, "sft", "model.pt")
     rm_path = stage_file(cfg, "reward", "model.pt")
@@ -119,7 +124,7 @@ def run(cfg: FrontierConfig) -> dict:
     base = os.path.join(cfg.out_dir, cfg.preset)
     add("sft", 0, os.path.dirname(sft_path))  # the common origin: KL 0 by definition
     if "bon" in methods:
-        ns = [int(n) for n in parse_floats(cfg.bon_ns, "bon_ns")]
+        ns = [int(n) for n in sweeps["bon"]]
         s = best_of_n(make_config(BestOfNConfig, overrides={**{k: v for k, v in common.items() if k != "progress"},
                                                             "ns": ",".join(map(str, ns))}))
         for row in s["rows"]:
@@ -128,22 +133,22 @@ def run(cfg: FrontierConfig) -> dict:
             print(f"[frontier] bon   {row['n']:<8} KL {row['kl_analytic']:7.3f}  gold {row['gold']:+.3f}  "
                   f"proxy {row['proxy']:+.3f}")
     if "ppo" in methods:
-        for c in parse_floats(cfg.ppo_kl_coefs, "ppo_kl_coefs"):
+        for c in sweeps["ppo"]:
             name = f"frontier_ppo_kl{c:g}"
             ppo(make_config(PPOConfig, overrides={**common, "run_name": name, "kl_coef": c, "adaptive_kl": False}))
             add("ppo", c, os.path.join(base, name))
     if "dpo" in methods:
-        for b in parse_floats(cfg.dpo_betas, "dpo_betas"):
+        for b in sweeps["dpo"]:
             name = f"frontier_dpo_beta{b:g}"
             dpo(make_config(DPOConfig, overrides={**common, "run_name": name, "beta": b, "truncate": True}))
             add("dpo", b, os.path.join(base, name))
     if "grpo" in methods:
-        for b in parse_floats(cfg.grpo_betas, "grpo_betas"):
+        for b in sweeps["grpo"]:
             name = f"frontier_grpo_beta{b:g}"
             grpo(make_config(GRPOConfig, overrides={**common, "run_name": name, "beta": b}))
             add("grpo", b, os.path.join(base, name))
     if "temp" in methods:
-        for t in parse_floats(cfg.temperatures, "temperatures"):
+        for t in sweeps["temp"]:
             add("temp", t, tempered(sft, t))
 
     result = {"preset": cfg.preset, "points": points, "seconds": round(time.perf_counter() - t0, 1)}

@@ -31,6 +31,12 @@ def test_bad_sweep_is_a_clear_error():
     assert parse_floats("0.1, 0.3", "dpo_betas") == [0.1, 0.3]
     with pytest.raises(ValueError, match="--dpo_betas='0.1,x'"):
         parse_floats("0.1,x", "dpo_betas")
+    from minirlhf.config import FrontierConfig
+    from minirlhf.frontier import run
+    with pytest.raises(ValueError, match="--temperatures='0.7,0': each must be > 0"):
+        run(FrontierConfig(preset="micro", out_dir="/nonexistent", methods="temp", temperatures="0.7,0"))
+    with pytest.raises(ValueError, match="--grpo_betas='x'"):  # the last sweep, caught before the first runs
+        run(FrontierConfig(preset="micro", out_dir="/nonexistent", methods="bon,ppo,grpo", grpo_betas="x"))
 
 
 def test_tempered_copy_is_the_model_at_that_temperature():
