@@ -259,7 +259,8 @@ class PairsConfig:
     templated: str = ""  # templated pairs mixed in; "" = the world's prefs.jsonl
     n_prompts: int = -1  # prompts sampled on (samples_per_prompt // 2 pairs each; more with --pairing=all); 0 = templated pairs only, -1 = from preset
     samples_per_prompt: int = 2  # responses per prompt
-    pairing: str = "disjoint"  # "disjoint": samples (1,2), (3,4), ...; "all": every pair of distinct samples
+    pairing: str = "disjoint"  # "disjoint": samples (1,2), (3,4), ...; "all": every pair of distinct samples; "best_worst": the two ends of an annotator's ranking
+    mix_templated: bool = True  # mix the world's templated pairs in; false = on-policy pairs only
     temperature: float = 1.0  # sampling temperature
     max_new_tokens: int = 48  # response budget in tokens
 

@@ -60,6 +60,19 @@ def test_micro_pipeline_end_to_end(tmp_path, capsys):
     assert summary["on_policy_pairs"] == 0 and summary["templated_pairs"] == templated == len(rows)
     assert {r["source"] for r in rows} == {"templated"}
 
+    # `--pairing=best_worst --mix_templated=false`: at most one ranked on-policy pair per prompt, no templated
+    assert main(["pairs", "--preset=micro", f"--out_dir={moved}", "--samples_per_prompt=4", "--pairing=best_worst",
+                 "--mix_templated=false"]) == 0
+    summary = json.load(open(os.path.join(moved, "micro", "pairs", "summary.json")))
+    rows = [json.loads(line) for line in open(os.path.join(moved, "micro", "pairs", "prefs.jsonl"))]
+    n_prompts = min(48, sum(1 for _ in open(os.path.join(moved, "micro", "world", "rl_prompts.jsonl"))))
+    assert summary["templated_pairs"] == 0 and {r["source"] for r in rows} == {"on_policy"}
+    assert len(rows) == summary["on_policy_pairs"] > 0 and len(rows) + summary["unranked_skipped"] == n_prompts
+    assert all(r["chosen"] != r["rejected"] and r["p_chosen"] > 0 for r in rows)
+    capsys.readouterr()
+    assert main(["pairs", "--preset=micro", f"--out_dir={moved}", "--n_prompts=0", "--mix_templated=false"]) == 1
+    assert "leaves no pairs" in capsys.readouterr().err
+
 
 def test_pair_responses_disjoint_and_all_by_hand():
     from minirlhf.pairs import pair_responses

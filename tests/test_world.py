@@ -311,6 +311,61 @@ def test_label_pair_record_and_determinism():
         label_pair(prompt, a, b, 0)
 
 
+class Draws(random.Random):
+    """A random.Random whose random() returns the given numbers in order (scripted annotator noise)."""
+
+    def __init__(self, values):
+        super().__init__(0)
+        self.values = list(values)
+
+    def random(self):
+        return self.values.pop(0)
+
+
+def test_rank_responses_and_ranked_pair_by_hand():
+    from minirlhf.world.annotators import rank_responses, ranked_pair
+
+    prompt = "What is the capital of France?"
+    berlin, paris, rude = ("The capital of France is Berlin." + END, "The capital of France is Paris." + END,
+                           "Paris, you idiot." + END)
+    # gold: Berlin -0.6 (a wrong capital), Paris 0.843, the rude one 0.167. Pairs are judged in the order
+    # (Berlin, Paris), (Berlin, rude), (Paris, rude); with every draw at 0.5 the likelier side wins each:
+    # P(Berlin > Paris) = sigmoid(-1.44 / 0.65) ~ 0.10, P(Berlin > rude) = sigmoid(-0.77 / 0.65 + 0.5 tanh(3 / 20))
+    # ~ 0.25, P(Paris > rude) ~ 0.76. Wins: Berlin 0, Paris 2, rude 1.
+    assert rank_responses(prompt, [berlin, paris, rude], Draws([0.5] * 3)) == ([1, 2, 0], [0, 2, 1])
+    # label noise: a draw of 0.01 < 0.25 lets Berlin beat the rude answer; the ranking follows the wins
+    assert rank_responses(prompt, [berlin, paris, rude], Draws([0.5, 0.01, 0.5])) == ([1, 0, 2], [1, 2, 0])
+    rec = ranked_pair(prompt, [berlin, paris, rude], Draws([0.5] * 3))
+    assert rec["chosen"] == paris[: -len(END)] and rec["rejected"] == berlin[: -len(END)]
+    assert rec["gold_chosen"] == pytest.approx(0.8429, abs=1e-4) and rec["gold_rejected"] == -0.6
+    # one comparison of the two ends: equal lengths, so no bias; sigmoid((0.8429 + 0.6) / 0.65)
+    assert rec["p_chosen"] == pytest.approx(1 / (1 + math.exp(-(0.842857 + 0.6) / TAU)), abs=1e-4)
+    assert rec["category"] == "fact"
+    # a cycle (A beats B, C beats A, B beats C): every response won once, so the ends are not separated
+    close = ["It is Paris." + END, paris, "Paris is the capital of France." + END]
+    assert ranked_pair(prompt, close, Draws([0.0, 0.9999, 0.0])) is None
+    with pytest.raises(ValueError, match="at least 2 responses"):
+        ranked_pair(prompt, [paris], Draws([]))
+    with pytest.raises(TypeError, match="random.Random"):
+        ranked_pair(prompt, [paris, berlin], 0)
+
+
+def test_on_policy_records_best_worst():
+    """One record per prompt from the distinct non-empty samples; repeats, empties and unranked counted."""
+    from minirlhf.pairs import on_policy_records
+
+    prompt = "What is the capital of France?"
+    paris, berlin = "It is Paris." + END, "The capital of France is Berlin." + END
+    records, counts = on_policy_records(prompt, [paris, paris, END, berlin], "best_worst", Draws([0.5]))
+    assert counts == {"identical": 1, "empty": 1, "unranked": 0}
+    assert [(r["chosen"], r["rejected"]) for r in records] == [(paris[: -len(END)], berlin[: -len(END)])]
+    records, counts = on_policy_records(prompt, [paris, paris, END], "best_worst", Draws([]))
+    assert records == [] and counts == {"identical": 1, "empty": 1, "unranked": 1}
+    # the fixed pairings label each pair on its own: (paris, paris) is identical, (END, berlin) has an empty side
+    records, counts = on_policy_records(prompt, [paris, paris, END, berlin], "disjoint", Draws([]))
+    assert records == [] and counts == {"identical": 1, "empty": 1, "unranked": 0}
+
+
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_annotator_agreement_in_human_range(preset):
     world = build_world(preset, 1337)

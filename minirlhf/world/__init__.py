@@ -11,7 +11,7 @@ Modules, one concern each:
 | `corpus.py`     | pretraining documents: encyclopedia, lists, stories, quizzes, `Q: / A:` forum     |
 | `tasks.py`      | task prompts by category, ideal responses (SFT), responses in controlled styles   |
 | `judge.py`      | the gold judge and its rubric                                                     |
-| `annotators.py` | simulated, noisy and biased preference labels; `label_pair`                       |
+| `annotators.py` | simulated, noisy and biased preference labels; `label_pair`, `ranked_pair`        |
 | `phrases.py`    | stock phrases and their detectors (refusal, flattery, rudeness, steps)            |
 | `prose.py`      | fact-free everyday stories: more vocabulary for the bigger presets' tokenizers    |
 | `build.py`      | `run(cfg)`: writes everything to out/<preset>/world/ with a summary.json          |
@@ -27,7 +27,7 @@ Deliberate simplifications: the world is made of templates over small real-world
 and the annotators match words, not meaning. Both are documented where they are defined.
 """
 
-from minirlhf.world.annotators import TAU, agreement_stats, label_pair, preference_probability
+from minirlhf.world.annotators import TAU, agreement_stats, label_pair, preference_probability, ranked_pair
 from minirlhf.world.corpus import extract_forum_answer, forum_prompt, make_corpus
 from minirlhf.world.facts import World, build_world, cloze_items
 from minirlhf.world.judge import category_of, judge, judge_terms, task_of
@@ -36,7 +36,7 @@ from minirlhf.world.tasks import CATEGORIES, STYLES, Task, ideal_responses, make
 
 __all__ = [
     "World", "build_world", "cloze_items", "make_corpus", "extract_forum_answer", "forum_prompt",
-    "judge", "judge_terms", "category_of", "task_of", "label_pair", "preference_probability",
+    "judge", "judge_terms", "category_of", "task_of", "label_pair", "ranked_pair", "preference_probability",
     "agreement_stats", "TAU", "is_refusal", "is_flattering", "is_rude", "strip_end", "CATEGORIES", "STYLES",
     "Task", "ideal_responses", "make_response", "tasks_for",
 ]

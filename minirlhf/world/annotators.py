@@ -21,17 +21,20 @@ longer one (0.84 when it is the shorter) and 0.39 when only the gold-worse answe
 it does not). The build's summary.json prints these numbers for every build.
 
     import random
-    from minirlhf.world.annotators import label_pair
+    from minirlhf.world.annotators import label_pair, ranked_pair
     rec = label_pair("What is the capital of France?", "Paris.<|end|>", "It is Rome.<|end|>",
                      random.Random(0))
     rec["chosen"], rec["p_chosen"], rec["gold_chosen"]
+    ranked_pair(prompt, k_responses, random.Random(0))  # the best vs the worst of one annotator's ranking
 
 Deliberate simplifications: one annotator model for everyone (no per-labeler quirks), independent
-labels, and no ties (every pair gets a winner, as in most RLHF data sets).
+labels, and no ties (every pair gets a winner, as in most RLHF data sets); a ranking of K responses is
+built from independent pairwise judgements, not from one look at all K.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -82,21 +85,72 @@ def label_pair(prompt: str, response_a: str, response_b: str, rng: random.Random
     "gold_rejected" (gold scores of the responses as given), "p_chosen" (the annotator's probability
     of preferring the chosen one, >= 0.5 unless the label went against the odds) and "category".
     """
-    if not isinstance(rng, random.Random):
-        raise TypeError(f"label_pair: rng must be a random.Random, got {type(rng).__name__}")
+    _check_rng(rng, "label_pair")
     gold_a, gold_b = judge(prompt, response_a), judge(prompt, response_b)
     p_a = preference_probability(gold_a, gold_b, response_a, response_b, tau)
-    a_wins = rng.random() < p_a
-    chosen, rejected = (response_a, response_b) if a_wins else (response_b, response_a)
+    if rng.random() < p_a:
+        return _record(prompt, response_a, response_b, gold_a, gold_b, p_a)
+    return _record(prompt, response_b, response_a, gold_b, gold_a, 1.0 - p_a)
+
+
+def rank_responses(prompt: str, responses: list[str], rng: random.Random,
+                   tau: float = TAU) -> tuple[list[int], list[int]]:
+    """One annotator's ranking of K responses to one prompt: (indices best first, pairs won by each).
+
+    InstructGPT's labelers ranked K = 4 to 9 responses to a prompt at once (Ouyang et al. 2022, §3.5).
+    Here the annotator judges every pair once, with the same noisy, biased probability as `label_pair`
+    (one draw from `rng` per pair, pairs in `itertools.combinations` order), and the ranking is by
+    number of pairs won (a Borda count); equal counts keep the responses' order. Because each pair is a
+    separate noisy judgement the ranking need not be consistent (A > B > C > A is possible); counting
+    wins settles it the way a person asked for one ordering would have to.
+    """
+    _check_rng(rng, "rank_responses")
+    gold = [judge(prompt, r) for r in responses]
+    wins = [0] * len(responses)
+    for i, j in itertools.combinations(range(len(responses)), 2):
+        p_i = preference_probability(gold[i], gold[j], responses[i], responses[j], tau)
+        wins[i if rng.random() < p_i else j] += 1
+    order = sorted(range(len(responses)), key=lambda i: -wins[i])  # stable: ties keep sample order
+    return order, wins
+
+
+def ranked_pair(prompt: str, responses: list[str], rng: random.Random, tau: float = TAU) -> dict | None:
+    """The record of the best against the worst of an annotator's ranking of K >= 2 responses, or
+    None when the ranking does not separate them (every response won as many pairs, e.g. a cycle).
+
+    The most decisive comparison a ranking holds, as in preference data that pairs the highest- and the
+    lowest-scored of N samples of a prompt (Yuan et al. 2024, Self-Rewarding Language Models): two
+    on-policy samples that differ by a few words are mostly decided by the annotators' bias,
+    the two ends of a ranking of eight much less so. The record is `label_pair`'s, chosen = the best;
+    its "p_chosen" is the annotator's probability of preferring the best in a single comparison.
+    """
+    if len(responses) < 2:
+        raise ValueError(f"ranked_pair: need at least 2 responses to rank, got {len(responses)}")
+    order, wins = rank_responses(prompt, responses, rng, tau)
+    if wins[order[0]] == wins[order[-1]]:
+        return None
+    best, worst = responses[order[0]], responses[order[-1]]
+    gold_best, gold_worst = judge(prompt, best), judge(prompt, worst)
+    p_best = preference_probability(gold_best, gold_worst, best, worst, tau)
+    return _record(prompt, best, worst, gold_best, gold_worst, p_best)
+
+
+def _record(prompt: str, chosen: str, rejected: str, gold_chosen: float, gold_rejected: float,
+            p_chosen: float) -> dict:
     return {
         "prompt": prompt,
         "chosen": _plain(chosen),
         "rejected": _plain(rejected),
-        "gold_chosen": round(gold_a if a_wins else gold_b, 4),
-        "gold_rejected": round(gold_b if a_wins else gold_a, 4),
-        "p_chosen": round(p_a if a_wins else 1.0 - p_a, 4),
+        "gold_chosen": round(gold_chosen, 4),
+        "gold_rejected": round(gold_rejected, 4),
+        "p_chosen": round(p_chosen, 4),
         "category": category_of(prompt) or "unknown",
     }
+
+
+def _check_rng(rng, caller: str) -> None:
+    if not isinstance(rng, random.Random):
+        raise TypeError(f"{caller}: rng must be a random.Random, got {type(rng).__name__}")
 
 
 def agreement_stats(records: list[dict]) -> dict:
