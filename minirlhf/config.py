@@ -252,6 +252,7 @@ class PairsConfig:
     preset: str = "tiny"  # finds the SFT model and the world
     seed: int = 1337  # sampling and labelling seed
     out_dir: str = "out"  # writes <out_dir>/<preset>/pairs/prefs.jsonl
+    run_name: str = ""  # folder under out/<preset>/ for this run's pairs; "" = "pairs"
     force: bool = False  # rebuild even if the inputs are unchanged
     device: str = "auto"  # "auto", "cpu", "cuda"
     init: str = ""  # the policy to sample from; "" = out/<preset>/sft/model.pt

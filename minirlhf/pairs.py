@@ -3,7 +3,10 @@
 Run it:
     minirlhf pairs --preset tiny        # writes out/tiny/pairs/prefs.jsonl (+ summary.json)
     minirlhf pairs --preset tiny --n_prompts=1000 --samples_per_prompt=4 --pairing=all   # more on-policy pairs
-    minirlhf pairs --preset tiny --n_prompts=1000 --samples_per_prompt=8 --pairing=best_worst --mix_templated=false
+    # one ranked pair per prompt, on-policy only, into out/tiny/pairs_ranked/; then DPO on those alone:
+    minirlhf pairs --preset tiny --n_prompts=1000 --samples_per_prompt=8 --pairing=best_worst
+                   --mix_templated=false --run_name=pairs_ranked
+    minirlhf dpo --preset tiny --prefs=out/tiny/pairs_ranked/prefs.jsonl --run_name=dpo_ranked
 
 InstructGPT's reward model was trained on comparisons of the SFT model's *own* samples (Ouyang et al.
 2022, §3.4): the RM must learn to rank what the policy actually produces, not only hand-written
@@ -39,6 +42,10 @@ evaluation seeds 1-3 (`minirlhf eval --seeds=1,2,3`; SFT: 0.24 +- 0.04):
     0.10 +- 0.01 at KL 1.5), about what more disjoint pairs give (above); the reward model's accuracy on
     the policy's own samples is still at chance (0.53 held-out, 0.46 training prompts). Cleaner labels do
     not fix it: the reward model does not generalise to what the policy writes.
+  * more of the same does not add much: 16 samples per prompt (828 pairs, label agreement 0.77) give DPO
+    0.30 +- 0.07 at KL 2.0; a second round, ranked samples of the first DPO model and DPO from it with it
+    as the reference (iterated DPO), 0.26 +- 0.05 at KL 2.2 to SFT, with longer answers (15.2 words
+    against 13.3): each round takes a little more of the annotators' length taste.
 
 Deliberate simplifications: a ranking is built from independent pairwise labels, not one look at all K;
 identical and empty responses are not paired (both are counted in the summary, as are prompts whose
@@ -160,7 +167,7 @@ def run(cfg: PairsConfig) -> dict:
     if cfg.n_prompts == 0 and not cfg.mix_templated:
         raise ValueError("--n_prompts=0 with --mix_templated=false leaves no pairs: sample on some prompts or mix "
                          "the templated pairs in")
-    out = stage_dir(cfg, STAGE)
+    out = stage_dir(cfg, cfg.run_name or STAGE)
     device = resolve_device(cfg.device)
     watch = Stopwatch()
     init = cfg.init or stage_file(cfg, "sft", "model.pt")
