@@ -52,17 +52,15 @@ import sys
 import torch
 
 from minirlhf.checkpoint import load_model
-from minirlhf.config import DPOConfig, PairsConfig, make_config
+from minirlhf.config import DPOConfig, make_config
 from minirlhf.data import read_preferences_with_report
 from minirlhf.dpo import pad_pairs, sequence_logps
 from minirlhf.dpo import run as dpo
-from minirlhf.evaluate import evaluate_policy
-from minirlhf.pairs import run as pairs
 from minirlhf.losses import dpo_loss
 from minirlhf.plots import plt, read_metrics
 from minirlhf.reward import encode_pairs
 from minirlhf.sample import tokenizer_for
-from prerequisites import ensure
+from prerequisites import compare_over_seeds, ensure, ranked_pairs
 
 preset = sys.argv[1] if len(sys.argv) > 1 else "tiny"
 out_dir = "out"
@@ -224,39 +222,21 @@ print(f"\nbeta {min(betas):g}: KL {small['kl_k1']:.3f}, gold {small['gold']:+.3f
 # pairs come from the SFT model itself: 8 samples per RL prompt, every pair of them judged by the same
 # annotators, ranked by wins, and only the two ends kept (`--pairing=best_worst`), with no templated
 # pairs at all (`--mix_templated=false`). Same DPO, same beta, same steps; only the data changes.
-n_rl = sum(1 for _ in open(os.path.join(base, "world", "rl_prompts.jsonl")))
-ranked_pairs = pairs(make_config(PairsConfig, overrides={
-    "preset": preset, "out_dir": out_dir, "n_prompts": n_rl, "samples_per_prompt": 8, "pairing": "best_worst",
-    "mix_templated": False, "run_name": "pairs_ranked"}))
+ranked = ranked_pairs(preset, out_dir)
 dpo(make_config(DPOConfig, overrides={**common, "run_name": "dpo_ranked",
                                       "prefs": os.path.join(base, "pairs_ranked", "prefs.jsonl")}))
 with open(os.path.join(base, "pairs", "summary.json")) as f:
     default_pairs = json.load(f)
 print(f"\n{'data':<34}{'on-policy':>10}{'templated':>10}{'on-policy labels right':>24}")
-for name, ps in (("default pairs (lesson 03)", default_pairs), ("ranked, on-policy only", ranked_pairs)):
+for name, ps in (("default pairs (lesson 03)", default_pairs), ("ranked, on-policy only", ranked)):
     right = ps["on_policy_agreement"]
     print(f"{name:<34}{ps['on_policy_pairs']:>10}{ps['templated_pairs']:>10}"
           f"{(f'{right:.2f}' if right is not None else '-'):>24}")
-# One sampling seed moves a model's held-out gold by about 0.04, as much as the differences here, so each
-# model is evaluated with three seeds (what `minirlhf eval --seeds=1,2,3` does), KL against the SFT model.
-eval_seeds = (1, 2, 3)
-models = (("SFT", sft_path), ("DPO, default pairs", os.path.join(base, "dpo", "model.pt")),
-          ("DPO, ranked pairs", os.path.join(base, "dpo_ranked", "model.pt")))
-print(f"\n{'run':<22}" + "".join(f"{f'gold, seed {sd}':>15}" for sd in eval_seeds)
-      + f"{'mean':>8}{'std':>7}{'KL (k1)':>9}{'length':>8}")
-gold_mean = {}
-for name, path in models:
-    model = load_model(path)[0]
-    per_seed = [evaluate_policy(model, tok, os.path.join(base, "world"), reference=reference, seed=sd)[0]
-                for sd in eval_seeds]
-    golds = [m["gold"] for m in per_seed]
-    gold_mean[name] = sum(golds) / len(golds)
-    std = (sum((g - gold_mean[name]) ** 2 for g in golds) / (len(golds) - 1)) ** 0.5
-    print(f"{name:<22}" + "".join(f"{g:>+15.3f}" for g in golds) + f"{gold_mean[name]:>+8.3f}{std:>7.3f}"
-          f"{sum(m['kl_k1'] for m in per_seed) / len(per_seed):>9.3f}"
-          f"{sum(m['length'] for m in per_seed) / len(per_seed):>8.1f}")
-print(f"\nAgainst SFT: DPO on the default pairs {gold_mean['DPO, default pairs'] - gold_mean['SFT']:+.3f}, on the "
-      f"ranked pairs {gold_mean['DPO, ranked pairs'] - gold_mean['SFT']:+.3f} (mean over the seeds).\n"
+# One sampling seed moves a model's held-out gold by about 0.04, as much as the differences here.
+gold = compare_over_seeds([("SFT", sft_path), ("DPO, default pairs", os.path.join(base, "dpo", "model.pt")),
+                           ("DPO, ranked pairs", os.path.join(base, "dpo_ranked", "model.pt"))], base)
+print(f"\nAgainst SFT: DPO on the default pairs {gold['DPO, default pairs'] - gold['SFT']:+.3f}, on the "
+      f"ranked pairs {gold['DPO, ranked pairs'] - gold['SFT']:+.3f} (mean over the seeds).\n"
       "Same loss, same beta, same steps: only the data differs. Measured on tiny: 0.24 +- 0.04 (SFT), 0.14 +- 0.06\n"
       "(default pairs), 0.28 +- 0.05 (ranked): DPO loses gold when it learns the annotators' verdicts on the\n"
       "templated styles, and holds SFT's level, or a little above it, on pairs of what the model itself writes.")

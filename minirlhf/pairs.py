@@ -42,10 +42,18 @@ evaluation seeds 1-3 (`minirlhf eval --seeds=1,2,3`; SFT: 0.24 +- 0.04):
     0.10 +- 0.01 at KL 1.5), about what more disjoint pairs give (above); the reward model's accuracy on
     the policy's own samples is still at chance (0.53 held-out, 0.46 training prompts). Cleaner labels do
     not fix it: the reward model does not generalise to what the policy writes.
+  * for a reward model trained on these pairs alone (`minirlhf reward --prefs=out/tiny/pairs_ranked/prefs.jsonl
+    --run_name=reward_ranked`): it never saw the templated styles (validation gold accuracy 0.62), ranks
+    the policy's own samples only a little better (0.55 held-out, decisive pairs 0.59) and has no taste
+    for length (correlation with length 0.04). PPO against it: 0.31 +- 0.03 at KL 0.56, the one reward
+    model here PPO does not lose gold against (a second set of pairs: 0.27 +- 0.03 at KL 0.68; 150
+    iterations instead of 60: 0.25 at KL 1.3, past the peak). Lesson 04, step 5.
   * more of the same does not add much: 16 samples per prompt (828 pairs, label agreement 0.77) give DPO
     0.30 +- 0.07 at KL 2.0; a second round, ranked samples of the first DPO model and DPO from it with it
     as the reference (iterated DPO), 0.26 +- 0.05 at KL 2.2 to SFT, with longer answers (15.2 words
-    against 13.3): each round takes a little more of the annotators' length taste.
+    against 13.3): each round takes a little more of the annotators' length taste. Other losses and
+    settings on the same 749 pairs: IPO 0.29 +- 0.04 at KL 0.3, cDPO 0.27 at KL 0.8, RPO (`--rpo_alpha=1`)
+    0.27 at KL 0.45, twice the learning rate 0.27 at KL 3.9, twice the steps 0.19 at KL 4.1.
 
 Deliberate simplifications: a ranking is built from independent pairwise labels, not one look at all K;
 identical and empty responses are not paired (both are counted in the summary, as are prompts whose
