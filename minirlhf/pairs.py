@@ -35,7 +35,8 @@ much less so. Measured on tiny (1000 prompts x 8 samples: 749 pairs in 55 s; the
 ordering 0.72 of the time, against 0.60 for the default's single pairs). Held-out gold, mean +- std over
 evaluation seeds 1-3 (`minirlhf eval --seeds=1,2,3`; SFT: 0.24 +- 0.04):
   * DPO (beta 0.1) on these pairs alone (`--mix_templated=false`): 0.28 +- 0.05 at KL 0.9 (a second set
-    of pairs, other sampling and labelling seeds: 0.27 +- 0.07), where DPO on the default mix loses gold
+    of pairs, other sampling and labelling seeds: 0.27 +- 0.07; another DPO training seed: 0.28 +- 0.05),
+    where DPO on the default mix loses gold
     (0.14 +- 0.06) and so does DPO on these pairs mixed with the templated ones (0.15, seed 0 alone): the
     templated pairs, not DPO, are what costs gold there. The gain over SFT is within the seed noise.
   * mixed with the templated pairs, for the reward model: PPO against it 0.17 +- 0.04 at KL 0.8 (default:
@@ -45,9 +46,10 @@ evaluation seeds 1-3 (`minirlhf eval --seeds=1,2,3`; SFT: 0.24 +- 0.04):
   * for a reward model trained on these pairs alone (`minirlhf reward --prefs=out/tiny/pairs_ranked/prefs.jsonl
     --run_name=reward_ranked`): it never saw the templated styles (validation gold accuracy 0.62), ranks
     the policy's own samples only a little better (0.55 held-out, decisive pairs 0.59) and has no taste
-    for length (correlation with length 0.04). PPO against it: 0.31 +- 0.03 at KL 0.56, the one reward
-    model here PPO does not lose gold against (a second set of pairs: 0.27 +- 0.03 at KL 0.68; 150
-    iterations instead of 60: 0.25 at KL 1.3, past the peak). Lesson 04, step 5.
+    for length (correlation with length 0.04). PPO against it: 0.31 +- 0.03 at KL 0.56 (another PPO
+    training seed: 0.24 +- 0.06 at KL 0.80; a second set of pairs: 0.27 +- 0.03 at KL 0.68; 150
+    iterations instead of 60: 0.25 at KL 1.3, past the peak), the one reward model here PPO does not
+    lose gold against. Lesson 04, step 5.
   * more of the same does not add much: 16 samples per prompt (828 pairs, label agreement 0.77) give DPO
     0.30 +- 0.07 at KL 2.0; a second round, ranked samples of the first DPO model and DPO from it with it
     as the reference (iterated DPO), 0.26 +- 0.05 at KL 2.2 to SFT, with longer answers (15.2 words
