@@ -109,15 +109,17 @@ def check_pairing(pairing: str) -> None:
         raise ValueError(f"--pairing={pairing!r}: expected one of {', '.join(PAIRINGS)}")
 
 
-def distinct_responses(responses: list[str]) -> tuple[list[str], int, int]:
-    """(distinct non-empty responses in sample order, repeats merged, empty dropped).
-
-    "Empty" means no text before `<|end|>`: such a row is not valid in the TRL format.
-    """
+def is_empty(response: str) -> bool:
+    """No text before `<|end|>`: such a response is not a valid row in the TRL format."""
     from minirlhf.world import strip_end
 
+    return not strip_end(response)[0].strip()
+
+
+def distinct_responses(responses: list[str]) -> tuple[list[str], int, int]:
+    """(distinct non-empty responses in sample order, repeats merged, empty dropped)."""
     distinct = list(dict.fromkeys(responses))  # first copies, in sample order
-    kept = [r for r in distinct if strip_end(r)[0].strip()]
+    kept = [r for r in distinct if not is_empty(r)]
     return kept, len(responses) - len(distinct), len(distinct) - len(kept)
 
 
@@ -131,15 +133,13 @@ def pair_responses(responses: list[str], pairing: str) -> tuple[list[tuple[str, 
               sample is merged into its first copy and counted as identical, an empty one is counted as empty.
     (best_worst is not a fixed pairing: which pair it keeps depends on the annotator; see `on_policy_records`.)
     """
-    from minirlhf.world import strip_end
-
     check_pairing(pairing)
     if pairing == "disjoint":
         pairs, identical, empty = [], 0, 0
         for a, b in zip(responses[0::2], responses[1::2]):
             if a == b:
                 identical += 1
-            elif not strip_end(a)[0].strip() or not strip_end(b)[0].strip():
+            elif is_empty(a) or is_empty(b):
                 empty += 1
             else:
                 pairs.append((a, b))
