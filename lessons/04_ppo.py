@@ -22,8 +22,8 @@ What you should see
      (training-split prompts 0.65 -> 0.52 and -> 0.68). The algorithm climbs whatever it is given; what it
      is given decides whether that helps. How far it climbs is another matter: against the gold judge,
      4x the learning rate or 4x the rollout batch end at 0.33-0.34 held-out (KL 0.75-0.77; training
-     split 0.72-0.75), below the SFT model merely sampled at T = 0.5 (0.38 at KL 0.29; lesson 08), and 10x the
-     rate collapses (0.19 at KL 4.4).
+     split 0.72-0.75), below the SFT model merely sampled at T = 0.5 (0.36-0.38 at KL 0.26-0.29,
+     evaluation seeds 0-3; lesson 08), and 10x the rate collapses (0.19 at KL 4.4).
   5. The same loop against a reward model trained only on ranked pairs of the SFT model's own samples
      (the best against the worst of 8): held-out gold at or a little above SFT's, where the pipeline's
      reward model lowers it (tiny, three evaluation seeds: 0.31 and 0.10 against SFT's 0.24, 0.24 with
