@@ -187,6 +187,7 @@ class RewardConfig(TrainConfig):
     run_name: str = ""  # folder under out/<preset>/ for this run's artifacts; "" = "reward"
     margin_coef: float = 0.0  # Llama-2-style margin: coef * |logit(annotator p_chosen)| (0 = off)
     center_coef: float = 0.0  # reward centering: coef * mean((r_chosen + r_rejected)^2) (0 = off)
+    soft_labels: bool = False  # target = the annotator's p_chosen (as many votes would give), not the one label
     length_head_coef: float = 0.0  # ODIN: a second head absorbs length, weight of its disentangling loss (0 = off)
     truncate: bool = False  # drop over-long / identical pairs (and report the count) instead of failing
     calibration_prompts: int = 0  # SFT samples used to normalise the scores to mean 0, std 1; 0 = from preset

@@ -29,7 +29,7 @@ def sft_loss(logits, labels, loss_mask):
                   "tokens": loss_mask.sum().detach()}
 
 
-def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None, center_coef: float = 0.0):
+def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None, center_coef: float = 0.0, label_prob=None):
     """Reward-model loss: -log sigmoid(r_chosen - r_rejected - margin), mean over pairs.
 
     Bradley & Terry (1952); as the reward-model loss in Ouyang et al. 2022, eq. (1), and Stiennon et al.
@@ -37,12 +37,23 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None, center_coe
     with more confidence must be separated by more. `center_coef` adds `center_coef * mean((r_c + r_r)^2)`
     (Eisenstein et al. 2023) so that rewards stay near 0 -- the loss alone is shift invariant.
 
+    `label_prob` (B,) turns the hard label into a soft one: the probability q that "chosen" is preferred
+    (for example the share of several annotators who chose it), and the loss becomes the cross-entropy
+
+        -[q log sigmoid(d) + (1 - q) log sigmoid(-d)],   d = r_chosen - r_rejected - margin,
+
+    the Bradley-Terry likelihood of q votes for chosen and 1 - q against. q = 1 is the plain loss; q = 1 - eps
+    is the label smoothing of conservative DPO (Mitchell 2023), applied to a reward model.
+
     Metrics: `accuracy` (chosen strictly above rejected; ties count as wrong), `margins` per pair.
     """
     diff = chosen_rewards - rejected_rewards  # (B,)
     if margin is not None:
         diff = diff - margin
-    loss = -F.logsigmoid(diff).mean()
+    if label_prob is None:
+        loss = -F.logsigmoid(diff).mean()
+    else:
+        loss = -(label_prob * F.logsigmoid(diff) + (1 - label_prob) * F.logsigmoid(-diff)).mean()
     if center_coef:
         loss = loss + center_coef * ((chosen_rewards + rejected_rewards) ** 2).mean()
     margins = (chosen_rewards - rejected_rewards).detach()

@@ -6,6 +6,7 @@ Run it:
     minirlhf reward --preset tiny --margin_coef=1 --run_name=reward_margin   # a variant next to the default,
     minirlhf ppo --preset tiny --reward_model=out/tiny/reward_margin/model.pt --run_name=ppo_margin  # used by PPO
     minirlhf reward --preset tiny --length_head_coef=1 --run_name=reward_odin  # ODIN: length bias taken out
+    minirlhf reward --preset tiny --soft_labels --run_name=reward_soft   # the annotators' p_chosen as the target
 
 What happens, top to bottom:
   1. read the pairs (`{"prompt","chosen","rejected"}`, validated line by line) and render each response as
@@ -13,7 +14,8 @@ What happens, top to bottom:
   2. build the model: trunk initialised from SFT + `ScalarHead` (InstructGPT, Ouyang et al. 2022 §3.5);
      the score is read at the last real token (the `<|end|>`), never at a pad;
   3. train: chosen and rejected of a batch go through ONE forward pass (2B rows), loss
-     `bradley_terry_loss(r_chosen, r_rejected)` (optionally with a confidence margin and reward centering);
+     `bradley_terry_loss(r_chosen, r_rejected)` (optionally with a confidence margin, reward centering, or
+     `--soft_labels`: the annotator's probability p_chosen as the target instead of the one sampled label);
      validation accuracy against the annotators' labels and against the gold ordering;
      with `--length_head_coef` > 0, ODIN (Chen et al. 2024): a second head on the same trunk is trained
      to carry the labels' liking for length (`LengthDisentangled`, `losses.length_disentangle_loss`)
@@ -144,22 +146,37 @@ def disentangled_pair_loss(model, pairs: list[dict], pad_id: int, device, cfg):
     lengths = torch.tensor([sum(p["chosen_mask"]) for p in pairs] + [sum(p["rejected_mask"]) for p in pairs],
                            dtype=torch.float32, device=device)  # (2B,)
     B = len(pairs)
-    bt, m = bradley_terry_loss(quality[:B] + length[:B], quality[B:] + length[B:],
-                               margins_for(pairs, cfg.margin_coef, device), cfg.center_coef)
+    bt, m = pair_loss(quality[:B] + length[:B], quality[B:] + length[B:], pairs, cfg, device)
     inner = model.module if hasattr(model, "module") else model  # DDP keeps the module as .module
     reg, r = length_disentangle_loss(quality, length, lengths, inner.model.head.linear.weight,
                                      inner.length_head.linear.weight)
     return bt + cfg.length_head_coef * reg, {"accuracy": m["accuracy"], "margin": m["margins"].mean(), **r}
 
 
+def annotator_probs(pairs: list[dict], option: str, device):
+    """The annotator's probability of preferring "chosen", per pair (B,), clamped inside (0, 1)."""
+    if any(p["p_chosen"] is None for p in pairs):
+        raise ValueError(f"{option} needs a p_chosen field on every pair (the annotator's probability)")
+    return torch.tensor([min(max(p["p_chosen"], 1e-6), 1 - 1e-6) for p in pairs], device=device)
+
+
 def margins_for(pairs: list[dict], coef: float, device):
     """Llama-2-style margin from the annotator's confidence: coef * |logit(p_chosen)| (None when coef = 0)."""
     if coef == 0:
         return None
-    if any(p["p_chosen"] is None for p in pairs):
-        raise ValueError("--margin_coef needs a p_chosen field on every pair (the annotator's probability)")
-    p = torch.tensor([min(max(p["p_chosen"], 1e-6), 1 - 1e-6) for p in pairs], device=device)
+    p = annotator_probs(pairs, "--margin_coef", device)
     return coef * torch.log(p / (1 - p)).abs()
+
+
+def label_probs_for(pairs: list[dict], soft_labels: bool, device):
+    """--soft_labels: the annotator's p_chosen as the target of the Bradley-Terry loss (None = the label)."""
+    return annotator_probs(pairs, "--soft_labels", device) if soft_labels else None
+
+
+def pair_loss(rc, rr, pairs: list[dict], cfg: RewardConfig, device):
+    """The Bradley-Terry loss of one batch's scores with the options of `cfg` (margin, centering, soft labels)."""
+    return bradley_terry_loss(rc, rr, margins_for(pairs, cfg.margin_coef, device), cfg.center_coef,
+                              label_probs_for(pairs, cfg.soft_labels, device))
 
 
 @torch.no_grad()
@@ -381,6 +398,11 @@ def run(cfg: RewardConfig) -> dict:
     policy, _ = ck.load_model(init, device)  # the SFT model: trunk init, and the calibration policy
     max_len = policy.config.block_size
     train, val, skipped = load_pairs(tok, prefs, eval_prefs, max_len, cfg.truncate, STAGE)
+    missing = sum(p["p_chosen"] is None for p in train)  # options that read the annotator's probability
+    for option, on in (("--margin_coef", cfg.margin_coef), ("--soft_labels", cfg.soft_labels)):
+        if on and missing:
+            raise ValueError(f"{option} needs the annotator's probability: {missing} of the {len(train)} pairs in "
+                             f"{prefs} have no p_chosen field")
     if dist.is_main():
         save_config(cfg, os.path.join(out, "config.json"))
 
@@ -405,7 +427,7 @@ def run(cfg: RewardConfig) -> dict:
         if cfg.length_head_coef:
             return disentangled_pair_loss(ddp_model, chunk, tok.pad_id, device, cfg)
         rc, rr = score_pairs(ddp_model, chunk, tok.pad_id, device)
-        loss, m = bradley_terry_loss(rc, rr, margins_for(chunk, cfg.margin_coef, device), cfg.center_coef)
+        loss, m = pair_loss(rc, rr, chunk, cfg, device)
         return loss, {"accuracy": m["accuracy"], "margin": m["margins"].mean()}
 
     def evaluate():

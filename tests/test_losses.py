@@ -37,6 +37,29 @@ def test_bradley_terry_by_hand():
     assert centered == pytest.approx(expected + 0.01 * (9 + 0 + 16) / 3)
 
 
+def test_bradley_terry_soft_labels_by_hand():
+    c = torch.tensor([2.0, 0.0, 1.0], dtype=torch.float64)
+    r = torch.tensor([1.0, 0.0, 3.0], dtype=torch.float64)
+    q = torch.tensor([0.9, 0.5, 0.2], dtype=torch.float64)  # share of annotators who preferred "chosen"
+    sig = lambda x: 1 / (1 + math.exp(-x))
+    expected = -((0.9 * math.log(sig(1.0)) + 0.1 * math.log(sig(-1.0)))
+                 + (0.5 * math.log(sig(0.0)) + 0.5 * math.log(sig(0.0)))
+                 + (0.2 * math.log(sig(-2.0)) + 0.8 * math.log(sig(2.0)))) / 3
+    assert bradley_terry_loss(c, r, label_prob=q)[0].item() == pytest.approx(expected)
+    # q = 1 is the plain loss; q and 1 - q with chosen and rejected swapped are the same pair
+    assert bradley_terry_loss(c, r, label_prob=torch.ones(3, dtype=torch.float64))[0].item() == pytest.approx(
+        bradley_terry_loss(c, r)[0].item())
+    assert bradley_terry_loss(r, c, label_prob=1 - q)[0].item() == pytest.approx(expected)
+
+
+def test_bradley_terry_soft_labels_minimum_at_the_logit():
+    # the soft-label loss of one pair is smallest where sigmoid(r_c - r_r) equals q: d = logit(q)
+    q = torch.tensor([0.8], dtype=torch.float64)
+    d = torch.tensor([math.log(0.8 / 0.2)], dtype=torch.float64, requires_grad=True)
+    bradley_terry_loss(d, torch.zeros(1, dtype=torch.float64), label_prob=q)[0].backward()
+    assert abs(d.grad.item()) < 1e-12
+
+
 def test_bradley_terry_stable_for_large_margins():
     c = torch.tensor([1000.0], dtype=torch.float64)
     r = torch.tensor([-1000.0], dtype=torch.float64)
@@ -49,6 +72,8 @@ def test_gradchecks():
     r = torch.randn(4, dtype=torch.float64, requires_grad=True)
     m = torch.rand(4, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda a, b: bradley_terry_loss(a, b, m, 0.1)[0], (c, r))
+    q = torch.rand(4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b: bradley_terry_loss(a, b, m, 0.1, label_prob=q)[0], (c, r))
     logits = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, 5, (2, 3))
     mask = torch.tensor([[0, 1, 1], [1, 1, 0]])

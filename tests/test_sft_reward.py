@@ -243,6 +243,28 @@ def test_reward_margin_needs_annotator_probability():
     assert m[0].item() == 0.0 and abs(m[1].item() - 2 * abs(torch.log(torch.tensor(4.0)).item())) < 1e-6
 
 
+def test_reward_soft_labels_use_the_annotator_probability():
+    pairs = [{"p_chosen": 0.8}, {"p_chosen": 0.5}]
+    rc, rr = torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([0.0, 2.0], dtype=torch.float64)
+    sig = lambda x: 1 / (1 + math.exp(-x))
+    soft = -((0.8 * math.log(sig(1.0)) + 0.2 * math.log(sig(-1.0))) + math.log(0.5)) / 2
+    hard = -(math.log(sig(1.0)) + math.log(0.5)) / 2
+    on = RewardConfig(soft_labels=True, margin_coef=0.0, center_coef=0.0)
+    assert abs(reward.pair_loss(rc, rr, pairs, on, "cpu")[0].item() - soft) < 1e-6
+    assert abs(reward.pair_loss(rc, rr, pairs, RewardConfig(), "cpu")[0].item() - hard) < 1e-12
+
+
+def test_reward_soft_labels_need_annotator_probability(base, tmp_path):
+    rows = [{"prompt": q, "chosen": a, "rejected": "No."} for q, a in QA]
+    rows[0].update(p_chosen=0.7)
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    over = dict(preset="micro", out_dir=str(tmp_path / "out"), init=base["init"], prefs=prefs,
+                eval_prefs=base["prefs"], prompts=base["prompts"], max_steps=2, progress=False, soft_labels=True)
+    with pytest.raises(ValueError, match=f"--soft_labels needs .*: {len(QA) - 1} of the {len(QA)} pairs"):
+        reward.run(make_config(RewardConfig, overrides=over))
+    assert not os.path.exists(os.path.join(str(tmp_path / "out"), "micro", "reward", "model.pt"))
+
+
 def test_pairwise_gold_accuracy_by_hand():
     # prompt 1: gold 0, 1, 0.5 and proxy 1, 2, 3: pairs (0,1) and (0,2) agree, (1,2) does not
     # prompt 2: a gold tie is not a pair; (0,2) and (1,2) are ordered the wrong way round
