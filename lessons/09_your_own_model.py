@@ -48,7 +48,8 @@ from minirlhf.config import PRESETS, DPOConfig, make_config
 from minirlhf.dpo import run as dpo
 from minirlhf.engine import generate
 from minirlhf.hf import export_hf, import_hf
-from minirlhf.tokenizer import Tokenizer, merges_to_ranks, ranks_to_hf_bpe, render_prompt, train_bpe
+from minirlhf.hf_bpe import ranks_to_hf_bpe
+from minirlhf.tokenizer import Tokenizer, merges_to_ranks, render_prompt, train_bpe
 from minirlhf.world import build_world, make_corpus
 
 root = os.path.join("out", "byo")

@@ -10,9 +10,9 @@ What it does
   index of the merge that created it, after the 256 single bytes), so encoding runs in tiktoken's
   Rust BPE. ``Tokenizer.gpt2()`` gives OpenAI's GPT-2 vocabulary instead, when its files are cached
   locally (nothing is ever downloaded).
-* ``Tokenizer.from_vocab_merges`` reads a Hugging Face GPT-2 tokenizer (``vocab.json`` + ``merges.txt``,
-  bytes written as characters by GPT-2's ``bytes_to_unicode`` map) into tiktoken ranks, ids unchanged;
-  ``Tokenizer.save_vocab_merges`` writes ours in that format (used by ``minirlhf.hf``).
+* ``Tokenizer.from_vocab_merges`` reads a Hugging Face GPT-2 tokenizer (``vocab.json`` + ``merges.txt``)
+  into tiktoken ranks, ids unchanged; ``Tokenizer.save_vocab_merges`` writes ours in that format (used by
+  ``minirlhf.hf``). The file format and its conversion live in ``minirlhf.hf_bpe``.
 * ``render_conversation`` / ``render_prompt`` turn chat messages into token ids with the fixed template
   ``<|user|>{text}<|end|><|assistant|>{text}<|end|>...`` and a loss mask that is 1 exactly on the
   assistant's content tokens and its closing ``<|end|>``.
@@ -63,6 +63,8 @@ from typing import Iterable, Sequence
 
 import regex
 import tiktoken
+
+from minirlhf.hf_bpe import hf_bpe_to_ranks, ranks_to_hf_bpe, read_hf_bpe
 
 # ----------------------------------------------------------------------------------------------------
 # Constants
@@ -510,145 +512,6 @@ class Tokenizer:
         vocab_path.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
         merges_path.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
         return vocab_path, merges_path
-
-# ----------------------------------------------------------------------------------------------------
-# Hugging Face GPT-2 files: vocab.json + merges.txt <-> tiktoken ranks
-
-
-@lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> character map, used to write byte tokens as text in vocab.json / merges.txt.
-
-    The 188 bytes that are printable Latin-1 characters ('!'..'~', '¡'..'¬', '®'..'ÿ') map to themselves;
-    the other 68 (control bytes, space, DEL, no-break space, soft hyphen) map in byte order to chr(256),
-    chr(257), ... So every token is a string of visible characters without spaces (a space is 'Ġ',
-    a newline 'Ċ'), and merges.txt can separate the two halves of a merge with one space.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping = {b: chr(b) for b in printable}
-    shifted = [b for b in range(256) if b not in mapping]
-    mapping.update({b: chr(256 + n) for n, b in enumerate(shifted)})
-    return mapping
-
-
-def _bpe_split(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
-    """tiktoken's BPE on `token` using only ranks below `max_rank`: merge the adjacent pair whose
-    concatenation has the lowest rank (leftmost on ties) until none is left."""
-    parts = [bytes([b]) for b in token]
-    while len(parts) > 1:
-        best_rank, best_i = max_rank, -1
-        for i in range(len(parts) - 1):
-            rank = ranks.get(parts[i] + parts[i + 1])
-            if rank is not None and rank < best_rank:
-                best_rank, best_i = rank, i
-        if best_i < 0:
-            break
-        parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
-    return parts
-
-
-def hf_bpe_to_ranks(vocab: dict[str, int], merges: Sequence[tuple[str, str]], source: str = "vocab.json"
-                    ) -> tuple[dict[bytes, int], dict[str, int]]:
-    """A Hugging Face byte-level BPE (vocab.json + merges.txt) -> (tiktoken mergeable ranks, special tokens).
-
-    Ids never change: a token's tiktoken rank IS its vocab.json id (the model's embedding row). tiktoken
-    merges the adjacent pair whose concatenation has the lowest rank, Hugging Face the pair listed
-    earliest in merges.txt; the two agree when the ids of the merged tokens increase down merges.txt, as
-    they do in GPT-2 (merge i creates id 256 + i) and in every file that ``ranks_to_hf_bpe`` writes. That
-    is checked, and a file that breaks it is an error rather than a tokenizer that silently differs.
-    Entries that are neither single bytes nor made by a merge (e.g. ``<|endoftext|>``) become special
-    tokens under their own string.
-    """
-    char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
-
-    def to_bytes(text: str) -> bytes:
-        try:
-            return bytes(char_to_byte[c] for c in text)
-        except KeyError as e:
-            raise ValueError(f"{source}: token {text!r} has the character {e.args[0]!r}, outside GPT-2's byte "
-                             "alphabet: not a byte-level BPE vocabulary") from None
-
-    if len(set(vocab.values())) != len(vocab):
-        raise ValueError(f"{source}: two tokens share an id; every id must appear once")
-    missing = [b for b, c in bytes_to_unicode().items() if c not in vocab]
-    if missing:
-        raise ValueError(f"{source}: no token for the single bytes {missing[:8]}{'...' if len(missing) > 8 else ''}; "
-                         "a byte-level BPE needs all 256 so that any text can be encoded")
-    ranks = {bytes([b]): vocab[c] for b, c in bytes_to_unicode().items()}
-    made: dict[str, int] = {}  # token -> index of the merge that creates it
-    last_id = -1
-    for i, (left, right) in enumerate(merges):
-        where = f"{source}: merge {i + 1} ({left} {right})"
-        for part in (left, right):
-            if part not in vocab:
-                raise ValueError(f"{where}: {part!r} is not in the vocabulary")
-        token = left + right
-        if token not in vocab:
-            raise ValueError(f"{where}: the merged token {token!r} is not in the vocabulary")
-        if token in made:
-            raise ValueError(f"{where}: creates {token!r}, which merge {made[token] + 1} already creates")
-        if vocab[token] <= last_id:
-            raise ValueError(f"{where}: creates id {vocab[token]}, not above the previous merge's id {last_id}; "
-                             "tiktoken ranks merges by token id, so merged-token ids must increase down the merges")
-        made[token] = i
-        last_id = vocab[token]
-        ranks[to_bytes(token)] = vocab[token]
-    byte_chars = set(bytes_to_unicode().values())
-    specials = {text: i for text, i in vocab.items() if text not in made and text not in byte_chars}
-    return ranks, specials
-
-
-def ranks_to_hf_bpe(ranks: dict[bytes, int], special_tokens: dict[str, int]
-                    ) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """tiktoken ranks + special tokens -> (vocab.json dict, merges.txt pairs), the inverse of ``hf_bpe_to_ranks``.
-
-    A multi-byte token of rank r becomes the merge of the two pieces that tiktoken's BPE, run on the
-    token's bytes with only the ranks below r, ends with: exactly the step by which tiktoken itself
-    builds the token, so Hugging Face's BPE makes the same choices. Merges are listed in rank order.
-    """
-    to_text = bytes_to_unicode()
-    vocab = {"".join(to_text[b] for b in token): rank for token, rank in ranks.items()}
-    merges = []
-    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        if len(token) < 2:
-            continue
-        parts = _bpe_split(ranks, token, rank)
-        if len(parts) != 2:
-            raise ValueError(f"token {token!r} (id {rank}) is not one merge of two lower-ranked tokens (BPE stops at "
-                             f"{parts!r}); it has no merges.txt equivalent")
-        merges.append(tuple("".join(to_text[b] for b in p) for p in parts))
-    for text, i in special_tokens.items():
-        if text in vocab:
-            raise ValueError(f"special token {text!r} has the same text as an ordinary BPE token in vocab.json")
-        vocab[text] = i
-    return dict(sorted(vocab.items(), key=lambda kv: kv[1])), merges
-
-
-def read_hf_bpe(vocab_path: str | os.PathLike, merges_path: str | os.PathLike
-                ) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Read vocab.json (token -> id) and merges.txt ("left right" per line, an optional first line
-    ``#version: ...``); a malformed entry is an error naming the file and the line."""
-    vocab_path, merges_path = Path(vocab_path), Path(merges_path)
-    for path in (vocab_path, merges_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: file not found")
-    try:
-        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{vocab_path}: not a valid JSON file ({e})") from None
-    if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
-                                              for i in vocab.values()):
-        raise ValueError(f"{vocab_path}: expected one JSON object mapping each token to its id (an int >= 0)")
-    merges = []
-    for n, line in enumerate(merges_path.read_text(encoding="utf-8").split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if not line or (n == 1 and line.startswith("#version")):
-            continue
-        parts = line.split(" ")
-        if len(parts) != 2 or not all(parts):
-            raise ValueError(f"{merges_path}:{n}: expected two tokens separated by one space, got {line!r}")
-        merges.append((parts[0], parts[1]))
-    return vocab, merges
 
 
 # ----------------------------------------------------------------------------------------------------

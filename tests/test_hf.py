@@ -18,9 +18,9 @@ from hypothesis import strategies as st  # noqa: E402
 from minirlhf import checkpoint as ck  # noqa: E402
 from minirlhf import hf  # noqa: E402
 from minirlhf.cli import main  # noqa: E402
+from minirlhf.hf_bpe import bytes_to_unicode, ranks_to_hf_bpe  # noqa: E402
 from minirlhf.model import GPT, ScalarModel  # noqa: E402
-from minirlhf.tokenizer import (SPECIAL_TOKENS, Tokenizer, bytes_to_unicode, merges_to_ranks,  # noqa: E402
-                                ranks_to_hf_bpe, render_conversation, train_bpe)
+from minirlhf.tokenizer import SPECIAL_TOKENS, Tokenizer, merges_to_ranks, render_conversation, train_bpe  # noqa: E402
 
 from conftest import english_like_documents  # noqa: E402
 
