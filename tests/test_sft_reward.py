@@ -254,6 +254,27 @@ def test_reward_soft_labels_use_the_annotator_probability():
     assert abs(reward.pair_loss(rc, rr, pairs, RewardConfig(), "cpu")[0].item() - hard) < 1e-12
 
 
+def test_reward_stage_soft_labels_reach_the_loss(base, tmp_path):
+    # p_chosen = 1 everywhere: soft labels are the hard ones, the first logged loss is the same;
+    # p_chosen = 0.8 (the base file): the first step's loss is the soft one, not the hard one
+    sft_over = dict(preset="micro", out_dir=base["out"], init=base["init"], data=base["sft"], eval_data=base["sft"],
+                    max_steps=5, progress=False)
+    sft.run(make_config(SFTConfig, overrides=sft_over))
+    certain = write_jsonl(tmp_path / "certain.jsonl", [{"prompt": q, "chosen": a, "rejected": "No.", "p_chosen": 1.0}
+                                                       for q, a in QA] * 4)
+
+    def first_loss(prefs, soft, name):
+        over = dict(preset="micro", out_dir=base["out"], prefs=prefs, eval_prefs=base["prefs"], prompts=base["prompts"],
+                    max_steps=1, log_interval=1, calibration_prompts=4, max_new_tokens=4, progress=False,
+                    soft_labels=soft, run_name=name)
+        reward.run(make_config(RewardConfig, overrides=over))
+        with open(os.path.join(base["out"], "micro", name, "metrics.jsonl")) as f:
+            return json.loads(f.readline())["loss"]
+
+    assert abs(first_loss(certain, True, "soft_certain") - first_loss(certain, False, "hard_certain")) < 1e-5
+    assert abs(first_loss(base["prefs"], True, "soft_08") - first_loss(base["prefs"], False, "hard_08")) > 1e-3
+
+
 def test_reward_soft_labels_need_annotator_probability(base, tmp_path):
     rows = [{"prompt": q, "chosen": a, "rejected": "No."} for q, a in QA]
     rows[0].update(p_chosen=0.7)
