@@ -19,11 +19,13 @@ What you should see
      with `minirlhf reward --soft_labels --run_name=reward_soft`: over training seeds 1337, 2 and 3 that
      reaches 0.840-0.848 against 0.796-0.824 with the labels. Noise costs about 3.5 points; the rest of
      the gap is what a 1M-parameter trunk can read from the text (and on the SFT model's own samples,
-     step 5, the soft-label model is no better: 0.44-0.49 on held-out prompts). The 0.91 is a generous
-     bound: it counts near-ties as won, and ideal-vs-verbose pairs are near-ties for the annotators
-     (median probability 0.53 for the better answer), so a small error in how a reward model weighs
-     length loses that whole style pairing: six trained reward models (three seeds, labels and soft
-     labels) order 0.09-0.27 of those pairs the gold way, where the bound counts 0.73.
+     step 5, the soft-label model is no better: 0.44-0.49 on held-out prompts; PPO against it ends at
+     0.10 +- 0.01 held-out gold over three evaluation seeds, at KL 1.1, below SFT's 0.24 as PPO against
+     the default one does). The 0.91 is a generous bound: it counts near-ties as won, and
+     ideal-vs-verbose pairs are near-ties for the annotators (median probability 0.53 for the better
+     answer), so a small error in how a reward model weighs length loses that whole style pairing: six
+     trained reward models (three seeds, labels and soft labels) order 0.09-0.27 of those pairs the
+     gold way, where the bound counts 0.73.
   3. Scores per response style line up with the gold judge's ranking (ideal high; wrong, rude and
      compliance low) -- with one telling exception:
   4. the bias: the annotators like longer and flattering answers, so the reward model does too. It
