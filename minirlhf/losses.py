@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from minirlhf.ops import masked_mean, pearson_correlation, upcast
+from minirlhf.ops import masked_mean, pearson_correlation, select, upcast
 
 
 def sft_loss(logits, labels, loss_mask):
@@ -103,6 +103,8 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: float):
 
     logprobs, old_logprobs, advantages = upcast(logprobs), upcast(old_logprobs), upcast(advantages)
     mask = mask.to(logprobs.dtype)
+    # padded positions hold 0 from here on: no exp can overflow there and nothing leaks out of them
+    logprobs, old_logprobs, advantages = select(logprobs, mask), select(old_logprobs, mask), select(advantages, mask)
     log_ratio = logprobs - old_logprobs  # (B, N)
     ratio = torch.exp(log_ratio)  # (B, N)
     unclipped = -advantages * ratio  # (B, N)
@@ -120,7 +122,8 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: float):
 
 
 def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
-    """PPO clipped value loss (Schulman et al. 2017, §5 implementation; as in OpenAI baselines ppo2).
+    """PPO clipped value loss: not in the paper (Schulman et al. 2017 eq. 9 has the plain squared error), but
+    in its reference code, OpenAI baselines ppo2; Engstrom et al. 2020 study what it changes.
 
         v_clipped = V_old + clamp(V - V_old, -c, c)
         loss = 0.5 * masked mean of max((V - R)^2, (v_clipped - R)^2)
@@ -335,6 +338,8 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, epsilon: f
         raise ValueError(f"grpo_loss: expected logprobs (B, T) and advantages (B,), got "
                          f"{tuple(logprobs.shape)} and {tuple(advantages.shape)}")
     logprobs, old_logprobs, ref_logprobs = upcast(logprobs), upcast(old_logprobs), upcast(ref_logprobs)
+    # padded positions hold 0 from here on: no exp can overflow there and nothing leaks out of them
+    logprobs, old_logprobs, ref_logprobs = (select(x, mask) for x in (logprobs, old_logprobs, ref_logprobs))
     adv = upcast(advantages).unsqueeze(-1)  # (B, 1), broadcast over tokens
     ratio = torch.exp(logprobs - old_logprobs)  # (B, T)
     unclipped = ratio * adv  # (B, T)

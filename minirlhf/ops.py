@@ -35,18 +35,22 @@ def upcast(x):
     return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
+def select(x, mask):
+    """x where mask is 1, else 0. Selected, not multiplied: an inf or NaN under the mask stays out
+    (inf * 0 is NaN), and its gradient there is exactly 0."""
+    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def masked_sum(x, mask, dim=None):
-    """Sum of x where mask is 1 (over `dim`, or everything)."""
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() if dim is None else (x * mask).sum(dim)
+    """Sum of x where mask is 1 (over `dim`, or everything); masked values never leak in (see `select`)."""
+    x = select(x, mask)
+    return x.sum() if dim is None else x.sum(dim)
 
 
 def masked_mean(x, mask, dim=None):
     """Mean of x over the positions where mask is 1 (over `dim`, or everything)."""
-    mask = mask.to(x.dtype)
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+    count = mask.to(x.dtype).sum() if dim is None else mask.to(x.dtype).sum(dim)
+    return masked_sum(x, mask, dim) / count.clamp(min=1)
 
 
 def masked_var(x, mask, unbiased: bool = True):
@@ -72,7 +76,7 @@ def masked_whiten(x, mask, shift_mean: bool = True, eps: float = 1e-8):
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return whitened * mask
+    return select(whitened, mask)
 
 
 def pearson_correlation(x, y, eps: float = 1e-8):
@@ -110,7 +114,8 @@ def kl_k1(logp, ref_logp):
 
 
 def kl_k2(logp, ref_logp):
-    """k2 = (log(p/q))^2 / 2: low variance, biased; its gradient is that of KL for small differences."""
+    """k2 = (log(p/q))^2 / 2: low variance, biased in value; yet its expected gradient under p is exactly
+    the gradient of KL(p || q): E_p[log(p/q) grad log p] = grad KL, at any size of difference."""
     return 0.5 * (logp - ref_logp) ** 2
 
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from minirlhf.model import last_token_index
-from minirlhf.ops import kl_k1, kl_k3, upcast
+from minirlhf.ops import kl_k1, kl_k3, select, upcast
 
 
 def _last_real_index(mask, where: str):
@@ -65,10 +65,11 @@ def shape_rewards(scores, logprobs, ref_logprobs, mask, kl_coef: float, kl_estim
     choice) or "k3" (non-negative per token, see `ops.kl_k3`). Masked positions are 0. Nothing is
     detached: pass detached rollout tensors (they carry no graph in a normal PPO step).
     """
+    logprobs, ref_logprobs = select(upcast(logprobs), mask), select(upcast(ref_logprobs), mask)  # (B, N), pads 0
     if kl_estimator == "k1":
-        kl = kl_k1(upcast(logprobs), upcast(ref_logprobs))  # (B, N)
+        kl = kl_k1(logprobs, ref_logprobs)  # (B, N)
     elif kl_estimator == "k3":
-        kl = kl_k3(upcast(logprobs), upcast(ref_logprobs))  # (B, N)
+        kl = kl_k3(logprobs, ref_logprobs)  # (B, N), k3's exp cannot overflow on a pad
     else:
         raise ValueError(f"shape_rewards: kl_estimator must be 'k1' or 'k3', got {kl_estimator!r}")
     if scores.shape != mask.shape[:1]:
@@ -96,7 +97,7 @@ def compute_gae(rewards, values, mask, gamma: float, lam: float):
                          f"{tuple(mask.shape)} must all be (B, N)")
     rewards, values = upcast(rewards), upcast(values)
     mask = mask.to(values.dtype)
-    rewards, values = rewards * mask, values * mask  # (B, N) pads hold 0 from here on
+    rewards, values = select(rewards, mask), select(values, mask)  # (B, N) pads hold 0 from here on
     n = rewards.shape[1]
     next_value = torch.zeros_like(values[:, 0])  # (B,) V after the last position
     next_adv = torch.zeros_like(values[:, 0])  # (B,)

@@ -18,6 +18,20 @@ def test_masked_mean_sum_by_hand():
     assert ops.masked_mean(X, M.bool()).item() == pytest.approx(2.5)  # bool masks too
 
 
+def test_masked_values_never_leak_not_even_inf_or_nan():
+    # x * 0 would turn an inf or NaN under the mask into NaN; selecting keeps them out, gradient included
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        x = X.clone()
+        x[0, 3] = x[1, 2] = bad
+        x.requires_grad_()
+        assert ops.masked_sum(x, M).item() == 1 + 2 + 3 + 4
+        assert ops.masked_mean(x, M, dim=1).tolist() == pytest.approx([2.0, 4.0])
+        (g,) = torch.autograd.grad(ops.masked_mean(x, M), x)
+        assert g.tolist() == [[0.25, 0.25, 0.25, 0.0], [0.25, 0.0, 0.0, 0.0]]
+        w = ops.masked_whiten(x.detach(), M)
+        assert w[0, 3] == 0 and w[1, 2] == 0 and torch.isfinite(w).all()
+
+
 def test_masked_var_is_bessel_corrected():
     vals = [1.0, 2.0, 3.0, 4.0]
     mean = sum(vals) / 4

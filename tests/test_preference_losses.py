@@ -247,8 +247,11 @@ def test_grpo_by_hand():
     real = [(i, t) for i in range(2) for t in range(3) if mask[i][t]]
     close(metrics["kl"], sum(k3(d_ref[i][t]) for i, t in real) / len(real))
     close(metrics["clipfrac"], 2 / 5)  # row 0 token 1 and row 1 token 0
-    # spot-check the clipped token by hand: ratio 1.5, A = 1 -> surrogate -1.2
-    assert surrogate(1.5, 1.0) == -1.2
+    # the clipped token alone, by hand: ratio 1.5, A = 1 -> -min(1.5, 1.2) = -1.2, no KL at beta = 0
+    one = torch.zeros(1, 1, dtype=torch.float64)
+    loss1, m1 = L.grpo_loss(one + math.log(1.5), one, one, T([1.0], dtype=torch.float64), torch.ones(1, 1), beta=0.0)
+    close(loss1, -1.2)
+    close(m1["clipfrac"], 1.0)
 
 
 def test_grpo_masked_tokens_do_not_contribute():
@@ -261,6 +264,15 @@ def test_grpo_masked_tokens_do_not_contribute():
     loss2, metrics2 = L.grpo_loss(junk(logp.detach()), junk(old), junk(ref), A, m)
     close(loss2, loss)
     close(metrics2["kl"], metrics["kl"])
+    # a policy log-prob on the pad 95 nats below the reference's (k3's exp overflows float32), or a NaN
+    # there: the loss, the KL and the gradient stay those of the real tokens
+    for bad in (-95.0, float("nan")):
+        lp = torch.where(m.bool(), logp.detach(), torch.full_like(logp, bad)).float().requires_grad_()
+        loss3, metrics3 = L.grpo_loss(lp, old.float(), ref.float(), A.float(), m)
+        (g3,) = torch.autograd.grad(loss3, lp)
+        close(loss3, loss, tol=1e-5)
+        close(metrics3["kl"], metrics["kl"], tol=1e-5)
+        torch.testing.assert_close(g3, g.float(), rtol=1e-5, atol=1e-6)  # finite, and 0 on the pad
 
 
 def test_grpo_beta_zero_drops_kl():

@@ -135,6 +135,28 @@ def test_shape_rewards_k3_by_hand():
         shape_rewards(torch.tensor([2.0]), logp, ref, t([1, 1, 1, 0]), 0.1, kl_estimator="k9")
 
 
+def test_nothing_leaks_from_pads_not_even_an_overflow_or_nan():
+    # a pad's log-ratio of -95 nats overflows k3's exp in float32; a NaN there must not spread either
+    logp = torch.tensor([[-1.0, -2.0, -0.5, -100.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5, -5.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    for bad in (-100.0, float("nan")):
+        lp = logp.clone()
+        lp[0, 3] = bad
+        for est in ("k1", "k3"):
+            r = shape_rewards(torch.tensor([2.0]), lp, ref, mask, 0.1, kl_estimator=est)
+            clean = shape_rewards(torch.tensor([2.0]), lp[:, :3], ref[:, :3], mask[:, :3], 0.1, kl_estimator=est)
+            assert r[0, 3] == 0 and torch.equal(r[:, :3], clean)
+        values = torch.tensor([[0.5, 0.2, 0.4, bad]])
+        adv, ret = compute_gae(r, values, mask, gamma=1.0, lam=0.95)
+        adv0, ret0 = compute_gae(r[:, :3], values[:, :3], mask[:, :3], gamma=1.0, lam=0.95)
+        assert torch.equal(adv[:, :3], adv0) and adv[0, 3] == 0 and ret[0, 3] == 0
+        lp.requires_grad_()
+        loss, m = ppo_policy_loss(lp, ref, torch.tensor([[1.0, -1.0, 0.5, bad]]), mask, cliprange=0.2)
+        (g,) = torch.autograd.grad(loss, lp)
+        assert torch.isfinite(loss) and torch.isfinite(m["approx_kl"]) and torch.isfinite(g).all() and g[0, 3] == 0
+
+
 def test_shape_rewards_score_lands_on_last_real_token():
     mask = t([1, 1, 1, 0, 0],   # right pads
              [1, 1, 1, 1, 1],   # no padding at all
