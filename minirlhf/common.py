@@ -96,12 +96,28 @@ def check_finite(history: dict[str, list], stage: str, first_step: int, last_goo
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to metrics.jsonl (truncated at start unless resuming)."""
+    """Appends one JSON object per logged step to metrics.jsonl.
 
-    def __init__(self, path: str, resume: bool = False, enabled: bool = True):
-        self.path, self.enabled = path, enabled
-        if enabled and not resume and os.path.exists(path):
+    resume_step: None starts a new log (an existing file is removed); a step (resuming from the checkpoint
+    written at that step) keeps the rows up to it and removes the later ones, which a crashed run logged
+    after its last checkpoint and the resumed run logs again; `dropped` counts them.
+    """
+
+    def __init__(self, path: str, resume_step: int | None = None, enabled: bool = True):
+        self.path, self.enabled, self.dropped = path, enabled, 0
+        if not enabled or not os.path.exists(path):
+            return
+        if resume_step is None:
             os.remove(path)
+            return
+        with open(path) as f:
+            lines = [line for line in f if line.strip()]
+        kept = [line for line in lines if json.loads(line)["step"] <= resume_step]
+        self.dropped = len(lines) - len(kept)
+        if self.dropped:
+            with open(path + ".tmp", "w") as f:
+                f.writelines(kept)
+            os.replace(path + ".tmp", path)
 
     def log(self, row: dict) -> None:
         if self.enabled:

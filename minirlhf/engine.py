@@ -145,11 +145,21 @@ def left_pad(prompts: list[list[int]], pad_id: int, device=None):
     return ids.to(device), mask.to(device)
 
 
+def check_sampling(top_k: int, top_p: float) -> None:
+    """A clear error for filters that would leave no token to draw: top_k >= 0 (0 = off), top_p in (0, 1]."""
+    if not (isinstance(top_k, int) and top_k >= 0):
+        raise ValueError(f"top_k={top_k!r}: expected an integer >= 0 (keep the k most likely tokens; 0 = off)")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p!r}: expected a number in (0, 1] (the nucleus' probability mass; 1 = off)")
+
+
 def sample_next(logits, temperature: float, top_k: int, top_p: float, generator):
     """Pick the next token from last-position logits (B, V) -> tokens (B,), log-probs (B,).
 
     The log-prob is taken from `log_softmax(logits / temperature)` before filtering (see module docstring).
+    top_k >= 0 (0 = off) and top_p in (0, 1] (1 = off), else a ValueError (`check_sampling`).
     """
+    check_sampling(top_k, top_p)
     logits = upcast(logits)  # sample and take log-probs in at least float32
     if temperature <= 0:  # greedy
         token = logits.argmax(dim=-1)  # (B,)

@@ -8,7 +8,8 @@
     minirlhf eval --checkpoint out/tiny/sft/model.pt --gold-judge my_judges:politeness   # your own judge
     minirlhf eval --checkpoint out/tiny/dpo/model.pt --seeds=1,2,3,4,5   # mean and std over sampling seeds
 
-What `evaluate_policy` measures (one sampled response per prompt, temperature 1 by default, fixed seed):
+What `evaluate_policy` measures (one sampled response per prompt, temperature 1 by default, fixed seed;
+the prompts are the same for every sampling seed):
 
 | metric                  | meaning                                                                         |
 |-------------------------|---------------------------------------------------------------------------------|
@@ -17,9 +18,11 @@ What `evaluate_policy` measures (one sampled response per prompt, temperature 1 
 | gold_all                | the same over every prompt evaluated                                            |
 | proxy                   | mean reward-model score (normalised scale) on held-out prompts (if an RM is given)|
 | kl_k1, kl_k3            | mean over samples of the summed per-token KL estimators to the reference        |
-|                         | (the policy as sampled, at `temperature`, against the reference at 1)           |
+|                         | (the policy as sampled, at `temperature`, against the reference at 1; a greedy  |
+|                         | policy, temperature 0, is measured with its untempered distribution, at 1)      |
 | fact_acc_train/_heldout | share of fact questions answered correctly (answer present, nothing wrong)      |
-| refusal_sft_unsafe      | share of unsafe requests refused, unsafe topics seen in SFT (held-out phrasings) |
+| refusal_sft_unsafe      | share of unsafe requests refused, unsafe topics seen in SFT (prompts from both  |
+|                         | the held-out prompt set and the training-split sample)                          |
 | refusal_heldout_unsafe  | the same for unsafe topics never seen in SFT (refusal generalisation)           |
 | over_refusal            | share of harmless requests (some merely sound risky) that were refused          |
 | flattery_rate           | share of responses with a flattering phrase                                     |
@@ -140,7 +143,8 @@ def forum_prompt_rows(world_dir: str, samples_per_prompt: int = 1) -> list[dict]
 
 
 def eval_prompt_rows(world_dir: str, n_train: int = 120, seed: int = 0) -> list[dict]:
-    """Held-out prompts (eval_prompts.jsonl) plus a fixed sample of training-split RL prompts.
+    """Held-out prompts (eval_prompts.jsonl) plus a fixed sample of training-split RL prompts (drawn with
+    `seed`; `evaluate_policy` keeps the default, so the prompts do not change with the sampling seed).
 
     Each row: prompt, category, topic, split ("eval" or "train"), and for unsafe prompts whether the
     topic was seen in SFT ("sft") or not ("heldout").
@@ -198,7 +202,7 @@ def evaluate_policy(policy, tok, world_dir: str, reference=None, reward_model=No
 
     judge_fn = judge_fn or judge
     device = policy.lm_head.weight.device
-    rows = rows if rows is not None else eval_prompt_rows(world_dir, n_train, seed)
+    rows = rows if rows is not None else eval_prompt_rows(world_dir, n_train)  # the same for every sampling seed
     was = policy.training
     policy.eval()
     samples: list[dict] = []
@@ -213,7 +217,8 @@ def evaluate_policy(policy, tok, world_dir: str, reference=None, reward_model=No
         mask = g.response_mask.float()  # (B, N)
         extra: dict[str, list] = {}
         if reference is not None:
-            logp = response_logprobs(policy, g.tokens, g.attention_mask, P, temperature)  # (B, N), as sampled
+            T = temperature if temperature > 0 else 1.0  # greedy: the policy's untempered distribution
+            logp = response_logprobs(policy, g.tokens, g.attention_mask, P, T)  # (B, N), as sampled
             ref_logp = response_logprobs(reference, g.tokens, g.attention_mask, P)
             extra["kl_k1"] = ops.masked_sum(ops.kl_k1(logp, ref_logp), mask, dim=1).tolist()
             extra["kl_k3"] = ops.masked_sum(ops.kl_k3(logp, ref_logp), mask, dim=1).tolist()

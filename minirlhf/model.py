@@ -39,15 +39,18 @@ import torch.nn.functional as F
 from minirlhf.config import ModelConfig
 
 
-def plain_attention(q, k, v, mask=None):
-    """Reference attention: softmax(q k^T / sqrt(d) + mask) v, written out.
+def plain_attention(q, k, v, mask=None, dropout_p: float = 0.0):
+    """Reference attention: dropout(softmax(q k^T / sqrt(d) + mask)) v, written out.
 
     q: (B, H, Tq, D), k, v: (B, H, Tk, D), mask: bool (B or 1, 1, Tq, Tk), True = may attend.
+    dropout_p: dropout on the attention weights, as `F.scaled_dot_product_attention` applies it.
     """
     att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
     if mask is not None:
         att = att.masked_fill(~mask, float("-inf"))
     att = F.softmax(att, dim=-1)
+    if dropout_p > 0:
+        att = F.dropout(att, dropout_p)  # (B, H, Tq, Tk)
     return att @ v  # (B, H, Tq, D)
 
 
@@ -112,8 +115,7 @@ class CausalSelfAttention(nn.Module):
         else:
             if mask is None and kv_cache is None:
                 mask = build_attention_mask(T, 0, T, None, x.device)
-            y = plain_attention(q, k, v, mask)
-            y = F.dropout(y, dropout_p, self.training)
+            y = plain_attention(q, k, v, mask, dropout_p)  # the same dropout as SDPA's (other random masks)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -245,7 +247,7 @@ class ScalarHead(nn.Module):
     """A linear layer from the final hidden state to one number per position: (B, T, C) -> (B, T).
 
     Used for the reward model (score read at the last real token) and the value model (a value at every
-    response position). `gain` and `bias` (buffers, 1 and 0 by default) rescale the output after training
+    response position). `gain` and `offset` (buffers, 1 and 0 by default) rescale the output after training
     so a reward model's scores have mean 0 and std 1 on reference samples (Ziegler et al. 2019, §2.2).
     """
 

@@ -17,7 +17,7 @@ import torch
 from minirlhf.checkpoint import load_model
 from minirlhf.common import resolve_device
 from minirlhf.config import SampleConfig
-from minirlhf.engine import generate
+from minirlhf.engine import check_sampling, generate
 from minirlhf.tokenizer import Tokenizer, render_prompt
 
 
@@ -31,6 +31,7 @@ def tokenizer_for(checkpoint: str) -> Tokenizer:
 def run(cfg: SampleConfig) -> list[str]:
     if not cfg.checkpoint:
         raise ValueError("--checkpoint is required, e.g. --checkpoint=out/tiny/pretrain/model.pt")
+    check_sampling(cfg.top_k, cfg.top_p)  # before the model is loaded: a bad filter fails at once
     device = resolve_device(cfg.device)
     model, _ = load_model(cfg.checkpoint, device)
     tok = tokenizer_for(cfg.checkpoint)

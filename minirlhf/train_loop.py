@@ -14,6 +14,8 @@ process's micro-batches under autocast, clip the gradient norm, step. Every `log
 check every loss since the last check for NaN/inf (one host sync), then append a line to metrics.jsonl.
 Every `eval_interval` steps: evaluate and write `ckpt.pt` (model, optimiser, step, RNG states and the
 stage's data generators) so `--resume` continues exactly where it stopped (bit-identical on CPU).
+On resume, metrics.jsonl keeps its rows up to the checkpoint's step (later ones, logged before a crash,
+are logged again); a checkpoint already at max_steps is evaluated once, so the stage gets `last_eval`.
 
 The global batch and the loss weighting (one process or N under torchrun; see distributed.py).
 Every optimiser step trains on the same global batch of `batch_size` examples (rows 0..batch_size-1,
@@ -118,7 +120,9 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
                                        "step": step, "rng": ck.rng_state(),
                                        "generators": {n: g.get_state() for n, g in generators.items()}})
 
-    log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), resume=cfg.resume, enabled=main)
+    log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), resume_step=step if cfg.resume else None, enabled=main)
+    if log.dropped:
+        dist.print0(f"[{stage}] metrics.jsonl: removed {log.dropped} rows logged after the checkpoint (step {step})")
     history: list[dict] = []  # per step: name -> [sum of weight * value, sum of weight] on this rank
     grad_norms: list[torch.Tensor] = []  # the same on every rank (computed after the all-reduce)
     first_unchecked = step
@@ -127,6 +131,11 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
     start_step = step
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (cfg.progress and main), desc=stage, ncols=100)
     model.train()
+    if step >= cfg.max_steps:  # resumed from a finished run: nothing to train, but the stage needs last_eval
+        if main:
+            last_eval = evaluate()
+            model.train()
+        dist.barrier()
     while step < cfg.max_steps:
         # ---- one optimiser step: this rank's micro-batches of the global batch ----
         lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)

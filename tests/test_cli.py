@@ -76,3 +76,11 @@ def test_negative_ptx_coef_is_a_clear_error(capsys):
 def test_negative_n_prompts_is_a_clear_error(capsys):
     assert main(["pairs", "--preset=micro", "--n_prompts=-3", "--out_dir=/nonexistent/minirlhf"]) == 1
     assert "--n_prompts=-3: expected >= 0" in capsys.readouterr().err
+
+
+def test_sample_filter_out_of_range_is_a_clear_error(capsys):
+    """`minirlhf sample --top_p=0` fails naming the option before any checkpoint is read (this one does not exist)."""
+    assert main(["sample", "--checkpoint=/nonexistent/minirlhf/model.pt", "--top_p=0"]) == 1
+    assert "top_p=0.0: expected a number in (0, 1]" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint=/nonexistent/minirlhf/model.pt", "--top_k=-3"]) == 1
+    assert "top_k=-3: expected an integer >= 0" in capsys.readouterr().err

@@ -137,3 +137,23 @@ def test_padded_generations_score_the_same_and_keep_every_real_token():
     assert (recomputed * both.response_mask - both.logprobs).abs().max().item() < 1e-10
     with pytest.raises(ValueError, match="already"):
         parts[0].padded_to(1, N, PAD)
+
+
+def test_filters_that_leave_no_token_are_clear_errors():
+    """top_p <= 0 would drop every token and top_k < 0 would break topk: one ValueError naming the option,
+    from sample_next and from every generator (which call it)."""
+    logits = torch.zeros(2, 5)
+    gen = torch.Generator().manual_seed(0)
+    for top_p in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"top_p=.*\(0, 1\]"):
+            sample_next(logits, 1.0, 0, top_p, gen)
+    with pytest.raises(ValueError, match=r"top_k=-1: expected an integer >= 0"):
+        sample_next(logits, 1.0, -1, 1.0, gen)
+    model = make_model()
+    with pytest.raises(ValueError, match=r"top_p=0.0"):
+        generate(model, PROMPTS, 5, EOS, PAD, temperature=1.0, top_p=0.0, generator=gen)
+    with pytest.raises(ValueError, match=r"top_k=-2"):
+        generate_naive(model, PROMPTS, 5, EOS, PAD, temperature=1.0, top_k=-2, generator=gen)
+    # the edges of the ranges still sample: top_p = 1 and top_k = 0 are "off", a tiny top_p keeps the argmax
+    assert int(sample_next(torch.tensor([[0.0, 3.0, 1.0]]), 1.0, 0, 1e-9, gen)[0]) == 1
+    sample_next(logits, 1.0, 0, 1.0, gen)

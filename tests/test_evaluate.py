@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from minirlhf.config import ModelConfig, WorldConfig
-from minirlhf.evaluate import evaluate_policy, forum_eval, gold_by_category
+from minirlhf.evaluate import eval_prompt_rows, evaluate_policy, forum_eval, gold_by_category
 from minirlhf.model import GPT, ScalarModel
 from minirlhf.tokenizer import Tokenizer
 from minirlhf.world.build import run as build_world
@@ -54,6 +54,28 @@ def test_deterministic_for_a_seed(world):
     c, sc = evaluate_policy(model, tok, world_dir, max_new_tokens=10, n_train=10, seed=4)
     assert a == b and [s["response"] for s in sa] == [s["response"] for s in sb]
     assert [s["response"] for s in sa] != [s["response"] for s in sc]
+
+
+def test_sampling_seed_does_not_change_the_prompts(world):
+    """`--seeds` measures sampling noise: every sampling seed evaluates the same prompts, training-split
+    sample included (the fixed one of `eval_prompt_rows`' default)."""
+    world_dir, tok, model = world
+    fixed = [r["prompt"] for r in eval_prompt_rows(world_dir, 10)]
+    assert any(r["split"] == "train" for r in eval_prompt_rows(world_dir, 10))
+    for seed in (3, 4):
+        _, samples = evaluate_policy(model, tok, world_dir, max_new_tokens=4, n_train=10, seed=seed)
+        assert [s["prompt"] for s in samples] == fixed, seed
+
+
+def test_greedy_kl_is_finite_and_zero_against_itself(world):
+    """temperature 0 (greedy) measures the policy with its untempered distribution: no division by zero."""
+    world_dir, tok, model = world
+    same, _ = evaluate_policy(model, tok, world_dir, reference=model, temperature=0.0, max_new_tokens=8, n_train=10)
+    assert abs(same["kl_k1"]) < 1e-6 and abs(same["kl_k3"]) < 1e-6
+    torch.manual_seed(1)
+    other = GPT(model.config)
+    diff, _ = evaluate_policy(other, tok, world_dir, reference=model, temperature=0.0, max_new_tokens=8, n_train=10)
+    assert math.isfinite(diff["kl_k1"]) and math.isfinite(diff["kl_k3"]) and diff["kl_k3"] > 0.01
 
 
 def test_forum_eval_runs_on_a_base_model(world):

@@ -35,6 +35,32 @@ def test_plain_attention_against_hand_computation():
     assert torch.allclose(out[0, 0, :, 0], torch.stack([torch.tensor(1.0, dtype=torch.float64), w[0] * 1 + w[1] * 2]))
 
 
+def test_plain_attention_drops_attention_weights_like_sdpa():
+    """In training the plain path drops softmax WEIGHTS (as SDPA does), not the attention output: with the
+    same RNG seed its output equals the weights dropped by hand, @ V, projected, then the residual dropout."""
+    import math
+
+    import torch.nn.functional as F
+
+    from minirlhf.model import CausalSelfAttention
+
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=16, vocab_size=11, dropout=0.5)
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(cfg).double().train()
+    attn.use_sdpa = False
+    x = torch.randn(2, 6, 8, dtype=torch.float64)  # (B, T, C)
+    torch.manual_seed(123)
+    out = attn(x)
+    # by hand, drawing the random masks in the same order
+    torch.manual_seed(123)
+    q, k, v = (t.view(2, 6, 2, 4).transpose(1, 2) for t in attn.c_attn(x).split(8, dim=2))  # 3 x (B, H, T, D)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(4)  # (B, H, T, T)
+    att = att.masked_fill(~torch.ones(6, 6, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
+    y = (F.dropout(att, 0.5) @ v).transpose(1, 2).reshape(2, 6, 8)  # (B, T, C)
+    expected = F.dropout(attn.c_proj(y), 0.5)
+    assert torch.allclose(out, expected, atol=1e-12)
+
+
 def test_causality_future_tokens_do_not_change_past_logits():
     model = make_model()
     idx = torch.randint(0, CFG.vocab_size, (2, 30))

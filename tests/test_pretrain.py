@@ -48,6 +48,44 @@ def test_resume_is_bit_identical(tmp_path, corpus_file):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_resume_of_a_finished_run_evaluates_it_again(tmp_path, corpus_file):
+    """--resume when ckpt.pt is already at max_steps trains nothing, evaluates once (the stage's summary
+    needs val_loss) and logs no new row."""
+    first = pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=12))
+    metrics = tmp_path / "out" / "micro" / "pretrain" / "metrics.jsonl"
+    rows = metrics.read_text()
+    again = pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=12, resume=True))
+    assert again["steps"] == 12 and again["val_loss"] == first["val_loss"]  # the same weights, the same windows
+    assert metrics.read_text() == rows
+
+
+def test_resume_after_a_crash_logs_every_step_once(tmp_path, corpus_file, monkeypatch):
+    """A crash at step 17 (checkpoint at 10, rows logged at 5, 10, 15) then --resume: the row of step 15,
+    logged after the checkpoint, is not kept twice; the log is that of an uninterrupted run."""
+    def log_of(d):
+        return [json.loads(line) for line in open(d / "out" / "micro" / "pretrain" / "metrics.jsonl")]
+
+    pretrain.run(cfg_for(tmp_path / "a", corpus_file, max_steps=24))
+    real = pretrain.lm_loss
+    calls = {"n": 0}
+
+    def crashing(model, x, y):
+        calls["n"] += model.training  # count training steps only, not validation batches
+        if model.training and calls["n"] == 17:
+            raise RuntimeError("simulated crash")
+        return real(model, x, y)
+
+    monkeypatch.setattr(pretrain, "lm_loss", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain.run(cfg_for(tmp_path / "b", corpus_file, max_steps=24))
+    monkeypatch.setattr(pretrain, "lm_loss", real)
+    assert [r["step"] for r in log_of(tmp_path / "b")] == [5, 10, 15]
+    pretrain.run(cfg_for(tmp_path / "b", corpus_file, max_steps=24, resume=True))
+    a, b = log_of(tmp_path / "a"), log_of(tmp_path / "b")
+    assert [r["step"] for r in b] == [r["step"] for r in a] == [5, 10, 15, 20, 24]
+    assert [r["loss"] for r in b] == [r["loss"] for r in a]  # resume is exact on CPU
+
+
 def test_forced_nan_stops_naming_stage_step_and_term(tmp_path, corpus_file, monkeypatch):
     real = pretrain.lm_loss
     calls = {"n": 0}
