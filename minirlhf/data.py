@@ -13,11 +13,13 @@ The formats are the Hugging Face TRL conventions, so users can bring their own f
 
 A message is {"role": "system"|"user"|"assistant", "content": str}. Every reader returns prompts
 and conversations as message lists, so the chat renderer (minirlhf/tokenizer.py) sees one shape.
+Preference and KTO rows also carry "line", their 1-based line in the file, so that a stage that
+rejects a row later (too long for the context, a bad annotation) can name `{path}:{line}`.
 
 Usage:
 
     from minirlhf.data import read_preferences, DataError
-    rows = read_preferences("prefs.jsonl")          # [{"prompt": [...], "chosen": str, ...}, ...]
+    rows = read_preferences("prefs.jsonl")          # [{"prompt": [...], "chosen": str, ..., "line": 1}, ...]
     report = {}
     rows = read_preferences("prefs.jsonl", on_identical="drop", report=report)
     print(report["dropped_identical"])
@@ -410,11 +412,12 @@ def _sft_part(obj: dict, key: str, role: str, where: str) -> tuple[Messages, lis
 def read_preferences(path: str | os.PathLike, *, on_identical: str = "error",
                      tokenizer: Encoder | None = None, max_prompt_tokens: int | None = None,
                      truncate: bool = False, report: dict | None = None) -> list[dict]:
-    """Preference pairs as {"prompt": messages, "chosen": str, "rejected": str, "extra": dict}.
+    """Preference pairs as {"prompt": messages, "chosen": str, "rejected": str, "extra": dict, "line": int}.
 
     `chosen` / `rejected` are strings or one-assistant-message lists; without a "prompt" key both
     must be full conversations sharing every message but the last (TRL's implicit prompt). `extra`
-    holds the line's other keys unchanged (e.g. gold scores). Identical chosen and rejected raise
+    holds the line's other keys unchanged (e.g. gold scores); `line` is the pair's 1-based line number
+    in the file (blank lines counted). Identical chosen and rejected raise
     (`on_identical="error"`) or are dropped (`"drop"`). If `report` (a dict) is given it is filled
     with records, rows, dropped_identical and truncated_prompts counts.
     """
@@ -446,7 +449,7 @@ def read_preferences(path: str | os.PathLike, *, on_identical: str = "error",
         if check_length:
             prompt = _fit(prompt, "prompt", where, tokenizer, max_prompt_tokens, truncate, report)
         extra = {k: v for k, v in obj.items() if k not in ("prompt", "chosen", "rejected")}
-        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "extra": extra})
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "extra": extra, "line": n})
     if not rows:
         raise DataError(f"{name}: all {len(records)} pairs had identical chosen and rejected and were "
                         "dropped; nothing is left to train on")
@@ -480,10 +483,10 @@ def read_preferences_with_report(path: str | os.PathLike, **kwargs: Any) -> tupl
 def read_kto(path: str | os.PathLike, *, tokenizer: Encoder | None = None,
              max_prompt_tokens: int | None = None, truncate: bool = False,
              report: dict | None = None) -> list[dict]:
-    """Unpaired KTO examples as {"prompt": messages, "completion": str, "label": bool, "extra": dict}.
+    """Unpaired KTO examples as {"prompt": messages, "completion": str, "label": bool, "extra": dict, "line": int}.
 
-    The label must be a JSON true/false (0/1 are refused: they are ints). `report` as in
-    `read_preferences` (records, rows, truncated_prompts)."""
+    The label must be a JSON true/false (0/1 are refused: they are ints). `line` as in `read_preferences`;
+    `report` as there too (records, rows, truncated_prompts)."""
     check_length = _length_options(tokenizer, max_prompt_tokens, truncate)
     name = os.fspath(path)
     records = read_jsonl(path)
@@ -500,7 +503,7 @@ def read_kto(path: str | os.PathLike, *, tokenizer: Encoder | None = None,
         if check_length:
             prompt = _fit(prompt, "prompt", where, tokenizer, max_prompt_tokens, truncate, report)
         extra = {k: v for k, v in obj.items() if k not in ("prompt", "completion", "label")}
-        rows.append({"prompt": prompt, "completion": completion, "label": label, "extra": extra})
+        rows.append({"prompt": prompt, "completion": completion, "label": label, "extra": extra, "line": n})
     report["rows"] = len(rows)
     return rows
 

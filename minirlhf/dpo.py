@@ -10,10 +10,12 @@ Run it:
 
 What happens, top to bottom:
   1. read the pairs and render chosen and rejected as full conversations; the loss mask covers the
-     assistant's tokens and its <|end|>, so a sequence log-prob is the SUM of those tokens' log-probs
-     (DPO, cDPO, IPO) or their MEAN (SimPO, ORPO: length-normalised by design);
-  2. precompute the reference model's log-probs ONCE for every pair (no grad), cache them next to the
-     stage's artifacts under a key of (data, reference checkpoint), and free the reference model -- the
+     final assistant reply's tokens and its <|end|> (not the earlier assistant turns of a multi-turn
+     prompt), so a sequence log-prob is the SUM of those tokens' log-probs (DPO, cDPO, IPO) or their
+     MEAN (SimPO, ORPO: length-normalised by design);
+  2. precompute the reference model's log-probs ONCE for every pair (no grad, under the same autocast as
+     training, so that a policy equal to the reference has log-ratio 0), cache them next to the stage's
+     artifacts under a key of (data, reference checkpoint, precision), and free the reference model -- the
      training loop then holds one model, not two;
   3. train with the shared loop: chosen and rejected of a batch go through one forward pass (2B rows);
   4. write model.pt, metrics.jsonl and summary.json (with the evaluation harness's numbers: gold reward,
@@ -34,16 +36,18 @@ SFT (0.81 against 0.37: the NLL pulls towards the mostly templated chosen texts)
 KTO (Ethayarajh et al. 2024) needs no pairs: each example is one (prompt, completion, desirable?)
 triple. Its reference point z0 estimates KL(pi || pi_ref) from MISMATCHED pairs -- a prompt with another
 example's completion. Here every example i is given one fixed partner sigma(i) when the data is loaded
-(a seeded shuffle, each example paired with the next one in it), so the reference log-probs of the
-mismatched pairs can be precomputed like the others; z0 is the batch mean over its examples' mismatched
-pairs, computed without gradients (the paper detaches it), so a micro-batch needs at least two examples.
+(a seeded shuffle of the examples that fit the context, each paired with the next one in it), so the
+reference log-probs of the mismatched pairs can be precomputed like the others; z0 is the batch mean over
+its examples' mismatched pairs, computed without gradients (the paper detaches it), so a micro-batch needs
+at least two examples. A mismatched pair longer than the context is cut to it (it only feeds z0; the
+number cut is printed). KTO's logps/ and rewards/ metrics are means over the examples of that label.
 
 Under torchrun every loss here is a mean over pairs (or examples), so N processes train on exactly the
 gradient of one process with the same global batch -- except KTO, whose z0 is a mean over each
 micro-batch: it matches one process only with the same micro-batches (--grad_accum=N there).
 
 Deliberate simplifications: a fixed step budget (no epochs); KTO's mismatched partners are fixed once
-instead of re-drawn every batch.
+instead of re-drawn every batch, and cut to the context when too long.
 """
 
 from __future__ import annotations
@@ -57,14 +61,13 @@ import torch
 from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf import losses as L
-from minirlhf.common import (Stopwatch, config_key, file_digest, make_adamw, resolve_device, reusable, setup_torch,
-                             write_json)
+from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_adamw, resolve_device, reusable,
+                             setup_torch, write_json)
 from minirlhf.config import DPOConfig, fill_from_preset, save_config, stage_dir
-from minirlhf.data import read_kto, read_preferences_with_report
+from minirlhf.data import DataError, read_kto, read_preferences_with_report
 from minirlhf.ops import logprobs_from_logits, masked_sum
-from minirlhf.reward import load_pairs
+from minirlhf.reward import load_pairs, render_reply, row_where
 from minirlhf.sft import batch_indices, stage_file, stage_tokenizer, world_eval, world_file
-from minirlhf.tokenizer import render_conversation
 from minirlhf.train_loop import micro_batch_size, train_loop
 
 STAGE = "dpo"
@@ -102,25 +105,30 @@ def sequence_logps(model, ids, mask):
 
 @torch.no_grad()
 def reference_logps(ref, pairs: list[dict], pad_id: int, batch_size: int, device,
-                    keys: tuple[str, str] = PAIR_KEYS) -> torch.Tensor:
-    """Reference sequence log-probs for every record: (N, 2) = [chosen, rejected] (or KTO's two keys)."""
+                    keys: tuple[str, str] = PAIR_KEYS, dtype: str = "float32") -> torch.Tensor:
+    """Reference sequence log-probs for every record: (N, 2) = [chosen, rejected] (or KTO's two keys).
+
+    The forward passes run under `autocast(device, dtype)`, as the policy's do in training: the same
+    weights then give the same log-probs (bf16 ones differ from fp32 ones by far more than rounding)."""
     ref.eval()
     out = []
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
         ids, mask = pad_pairs(chunk, pad_id, device, keys)
-        logps, _ = sequence_logps(ref, ids, mask)  # (2b,)
+        with autocast(device, dtype):
+            logps, _ = sequence_logps(ref, ids, mask)  # (2b,)
         out.append(torch.stack([logps[:len(chunk)], logps[len(chunk):]], dim=1).float().cpu())
     return torch.cat(out)
 
 
 def cached_reference_logps(cache_dir: str, key: str, ref_path: str, pairs, pad_id, batch_size, device,
-                           keys: tuple[str, str] = PAIR_KEYS):
-    """Reference log-probs, computed once per (data, reference checkpoint) and cached as a file."""
+                           keys: tuple[str, str] = PAIR_KEYS, dtype: str = "float32"):
+    """Reference log-probs, computed once per `key` (the caller's: data, reference checkpoint, precision)
+    and cached as a file."""
     path = os.path.join(cache_dir, f"ref_logps_{key}.pt")
     if dist.is_main() and not os.path.exists(path):  # rank 0 computes and writes; the others read its file
         ref, _ = ck.load_model(ref_path, device)
-        logps = reference_logps(ref, pairs, pad_id, batch_size, device, keys)
+        logps = reference_logps(ref, pairs, pad_id, batch_size, device, keys, dtype)
         del ref  # the reference model is not needed again during training
         ck.save_checkpoint(path, {"ref_logps": logps})
     dist.barrier()
@@ -128,61 +136,81 @@ def cached_reference_logps(cache_dir: str, key: str, ref_path: str, pairs, pad_i
 
 
 def kto_rows_from_pairs(rows: list[dict]) -> list[dict]:
-    """Preference pairs as unpaired KTO rows: the chosen response desirable, the rejected one not."""
+    """Preference pairs as unpaired KTO rows: the chosen response desirable, the rejected one not (both keep
+    the pair's `line`, when it has one)."""
     out = []
     for r in rows:
-        out.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True, "extra": {}})
-        out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False, "extra": {}})
+        line = {"line": r["line"]} if "line" in r else {}
+        out.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True, "extra": {}, **line})
+        out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False, "extra": {}, **line})
     return out
 
 
 def encode_kto(tok, rows: list[dict], max_len: int, truncate: bool, source: str, seed: int):
     """KTO rows -> records with the example's sequence, its mismatched partner's, and the label.
 
-    The partner of example i is (prompt_i, completion of the next example in a seeded shuffle): a
-    completion written for another prompt, whose log-ratio estimates KL(pi || pi_ref) (Ethayarajh et al.
-    2024, §4.1). Over-long examples are an error naming the record, or (truncate) dropped and counted.
+    First each example's own sequence is checked against the context: an over-long one is an error naming
+    `{source}:{line}`, or (truncate) dropped and counted. Then, among the examples that remain, the partner
+    of example i is (prompt_i, completion of the next example in a seeded shuffle): a completion written
+    for another prompt, whose log-ratio estimates KL(pi || pi_ref) (Ethayarajh et al. 2024, §4.1). A
+    mismatched sequence longer than the context is cut to `max_len` tokens (it only feeds the KL estimate;
+    the number cut is printed).
     """
-    if len(rows) < 2:
-        raise ValueError(f"{source}: KTO needs at least 2 examples (the KL estimate pairs each with another)")
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    partner = {order[k]: order[(k + 1) % len(order)] for k in range(len(order))}
-    records, dropped = [], 0
+    kept, dropped = [], 0
     for i, row in enumerate(rows):
-        seq, mask = render_conversation(tok, row["prompt"] + [{"role": "assistant", "content": row["completion"]}])
-        other = rows[partner[i]]["completion"]
-        kl_seq, kl_mask = render_conversation(tok, row["prompt"] + [{"role": "assistant", "content": other}])
-        if max(len(seq), len(kl_seq)) > max_len:
+        seq, mask = render_reply(tok, row["prompt"], row["completion"])
+        if len(seq) > max_len:
             if not truncate:
-                raise ValueError(f"{source}: example {i + 1} (or its mismatched partner) renders to "
-                                 f"{max(len(seq), len(kl_seq))} tokens, more than the context ({max_len}); "
-                                 f"pass --truncate=true to drop such examples (they are counted)")
+                kind = "desirable" if row["label"] else "undesirable"
+                raise DataError(f"{row_where(source, row, i)}: the {kind} example renders to {len(seq)} tokens, "
+                                f"more than the context ({max_len}); pass --truncate=true to drop such examples "
+                                f"(they are counted)")
             dropped += 1
             continue
+        kept.append((row, seq, mask))
+    if len(kept) < 2:
+        raise ValueError(f"{source}: KTO needs at least 2 examples that fit the context (the KL estimate pairs "
+                         f"each with another), got {len(kept)} of {len(rows)}")
+    order = list(range(len(kept)))
+    random.Random(seed).shuffle(order)
+    partner = {order[k]: order[(k + 1) % len(order)] for k in range(len(order))}
+    records, cut = [], 0
+    for i, (row, seq, mask) in enumerate(kept):
+        kl_seq, kl_mask = render_reply(tok, row["prompt"], kept[partner[i]][0]["completion"])
+        if len(kl_seq) > max_len:
+            kl_seq, kl_mask, cut = kl_seq[:max_len], kl_mask[:max_len], cut + 1
         records.append({"completion": seq, "completion_mask": mask, "mismatched": kl_seq,
                         "mismatched_mask": kl_mask, "label": bool(row["label"])})
-    if len(records) < 2:
-        raise ValueError(f"{source}: fewer than 2 usable KTO examples")
+    if cut:
+        dist.print0(f"[kto] {source}: {cut} mismatched (prompt, other completion) pairs cut to the context "
+                    f"({max_len} tokens) for the KL estimate")
     return records, dropped
 
 
 def load_kto(tok, cfg, prefs: str, eval_prefs: str, max_len: int):
-    """KTO training and validation records: from --kto_data, else the preference pairs unpaired."""
+    """KTO training and validation records: from --kto_data, else the preference pairs unpaired.
+
+    Pairs with identical responses are an error unless --truncate, which drops them; they, and the
+    examples too long for the context (dropped under --truncate), are printed and returned as the count
+    of what was skipped."""
+    on_identical = "drop" if cfg.truncate else "error"
+    identical = 0
     if cfg.kto_data:
         train_rows = read_kto(cfg.kto_data)
         source = cfg.kto_data
     else:
-        train_rows = kto_rows_from_pairs(read_preferences_with_report(prefs, on_identical="drop")[0])
-        source = prefs
-    val_rows = kto_rows_from_pairs(read_preferences_with_report(eval_prefs, on_identical="drop")[0])
+        pairs, report = read_preferences_with_report(prefs, on_identical=on_identical)
+        train_rows, source, identical = kto_rows_from_pairs(pairs), prefs, report["dropped_identical"]
+    pairs, report = read_preferences_with_report(eval_prefs, on_identical=on_identical)
+    val_rows, identical = kto_rows_from_pairs(pairs), identical + report["dropped_identical"]
     train, dropped = encode_kto(tok, train_rows, max_len, cfg.truncate, source, cfg.seed)
     val, dropped_val = encode_kto(tok, val_rows, max_len, cfg.truncate, eval_prefs, cfg.seed)
-    if dropped + dropped_val:
-        dist.print0(f"[kto] dropped {dropped + dropped_val} examples too long for the context")
+    if dropped + dropped_val + identical:
+        dist.print0(f"[kto] dropped {dropped + dropped_val} examples too long for the context and {identical} "
+                    f"pairs with identical responses")
     n_good = sum(r["label"] for r in train)
     dist.print0(f"[kto] {n_good} desirable and {len(train) - n_good} undesirable examples from {source}")
-    return train, val, dropped + dropped_val
+    return train, val, dropped + dropped_val + identical
 
 
 def preference_loss(name: str, cfg, pc, pr, nc, nr, ref_c=None, ref_r=None):
@@ -255,12 +283,13 @@ def run(cfg: DPOConfig) -> dict:
     ref_train = ref_val = ref_model = None
     if cfg.loss in NEEDS_REFERENCE:
         if cfg.precompute_ref:
-            data_key = hashlib.sha256(f"{sorted(inputs.items())}-{cfg.truncate}-{cfg.loss == 'kto'}-{cfg.seed}"
-                                      .encode()).hexdigest()[:16]
+            # the precision is part of the key: bf16 and fp32 reference log-probs differ
+            data_key = hashlib.sha256(f"{sorted(inputs.items())}-{cfg.truncate}-{cfg.loss == 'kto'}-{cfg.seed}-"
+                                      f"{cfg.dtype}-{device.type}".encode()).hexdigest()[:16]
             ref_train = cached_reference_logps(out, f"train_{data_key}", ref_path, train, tok.pad_id, cfg.batch_size,
-                                               device, keys)
+                                               device, keys, cfg.dtype)
             ref_val = cached_reference_logps(out, f"val_{data_key}", ref_path, val, tok.pad_id, cfg.batch_size,
-                                             device, keys)
+                                             device, keys, cfg.dtype)
         else:
             ref_model, _ = ck.load_model(ref_path, device)
             ref_model.eval().requires_grad_(False)
@@ -287,16 +316,20 @@ def run(cfg: DPOConfig) -> dict:
         good = torch.tensor([r["label"] for r in chunk], device=device)  # (b,) desirable?
         loss, m = L.kto_loss(logps[good], logps[~good], kl_logps, ref_own[good], ref_own[~good], ref_kl, cfg.beta,
                              cfg.kto_desirable_weight, cfg.kto_undesirable_weight)
-        metrics = {"kl": m["kl"], "logps/chosen": logps[good].detach().mean() if good.any() else logps.new_zeros(()),
-                   "logps/rejected": logps[~good].detach().mean() if (~good).any() else logps.new_zeros(())}
-        if good.any():
-            metrics["rewards/chosen"] = m["chosen_rewards"].mean()
-        if (~good).any():
-            metrics["rewards/rejected"] = m["rejected_rewards"].mean()
+        metrics = {"kl": m["kl"]}
+        # a side's metrics are means over that side's examples: logged only when it has some, each weighted
+        # by their count, so that the logged value is the mean over the global batch's examples of that label
+        for side, sel, rewards in (("chosen", good, m["chosen_rewards"]), ("rejected", ~good, m["rejected_rewards"])):
+            n = int(sel.sum())
+            if n:
+                metrics[f"logps/{side}"] = (logps[sel].detach().mean(), n)
+                metrics[f"rewards/{side}"] = (rewards.mean(), n)
         return loss, metrics
 
     def batch_terms(idx: list[int], source: list[dict], ref_logps, net):
-        """(loss, metrics) on the records `idx`; `net` is the policy to run (DDP-wrapped in training)."""
+        """(loss, metrics) on the records `idx`; `net` is the policy to run (DDP-wrapped in training).
+
+        A metric is a tensor (a mean over the records) or (tensor, weight): a mean over `weight` of them."""
         if cfg.loss == "kto":
             return kto_terms(idx, source, ref_logps, net)
         chunk = [source[i] for i in idx]
@@ -331,17 +364,18 @@ def run(cfg: DPOConfig) -> dict:
         return batch_terms(idx, train, ref_train, ddp_model)
 
     @torch.no_grad()
-    def evaluate():
+    def evaluate():  # under the training autocast, as the precomputed reference log-probs were computed
         model.eval()
-        totals: dict[str, float] = {}
-        n = 0
+        totals: dict[str, list[float]] = {}  # name -> [sum of weight * value, sum of weight]
         for i in range(0, len(val), cfg.batch_size):
             idx = list(range(i, min(i + cfg.batch_size, len(val))))
-            loss, metrics = batch_terms(idx, val, ref_val, model)
+            with autocast(device, cfg.dtype):
+                loss, metrics = batch_terms(idx, val, ref_val, model)
             for k, v in {"val_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}}.items():
-                totals[k] = totals.get(k, 0.0) + float(v) * len(idx)
-            n += len(idx)
-        return {k: v / n for k, v in totals.items()}
+                v, w = v if isinstance(v, tuple) else (v, len(idx))  # (value, its own weight) or a batch mean
+                t = totals.setdefault(k, [0.0, 0.0])
+                t[0], t[1] = t[0] + float(v) * w, t[1] + w
+        return {k: s / w for k, (s, w) in totals.items()}
 
     result = train_loop(STAGE, cfg, model, optimizer, out, batch_loss, evaluate, device, loss_name=f"{cfg.loss}_loss",
                         wrapped=ddp_model)

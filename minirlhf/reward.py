@@ -35,8 +35,10 @@ unless `--truncate`, which drops them and reports how many (cutting would move t
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
+import sys
 
 import torch
 
@@ -45,7 +47,7 @@ from minirlhf import distributed as dist
 from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_adamw, resolve_device, reusable,
                              setup_torch, write_json)
 from minirlhf.config import RewardConfig, fill_from_preset, save_config, stage_dir
-from minirlhf.data import read_jsonl, read_preferences_with_report, read_prompts
+from minirlhf.data import DataError, read_jsonl, read_preferences_with_report, read_prompts
 from minirlhf.engine import generate
 from minirlhf.evaluate import eval_prompt_rows
 from minirlhf.losses import bradley_terry_loss, length_disentangle_loss
@@ -60,24 +62,63 @@ ON_POLICY_K = 4  # SFT samples per prompt for the on-policy accuracy check (6 pa
 DECISIVE_GAP = 0.5  # gold gap of a "decisive" pair: a right against a wrong answer (~0.85 vs -0.6), not two wordings
 
 
+def render_reply(tok: Tokenizer, prompt: list[dict], reply: str) -> tuple[list[int], list[int]]:
+    """A prompt and its final assistant reply -> (ids, loss mask), the mask 1 on the reply's tokens and its
+    closing <|end|> only.
+
+    `render_conversation` marks every assistant turn; the earlier assistant turns of a multi-turn prompt are
+    context, not the response being scored, so the mask is zeroed over the rendered prompt (its ids,
+    `render_prompt`, are exactly the first tokens of the conversation, up to the reply's <|assistant|>)."""
+    ids, mask = render_conversation(tok, prompt + [{"role": "assistant", "content": reply}])
+    n = len(render_prompt(tok, prompt))
+    return ids, [0] * n + mask[n:]
+
+
+def row_where(source: str, row: dict, i: int) -> str:
+    """Where a row came from: `{source}:{line}` for rows of the data readers (which record the line),
+    else `{source}: record {i + 1}` for rows built in code."""
+    return f"{source}:{row['line']}" if "line" in row else f"{source}: record {i + 1}"
+
+
+def annotation(extra: dict, key: str, where: str, unit: bool = False) -> float | None:
+    """An optional numeric field of a pair (p_chosen, gold_chosen, ...): a finite number or absent / null
+    (-> None); with `unit`, in [0, 1]. Anything else is a DataError naming `where` and the key."""
+    value = extra.get(key)
+    if value is None:
+        return None
+    # finite as a float (an int beyond the float range is not; the comparison is exact for ints, false for NaN)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
+    if not ok or (unit and not 0 <= value <= 1):
+        expected = "a number in [0, 1]" if unit else "a finite number"
+        raise DataError(f'{where}: key "{key}" must be {expected} (or absent / null), '
+                        f"got {type(value).__name__} {json.dumps(value)}")
+    return float(value)
+
+
 def encode_pairs(tok: Tokenizer, rows: list[dict], max_len: int, truncate: bool, source: str):
     """Each pair -> dict(chosen/rejected ids and loss masks, annotator probability, gold scores).
 
-    Over-long pairs are an error naming the pair, or (truncate) dropped and counted."""
+    The loss masks cover the final reply and its <|end|> (`render_reply`). p_chosen (in [0, 1]),
+    gold_chosen and gold_rejected (both or neither) are checked to be numbers or absent. Over-long
+    pairs are an error naming `{source}:{line}`, or (truncate) dropped and counted."""
     pairs, dropped = [], 0
     for i, row in enumerate(rows):
-        c, c_mask = render_conversation(tok, row["prompt"] + [{"role": "assistant", "content": row["chosen"]}])
-        r, r_mask = render_conversation(tok, row["prompt"] + [{"role": "assistant", "content": row["rejected"]}])
+        where = row_where(source, row, i)
+        extra = row.get("extra", {})
+        p_chosen = annotation(extra, "p_chosen", where, unit=True)
+        gold_c, gold_r = annotation(extra, "gold_chosen", where), annotation(extra, "gold_rejected", where)
+        if (gold_c is None) != (gold_r is None):
+            raise DataError(f'{where}: keys "gold_chosen" and "gold_rejected" must be both given or both absent')
+        c, c_mask = render_reply(tok, row["prompt"], row["chosen"])
+        r, r_mask = render_reply(tok, row["prompt"], row["rejected"])
         if max(len(c), len(r)) > max_len:
             if not truncate:
-                raise ValueError(f"{source}: pair {i + 1} renders to {max(len(c), len(r))} tokens, more than the "
-                                 f"context ({max_len}); pass --truncate=true to drop such pairs (they are counted)")
+                raise DataError(f"{where}: the pair renders to {max(len(c), len(r))} tokens, more than the context "
+                                f"({max_len}); pass --truncate=true to drop such pairs (they are counted)")
             dropped += 1
             continue
-        extra = row.get("extra", {})
         pairs.append({"chosen": c, "rejected": r, "chosen_mask": c_mask, "rejected_mask": r_mask,
-                      "p_chosen": extra.get("p_chosen"),
-                      "gold_chosen": extra.get("gold_chosen"), "gold_rejected": extra.get("gold_rejected")})
+                      "p_chosen": p_chosen, "gold_chosen": gold_c, "gold_rejected": gold_r})
     if not pairs:
         raise ValueError(f"{source}: no usable pairs")
     return pairs, dropped
@@ -86,16 +127,20 @@ def encode_pairs(tok: Tokenizer, rows: list[dict], max_len: int, truncate: bool,
 def load_pairs(tok: Tokenizer, prefs: str, eval_prefs: str, max_len: int, truncate: bool, stage: str):
     """Training and validation pairs, encoded -> (train, val, number of pairs dropped).
 
-    Without `truncate`, an over-long or identical pair is an error naming its file and line; with it,
-    such pairs are dropped and the count is printed (and returned for the summary).
+    Without `truncate`, an over-long or identical pair (in either file) is an error naming its file and
+    line; with it, such pairs are dropped and the counts are printed (their sum is returned for the summary).
     """
-    rows, report = read_preferences_with_report(prefs, on_identical="drop" if truncate else "error")
+    on_identical = "drop" if truncate else "error"
+    rows, report = read_preferences_with_report(prefs, on_identical=on_identical)
+    val_rows, val_report = read_preferences_with_report(eval_prefs, on_identical=on_identical)
     train, dropped = encode_pairs(tok, rows, max_len, truncate, prefs)
-    val, dropped_val = encode_pairs(tok, read_preferences_with_report(eval_prefs)[0], max_len, truncate, eval_prefs)
-    skipped = dropped + dropped_val + report.get("dropped_identical", 0)
-    if skipped:
-        dist.print0(f"[{stage}] dropped {skipped} pairs (too long for the context or identical responses)")
-    return train, val, skipped
+    val, dropped_val = encode_pairs(tok, val_rows, max_len, truncate, eval_prefs)
+    identical = report["dropped_identical"] + val_report["dropped_identical"]
+    if dropped + dropped_val + identical:
+        dist.print0(f"[{stage}] dropped {dropped + dropped_val} pairs too long for the context and {identical} with "
+                    f"identical responses ({prefs}: {dropped + report['dropped_identical']}, "
+                    f"{eval_prefs}: {dropped_val + val_report['dropped_identical']})")
+    return train, val, dropped + dropped_val + identical
 
 
 def pad_right(seqs: list[list[int]], pad_id: int, device):
@@ -181,7 +226,8 @@ def pair_loss(rc, rr, pairs: list[dict], cfg: RewardConfig, device):
 
 @torch.no_grad()
 def pair_accuracy(model, pairs: list[dict], pad_id: int, batch_size: int, device, dtype) -> dict:
-    """Accuracy against the labels, against the gold ordering (pairs with gold scores), and the mean margin."""
+    """Accuracy against the labels, against the gold ordering (pairs with different gold scores), and the mean
+    margin. A tie of the two scores counts as a miss in both accuracies."""
     model.eval()
     label_hits, gold_hits, gold_n, margins = 0, 0, 0, []
     for i in range(0, len(pairs), batch_size):
@@ -194,7 +240,7 @@ def pair_accuracy(model, pairs: list[dict], pad_id: int, batch_size: int, device
         for p, d in zip(chunk, diff.tolist()):
             if p["gold_chosen"] is not None and p["gold_chosen"] != p["gold_rejected"]:
                 gold_n += 1
-                gold_hits += (d > 0) == (p["gold_chosen"] > p["gold_rejected"])
+                gold_hits += d * (p["gold_chosen"] - p["gold_rejected"]) > 0  # a score tie is a miss
     out = {"val_accuracy": label_hits / len(pairs), "val_margin": torch.cat(margins).mean().item()}
     if gold_n:
         out["val_gold_accuracy"] = gold_hits / gold_n
@@ -206,8 +252,11 @@ def normalise(model, policy, tok, prompts: list[list[int]], max_new_tokens: int,
               device, batch_size: int = 64) -> dict:
     """Set the head's gain/offset so scores of policy samples on `prompts` have mean 0 and std 1.
 
-    Also returns `corr_score_length`: Pearson's correlation of those scores with the samples' lengths in
-    tokens (how much the reward model pays for length on the policy's own samples; ODIN's measure)."""
+    Needs at least 2 prompts, and samples whose scores are not all equal (else a ValueError: the std would be
+    NaN or 0). Also returns `corr_score_length`: Pearson's correlation of those scores with the samples'
+    lengths in tokens (how much the reward model pays for length on the policy's own samples; ODIN's measure)."""
+    if len(prompts) < 2:
+        raise ValueError(f"normalising the reward model needs at least 2 calibration prompts, got {len(prompts)}")
     gen = torch.Generator(device=device).manual_seed(seed)
     model.eval()
     raw, lengths = [], []
@@ -219,6 +268,9 @@ def normalise(model, policy, tok, prompts: list[list[int]], max_new_tokens: int,
     raw = torch.cat(raw)  # scores with the current gain/offset
     head = model.head
     mean, std = raw.mean(), raw.std()
+    if not std > 0:
+        raise ValueError(f"the reward model gives all {len(raw)} calibration samples the same score "
+                         f"({mean.item():.6g}): its scale cannot be normalised (std 0)")
     # new(x) = (old(x) - mean) / std  =>  gain' = gain / std, offset' = (offset - mean) / std
     head.gain.copy_(head.gain / std)
     head.offset.copy_((head.offset - mean) / std)
@@ -368,7 +420,7 @@ def annotator_ceiling(path: str) -> dict:
     from minirlhf.world import agreement_stats
 
     rows = [obj for _, obj in read_jsonl(path)]
-    if not all("gold_chosen" in r and "p_chosen" in r for r in rows):
+    if not all(r.get(k) is not None for r in rows for k in ("gold_chosen", "gold_rejected", "p_chosen")):
         return {}
     stats = agreement_stats(rows)
     return {"annotator_gold_agreement": stats["agreement"], "label_ceiling_gold_accuracy": stats["label_ceiling"]}
@@ -403,6 +455,16 @@ def run(cfg: RewardConfig) -> dict:
         if on and missing:
             raise ValueError(f"{option} needs the annotator's probability: {missing} of the {len(train)} pairs in "
                              f"{prefs} have no p_chosen field")
+    # the calibration prompts of step 4, checked now rather than after training: each must leave room for
+    # --max_new_tokens, and the std of their samples' scores needs at least 2
+    prompt_rows = read_prompts(prompts_path)[: cfg.calibration_prompts]
+    prompt_ids = [render_prompt(tok, p) for p in prompt_rows]
+    prompt_ids = [p for p in prompt_ids if len(p) + cfg.max_new_tokens <= max_len]
+    if len(prompt_ids) < 2:
+        raise ValueError(f"{prompts_path}: only {len(prompt_ids)} of the first {len(prompt_rows)} prompts "
+                         f"(--calibration_prompts={cfg.calibration_prompts}) leave room for --max_new_tokens="
+                         f"{cfg.max_new_tokens} in the context ({max_len}); normalising the reward model needs "
+                         f"at least 2: raise --calibration_prompts, lower --max_new_tokens or use shorter prompts")
     if dist.is_main():
         save_config(cfg, os.path.join(out, "config.json"))
 
@@ -440,10 +502,7 @@ def run(cfg: RewardConfig) -> dict:
     if not dist.is_main():
         return dist.share()  # rank 0 alone normalises, evaluates and writes the artifacts; its summary comes back
 
-    # 4. normalise on SFT samples
-    prompt_rows = read_prompts(prompts_path)[: cfg.calibration_prompts]
-    prompt_ids = [render_prompt(tok, p) for p in prompt_rows]
-    prompt_ids = [p for p in prompt_ids if len(p) + cfg.max_new_tokens <= max_len]
+    # 4. normalise on SFT samples (of the prompts read in step 1)
     calib = normalise(model, policy, tok, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.seed, device)
     final = pair_accuracy(model, val, tok.pad_id, cfg.batch_size, device, cfg.dtype)
     final.update(annotator_ceiling(eval_prefs))

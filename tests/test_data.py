@@ -221,14 +221,16 @@ def test_read_preferences_forms_and_extras(tmp_path):
     path = write_lines(tmp_path, "prefs.jsonl", [
         {"prompt": "p", "chosen": "good", "rejected": "bad", "score_chosen": 0.9, "meta": {"k": [1]}},
         {"prompt": [user("p")], "chosen": [assistant("good")], "rejected": [assistant("bad")]},
+        "",  # a blank line still counts in the line numbers
         {"chosen": [user("q1"), assistant("a1"), user("q2"), assistant("good")],
          "rejected": [user("q1"), assistant("a1"), user("q2"), assistant("bad")]},
     ])
     assert read_preferences(path) == [
         {"prompt": [user("p")], "chosen": "good", "rejected": "bad",
-         "extra": {"score_chosen": 0.9, "meta": {"k": [1]}}},
-        {"prompt": [user("p")], "chosen": "good", "rejected": "bad", "extra": {}},
-        {"prompt": [user("q1"), assistant("a1"), user("q2")], "chosen": "good", "rejected": "bad", "extra": {}},
+         "extra": {"score_chosen": 0.9, "meta": {"k": [1]}}, "line": 1},
+        {"prompt": [user("p")], "chosen": "good", "rejected": "bad", "extra": {}, "line": 2},
+        {"prompt": [user("q1"), assistant("a1"), user("q2")], "chosen": "good", "rejected": "bad", "extra": {},
+         "line": 4},
     ]
 
 
@@ -264,6 +266,7 @@ def test_read_preferences_drop_identical_is_counted(tmp_path):
     ])
     rows, report = read_preferences_with_report(path, on_identical="drop")
     assert [r["prompt"][0]["content"] for r in rows] == ["p1", "p4"]
+    assert [r["line"] for r in rows] == [1, 4]  # the file's lines, not the positions among the kept rows
     assert report["dropped_identical"] == 2 and report["records"] == 4 and report["rows"] == 2
     out = {}
     assert read_preferences(path, on_identical="drop", report=out) == rows
@@ -300,11 +303,12 @@ def test_read_preferences_prompt_length(tmp_path):
 def test_read_kto(tmp_path):
     path = write_lines(tmp_path, "kto.jsonl", [
         {"prompt": "p", "completion": "good", "label": True, "gold": 1.5},
+        "   ",
         {"prompt": [user("p")], "completion": [assistant("bad")], "label": False},
     ])
     assert read_kto(path) == [
-        {"prompt": [user("p")], "completion": "good", "label": True, "extra": {"gold": 1.5}},
-        {"prompt": [user("p")], "completion": "bad", "label": False, "extra": {}},
+        {"prompt": [user("p")], "completion": "good", "label": True, "extra": {"gold": 1.5}, "line": 1},
+        {"prompt": [user("p")], "completion": "bad", "label": False, "extra": {}, "line": 3},
     ]
 
 

@@ -4,16 +4,17 @@ paired loss runs, and the sequence log-prob sums exactly the assistant tokens.""
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
 
-from minirlhf import dpo, sft
+from minirlhf import dpo, reward, sft
 from minirlhf.config import DPOConfig, SFTConfig, make_config
 from minirlhf.ops import logprobs_from_logits
 from minirlhf.tokenizer import render_conversation
 
-from test_sft_reward import base  # noqa: F401  (the shared micro fixture)
+from test_sft_reward import QA, base, write_jsonl  # noqa: F401  (the shared micro fixture)
 
 
 @pytest.fixture(scope="module")
@@ -159,10 +160,120 @@ def test_over_long_and_identical_pairs_are_refused_or_dropped_and_counted(sft_do
     too_long, both = tmp_path / "long.jsonl", tmp_path / "both.jsonl"
     too_long.write_text("".join(json.dumps(r) + "\n" for r in rows + [long_pair]))
     both.write_text("".join(json.dumps(r) + "\n" for r in rows + [long_pair, same]))
-    with pytest.raises(ValueError, match=rf"pair {len(rows) + 1} renders to \d+ tokens"):
+    with pytest.raises(ValueError, match=rf"long.jsonl:{len(rows) + 1}: the pair renders to \d+ tokens"):
         dpo.run(dpo_cfg(sft_done, tmp_path, prefs=str(too_long), truncate=False, run_name="dpo_bad"))
     with pytest.raises(ValueError, match=rf"both.jsonl:{len(rows) + 2}: .*identical"):
         dpo.run(dpo_cfg(sft_done, tmp_path, prefs=str(both), truncate=False, run_name="dpo_bad"))
     path = both
     summary = dpo.run(dpo_cfg(sft_done, tmp_path, prefs=str(path), truncate=True, run_name="dpo_bad"))
     assert summary["dropped_pairs"] == 2
+
+
+def kto_rows(n, long_at=()):
+    return [{"prompt": [{"role": "user", "content": f"Question {i}?"}],
+             "completion": "word " * 200 if i in long_at else f"Short answer {i}.", "label": i % 2 == 0}
+            for i in range(n)]
+
+
+def test_kto_one_over_long_example_drops_only_itself(base):  # noqa: F811
+    """Partners are assigned among the examples that fit: one long example drops itself, not its partner too."""
+    tok = base["tok"]
+    rows = kto_rows(10, long_at={3})
+    records, dropped = dpo.encode_kto(tok, rows, 65, True, "rows", seed=1337)
+    assert dropped == 1 and len(records) == 9
+    kept = [i for i in range(10) if i != 3]
+    partners = []
+    for i, r in zip(kept, records):
+        text = tok.decode(r["mismatched"])
+        assert f"Question {i}?" in text and f"Short answer {i}." not in text and "word" not in text
+        partners.append(next(j for j in kept if f"Short answer {j}." in text))
+    assert sorted(partners) == kept  # every kept completion is used once as a partner
+    with pytest.raises(ValueError, match=r"^rows:4: the undesirable example renders to \d+ tokens"):
+        dpo.encode_kto(tok, [{**r, "line": k + 1} for k, r in enumerate(rows)], 65, False, "rows", seed=1337)
+
+
+def test_kto_mismatched_pair_longer_than_the_context_is_cut(base):  # noqa: F811
+    """Each example fits alone, but a long prompt with the other's long completion does not: cut to the context."""
+    tok = base["tok"]
+    a = {"prompt": [{"role": "user", "content": "many words " * 12}], "completion": "Yes.", "label": True}
+    b = {"prompt": [{"role": "user", "content": "Hi?"}], "completion": "more words " * 12, "label": False}
+    own = [reward.render_reply(tok, r["prompt"], r["completion"])[0] for r in (a, b)]
+    full = reward.render_reply(tok, a["prompt"], b["completion"])  # a's prompt, b's completion
+    max_len = max(len(x) for x in own)
+    assert len(full[0]) > max_len  # the setting of the test
+    records, dropped = dpo.encode_kto(tok, [a, b], max_len, False, "rows", seed=0)
+    assert dropped == 0 and [r["completion"] for r in records] == own
+    assert records[0]["mismatched"] == full[0][:max_len] and records[0]["mismatched_mask"] == full[1][:max_len]
+    assert sum(records[0]["mismatched_mask"]) > 0
+
+
+def test_kto_masks_cover_only_the_final_reply(base):  # noqa: F811
+    tok = base["tok"]
+    prompt = [{"role": "user", "content": "Hi there."}, {"role": "assistant", "content": "Hello! How can I help?"},
+              {"role": "user", "content": "What is two plus three?"}]
+    rows = [{"prompt": prompt, "completion": "Five.", "label": True},
+            {"prompt": prompt, "completion": "Seven, I think.", "label": False}]
+    records, _ = dpo.encode_kto(tok, rows, 1000, False, "rows", seed=0)
+    n_five, n_seven = len(tok.encode("Five.")) + 1, len(tok.encode("Seven, I think.")) + 1  # + <|end|>
+    assert sum(records[0]["completion_mask"]) == n_five and sum(records[0]["mismatched_mask"]) == n_seven
+    assert sum(records[1]["completion_mask"]) == n_seven and sum(records[1]["mismatched_mask"]) == n_five
+
+
+def test_kto_from_pairs_identical_and_over_long_pairs(base, tmp_path):  # noqa: F811
+    """KTO on preference pairs: an identical pair is an error unless --truncate (then dropped and counted), and an
+    over-long response is named by its line in the pairs file."""
+    good = [{"prompt": q, "chosen": a, "rejected": "No."} for q, a in QA]
+    same = {"prompt": "Same?", "chosen": "Same.", "rejected": "Same."}
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", good + [same])
+    tok = base["tok"]
+    with pytest.raises(ValueError, match=re.escape(f"{prefs}:5: keys \"chosen\" and \"rejected\" are identical")):
+        dpo.load_kto(tok, DPOConfig(truncate=False), prefs, base["prefs"], 65)
+    train, val, skipped = dpo.load_kto(tok, DPOConfig(truncate=True), prefs, prefs, 65)
+    assert len(train) == len(val) == 8 and skipped == 2  # one identical pair in each of the two files
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps(good[0]) + "\n\n" + json.dumps({**good[1], "rejected": "word " * 200}) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{long}:3: the undesirable example renders to")):
+        dpo.load_kto(tok, DPOConfig(truncate=False), str(long), base["prefs"], 65)
+    train, _, skipped = dpo.load_kto(tok, DPOConfig(truncate=True), str(long), base["prefs"], 65)
+    assert len(train) == 3 and skipped == 1
+
+
+def test_kto_side_metrics_are_means_over_that_side(sft_done, tmp_path):
+    """logps/chosen and logps/rejected: the means over the batch's desirable / undesirable examples, even when a
+    micro-batch has none of one side (checked against the policy's log-probs at step 0, computed here)."""
+    from minirlhf.checkpoint import load_model
+    from minirlhf.data import read_kto
+
+    rows = [{"prompt": q, "completion": a, "label": True} for q, a in QA[:3]] + \
+           [{"prompt": QA[3][0], "completion": "No.", "label": False}]
+    path = write_jsonl(tmp_path / "kto.jsonl", rows)
+    c = dpo_cfg(sft_done, tmp_path, loss="kto", kto_data=path, batch_size=4, grad_accum=2, max_steps=1)
+    dpo.run(c)
+    row = first_row(sft_done["out"], "kto")
+    tok = sft_done["tok"]
+    records, _ = dpo.encode_kto(tok, read_kto(path), 65, False, path, c.seed)
+    batch = sft.batch_indices(len(records), c.batch_size, 0, c.seed)
+    micro = [batch[:2], batch[2:]]
+    assert any(all(records[i]["label"] for i in m) for m in micro)  # one micro-batch without an undesirable one
+    policy, _ = load_model(os.path.join(sft_done["out"], "micro", "sft", "model.pt"))
+    x, m = dpo.pad_pairs([records[i] for i in batch], tok.pad_id, "cpu", dpo.KTO_KEYS)
+    with torch.no_grad():
+        logps, _ = dpo.sequence_logps(policy, x[:4], m[:4])
+    good = torch.tensor([records[i]["label"] for i in batch])
+    assert row["logps/chosen"] == pytest.approx(logps[good].mean().item(), abs=1e-4)
+    assert row["logps/rejected"] == pytest.approx(logps[~good].mean().item(), abs=1e-4)
+    assert abs(row["rewards/chosen"]) < 1e-6 and abs(row["rewards/rejected"]) < 1e-6  # policy == reference
+
+
+def test_bf16_precomputed_reference_matches_on_the_fly(sft_done, tmp_path):
+    """Under --dtype=bfloat16 the cached reference log-probs are computed under the same autocast as the policy:
+    at step 0 (policy == reference) the loss is log 2 either way. An fp32 run first fills the same folder's
+    cache: the precision is part of its key, so the bf16 run does not reuse those log-probs."""
+    dpo.run(dpo_cfg(sft_done, tmp_path, precompute_ref=True, dtype="float32", run_name="dpo_bf16"))
+    dpo.run(dpo_cfg(sft_done, tmp_path, precompute_ref=True, dtype="bfloat16", run_name="dpo_bf16"))
+    pre = first_row(sft_done["out"], "bf16")  # the run named dpo_bf16
+    dpo.run(dpo_cfg(sft_done, tmp_path, precompute_ref=False, dtype="bfloat16", run_name="dpo_bf16"))
+    fly = first_row(sft_done["out"], "bf16")
+    assert abs(fly["loss"] - math.log(2)) < 1e-6  # the same forward pass for both
+    # (an fp32 cached reference is off by about 5e-5 in the loss and 1e-4 in the margins here)
+    assert abs(pre["loss"] - fly["loss"]) < 1e-6 and abs(pre["rewards/margins"]) < 1e-6

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -329,3 +330,123 @@ def test_on_policy_label_ceiling_and_decisive_pairs_by_hand():
     assert out["on_policy_annotator_agreement_heldout"] == pytest.approx((p_right + p_short) / 2, abs=1e-12)
     assert out["on_policy_label_ceiling_heldout"] == 0.5
     assert out["on_policy_pairs_train"] == 0 and math.isnan(out["on_policy_label_ceiling_train"])
+
+
+def test_reply_mask_covers_only_the_final_reply(base):
+    """A multi-turn prompt's earlier assistant turn is context: only the reply and its <|end|> are masked."""
+    tok = base["tok"]
+    single = [{"role": "user", "content": "What is two plus three?"}]
+    multi = [{"role": "user", "content": "Hi there."}, {"role": "assistant", "content": "Hello! How can I help?"},
+             {"role": "user", "content": "What is two plus three?"}]
+    rows = [{"prompt": p, "chosen": "Five.", "rejected": "Seven, I think."} for p in (single, multi)]
+    (one, many), _ = reward.encode_pairs(tok, rows, 1000, False, "x")
+    for side, text in (("chosen", "Five."), ("rejected", "Seven, I think.")):
+        n = len(tok.encode(text)) + 1  # the reply's tokens and its <|end|>
+        assert sum(many[f"{side}_mask"]) == n and many[f"{side}_mask"][-n:] == [1] * n
+        # the single-turn mask is the one render_conversation gives (its only assistant turn is the reply)
+        assert one[f"{side}_mask"] == render_conversation(tok, single + [{"role": "assistant", "content": text}])[1]
+        assert sum(one[f"{side}_mask"]) == n
+
+
+def test_reward_pairs_are_named_by_their_line(base, tmp_path):
+    """An over-long pair after a blank line is reported at its line in the file, not its position among rows."""
+    rows = [{"prompt": q, "chosen": a, "rejected": "No."} for q, a in QA]
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\n"
+                    + json.dumps({**rows[2], "chosen": "word " * 200}) + "\n")
+    from minirlhf.data import DataError
+    with pytest.raises(DataError, match=rf"^{path}:4: the pair renders to \d+ tokens, more than the context \(64\)"):
+        reward.load_pairs(base["tok"], str(path), base["prefs"], 64, False, "reward")
+    train, _, dropped = reward.load_pairs(base["tok"], str(path), base["prefs"], 64, True, "reward")
+    assert len(train) == 2 and dropped == 1
+
+
+@pytest.mark.parametrize("extra, message", [  # extra: the bad keys as JSON text
+    ('"p_chosen": "0.9"', 'key "p_chosen" must be a number in [0, 1] (or absent / null), got str "0.9"'),
+    ('"p_chosen": 3.0', 'key "p_chosen" must be a number in [0, 1] (or absent / null), got float 3.0'),
+    ('"p_chosen": -0.1', 'key "p_chosen" must be a number in [0, 1] (or absent / null), got float -0.1'),
+    ('"p_chosen": true', 'key "p_chosen" must be a number in [0, 1] (or absent / null), got bool true'),
+    ('"gold_chosen": "high", "gold_rejected": 0.1',
+     'key "gold_chosen" must be a finite number (or absent / null), got str "high"'),
+    ('"gold_chosen": 0.5, "gold_rejected": [1]',
+     'key "gold_rejected" must be a finite number (or absent / null), got list [1]'),
+    ('"gold_chosen": 0.5, "gold_rejected": 1e999', 'key "gold_rejected" must be a finite number'),  # inf in Python
+    ('"gold_chosen": 0.5, "gold_rejected": 1' + "0" * 400, 'key "gold_rejected" must be a finite number'),  # an int
+    ('"gold_chosen": 0.5', 'keys "gold_chosen" and "gold_rejected" must be both given or both absent'),
+])
+def test_reward_pair_annotations_are_checked(base, tmp_path, extra, message):
+    """p_chosen, gold_chosen, gold_rejected: numbers (p_chosen in [0, 1]) or absent / null, else an error
+    naming file, line and key, in the training and the evaluation file alike."""
+    from minirlhf.data import DataError
+    good = {"prompt": "Q?", "chosen": "Yes.", "rejected": "No."}
+    fine = [dict(good), {**good, "p_chosen": 1, "gold_chosen": -1, "gold_rejected": 2},
+            {**good, "p_chosen": None, "gold_chosen": None, "gold_rejected": None}]
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in fine) + "\n" + json.dumps(good)[:-1] + f", {extra}}}\n")
+    with pytest.raises(DataError, match="^" + re.escape(f"{path}:5: {message}")):
+        reward.load_pairs(base["tok"], str(path), base["prefs"], 64, False, "reward")
+    with pytest.raises(DataError, match="^" + re.escape(f"{path}:5: {message}")):
+        reward.load_pairs(base["tok"], base["prefs"], str(path), 64, False, "reward")
+    # the lines before it are accepted: numbers (ints too) and absent / null
+    ok = write_jsonl(tmp_path / "ok.jsonl", fine)
+    train, _, _ = reward.load_pairs(base["tok"], ok, base["prefs"], 64, False, "reward")
+    assert [(p["p_chosen"], p["gold_chosen"], p["gold_rejected"]) for p in train] == [
+        (None, None, None), (1.0, -1.0, 2.0), (None, None, None)]
+
+
+def test_identical_pairs_follow_truncate_in_both_files(base, tmp_path):
+    """--truncate drops identical pairs of the training AND the evaluation file (counted); without it both raise."""
+    same = {"prompt": "Same?", "chosen": "Same.", "rejected": "Same."}
+    good = [{"prompt": q, "chosen": a, "rejected": "No."} for q, a in QA]
+    train = write_jsonl(tmp_path / "train.jsonl", good + [same])
+    val = write_jsonl(tmp_path / "val.jsonl", good[:2] + [same, same])
+    from minirlhf.data import DataError
+    with pytest.raises(DataError, match=re.escape(f"{train}:5: keys \"chosen\" and \"rejected\" are identical")):
+        reward.load_pairs(base["tok"], train, val, 64, False, "reward")
+    with pytest.raises(DataError, match=re.escape(f"{val}:3: keys \"chosen\" and \"rejected\" are identical")):
+        reward.load_pairs(base["tok"], base["prefs"], val, 64, False, "reward")
+    tr, va, dropped = reward.load_pairs(base["tok"], train, val, 64, True, "reward")
+    assert (len(tr), len(va), dropped) == (4, 2, 3)
+
+
+class ConstantScores(torch.nn.Module):
+    """A collapsed reward model: the same score for every token of every sequence."""
+
+    def forward(self, ids, mask):
+        return torch.zeros(ids.shape, dtype=torch.float32)
+
+
+def test_gold_accuracy_counts_a_score_tie_as_a_miss():
+    pairs = [{"chosen": [1, 2, 3], "rejected": [1, 2, 4], "gold_chosen": gc, "gold_rejected": gr}
+             for gc, gr in [(0.9, -0.5), (-0.5, 0.9), (-0.2, 0.4), (0.1, 0.3)]]
+    out = reward.pair_accuracy(ConstantScores(), pairs, 0, 8, torch.device("cpu"), "float32")
+    assert out["val_accuracy"] == 0.0 and out["val_gold_accuracy"] == 0.0
+
+
+def test_normalise_needs_two_prompts_and_a_nonzero_spread(base):
+    tok = base["tok"]
+    torch.manual_seed(0)
+    policy = ck.load_model(base["init"])[0]
+    model = ScalarModel(ck.load_model(base["init"])[0])
+    from minirlhf.tokenizer import render_prompt
+    prompts = [render_prompt(tok, q) for q, _ in QA]
+    for n in (0, 1):
+        with pytest.raises(ValueError, match=f"at least 2 calibration prompts, got {n}"):
+            reward.normalise(model, policy, tok, prompts[:n], 4, 1.0, 0, torch.device("cpu"))
+    with torch.no_grad():
+        model.head.gain.zero_()  # every score is the offset: a std of 0
+    with pytest.raises(ValueError, match=r"same score .*\(std 0\)"):
+        reward.normalise(model, policy, tok, prompts, 4, 1.0, 0, torch.device("cpu"))
+    assert model.head.gain.item() == 0.0  # nothing written
+
+
+@pytest.mark.parametrize("calibration, new_tokens, fit", [(1, 8, 1), (12, 63, 0)])
+def test_reward_stage_checks_the_calibration_prompts_before_training(base, tmp_path, calibration, new_tokens, fit):
+    over = dict(preset="micro", out_dir=str(tmp_path / "out"), init=base["init"], prefs=base["prefs"],
+                eval_prefs=base["prefs"], prompts=base["prompts"], max_steps=2, progress=False,
+                calibration_prompts=calibration, max_new_tokens=new_tokens)
+    with pytest.raises(ValueError, match=re.escape(f"{base['prompts']}: only {fit} of the first {calibration} prompts "
+                                                   f"(--calibration_prompts={calibration}) leave room for "
+                                                   f"--max_new_tokens={new_tokens}")):
+        reward.run(make_config(RewardConfig, overrides=over))
+    assert not os.path.exists(os.path.join(str(tmp_path / "out"), "micro", "reward", "metrics.jsonl"))  # no training
