@@ -6,14 +6,17 @@ Run it:
 
 For every held-out evaluation prompt (the `split == "eval"` rows of `evaluate.eval_prompt_rows`, the
 same prompts as the `gold` of PPO, DPO and GRPO) we sample N = max(ns) responses from the SFT model and
-score each with the reward model (minus `missing_eos_penalty` without <|end|>, as in PPO) and the gold
-judge. For each n the policy "best-of-n" answers with the reward model's favourite among the first n
-samples (so every n is a prefix of one pool: the rows are nested, and cheaper to compute, than with a
-fresh pool per n). One row per n in out/<preset>/best_of_n/summary.json:
+score each with the reward model and the gold judge. For each n the policy "best-of-n" answers with one
+of the first n samples (so every n uses a prefix of one pool: the rows are nested, and cheaper to
+compute, than with a fresh pool per n): the one with the highest reward-model score minus
+`missing_eos_penalty` if it has no <|end|> (the penalty PPO subtracts from its scores). One row per n in
+out/<preset>/best_of_n/summary.json:
 
   n             samples per prompt
   gold          mean gold reward of the chosen responses (held-out prompts)
-  proxy         mean reward-model score of the chosen responses (what the selection maximises)
+  proxy         mean reward-model score of the chosen responses, without the penalty (the selection
+                maximises score - penalty: the two differ by the penalty times the share of chosen
+                responses without <|end|>)
   gold_oracle   mean gold reward of the best response by the gold judge itself (the ceiling of selection)
   kl_analytic   log n - (n - 1) / n nats
 
@@ -29,7 +32,8 @@ different; with repeated responses (a peaked policy, short answers) the true KL 
 an upper bound (Beirami et al. 2024, "Theoretical guarantees on the best-of-n alignment policy",
 Theorem 3.1). It is in nats per response, the unit of PPO's `kl_k1`.
 
-samples.jsonl holds every sampled response with its proxy and gold scores, in pool order.
+samples.jsonl holds every sampled response with its proxy (reward-model score, no penalty) and gold
+scores, in pool order.
 
 What you should see on tiny (168 held-out prompts, n up to 16; 15 s on the 2-core CPU): the proxy of the
 chosen response climbs with n (-0.50 at n = 1 to +0.33 at n = 16) while its gold falls (0.23 to -0.01):
@@ -84,7 +88,7 @@ class BestOfN:
     """n samples per prompt, scored: prompt i's samples are rows i of every field."""
 
     texts: list[list[str]]  # [prompts][n] decoded responses ("<|end|>" included when emitted)
-    proxy: torch.Tensor  # (prompts, n) reward-model scores
+    proxy: torch.Tensor  # (prompts, n) reward-model scores (without the missing-EOS penalty)
     ended: torch.Tensor  # (prompts, n) bool: the response emitted <|end|>
     best: torch.Tensor  # (prompts,) index of the chosen response: argmax of proxy - penalty * (not ended)
 

@@ -206,6 +206,7 @@ class PPOConfig:
     seed: int = 1337  # rollouts, minibatch order and init
     out_dir: str = "out"  # artifacts in <out_dir>/<preset>/ppo/
     force: bool = False  # retrain even if the inputs are unchanged
+    resume: bool = False  # continue from the last checkpoint (ckpt.pt) in the run's folder
     device: str = "auto"  # "auto", "cpu", "cuda"
     init: str = ""  # policy and reference init; "" = out/<preset>/sft/model.pt
     run_name: str = ""  # folder under out/<preset>/ for this run's artifacts; "" = "ppo" (reward=rm) or "ppo_gold"
@@ -238,10 +239,11 @@ class PPOConfig:
     grad_clip: float = 1.0  # clip the global gradient norm (0 = off)
     ptx_coef: float = 0.0  # PPO-ptx: weight gamma of the pretraining log-likelihood mixed in (InstructGPT eq. 2)
     ptx_batch_size: int = 0  # pretraining windows per minibatch for that term; 0 = minibatch_size
-    eval_interval: int = 20  # iterations between evaluations on held-out prompts
+    eval_interval: int = 20  # iterations between evaluations on held-out prompts (and checkpoints)
     samples_per_eval: int = 8  # held-out samples of every evaluation kept in eval_samples.jsonl
     gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
     progress: bool = True  # progress bar
+    stop_after: int = 0  # stop after this iteration as if interrupted, leaving ckpt.pt for --resume (0 = off)
 
 
 @dataclass
@@ -325,6 +327,7 @@ class GRPOConfig:
     out_dir: str = "out"  # artifacts in <out_dir>/<preset>/<run_name>/
     run_name: str = ""  # folder under out/<preset>/ for this run's artifacts; "" = "grpo" (reward=rm) or "grpo_gold"
     force: bool = False  # retrain even if the inputs are unchanged
+    resume: bool = False  # continue from the last checkpoint (ckpt.pt) in the run's folder
     device: str = "auto"  # "auto", "cpu", "cuda"
     init: str = ""  # policy and reference init; "" = out/<preset>/sft/model.pt
     reward: str = "rm"  # "rm": the reward model's score; "gold": the gold judge itself (verifiable rewards)
@@ -335,7 +338,7 @@ class GRPOConfig:
     group_size: int = 0  # responses G sampled per prompt (>= 2); 0 = from preset
     rollout_shards: int = 0  # rollouts sampled in this many shards of whole groups, each seeded by (seed, iteration, shard); 0 = one per process
     minibatch_size: int = 0  # responses per gradient step; 0 = from preset
-    ppo_epochs: int = 1  # passes over each rollout batch (1: the ratio is 1 on every minibatch's first pass)
+    ppo_epochs: int = 1  # passes over each rollout batch (1: each response once; the ratio is exactly 1 only on each iteration's first minibatch)
     lr: float = 0.0  # learning rate; 0 = from preset
     anneal_lr: bool = False  # decay the learning rate linearly to 0 over the iterations
     temperature: float = 1.0  # sampling temperature, used identically when log-probs are recomputed
@@ -345,10 +348,11 @@ class GRPOConfig:
     scale_rewards: bool = True  # divide the group-centred rewards by the group std (false = Dr. GRPO, mean only)
     missing_eos_penalty: float = 1.0  # subtracted from the reward of a response that never emitted <|end|>
     grad_clip: float = 1.0  # clip the global gradient norm (0 = off)
-    eval_interval: int = 20  # iterations between evaluations on held-out prompts
+    eval_interval: int = 20  # iterations between evaluations on held-out prompts (and checkpoints)
     task_eval_samples: int = 4  # with --prompts=<category>: sampled responses per prompt when measuring its accuracy
     gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
     progress: bool = True  # progress bar
+    stop_after: int = 0  # stop after this iteration as if interrupted, leaving ckpt.pt for --resume (0 = off)
 
 
 @dataclass

@@ -23,7 +23,14 @@ over each rollout batch in minibatches):
                  sequence's advantage, plus beta * k3 per token (eq. 4), averaged over each sequence's
                  tokens, then over sequences), gradient clipping;
   6. LOG         the metrics below, every iteration, to metrics.jsonl; the evaluation harness
-                 (`sft.world_eval`) every `eval_interval` iterations.
+                 (`sft.world_eval`) every `eval_interval` iterations and after the last one;
+  7. CHECKPOINT  ckpt.pt every `eval_interval` iterations, after the last and at `--stop_after`, for
+                 `--resume`: the policy's weights, the optimizer state, the iteration, the state of the
+                 prompt-order generator and the last row and evaluation. Rollouts and minibatch
+                 permutations use generators seeded by (seed, iteration, ...) and dropout is off, so no
+                 other RNG state is needed: a resumed run ends exactly where an uninterrupted one would
+                 (on CPU). The rows of metrics.jsonl past the checkpoint's iteration are dropped and
+                 written again.
 
 Under torchrun (N processes; see distributed.py) it is the same algorithm on the same global batch, as
 in ppo.py: the iteration's prompts are drawn identically on every rank; the batch is sampled in
@@ -40,29 +47,40 @@ There is no value model: the group's mean reward is the baseline. That saves a s
 loss, and it is why GRPO needs several samples of the same prompt.
 
 Logged metrics (one row per iteration):
+  iteration                  1, 2, ... (the row's iteration)
+  lr                         the learning rate of this iteration
   reward/mean, reward/std    mean and std of the rewards of this iteration's responses (after the EOS penalty)
   reward/zero_std_groups     share of groups whose G rewards are all equal: no learning signal from them
   objective/kl               mean over responses of the per-token mean k3 to the reference (what the loss
-                             penalises); objective/kl_sum the same summed over tokens (comparable to PPO's
-                             objective/kl_k3). Only logged when beta > 0 (beta = 0 never runs the reference in
+                             penalises). Only logged when beta > 0 (beta = 0 never runs the reference in
                              the loop; the evaluation harness still reports eval/kl_k1 to the SFT model)
+  objective/kl_sum           the same summed over tokens (comparable to PPO's objective/kl_k3); beta > 0 only
   objective/entropy          mean per-token entropy of the policy on its own samples
   policy/loss                the GRPO loss, mean over minibatches
   policy/clipfrac            share of tokens where the clipped term is the smaller one (gradient zeroed)
-  policy/ratio_mean, policy/ratio_max   the probability ratio pi / pi_old over real tokens
-  policy/approx_kl           mean k3 between pi_old and the updated policy, over the minibatches
-  response/length, response/eos_rate, lr, seconds
+  policy/ratio_mean, policy/ratio_max   the probability ratio pi / pi_old over real tokens (mean over the
+                             minibatches, max)
+  policy/approx_kl           mean k3 estimate of KL(pi_old || pi) from the samples of pi_old, over the
+                             minibatches of every epoch
+  response/length, response/eos_rate
   task/correct_rate          with --prompts=<category>: share of this iteration's responses the judge
                              calls correct ("answer" credited, nothing "wrong"; see evaluate._correct)
+  seconds                    wall time since the loop (re)started
+  eval/*                     at evaluations only: the evaluation harness's numbers (`sft.world_eval`)
 
-Outputs go to out/<preset>/grpo/ with the reward model, and to out/<preset>/grpo_gold/ with the gold judge
-(so the two can be compared side by side; `--run_name` picks another folder): model.pt, tokenizer.json,
-config.json, metrics.jsonl, samples.jsonl, summary.json. With `--prompts=<category>` (e.g. arithmetic)
-the summary also holds `task_eval`: accuracy and mean gold reward of the initial (SFT) policy ("before")
-and the trained one ("after") on that category's prompts, in three sets: `heldout` (eval_prompts.jsonl,
-split "eval": held-out entities or operands, the generalisation test), `train_split` (eval_prompts.jsonl,
-split "train") and `rl_prompts` (the prompts GRPO trains on); each with `task_eval_samples` samples per
-prompt at temperature T (`*_acc`, `*_n` responses) and one greedy response per prompt (`*_greedy_acc`).
+A NaN or inf loss stops the run with an error naming the iteration and the optimizer step, counted from 1
+over the whole run: each iteration takes ppo_epochs x ceil(B / minibatch_size) steps, with B =
+prompts_per_iteration x group_size responses.
+
+Outputs go to out/<preset>/grpo/ with the reward model, and to out/<preset>/grpo_gold/ with the gold
+judge (so the two can be compared side by side; `--run_name` picks another folder): model.pt,
+tokenizer.json, config.json, metrics.jsonl, samples.jsonl, summary.json, ckpt.pt (for --resume). With
+`--prompts=<category>` (e.g. arithmetic) the summary also holds `task_eval`: accuracy and mean gold
+reward of the initial (SFT) policy ("before") and the trained one ("after") on that category's prompts,
+in three sets: `heldout` (eval_prompts.jsonl, split "eval": held-out entities or operands, the
+generalisation test), `train_split` (eval_prompts.jsonl, split "train") and `rl_prompts` (the prompts
+GRPO trains on); each with `task_eval_samples` samples per prompt at temperature T (`*_acc`, `*_n`
+responses) and one greedy response per prompt (`*_greedy_acc`).
 
 What you should see with `minirlhf grpo --preset tiny --reward=gold --prompts=arithmetic` (40 iterations
 x 16 prompts x 8 responses, about one CPU-minute of training; measured on a 2-core CPU): sampled accuracy
@@ -98,6 +116,7 @@ from minirlhf.config import GRPOConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import prompt_text, read_prompts
 from minirlhf.engine import generate_sharded, response_logprobs
 from minirlhf.losses import grpo_loss
+from minirlhf.ppo import restore_random, rows_up_to
 from minirlhf.sft import stage_file, stage_tokenizer, world_eval, world_file
 from minirlhf.tokenizer import render_prompt
 
@@ -239,7 +258,9 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
     ref: the frozen reference model (may be None when cfg.beta == 0: it is then never called).
     correct_fn(g, prompt_index) -> list[bool], optional: logged as task/correct_rate.
     Under torchrun each rank samples, rewards and scores its own shards of the rollout batch; see the
-    module docstring. Returns {"iterations", "seconds", "last_eval", "last_row", ...}.
+    module docstring. With cfg.resume, continues from `out`/ckpt.pt; cfg.stop_after = k stops after
+    iteration k as if interrupted. Returns {"iterations" (done), "interrupted", "trained_iterations"
+    (in this call), "seconds", "last_eval", "last_row", ...}.
     """
     check_config(cfg)
     device = policy.lm_head.weight.device
@@ -262,12 +283,31 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
         ref.eval().requires_grad_(False)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = make_adamw(policy.optimizer_groups(0.0), cfg.lr, (0.9, 0.95), device)
+    order = random.Random(cfg.seed)  # the prompt order: the one random state carried from iteration to iteration
+    ckpt_path, metrics_path = os.path.join(out, "ckpt.pt"), os.path.join(out, "metrics.jsonl")
+    start_it, row, last_eval, kept_rows = 0, {}, {}, []
+    if cfg.resume:
+        if not os.path.exists(ckpt_path):
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; run without --resume first")
+        state = ck.load_checkpoint(ckpt_path)
+        if state["iteration"] > cfg.iterations:
+            raise ValueError(f"--resume: {ckpt_path} is at iteration {state['iteration']}, past "
+                             f"--iterations={cfg.iterations}")
+        policy.load_state_dict(state["policy"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_random(order, state["prompt_order"])
+        start_it, row, last_eval = state["iteration"], state["last_row"], state["last_eval"]
+        kept_rows = rows_up_to(metrics_path, start_it) if main else []
+        dist.print0(f"[{STAGE}] resuming after iteration {start_it}")
     ddp_policy = dist.data_parallel(policy)  # DDP with several processes; the policy itself in one
-    order = random.Random(cfg.seed)
-    log = MetricsLog(os.path.join(out, "metrics.jsonl"), enabled=main)
+    steps_per_iteration = cfg.ppo_epochs * len(range(0, B, cfg.minibatch_size))  # optimizer steps
+    log = MetricsLog(metrics_path, enabled=main)  # a new file; resuming, it holds the rows up to the checkpoint
+    for r in kept_rows:
+        log.log(r)
     watch = Stopwatch()
-    rollout_tokens, rollout_seconds, last_eval, row = 0, 0.0, {}, {}
-    bar = tqdm(range(cfg.iterations), disable=not (cfg.progress and main), desc=STAGE, ncols=100)
+    rollout_tokens, rollout_seconds, done = 0, 0.0, start_it
+    bar = tqdm(range(start_it, cfg.iterations), initial=start_it, total=cfg.iterations,
+               disable=not (cfg.progress and main), desc=STAGE, ncols=100)
     for it in bar:
         # ---------------------------------------------------------------- 1. ROLLOUT (no grad)
         t0 = Stopwatch()
@@ -335,12 +375,15 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
                     ratio = torch.exp(new_logprobs - old)  # (b, N)
                     for k, v, w in (("policy/loss", loss, seq_share), ("policy/clipfrac", m["clipfrac"], tok_share),
                                     ("policy/ratio_mean", ops.masked_mean(ratio, mb_mask), tok_share),
-                                    ("policy/approx_kl", ops.masked_mean(ops.kl_k3(new_logprobs, old), mb_mask),
+                                    # k3 of KL(pi_old || pi): the samples come from pi_old
+                                    ("policy/approx_kl", ops.masked_mean(ops.kl_k3(old, new_logprobs), mb_mask),
                                      tok_share)):
                         stats.setdefault(k, []).append(v.detach() * w)
                     ratio_max.append((ratio * mb_mask).max())
         stats = dist.sum_parts(stats)  # the minibatch means over every rank's part: one all-reduce per iteration
-        check_finite({"policy/loss": stats["policy/loss"]}, STAGE, it * cfg.ppo_epochs)
+        # one loss per optimizer step, in order: this iteration's first step is it * steps + 1
+        check_finite({"policy/loss": stats["policy/loss"]}, f"{STAGE} (iteration {it + 1})",
+                     it * steps_per_iteration + 1, ckpt_path if os.path.exists(ckpt_path) else "")
 
         # ---------------------------------------------------------------- 6. LOG (global numbers, the same on every rank)
         row = {"iteration": it + 1, "lr": lr,
@@ -358,15 +401,30 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
         if correct_fn is not None:
             row["task/correct_rate"] = correct.mean().item()
         row["seconds"] = round(watch.seconds(), 2)
-        if evaluate_fn is not None and ((it + 1) % cfg.eval_interval == 0 or it + 1 == cfg.iterations):
+        done = it + 1  # iterations finished
+        evaluate_now = done % cfg.eval_interval == 0 or done == cfg.iterations
+        if evaluate_fn is not None and evaluate_now:
             last_eval = evaluate_fn(policy)  # every rank samples its share of the prompts; rank 0 writes samples
             row.update({f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
         log.log(row)
         bar.set_postfix(reward=f"{row['reward/mean']:.2f}", zero=f"{row['reward/zero_std_groups']:.2f}")
+
+        # ---------------------------------------------------------------- 7. CHECKPOINT (rank 0; the others wait)
+        if evaluate_now or done == cfg.stop_after:
+            if main:  # no global RNG state: every other random draw is seeded by (seed, iteration, ...)
+                ck.save_checkpoint(ckpt_path, {
+                    "policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "iteration": done,
+                    "prompt_order": order.getstate(), "last_row": row, "last_eval": last_eval})
+            dist.barrier()
+        if done == cfg.stop_after and done < cfg.iterations:
+            dist.print0(f"[{STAGE}] stopped after iteration {done} (--stop_after); continue with --resume")
+            break
     bar.close()
-    return {"iterations": cfg.iterations, "seconds": watch.seconds(), "last_eval": last_eval,
+    trained = done - start_it  # iterations run in this call
+    return {"iterations": done, "interrupted": done < cfg.iterations, "trained_iterations": trained,
+            "seconds": watch.seconds(), "last_eval": last_eval,
             "rollout_tokens_per_second": rollout_tokens / max(rollout_seconds, 1e-9),
-            "iterations_per_second": cfg.iterations / max(watch.seconds(), 1e-9), "last_row": row}
+            "iterations_per_second": trained / max(watch.seconds(), 1e-9), "last_row": row}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -395,7 +453,7 @@ def run(cfg: GRPOConfig) -> dict:
     if rm_path:
         inputs["rm"] = file_digest(rm_path)
     key = config_key(cfg, inputs)
-    if (summary := reusable(out, key, cfg.force)) is not None:
+    if not cfg.resume and (summary := reusable(out, key, cfg.force)) is not None:
         dist.print0(f"[grpo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
     tok = stage_tokenizer(init, out)
@@ -446,6 +504,8 @@ def run(cfg: GRPOConfig) -> dict:
 
     result = train_grpo(policy, ref, reward_fn, prompts, tok, cfg, out, evaluate_fn,
                         correct_fn if category else None)
+    if result["interrupted"]:  # --stop_after: ckpt.pt is written; no model.pt or summary yet
+        return {"stage": STAGE, "iterations": result["iterations"], "interrupted": True}
     after = task_eval_fn(policy) if prompt_sets else {}
     if not dist.is_main():
         return dist.share()  # rank 0 alone writes the artifacts; its summary comes back

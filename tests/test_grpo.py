@@ -1,6 +1,7 @@
 """The GRPO loop on a tiny random GPT: ratio 1 and KL 0 before any update, beta=0 never touches the
-reference, equal-reward groups give no gradient, a programmatic reward rises, and the prompt selection
-and config checks behave."""
+reference, equal-reward groups give no gradient, a programmatic reward rises, the prompt selection and
+config checks behave, approx_kl's orientation, the NaN guard's step, the documented metric list, and
+--stop_after + --resume ending exactly where an uninterrupted run ends."""
 
 import copy
 import json
@@ -15,6 +16,8 @@ from minirlhf.engine import Generation
 from minirlhf.grpo import gold_reward_fn, group_advantages_with_signal, load_prompt_rows, run, train_grpo
 from minirlhf.world import judge
 from minirlhf.model import GPT
+from test_ppo import documented_metrics
+from test_sft_reward import base  # noqa: F401  (the shared micro fixture: a pretrained micro model, prompts)
 
 V, END, PAD, P = 64, 62, 63, 6
 TOK = SimpleNamespace(end_id=END, pad_id=PAD)
@@ -34,10 +37,10 @@ def low_token_share(g, prompt_index):
 
 
 def cfg(tmp_path, **kw):
-    base = dict(preset="micro", out_dir=str(tmp_path), iterations=1, prompts_per_iteration=4, group_size=4,
-                minibatch_size=16, ppo_epochs=1, lr=1e-3, max_new_tokens=10, progress=False, eval_interval=1000,
-                missing_eos_penalty=0.0)
-    return make_config(GRPOConfig, overrides={**base, **kw})
+    defaults = dict(preset="micro", out_dir=str(tmp_path), iterations=1, prompts_per_iteration=4, group_size=4,
+                    minibatch_size=16, ppo_epochs=1, lr=1e-3, max_new_tokens=10, progress=False, eval_interval=1000,
+                    missing_eos_penalty=0.0)
+    return make_config(GRPOConfig, overrides={**defaults, **kw})
 
 
 def rows(tmp_path):
@@ -183,3 +186,148 @@ def test_sharded_rollouts_train_like_one_batch_given_the_same_samples(tmp_path):
     train_grpo(policy, ref, low_token_share, prompts, TOK, cfg(tmp_path, rollout_shards=2), str(tmp_path))
     row = rows(tmp_path)[0]
     assert abs(row["policy/ratio_mean"] - 1) < 1e-6 and row["objective/kl"] == 0.0
+
+
+def test_approx_kl_is_k3_of_kl_old_to_new(tmp_path, monkeypatch):
+    """policy/approx_kl estimates KL(pi_old || pi) from pi_old's samples: per token (r - 1) - log r with
+    r = pi / pi_old (as losses.ppo_policy_loss logs it), its token mean per minibatch averaged over the
+    minibatches -- not the reversed orientation (1/r - 1) + log r."""
+    import minirlhf.grpo as grpo
+    from minirlhf.losses import grpo_loss
+
+    seen = []  # per minibatch: the policy's and pi_old's log-probs and the mask the loss was given
+
+    def recording_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, **kwargs):
+        seen.append((logprobs.detach().double(), old_logprobs.double(), mask.bool()))
+        return grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, **kwargs)
+
+    monkeypatch.setattr(grpo, "grpo_loss", recording_loss)
+    policy, ref, prompts = setup()
+    train_grpo(policy, ref, low_token_share, prompts, TOK, cfg(tmp_path, ppo_epochs=2, minibatch_size=8, lr=0.05),
+               str(tmp_path))
+
+    def mean_over_minibatches(k3):
+        values = []
+        for new, old, mask in seen:
+            log_r = torch.where(mask, new - old, 0.0)  # log pi / pi_old, 0 on pads
+            values.append(k3(log_r)[mask].mean())
+        return torch.stack(values).mean().item()
+
+    forward = mean_over_minibatches(lambda log_r: (log_r.exp() - 1) - log_r)  # KL(pi_old || pi)
+    reverse = mean_over_minibatches(lambda log_r: ((-log_r).exp() - 1) + log_r)  # KL(pi || pi_old)
+    assert len(seen) == 4 and abs(forward - reverse) > 0.05 * forward  # the policy moved: the two differ
+    assert rows(tmp_path)[0]["policy/approx_kl"] == pytest.approx(forward, rel=1e-4)
+
+
+class Crash(Exception):
+    """Stands for a run killed mid-iteration."""
+
+
+def test_nan_loss_error_names_the_iteration_and_the_optimizer_step(tmp_path, monkeypatch):
+    """16 responses, minibatches of 4, 2 epochs = 8 optimizer steps per iteration: a NaN loss at
+    iteration 2, epoch 1, minibatch 3 is optimizer step 8 + 3 = 11 of the run."""
+    import minirlhf.grpo as grpo
+    from minirlhf.common import NonFiniteLossError
+    from minirlhf.losses import grpo_loss
+
+    calls = []
+
+    def loss_with_a_nan(*args, **kwargs):
+        loss, metrics = grpo_loss(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 11 else loss), metrics
+
+    monkeypatch.setattr(grpo, "grpo_loss", loss_with_a_nan)
+    policy, ref, prompts = setup()
+    c = cfg(tmp_path, iterations=3, minibatch_size=4, ppo_epochs=2)
+    with pytest.raises(NonFiniteLossError, match=r"^grpo \(iteration 2\): policy/loss is nan at step 11 "):
+        train_grpo(policy, ref, low_token_share, prompts, TOK, c, str(tmp_path))
+    assert [r["iteration"] for r in rows(tmp_path)] == [1]
+
+
+def test_every_logged_metric_is_documented(tmp_path):
+    import minirlhf.grpo as grpo
+
+    policy, ref, prompts = setup()
+    train_grpo(policy, ref, low_token_share, prompts, TOK, cfg(tmp_path, beta=0.04, eval_interval=1), str(tmp_path),
+               evaluate_fn=lambda model: {"gold": 0.5}, correct_fn=lambda g, idx: [True] * len(idx))
+    logged = {"eval/*" if k.startswith("eval/") else k for k in rows(tmp_path)[0]}
+    assert {"task/correct_rate", "eval/*", "objective/kl_sum"} <= logged
+    assert logged <= documented_metrics(grpo.__doc__), logged - documented_metrics(grpo.__doc__)
+
+
+def test_stop_and_resume_end_where_an_uninterrupted_run_ends(tmp_path):
+    """--stop_after, then --resume, then a crash between two checkpoints, then --resume again: the same
+    weights and the same metrics rows as one uninterrupted run, none twice (the rows logged after the last
+    checkpoint are dropped and logged again); a finished run resumes to itself."""
+    settings = dict(iterations=4, minibatch_size=8, ppo_epochs=2, eval_interval=2, anneal_lr=True)
+
+    def run(out, reward_fn=low_token_share, **kw):
+        policy, ref, prompts = setup()  # a fresh policy: a resumed run restores everything from ckpt.pt
+        out.mkdir(exist_ok=True)
+        result = train_grpo(policy, ref, reward_fn, prompts, TOK, cfg(out, **settings, **kw), str(out))
+        return result, policy.state_dict()
+
+    def without_seconds(rs):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+
+    _, expected = run(tmp_path / "straight")
+    expected_rows = without_seconds(rows(tmp_path / "straight"))
+
+    out = tmp_path / "stopped"
+    result, _ = run(out, stop_after=1)  # checkpoint after iteration 1
+    assert result["interrupted"] and [r["iteration"] for r in rows(out)] == [1]
+    calls = []
+
+    def crash_in_iteration_4(g, prompt_index):  # resumed after 1: the calls of iterations 2, 3, 4
+        calls.append(1)
+        if len(calls) == 3:
+            raise Crash
+        return low_token_share(g, prompt_index)
+
+    with pytest.raises(Crash):
+        run(out, crash_in_iteration_4, resume=True)  # checkpoint after iteration 2 (eval_interval), not 3
+    assert [r["iteration"] for r in rows(out)] == [1, 2, 3]
+    result, state = run(out, resume=True)
+    assert not result["interrupted"] and result["trained_iterations"] == 2  # iterations 3 and 4
+    assert without_seconds(rows(out)) == expected_rows
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in expected)
+
+    result, state = run(out, resume=True)  # finished: nothing left to train
+    assert result["trained_iterations"] == 0 and without_seconds([result["last_row"]]) == expected_rows[-1:]
+    assert without_seconds(rows(out)) == expected_rows
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+def test_stage_stop_resume_and_resume_of_a_finished_run(base, tmp_path):  # noqa: F811
+    """`minirlhf grpo --stop_after=1`, then `--resume`: no model.pt or summary at the stop, then the same
+    model.pt and metrics rows as an uninterrupted run; `--resume` on the finished run reproduces it."""
+    from minirlhf import checkpoint as ck
+    from minirlhf.model import ScalarModel
+
+    trunk, _ = ck.load_model(base["init"])
+    torch.manual_seed(0)
+    rm = str(tmp_path / "rm.pt")
+    ck.save_checkpoint(rm, ck.model_payload(ScalarModel(trunk), "reward"))
+    over = dict(preset="micro", out_dir=str(tmp_path / "out"), init=base["init"], reward_model=rm,
+                prompts=base["prompts"], iterations=3, prompts_per_iteration=2, group_size=4, minibatch_size=4,
+                max_new_tokens=8, progress=False)
+
+    def stage(run_name, **kw):
+        return run(make_config(GRPOConfig, overrides={**over, "run_name": run_name, **kw}))
+
+    def artifacts(run_name):
+        d = tmp_path / "out" / "micro" / run_name
+        metrics = [{k: v for k, v in r.items() if k != "seconds"} for r in rows(d)]
+        return ck.load_checkpoint(str(d / "model.pt"))["model"], metrics
+
+    straight = stage("straight")
+    assert stage("resumed", stop_after=1) == {"stage": "grpo", "iterations": 1, "interrupted": True}
+    assert not (tmp_path / "out" / "micro" / "resumed" / "model.pt").exists()
+    resumed = stage("resumed", resume=True)
+    assert resumed["final_reward_mean"] == straight["final_reward_mean"] and resumed["iterations"] == 3
+    (weights, metrics), (expected_weights, expected_metrics) = artifacts("resumed"), artifacts("straight")
+    assert metrics == expected_metrics and all(torch.equal(weights[k], expected_weights[k]) for k in weights)
+    again = stage("resumed", resume=True)  # finished: nothing to train, the same artifacts
+    assert again["final_reward_mean"] == straight["final_reward_mean"] and artifacts("resumed")[1] == expected_metrics
+    assert all(torch.equal(artifacts("resumed")[0][k], expected_weights[k]) for k in weights)

@@ -1,17 +1,22 @@
-"""The PPO loop: the classic bugs pinned (ratio 1 on the first minibatch, KL 0 before any update) and a
-sanity task in which PPO must raise a trivial programmatic reward within seconds."""
+"""The PPO loop: the classic bugs pinned (ratio 1 on the first minibatch, KL 0 before any update), a
+sanity task in which PPO must raise a trivial programmatic reward within seconds, the logged scores under
+--whiten_rewards, the NaN guard's step, the documented metric list, and --stop_after + --resume ending
+exactly where an uninterrupted run ends."""
 
 import copy
 import json
 import os
+import re
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from minirlhf.config import ModelConfig, PPOConfig, make_config
 from minirlhf.model import GPT, ScalarModel
 from minirlhf.ppo import train_ppo
+from test_sft_reward import base  # noqa: F401  (the shared micro fixture: a pretrained micro model, prompts)
 
 V, END, PAD, P = 64, 62, 63, 6
 TOK = SimpleNamespace(end_id=END, pad_id=PAD)
@@ -32,9 +37,9 @@ def low_token_share(tokens, attention_mask):
 
 
 def cfg(tmp_path, **kw):
-    base = dict(preset="micro", out_dir=str(tmp_path), iterations=1, batch_size=16, minibatch_size=16,
-                ppo_epochs=1, lr=1e-3, max_new_tokens=10, progress=False, eval_interval=1000)
-    return make_config(PPOConfig, overrides={**base, **kw})
+    defaults = dict(preset="micro", out_dir=str(tmp_path), iterations=1, batch_size=16, minibatch_size=16,
+                    ppo_epochs=1, lr=1e-3, max_new_tokens=10, progress=False, eval_interval=1000)
+    return make_config(PPOConfig, overrides={**defaults, **kw})
 
 
 def rows(tmp_path):
@@ -135,3 +140,173 @@ def test_unknown_reward_is_a_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match="--reward='judge'"):
         run(cfg(tmp_path, reward="judge"))
+
+
+def test_whiten_rewards_logs_the_raw_scores(tmp_path):
+    """--whiten_rewards shapes with the whitened scores, but objective/scores is still the mean reward-model
+    score after the missing-EOS penalty (not ~0), and objective/rlhf_reward = scores + non_score_reward."""
+    seen = []  # per call: the scores after the penalty, computed here from the rows score_fn is given
+
+    def score(tokens, attention_mask):
+        s = low_token_share(tokens, attention_mask) + 5.0  # an offset that whitening would remove
+        ended = ((tokens[:, P:] == END) & attention_mask[:, P:].bool()).any(1)
+        seen.append(s - 1.0 * (~ended).float())
+        return s
+
+    runs = {}
+    for whiten in (False, True):
+        policy, ref, value, prompts = setup()
+        out = tmp_path / str(whiten)
+        out.mkdir()
+        train_ppo(policy, ref, value, score, prompts, TOK,
+                  cfg(out, iterations=2, whiten_rewards=whiten, missing_eos_penalty=1.0), str(out))
+        runs[whiten] = rows(out), policy.state_dict()
+    whitened_rows = runs[True][0]
+    for row, s in zip(whitened_rows, seen[2:]):  # the second run's two iterations
+        assert row["objective/scores"] == pytest.approx(s.mean().item(), abs=1e-5)
+        assert row["objective/scores"] > 4  # raw, not whitened
+        assert row["objective/rlhf_reward"] == pytest.approx(row["objective/scores"] + row["objective/non_score_reward"],
+                                                             abs=1e-5)
+    # the same first rollouts either way, logged alike; the whitening changed the update
+    assert whitened_rows[0]["objective/scores"] == runs[False][0][0]["objective/scores"]
+    assert any(not torch.equal(a, b) for a, b in zip(runs[True][1].values(), runs[False][1].values()))
+
+
+class Crash(Exception):
+    """Stands for a run killed mid-iteration."""
+
+
+def test_nan_loss_error_names_the_iteration_and_the_optimizer_step(tmp_path, monkeypatch):
+    """2 epochs x 4 minibatches = 8 optimizer steps per iteration: a NaN policy loss at iteration 2,
+    epoch 1, minibatch 3 is optimizer step 8 + 3 = 11 of the run."""
+    import minirlhf.ppo as ppo
+    from minirlhf.common import NonFiniteLossError
+    from minirlhf.losses import ppo_policy_loss
+
+    calls = []
+
+    def loss_with_a_nan(*args, **kwargs):
+        loss, metrics = ppo_policy_loss(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 11 else loss), metrics
+
+    monkeypatch.setattr(ppo, "ppo_policy_loss", loss_with_a_nan)
+    policy, ref, value, prompts = setup()
+    c = cfg(tmp_path, iterations=3, batch_size=16, minibatch_size=4, ppo_epochs=2)
+    with pytest.raises(NonFiniteLossError, match=r"^ppo \(iteration 2\): policy_loss is nan at step 11 "):
+        train_ppo(policy, ref, value, low_token_share, prompts, TOK, c, str(tmp_path))
+    assert [r["iteration"] for r in rows(tmp_path)] == [1]  # the iteration with the NaN is not logged
+
+
+def documented_metrics(doc: str) -> set[str]:
+    """The names in the first column of a module docstring's "Logged metrics" list."""
+    section = doc.split("Logged metrics")[1].split("\n\n")[0]
+    names = set()
+    for line in section.splitlines()[1:]:
+        if line.startswith("  ") and not line.startswith("   "):  # not a continuation line
+            names.update(n.strip() for n in re.split(r"\s{2,}", line.strip())[0].split(","))
+    return names
+
+
+def test_every_logged_metric_is_documented(tmp_path):
+    import minirlhf.ppo as ppo
+
+    policy, ref, value, prompts = setup()
+    corpus = np.tile(np.arange(20, dtype=np.uint16), 200)
+    c = cfg(tmp_path, iterations=1, ptx_coef=0.5, eval_interval=1)
+    train_ppo(policy, ref, value, low_token_share, prompts, TOK, c, str(tmp_path),
+              evaluate_fn=lambda model, iteration: {"gold": 0.5}, ptx_data=corpus)
+    logged = {"eval/*" if k.startswith("eval/") else k for k in rows(tmp_path)[0]}
+    assert {"ptx_loss", "eval/*", "policy_loss"} <= logged
+    assert logged <= documented_metrics(ppo.__doc__), logged - documented_metrics(ppo.__doc__)
+
+
+def test_stop_and_resume_end_where_an_uninterrupted_run_ends(tmp_path):
+    """--stop_after, then --resume, then a crash between two checkpoints, then --resume again: the same
+    weights (policy and value model) and the same metrics rows as one uninterrupted run, none twice (the
+    rows logged after the last checkpoint are dropped and logged again); a finished run resumes to itself."""
+    settings = dict(iterations=4, batch_size=16, minibatch_size=8, ppo_epochs=2, eval_interval=2)
+
+    def run(out, score_fn=low_token_share, **kw):
+        policy, ref, value, prompts = setup()  # fresh models: a resumed run restores everything from ckpt.pt
+        out.mkdir(exist_ok=True)
+        result = train_ppo(policy, ref, value, score_fn, prompts, TOK, cfg(out, **settings, **kw), str(out))
+        return result, {**policy.state_dict(), **{"value." + k: v for k, v in value.state_dict().items()}}
+
+    def without_seconds(rs):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+
+    _, expected = run(tmp_path / "straight")
+    expected_rows = without_seconds(rows(tmp_path / "straight"))
+    assert len({r["kl_coef"] for r in expected_rows}) == 4  # the adaptive controller moved: its state matters
+
+    out = tmp_path / "stopped"
+    result, _ = run(out, stop_after=1)  # checkpoint after iteration 1
+    assert result["interrupted"] and [r["iteration"] for r in rows(out)] == [1]
+    calls = []
+
+    def crash_in_iteration_4(tokens, attention_mask):  # resumed after 1: the calls of iterations 2, 3, 4
+        calls.append(1)
+        if len(calls) == 3:
+            raise Crash
+        return low_token_share(tokens, attention_mask)
+
+    with pytest.raises(Crash):
+        run(out, crash_in_iteration_4, resume=True)  # checkpoint after iteration 2 (eval_interval), not 3
+    assert [r["iteration"] for r in rows(out)] == [1, 2, 3]
+    result, state = run(out, resume=True)
+    assert not result["interrupted"] and result["trained_iterations"] == 2  # iterations 3 and 4
+    assert without_seconds(rows(out)) == expected_rows
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in expected)
+
+    result, state = run(out, resume=True)  # finished: nothing left to train
+    assert result["trained_iterations"] == 0 and without_seconds([result["last_row"]]) == expected_rows[-1:]
+    assert without_seconds(rows(out)) == expected_rows
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    policy, ref, value, prompts = setup()
+    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint at .*ckpt.pt"):
+        train_ppo(policy, ref, value, low_token_share, prompts, TOK, cfg(tmp_path, resume=True), str(tmp_path))
+
+
+def test_stage_stop_resume_and_resume_of_a_finished_run(base, tmp_path):  # noqa: F811
+    """`minirlhf ppo --stop_after=1`, then `--resume`: no model.pt or summary at the stop, then the same
+    model.pt and metrics rows as an uninterrupted run; `--resume` on the finished run reproduces it."""
+    from minirlhf import checkpoint as ck
+    from minirlhf.model import ScalarModel
+    from minirlhf.ppo import run
+
+    trunk, _ = ck.load_model(base["init"])
+    torch.manual_seed(0)
+    rm = str(tmp_path / "rm.pt")
+    ck.save_checkpoint(rm, ck.model_payload(ScalarModel(trunk), "reward"))
+    over = dict(preset="micro", out_dir=str(tmp_path / "out"), init=base["init"], reward_model=rm,
+                prompts=base["prompts"], iterations=3, batch_size=8, minibatch_size=4, max_new_tokens=8,
+                progress=False)
+
+    def stage(run_name, **kw):
+        return run(make_config(PPOConfig, overrides={**over, "run_name": run_name, **kw}))
+
+    def artifacts(run_name):
+        d = tmp_path / "out" / "micro" / run_name
+        metrics = [{k: v for k, v in r.items() if k != "seconds"} for r in rows(d)]
+        return ck.load_checkpoint(str(d / "model.pt"))["model"], metrics
+
+    straight = stage("straight")
+    assert stage("resumed", stop_after=1) == {"stage": "ppo", "iterations": 1, "interrupted": True}
+    assert not (tmp_path / "out" / "micro" / "resumed" / "model.pt").exists()
+    resumed = stage("resumed", resume=True)
+    assert resumed["final_kl_coef"] == straight["final_kl_coef"] and resumed["iterations"] == 3
+    (weights, metrics), (expected_weights, expected_metrics) = artifacts("resumed"), artifacts("straight")
+    assert metrics == expected_metrics and all(torch.equal(weights[k], expected_weights[k]) for k in weights)
+    again = stage("resumed", resume=True)  # finished: nothing to train, the same artifacts
+    assert again["final_kl_coef"] == straight["final_kl_coef"] and artifacts("resumed")[1] == expected_metrics
+    assert all(torch.equal(artifacts("resumed")[0][k], expected_weights[k]) for k in weights)
+
+
+def test_eval_interval_below_one_is_a_clear_error(tmp_path):
+    policy, ref, value, prompts = setup()
+    with pytest.raises(ValueError, match="--eval_interval=0: must be >= 1"):
+        train_ppo(policy, ref, value, low_token_share, prompts, TOK, cfg(tmp_path, eval_interval=0), str(tmp_path))
