@@ -95,28 +95,40 @@ def check_finite(history: dict[str, list], stage: str, first_step: int, last_goo
 # logging and artifacts
 
 
+def rows_up_to(path: str, last: int, key: str = "step") -> tuple[list[dict], int]:
+    """The rows of a JSONL log whose `key` ("step", or "iteration" for PPO and GRPO) is at most `last`,
+    and how many later rows there were ([] and 0 when the file does not exist).
+
+    What a resumed run keeps: a run stopped between two checkpoints logged rows past its last one, and
+    the resumed run logs those steps again."""
+    if not os.path.exists(path):
+        return [], 0
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    kept = [r for r in rows if r[key] <= last]
+    return kept, len(rows) - len(kept)
+
+
 class MetricsLog:
     """Appends one JSON object per logged step to metrics.jsonl.
 
     resume_step: None starts a new log (an existing file is removed); a step (resuming from the checkpoint
     written at that step) keeps the rows up to it and removes the later ones, which a crashed run logged
-    after its last checkpoint and the resumed run logs again; `dropped` counts them.
+    after its last checkpoint and the resumed run logs again; `dropped` counts them. `key` names the
+    rows' step field ("iteration" for PPO and GRPO).
     """
 
-    def __init__(self, path: str, resume_step: int | None = None, enabled: bool = True):
+    def __init__(self, path: str, resume_step: int | None = None, enabled: bool = True, key: str = "step"):
         self.path, self.enabled, self.dropped = path, enabled, 0
         if not enabled or not os.path.exists(path):
             return
         if resume_step is None:
             os.remove(path)
             return
-        with open(path) as f:
-            lines = [line for line in f if line.strip()]
-        kept = [line for line in lines if json.loads(line)["step"] <= resume_step]
-        self.dropped = len(lines) - len(kept)
+        kept, self.dropped = rows_up_to(path, resume_step, key)
         if self.dropped:
             with open(path + ".tmp", "w") as f:
-                f.writelines(kept)
+                f.writelines(json.dumps(r) + "\n" for r in kept)
             os.replace(path + ".tmp", path)
 
     def log(self, row: dict) -> None:

@@ -116,7 +116,7 @@ from minirlhf.config import GRPOConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import prompt_text, read_prompts
 from minirlhf.engine import generate_sharded, response_logprobs
 from minirlhf.losses import grpo_loss
-from minirlhf.ppo import restore_random, rows_up_to
+from minirlhf.ppo import resume_rl
 from minirlhf.sft import stage_file, stage_tokenizer, world_eval, world_file
 from minirlhf.tokenizer import render_prompt
 
@@ -285,25 +285,14 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
     optimizer = make_adamw(policy.optimizer_groups(0.0), cfg.lr, (0.9, 0.95), device)
     order = random.Random(cfg.seed)  # the prompt order: the one random state carried from iteration to iteration
     ckpt_path, metrics_path = os.path.join(out, "ckpt.pt"), os.path.join(out, "metrics.jsonl")
-    start_it, row, last_eval, kept_rows = 0, {}, {}, []
+    start_it, row, last_eval = 0, {}, {}
     if cfg.resume:
-        if not os.path.exists(ckpt_path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; run without --resume first")
-        state = ck.load_checkpoint(ckpt_path)
-        if state["iteration"] > cfg.iterations:
-            raise ValueError(f"--resume: {ckpt_path} is at iteration {state['iteration']}, past "
-                             f"--iterations={cfg.iterations}")
-        policy.load_state_dict(state["policy"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_random(order, state["prompt_order"])
+        state = resume_rl(STAGE, ckpt_path, cfg.iterations, {"policy": policy}, optimizer, order)
         start_it, row, last_eval = state["iteration"], state["last_row"], state["last_eval"]
-        kept_rows = rows_up_to(metrics_path, start_it) if main else []
-        dist.print0(f"[{STAGE}] resuming after iteration {start_it}")
     ddp_policy = dist.data_parallel(policy)  # DDP with several processes; the policy itself in one
     steps_per_iteration = cfg.ppo_epochs * len(range(0, B, cfg.minibatch_size))  # optimizer steps
-    log = MetricsLog(metrics_path, enabled=main)  # a new file; resuming, it holds the rows up to the checkpoint
-    for r in kept_rows:
-        log.log(r)
+    # a new file; resuming, the rows up to the checkpoint stay
+    log = MetricsLog(metrics_path, start_it if cfg.resume else None, enabled=main, key="iteration")
     watch = Stopwatch()
     rollout_tokens, rollout_seconds, done = 0, 0.0, start_it
     bar = tqdm(range(start_it, cfg.iterations), initial=start_it, total=cfg.iterations,

@@ -97,7 +97,7 @@ from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf import ops, rl
 from minirlhf.common import MetricsLog, Stopwatch, check_finite, config_key, file_digest, make_adamw, \
-    resolve_device, reusable, setup_torch, write_json
+    resolve_device, reusable, rows_up_to, setup_torch, write_json
 from minirlhf.config import PPOConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import prompt_text, read_jsonl, read_prompts
 from minirlhf.engine import generate_sharded, response_logprobs
@@ -164,23 +164,22 @@ def gold_score_fn(prompts: list[list[int]], texts: list[str], tok, judge_fn):
     return score
 
 
-def rows_up_to(path: str, iteration: int) -> list[dict]:
-    """The rows of a JSONL log (metrics.jsonl, eval_samples.jsonl) whose "iteration" is at most `iteration`.
-
-    What a resumed run keeps: a run stopped between two checkpoints logged rows past its last one, and
-    the resumed run logs those iterations again. [] when the file does not exist.
-    """
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [r for r in rows if r["iteration"] <= iteration]
-
-
-def restore_random(order: random.Random, state) -> None:
-    """Set a random.Random to a state saved with getstate() and loaded back with weights_only."""
-    version, internal, gauss = state
+def resume_rl(stage: str, ckpt_path: str, iterations: int, modules: dict, optimizer, order: random.Random) -> dict:
+    """--resume for PPO and GRPO: load ckpt.pt's weights into `modules` (name -> nn.Module), the optimizer
+    state and the prompt-order generator's state; return the checkpoint (iteration, last_row, last_eval,
+    and what else the stage saved, e.g. PPO's kl_coef)."""
+    if not os.path.exists(ckpt_path):
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; run without --resume first")
+    state = ck.load_checkpoint(ckpt_path)
+    if state["iteration"] > iterations:
+        raise ValueError(f"--resume: {ckpt_path} is at iteration {state['iteration']}, past --iterations={iterations}")
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    optimizer.load_state_dict(state["optimizer"])
+    version, internal, gauss = state["prompt_order"]  # random.Random.getstate(), its tuple loaded back as a list
     order.setstate((version, tuple(internal), gauss))
+    dist.print0(f"[{stage}] resuming after iteration {state['iteration']}")
+    return state
 
 
 def explained_variance(values, returns, mask) -> torch.Tensor:
@@ -224,27 +223,15 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
               else rl.FixedKLController(cfg.kl_coef))
     order = random.Random(cfg.seed)  # the prompt order: the one random state carried from iteration to iteration
     ckpt_path, metrics_path = os.path.join(out, "ckpt.pt"), os.path.join(out, "metrics.jsonl")
-    start_it, row, last_eval, kept_rows = 0, {}, {}, []
+    start_it, row, last_eval = 0, {}, {}
     if cfg.resume:
-        if not os.path.exists(ckpt_path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; run without --resume first")
-        state = ck.load_checkpoint(ckpt_path)
-        if state["iteration"] > cfg.iterations:
-            raise ValueError(f"--resume: {ckpt_path} is at iteration {state['iteration']}, past "
-                             f"--iterations={cfg.iterations}")
-        policy.load_state_dict(state["policy"])
-        value_model.load_state_dict(state["value"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = resume_rl(STAGE, ckpt_path, cfg.iterations, {"policy": policy, "value": value_model}, optimizer, order)
         kl_ctl.value = state["kl_coef"]
-        restore_random(order, state["prompt_order"])
         start_it, row, last_eval = state["iteration"], state["last_row"], state["last_eval"]
-        kept_rows = rows_up_to(metrics_path, start_it) if main else []
-        dist.print0(f"[{STAGE}] resuming after iteration {start_it}")
     actor_critic = dist.data_parallel(ActorCritic(policy, value_model))  # DDP with several processes
     steps_per_iteration = cfg.ppo_epochs * len(range(0, cfg.batch_size, cfg.minibatch_size))  # optimizer steps
-    log = MetricsLog(metrics_path, enabled=main)  # a new file; resuming, it holds the rows up to the checkpoint
-    for r in kept_rows:
-        log.log(r)
+    # a new file; resuming, the rows up to the checkpoint stay
+    log = MetricsLog(metrics_path, start_it if cfg.resume else None, enabled=main, key="iteration")
     watch = Stopwatch()
     rollout_tokens, rollout_seconds, done = 0, 0.0, start_it
     bar = tqdm(range(start_it, cfg.iterations), initial=start_it, total=cfg.iterations,
@@ -431,7 +418,7 @@ def run(cfg: PPOConfig) -> dict:
         # this iteration or later, left by a run stopped before its next checkpoint, are replaced
         if dist.is_main() and os.path.exists(os.path.join(out, "samples.jsonl")):
             held = [r for _, r in read_jsonl(os.path.join(out, "samples.jsonl")) if r.get("split") == "eval"]
-            kept = rows_up_to(samples_path, iteration - 1) + [{"iteration": iteration, **r}
+            kept = rows_up_to(samples_path, iteration - 1, "iteration")[0] + [{"iteration": iteration, **r}
                                                               for r in held[:cfg.samples_per_eval]]
             with open(samples_path, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
