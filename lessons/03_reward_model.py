@@ -24,10 +24,10 @@ What you should see
      being 0.90. Noise costs about 2.5 points, as much as four times as many single-label pairs buy
      (16,000: 0.822). Both together -- 16,000 pairs with soft labels -- score 0.827 / 0.840 / 0.850 on
      the fresh pairs after 300 / 600 / 1,200 steps: 0.85 takes four times the comparisons and the
-     compute. The rest of the gap is what a 1M-parameter trunk can read from the text (and on the SFT model's own samples,
-     step 5, the soft-label model is no better: 0.44-0.49 on held-out prompts; PPO against it ends at
-     0.10 +- 0.01 held-out gold over three evaluation seeds, at KL 1.1, below SFT's 0.24 as PPO against
-     the default one does). The 0.91 is a generous bound: it counts near-ties as won, and
+     compute. The rest of the gap is what a 1M-parameter trunk can read from the text (and on the SFT
+     model's own samples, step 5, the soft-label model is no better: 0.44-0.49 on held-out prompts; PPO
+     against it ends at 0.10 +- 0.01 held-out gold over three evaluation seeds, at KL 1.1, below SFT's
+     0.24 as PPO against the default one does). The 0.91 is a generous bound: it counts near-ties as won, and
      ideal-vs-verbose pairs are near-ties for the annotators (median probability 0.53 for the better
      answer), so a small error in how a reward model weighs length loses that whole style pairing: six
      trained reward models (three seeds, labels and soft labels) order 0.09-0.27 of those pairs the
