@@ -368,7 +368,7 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
                                     ("policy/approx_kl", ops.masked_mean(ops.kl_k3(old, new_logprobs), mb_mask),
                                      tok_share)):
                         stats.setdefault(k, []).append(v.detach() * w)
-                    ratio_max.append((ratio * mb_mask).max())
+                    ratio_max.append(ops.select(ratio, mb_mask).max())  # pads 0, whatever their ratio
         stats = dist.sum_parts(stats)  # the minibatch means over every rank's part: one all-reduce per iteration
         # one loss per optimizer step, in order: this iteration's first step is it * steps + 1
         check_finite({"policy/loss": stats["policy/loss"]}, f"{STAGE} (iteration {it + 1})",
