@@ -7,7 +7,10 @@ n = words): e.g. a correct 6-word fact answer scores 0.70 + 0.20 * 15 / (15 + 6)
 Run: PYTHONPATH=. python -m pytest tests/test_judge.py -q
 """
 
+import os
 import random
+import subprocess
+import sys
 import time
 
 import pytest
@@ -218,13 +221,17 @@ def test_padding_sentences_carry_no_score():
             assert "wrong" not in judge_terms(task.prompt, sentence + END)
 
 
-def test_deterministic():
-    rng = random.Random(5)
-    world = build_world("micro", seed=5)
-    pairs = [(t.prompt, make_response(t, rng.choice(styles_for(t.category)), rng, world) + END)
-             for t in tasks_for(world, "train")]
-    first = [judge(p, r) for p, r in pairs]
-    assert first == [judge(p, r) for p, r in pairs]
+def test_deterministic_across_processes():
+    # the same scores in fresh interpreters with different string-hash seeds (set and dict order)
+    code = ("import random\n"
+            "from minirlhf.world import build_world, judge, make_response, tasks_for\n"
+            "from minirlhf.world.tasks import styles_for\n"
+            "rng, world = random.Random(5), build_world('micro', seed=5)\n"
+            "print([judge(t.prompt, make_response(t, rng.choice(styles_for(t.category)), rng, world) + '<|end|>')\n"
+            "       for t in tasks_for(world, 'train')])\n")
+    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")]
+    assert outs[0] == outs[1] and len(outs[0]) > 100
 
 
 def test_fast():

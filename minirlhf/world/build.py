@@ -19,8 +19,10 @@ chat tokens; the chat template adds `<|user|>`, `<|assistant|>` and `<|end|>` wh
 | prefs.jsonl        | labelled pairs on train prompts              | prompt, chosen, rejected, gold_chosen,    |
 |                    |                                              | gold_rejected, p_chosen, category, topic, |
 |                    |                                              | style_chosen, style_rejected, split       |
-| prefs_eval.jsonl   | the same on fresh train prompts (half) and   | as prefs.jsonl                            |
-|                    | eval prompts (half)                          |                                           |
+| prefs_eval.jsonl   | the same on new draws of train prompts (half:| as prefs.jsonl                            |
+|                    | most of these prompts are in prefs.jsonl too,|                                           |
+|                    | mostly with other responses) and on eval     |                                           |
+|                    | prompts (half)                               |                                           |
 | kto.jsonl          | prefs.jsonl unpaired (chosen -> true)        | prompt, completion, label, gold, style,   |
 |                    |                                              | category, topic                           |
 | rl_prompts.jsonl   | train prompts for PPO / GRPO                 | prompt, category, topic, split            |

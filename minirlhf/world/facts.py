@@ -24,6 +24,14 @@ What it holds
 Deliberate simplifications: one continent per country (countries on two continents are left out),
 one food and one home per animal (the most typical), and only names that are not substrings of one
 another at word boundaries (no Niger / Nigeria), so that a plain word match can tell facts apart.
+
+Known flaw, kept in this world version: arithmetic facts are split one by one, so a held-out sum can
+have its commuted twin among the train facts (held-out "1 + 2", train "2 + 1"): 12 of the 16 held-out
+arithmetic facts of `tiny` (seed 1337). Held-out arithmetic therefore mostly measures commutation: the
+SFT model answers 0.31 of the held-out sums with a twin in training correctly and 0.18 of the others;
+GRPO on the gold judge raises the first to 0.53 and leaves the second at 0.15 (8 samples per prompt,
+temperature 1). Splitting on the unordered operand pair fixes it but changes every data set of the
+world, so it waits for the next world version, with every reported number measured again.
 """
 
 from __future__ import annotations

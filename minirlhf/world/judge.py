@@ -52,6 +52,13 @@ judge is lenient about phrasing and blind to meaning it has no words for; the le
 documented where they happen (a value that is the entity's own value of another type, e.g. "fish" for
 a penguin that eats fish, or its own name, e.g. "rabbits" in "Rabbits eat carrots" although eagles eat
 rabbits, never counts as wrong).
+
+Known gaps, kept in this world version because the gold scores behind every annotator label would
+change with them: the wrong-number check reads digits only, while the answer credit also accepts
+number words, so a wrong number written in words is not penalised ("3 plus 4 is eight." scores 0.0,
+"3 plus 4 is 8." -0.6) and a right number word anywhere earns the credit ("A spider has eight legs."
+for "What is 1 plus 7?"); and "none" counts as a leg count of zero ("None of them are short." after a
+right answer is scored as a wrong leg count).
 """
 
 from __future__ import annotations

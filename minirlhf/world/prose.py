@@ -7,7 +7,7 @@ byte-level BPE can only learn as many merges as the text has distinct character 
 
     import random
     from minirlhf.world.prose import everyday_story
-    everyday_story(random.Random(0))   # 'On a windy afternoon, Hugo polished a rusty kettle near the ...'
+    everyday_story(random.Random(0))   # 'Loudly, Edith swept the puzzle and put it above the stadium. ...'
 
 Deliberate simplifications: sentences are drawn from a handful of templates over word lists, so they
 are grammatical but often whimsical ("Mia painted the quiet lantern beside the harbour."). They never
