@@ -28,6 +28,8 @@ Anything else is refused with a one-line error naming the config key, never impo
 Tokenizer. The folder's `vocab.json` + `merges.txt` (or a Hugging Face `tokenizer.json`) become tiktoken
 ranks with unchanged ids (see `Tokenizer.from_hf_bpe`); with `--tokenizer=gpt2`, or when the folder
 has no tokenizer files and 50257 tokens, tiktoken's own GPT-2 encoding from its local cache is used.
+Settings with which transformers would encode text differently (`add_prefix_space: true`, a
+`normalizer`, an added token that is not `"special": true`) are refused, not ignored.
 
 Chat tokens. Our chat template needs `<|user|>`, `<|assistant|>`, `<|end|>`, `<|pad|>` (and
 `<|endoftext|>`). Those the vocabulary lacks get the next ids, and the embedding matrix (tied to the
@@ -239,6 +241,43 @@ def load_hf_gpt2(path: str):
     return model
 
 
+def _refuse_encoding_options(path: str, tokenizer_json: dict | None) -> None:
+    """Refuse the Hugging Face tokenizer settings with which transformers would encode text differently from
+    our tiktoken encoding of the same vocabulary; GPT-2's own files set none of them. They are
+    `add_prefix_space: true` in tokenizer_config.json or in tokenizer.json's pre_tokenizer (a
+    space is put before the text), a tokenizer.json `normalizer` (the text is rewritten first), and an
+    added token not marked `"special": true` in tokenizer_config.json's added_tokens_decoder or tokenizer.json's
+    added_tokens (transformers finds it in plain text as an ordinary word; our encoder never emits an
+    added token: they are our control tokens, which enter a sequence only through the chat template)."""
+    not_special = ("transformers finds a non-special added token in plain text as an ordinary word, our encoder "
+                   'never does; only "special": true added tokens are supported')
+    tc = os.path.join(path, "tokenizer_config.json")
+    if os.path.isfile(tc):
+        with open(tc, encoding="utf-8") as f:
+            config = json.load(f)
+        if config.get("add_prefix_space"):
+            raise ValueError(f"{tc}: key 'add_prefix_space' is {json.dumps(config['add_prefix_space'])}; transformers "
+                             "would put a space before the text, which our encoder does not (set it to false)")
+        for i, entry in (config.get("added_tokens_decoder") or {}).items():
+            if entry.get("special") is not True:
+                raise ValueError(f"{tc}: added_tokens_decoder[{i!r}] ({entry.get('content')!r}) is not "
+                                 f'"special": true; {not_special}')
+    if tokenizer_json is not None:
+        tj = os.path.join(path, "tokenizer.json")
+        normalizer = tokenizer_json.get("normalizer")
+        if normalizer is not None:
+            kind = normalizer.get("type") if isinstance(normalizer, dict) else normalizer
+            raise ValueError(f"{tj}: key 'normalizer' is set (type {kind!r}); transformers would rewrite the text "
+                             "before encoding, which our encoder does not")
+        if (tokenizer_json.get("pre_tokenizer") or {}).get("add_prefix_space"):
+            raise ValueError(f"{tj}: key 'pre_tokenizer.add_prefix_space' is true; transformers would put a space "
+                             "before the text, which our encoder does not (set it to false)")
+        for k, entry in enumerate(tokenizer_json.get("added_tokens") or []):
+            if entry.get("special") is not True:
+                raise ValueError(f"{tj}: added_tokens[{k}] ({entry.get('content')!r}) is not "
+                                 f'"special": true; {not_special}')
+
+
 def _added_tokens(path: str) -> dict[str, int]:
     """Added tokens (text -> id) from tokenizer_config.json's added_tokens_decoder and added_tokens.json."""
     added: dict[str, int] = {}
@@ -260,6 +299,7 @@ def load_hf_tokenizer(path: str, tokenizer: str = "auto", vocab_size: int | None
     tokenizer="auto": our own tokenizer.json, else vocab.json + merges.txt, else a Hugging Face
     tokenizer.json (byte-level BPE), else tiktoken's GPT-2 encoding when `vocab_size` is 50257.
     tokenizer="gpt2": tiktoken's GPT-2 encoding (local files only; see Tokenizer.gpt2).
+    Hugging Face settings that would change the encoding are refused (see _refuse_encoding_options).
     """
     if tokenizer == "gpt2":
         return Tokenizer.gpt2()
@@ -273,6 +313,7 @@ def load_hf_tokenizer(path: str, tokenizer: str = "auto", vocab_size: int | None
             payload = json.load(f)
         if payload.get("format") == "minirlhf-tokenizer":
             return Tokenizer.load(tj)
+    _refuse_encoding_options(path, payload)
     vocab_path, merges_path = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
     if os.path.isfile(vocab_path) and os.path.isfile(merges_path):
         return Tokenizer.from_vocab_merges(vocab_path, merges_path, _added_tokens(path), name)
@@ -283,7 +324,8 @@ def load_hf_tokenizer(path: str, tokenizer: str = "auto", vocab_size: int | None
                              f"pre_tokenizer {pre.get('type')!r})")
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
         added = {t["content"]: t["id"] for t in payload.get("added_tokens", [])}
-        return Tokenizer.from_hf_bpe(model.get("vocab", {}), merges, added, name, source=tj)
+        merge_where = [f"{tj}: model.merges[{k}]" for k in range(len(merges))]
+        return Tokenizer.from_hf_bpe(model.get("vocab", {}), merges, added, name, tj, merge_where)
     if vocab_size == 50257:
         return Tokenizer.gpt2()
     raise FileNotFoundError(f"{path}: no tokenizer files (vocab.json + merges.txt, or tokenizer.json); "

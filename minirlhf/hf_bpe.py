@@ -7,12 +7,13 @@ write our trained tokenizer in the format ``transformers`` loads. Bytes appear i
 visible characters through GPT-2's ``bytes_to_unicode`` map.
 
 How to use it (normally through ``Tokenizer.from_vocab_merges`` / ``Tokenizer.save_vocab_merges``):
-    vocab, merges = read_hf_bpe("gpt2/vocab.json", "gpt2/merges.txt")
-    ranks, specials = hf_bpe_to_ranks(vocab, merges)
+    vocab, merges, merge_where = read_hf_bpe("gpt2/vocab.json", "gpt2/merges.txt")
+    ranks, specials = hf_bpe_to_ranks(vocab, merges, "gpt2/vocab.json", merge_where)
     vocab_again, merges_again = ranks_to_hf_bpe(ranks, specials)
 
-Deliberate simplifications: byte-level BPE only (no WordPiece, no SentencePiece); a file whose merged-token
-ids do not increase down merges.txt is refused rather than re-ranked (see ``hf_bpe_to_ranks``).
+Deliberate simplifications: byte-level BPE only (no WordPiece, no SentencePiece); a file that tiktoken
+would encode differently from Hugging Face (merged-token ids that do not increase down merges.txt, or a
+merge that tiktoken's BPE would not make) is refused rather than re-ranked (see ``hf_bpe_to_ranks``).
 """
 
 from __future__ import annotations
@@ -56,19 +57,25 @@ def _bpe_split(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[byt
     return parts
 
 
-def hf_bpe_to_ranks(vocab: dict[str, int], merges: Sequence[tuple[str, str]], source: str = "vocab.json"
-                    ) -> tuple[dict[bytes, int], dict[str, int]]:
+def hf_bpe_to_ranks(vocab: dict[str, int], merges: Sequence[tuple[str, str]], source: str = "vocab.json",
+                    merge_where: Sequence[str] | None = None) -> tuple[dict[bytes, int], dict[str, int]]:
     """A Hugging Face byte-level BPE (vocab.json + merges.txt) -> (tiktoken mergeable ranks, special tokens).
 
     Ids never change: a token's tiktoken rank IS its vocab.json id (the model's embedding row). tiktoken
-    merges the adjacent pair whose concatenation has the lowest rank, Hugging Face the pair listed
-    earliest in merges.txt; the two agree when the ids of the merged tokens increase down merges.txt, as
-    they do in GPT-2 (merge i creates id 256 + i) and in every file that ``ranks_to_hf_bpe`` writes. That
-    is checked, and a file that breaks it is an error rather than a tokenizer that silently differs.
+    merges ANY adjacent pair whose concatenation is a token, lowest rank first; Hugging Face merges only
+    the pairs listed in merges.txt, earliest first. The two split every word alike when (1) the ids of
+    the merged tokens increase down merges.txt and (2) each merge (left, right) -> token is the last step
+    of tiktoken's own BPE of the token's bytes with the lower ids (``_bpe_split``, the rule by which
+    ``ranks_to_hf_bpe`` writes merges). GPT-2's files (merge i creates id 256 + i) and every file that
+    ``ranks_to_hf_bpe`` writes satisfy both. Both are checked, and a merge that breaks either is an error
+    naming where it was read (``merge_where[i]``, e.g. "merges.txt:5"; default "<source>: merge <i + 1>")
+    rather than a tokenizer that silently differs. E.g. merges ``a b``, ``b c``, ``a bc`` break (2):
+    tiktoken builds "abc" as ``ab`` + ``c``, a pair Hugging Face never merges.
     Entries that are neither single bytes nor made by a merge (e.g. ``<|endoftext|>``) become special
     tokens under their own string.
     """
-    char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
+    to_text = bytes_to_unicode()
+    char_to_byte = {c: b for b, c in to_text.items()}
 
     def to_bytes(text: str) -> bytes:
         try:
@@ -83,11 +90,15 @@ def hf_bpe_to_ranks(vocab: dict[str, int], merges: Sequence[tuple[str, str]], so
     if missing:
         raise ValueError(f"{source}: no token for the single bytes {missing[:8]}{'...' if len(missing) > 8 else ''}; "
                          "a byte-level BPE needs all 256 so that any text can be encoded")
+
+    def at(i: int) -> str:  # where merge i was read
+        return merge_where[i] if merge_where else f"{source}: merge {i + 1}"
+
     ranks = {bytes([b]): vocab[c] for b, c in bytes_to_unicode().items()}
     made: dict[str, int] = {}  # token -> index of the merge that creates it
     last_id = -1
     for i, (left, right) in enumerate(merges):
-        where = f"{source}: merge {i + 1} ({left} {right})"
+        where = f"{at(i)} ({left} {right})"
         for part in (left, right):
             if part not in vocab:
                 raise ValueError(f"{where}: {part!r} is not in the vocabulary")
@@ -95,13 +106,21 @@ def hf_bpe_to_ranks(vocab: dict[str, int], merges: Sequence[tuple[str, str]], so
         if token not in vocab:
             raise ValueError(f"{where}: the merged token {token!r} is not in the vocabulary")
         if token in made:
-            raise ValueError(f"{where}: creates {token!r}, which merge {made[token] + 1} already creates")
+            raise ValueError(f"{where}: creates {token!r}, which {at(made[token])} already creates")
         if vocab[token] <= last_id:
             raise ValueError(f"{where}: creates id {vocab[token]}, not above the previous merge's id {last_id}; "
                              "tiktoken ranks merges by token id, so merged-token ids must increase down the merges")
         made[token] = i
         last_id = vocab[token]
-        ranks[to_bytes(token)] = vocab[token]
+        token_bytes = to_bytes(token)
+        ranks[token_bytes] = vocab[token]
+        # every multi-byte token with a lower id came from an earlier merge (ids increase), so is in `ranks`
+        steps = _bpe_split(ranks, token_bytes, vocab[token])
+        if steps != [to_bytes(left), to_bytes(right)]:
+            shown = " ".join("".join(to_text[b] for b in part) for part in steps)
+            raise ValueError(f"{where}: tiktoken's BPE of {token!r} with the lower ids ends at {shown}, not at "
+                             f"{left} {right}; tiktoken merges any adjacent pair that forms a token, Hugging Face "
+                             "only the listed pairs, so the two would encode text containing it differently")
     byte_chars = set(bytes_to_unicode().values())
     specials = {text: i for text, i in vocab.items() if text not in made and text not in byte_chars}
     return ranks, specials
@@ -134,9 +153,11 @@ def ranks_to_hf_bpe(ranks: dict[bytes, int], special_tokens: dict[str, int]
 
 
 def read_hf_bpe(vocab_path: str | os.PathLike, merges_path: str | os.PathLike
-                ) -> tuple[dict[str, int], list[tuple[str, str]]]:
+                ) -> tuple[dict[str, int], list[tuple[str, str]], list[str]]:
     """Read vocab.json (token -> id) and merges.txt ("left right" per line, an optional first line
-    ``#version: ...``); a malformed entry is an error naming the file and the line."""
+    ``#version: ...``, empty lines skipped); a malformed entry is an error naming the file and the line.
+
+    Returns (vocab, merges, merge_where), merge_where[i] = "<merges_path>:<line>" of merges[i]."""
     vocab_path, merges_path = Path(vocab_path), Path(merges_path)
     for path in (vocab_path, merges_path):
         if not path.is_file():
@@ -148,7 +169,7 @@ def read_hf_bpe(vocab_path: str | os.PathLike, merges_path: str | os.PathLike
     if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
                                               for i in vocab.values()):
         raise ValueError(f"{vocab_path}: expected one JSON object mapping each token to its id (an int >= 0)")
-    merges = []
+    merges, merge_where = [], []
     for n, line in enumerate(merges_path.read_text(encoding="utf-8").split("\n"), start=1):
         line = line.removesuffix("\r")
         if not line or (n == 1 and line.startswith("#version")):
@@ -157,4 +178,5 @@ def read_hf_bpe(vocab_path: str | os.PathLike, merges_path: str | os.PathLike
         if len(parts) != 2 or not all(parts):
             raise ValueError(f"{merges_path}:{n}: expected two tokens separated by one space, got {line!r}")
         merges.append((parts[0], parts[1]))
-    return vocab, merges
+        merge_where.append(f"{merges_path}:{n}")
+    return vocab, merges, merge_where

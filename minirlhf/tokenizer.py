@@ -265,7 +265,8 @@ class Tokenizer:
     """A ``tiktoken.Encoding`` plus the ids of the five chat/control tokens.
 
     ``mergeable_ranks`` maps token bytes to ids; the special tokens get the given ids (by default the
-    ids right after the largest rank, in ``SPECIAL_TOKENS`` order).
+    ids right after the largest rank, in ``SPECIAL_TOKENS`` order). Together they must use every id
+    0..n_vocab-1 exactly once (tiktoken cannot decode an id that no token has).
     """
 
     def __init__(
@@ -287,6 +288,13 @@ class Tokenizer:
             raise ValueError(f"tokenizer {name!r}: special token ids {clash} collide with mergeable ranks")
         if len(set(special_tokens.values())) != len(special_tokens):
             raise ValueError(f"tokenizer {name!r}: special token ids are not unique: {special_tokens}")
+        # every id 0..n-1 exactly once; special tokens usually come last, but an imported Hugging Face
+        # vocabulary may hold one anywhere (e.g. <|endoftext|> at id 0)
+        n = len(mergeable_ranks) + len(special_tokens)
+        unused = sorted(set(range(n)) - {*mergeable_ranks.values(), *special_tokens.values()})
+        if unused:
+            raise ValueError(f"tokenizer {name!r}: mergeable ranks and special tokens together must be the ids "
+                             f"0..{n - 1}, each once; no token has id {unused[:8]}{'...' if len(unused) > 8 else ''}")
         self.name = name
         self.pattern = pattern
         self.special_tokens = dict(special_tokens)
@@ -393,13 +401,7 @@ class Tokenizer:
         specials = payload["special_tokens"]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in specials.values()):
             raise ValueError(f"{path}: key 'special_tokens' must map strings to int ids")
-        # every id 0..n-1 exactly once; special tokens usually come last, but an imported Hugging Face
-        # vocabulary may hold one anywhere (e.g. <|endoftext|> at id 0)
-        n = len(ranks) + len(specials)
-        if sorted([*ranks.values(), *specials.values()]) != list(range(n)):
-            raise ValueError(f"{path}: mergeable_ranks and special_tokens together must be the ids 0..{n - 1}, "
-                             "each once")
-        try:
+        try:  # also checks that the ids are 0..n-1, each once
             return cls(payload["name"], payload["pattern"], ranks, specials)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
@@ -468,15 +470,16 @@ class Tokenizer:
     @classmethod
     def from_hf_bpe(cls, vocab: dict[str, int], merges: Sequence[tuple[str, str]],
                     added_tokens: dict[str, int] | None = None, name: str = "hf-bpe",
-                    source: str = "vocab.json") -> "Tokenizer":
+                    source: str = "vocab.json", merge_where: Sequence[str] | None = None) -> "Tokenizer":
         """A Hugging Face byte-level BPE (see ``hf_bpe_to_ranks``) plus our chat tokens.
 
         ``added_tokens`` (text -> id) are extra special tokens from tokenizer_config.json / tokenizer.json.
         Control tokens the vocabulary lacks (usually all but ``<|endoftext|>``) get the next free ids, in
         ``SPECIAL_TOKENS`` order, after the largest existing id: a model using this tokenizer needs that
-        many new embedding rows (``minirlhf.hf`` adds them).
+        many new embedding rows (``minirlhf.hf`` adds them). The ids must then run 0..n-1 without a gap
+        (checked by ``Tokenizer``; an error names ``source``).
         """
-        ranks, specials = hf_bpe_to_ranks(vocab, merges, source)
+        ranks, specials = hf_bpe_to_ranks(vocab, merges, source, merge_where)
         owner = {i: text for text, i in vocab.items()}
         for text, i in (added_tokens or {}).items():
             if text in vocab and (vocab[text] != i or text not in specials):
@@ -494,14 +497,17 @@ class Tokenizer:
             if s not in specials:
                 specials[s] = next_id
                 next_id += 1
-        return cls(name, GPT2_SPLIT_PATTERN, ranks, specials)
+        try:
+            return cls(name, GPT2_SPLIT_PATTERN, ranks, specials)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
 
     @classmethod
     def from_vocab_merges(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike,
                           added_tokens: dict[str, int] | None = None, name: str = "hf-bpe") -> "Tokenizer":
         """``from_hf_bpe`` on the two files of a Hugging Face GPT-2 tokenizer."""
-        vocab, merges = read_hf_bpe(vocab_path, merges_path)
-        return cls.from_hf_bpe(vocab, merges, added_tokens, name, source=str(vocab_path))
+        vocab, merges, merge_where = read_hf_bpe(vocab_path, merges_path)
+        return cls.from_hf_bpe(vocab, merges, added_tokens, name, str(vocab_path), merge_where)
 
     def save_vocab_merges(self, folder: str | os.PathLike) -> tuple[Path, Path]:
         """Write ``vocab.json`` and ``merges.txt`` (GPT-2's format, special tokens in vocab.json) into `folder`."""

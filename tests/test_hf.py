@@ -1,10 +1,12 @@
 """Hugging Face interop, checked against transformers' own numbers: a random GPT2LMHeadModel imports with
 equal logits, our export loads in transformers with equal logits, import -> export -> import is exact,
 a reward model's exported score equals ours with left and right padding, and a tokenizer read from
-vocab.json + merges.txt encodes like transformers' GPT2Tokenizer built from the same files."""
+vocab.json + merges.txt encodes like transformers' GPT2Tokenizer built from the same files (files and
+settings with which it would not are refused)."""
 
 import json
 import os
+import random
 
 import pytest
 import torch
@@ -20,7 +22,14 @@ from minirlhf import hf  # noqa: E402
 from minirlhf.cli import main  # noqa: E402
 from minirlhf.hf_bpe import bytes_to_unicode, ranks_to_hf_bpe  # noqa: E402
 from minirlhf.model import GPT, ScalarModel  # noqa: E402
-from minirlhf.tokenizer import SPECIAL_TOKENS, Tokenizer, merges_to_ranks, render_conversation, train_bpe  # noqa: E402
+from minirlhf.tokenizer import (  # noqa: E402
+    GPT2_SPLIT_PATTERN,
+    SPECIAL_TOKENS,
+    Tokenizer,
+    merges_to_ranks,
+    render_conversation,
+    train_bpe,
+)
 
 from conftest import english_like_documents  # noqa: E402
 
@@ -243,12 +252,110 @@ def test_bad_tokenizer_files_are_clear_errors(tmp_path, handwritten_files):
     with pytest.raises(ValueError, match=r"merges.txt:3: expected two tokens separated by one space"):
         Tokenizer.from_vocab_merges(tmp_path / "vocab.json", tmp_path / "merges.txt")
     (tmp_path / "merges.txt").write_text("a l\nĠ k\n", encoding="utf-8")  # ids 258 then 257: out of order
-    with pytest.raises(ValueError, match=r"merge 2 \(Ġ k\).*not above the previous merge's id"):
+    with pytest.raises(ValueError, match=r"merges.txt:2 \(Ġ k\): .*not above the previous merge's id"):
         Tokenizer.from_vocab_merges(tmp_path / "vocab.json", tmp_path / "merges.txt")
     del vocab["a"]
     (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     with pytest.raises(ValueError, match=r"no token for the single bytes \[97\]"):
         Tokenizer.from_vocab_merges(tmp_path / "vocab.json", tmp_path / "merges.txt")
+
+
+def write_merges(folder, merges):
+    """vocab.json + merges.txt: the 256 bytes at their own ids, merge i creating id 256 + i, then <|endoftext|>."""
+    u = bytes_to_unicode()
+    vocab = {u[b]: b for b in range(256)}
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    folder.mkdir(exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    return folder
+
+
+def test_merges_that_tiktoken_would_not_make_are_refused(tmp_path):
+    # ids increase down the file, yet tiktoken, which merges any adjacent pair that forms a token, turns
+    # "abc" into ab + c and then into the token abc; transformers merges only listed pairs and stops at ab c
+    folder = write_merges(tmp_path / "files", [("a", "b"), ("b", "c"), ("a", "bc")])
+    theirs = transformers.GPT2Tokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    assert theirs("abc", add_special_tokens=False)["input_ids"] == [256, ord("c")]
+    ranks = {**{bytes([b]): b for b in range(256)}, b"ab": 256, b"bc": 257, b"abc": 258}
+    assert Tokenizer("t", GPT2_SPLIT_PATTERN, ranks).encode("abc") == [258]
+    with pytest.raises(ValueError, match=r"merges.txt:4 \(a bc\): tiktoken's BPE of 'abc' with the lower ids ends "
+                                         r"at ab c, not at a bc"):
+        Tokenizer.from_vocab_merges(folder / "vocab.json", folder / "merges.txt")
+    theirs.save_pretrained(str(tmp_path / "saved"))  # the same merges in transformers' tokenizer.json
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / "saved" / name).unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=r"tokenizer.json: model.merges\[2\] \(a bc\): tiktoken's BPE"):
+        hf.load_hf_tokenizer(str(tmp_path / "saved"))
+
+
+def test_random_merge_files_are_refused_or_encode_like_transformers(tmp_path):
+    """Random merges over a, b, c with increasing ids: every file we accept encodes every probe like
+    transformers (before the merge check, some were accepted and encoded differently)."""
+    rng = random.Random(0)
+    accepted = refused = 0
+    for trial in range(150):
+        merges, tokens = [], ["a", "b", "c"]
+        for _ in range(rng.randint(2, 8)):
+            left, right = rng.choice(tokens), rng.choice(tokens)
+            if left + right not in tokens:
+                merges.append((left, right))
+                tokens.append(left + right)
+        folder = write_merges(tmp_path / f"t{trial}", merges)
+        try:
+            ours = Tokenizer.from_vocab_merges(folder / "vocab.json", folder / "merges.txt")
+        except ValueError as e:
+            assert "tiktoken's BPE of" in str(e)
+            refused += 1
+            continue
+        accepted += 1
+        theirs = transformers.GPT2Tokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+        for _ in range(30):
+            text = "".join(rng.choice("abc ") for _ in range(rng.randint(1, 14)))
+            assert ours.encode(text) == theirs(text, add_special_tokens=False)["input_ids"], (merges, text)
+    assert accepted >= 75 and refused >= 15  # both branches exercised
+
+
+def test_hf_settings_that_change_the_encoding_are_refused(trained_files, tmp_path):
+    ours = Tokenizer.from_vocab_merges(trained_files / "vocab.json", trained_files / "merges.txt")
+    folder = tmp_path / "aps"
+    folder.mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        os.symlink(trained_files / name, folder / name)
+    config = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": True}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    theirs = transformers.AutoTokenizer.from_pretrained(str(folder))
+    assert theirs("the", add_special_tokens=False)["input_ids"] == ours.encode(" the") != ours.encode("the")
+    with pytest.raises(ValueError, match=r"tokenizer_config.json: key 'add_prefix_space' is true"):
+        hf.load_hf_tokenizer(str(folder))
+    config = {"added_tokens_decoder": {"400": {"content": "kalo", "special": False}}}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"""tokenizer_config.json: added_tokens_decoder\['400'\] \('kalo'\) is """
+                                         r'not "special": true'):
+        hf.load_hf_tokenizer(str(folder))
+
+    saved = tmp_path / "saved"  # transformers' own tokenizer.json (no normalizer, no prefix space) loads
+    transformers.GPT2Tokenizer.from_pretrained(str(trained_files)).save_pretrained(str(saved))
+    for name in ("vocab.json", "merges.txt"):
+        (saved / name).unlink(missing_ok=True)
+    sample = " The kalo is 123.\nne  ne"
+    assert hf.load_hf_tokenizer(str(saved)).encode(sample) == ours.encode(sample)
+    payload = json.loads((saved / "tokenizer.json").read_text(encoding="utf-8"))
+    changes = [(("normalizer",), {"type": "NFKC"}, r"key 'normalizer' is set \(type 'NFKC'\)"),
+               (("pre_tokenizer", "add_prefix_space"), True, r"key 'pre_tokenizer.add_prefix_space' is true"),
+               (("added_tokens", 0, "special"), False, r"added_tokens\[0\] \('<\|endoftext\|>'\) is not \"special\"")]
+    for keys, value, message in changes:
+        changed = json.loads(json.dumps(payload))
+        *parents, last = keys
+        target = changed
+        for key in parents:
+            target = target[key]
+        target[last] = value
+        (saved / "tokenizer.json").write_text(json.dumps(changed), encoding="utf-8")
+        with pytest.raises(ValueError, match="tokenizer.json: " + message):
+            hf.load_hf_tokenizer(str(saved))
 
 
 # ----------------------------------------------------------------------------------------------------

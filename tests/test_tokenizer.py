@@ -7,16 +7,21 @@ Every tokenizer here is trained in-process on a few kB of text, so the file runs
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import tempfile
 from collections import Counter
 from functools import lru_cache
+from pathlib import Path
 
 import pytest
 import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from minirlhf.hf_bpe import bytes_to_unicode
 from minirlhf.tokenizer import (
     ASSISTANT,
     END,
@@ -25,6 +30,7 @@ from minirlhf.tokenizer import (
     PAD,
     SPECIAL_TOKENS,
     USER,
+    _GPT2_FILES,
     Tokenizer,
     merges_to_ranks,
     naive_bpe_encode,
@@ -401,6 +407,25 @@ def test_load_errors(tmp_path):
     path.write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ValueError, match="format"):
         Tokenizer.load(path)
+    payload = json.loads(sample_tok().save(path).read_text())
+    payload["mergeable_ranks"][300][1] = 5000  # id 300 now unused
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match=r"tokenizer.json: .*must be the ids 0\.\.\d+, each once; "
+                                         r"no token has id \[300\]"):
+        Tokenizer.load(path)
+
+
+def test_hf_vocabulary_with_an_unused_id_is_refused_at_import(tmp_path):
+    u = bytes_to_unicode()
+    vocab = {u[b]: b for b in range(256)}
+    vocab["ab"] = 256
+    vocab[ENDOFTEXT] = 258  # id 257 belongs to no token
+    with pytest.raises(ValueError, match=r"vocab.json: .*must be the ids 0\.\.261, each once; no token has id \[257\]"):
+        Tokenizer.from_hf_bpe(vocab, [("a", "b")])
+    vocab[ENDOFTEXT] = 257  # without the gap it imports, saves and loads back
+    tok = Tokenizer.from_hf_bpe(vocab, [("a", "b")])
+    assert tok.n_vocab == 262 and tok.encode("cab") == [ord("c"), 256]
+    assert Tokenizer.load(tok.save(tmp_path / "tokenizer.json")).special_tokens == tok.special_tokens
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -429,3 +454,18 @@ def test_gpt2_when_cached_files_exist():
     assert [tok.user_id, tok.assistant_id, tok.end_id, tok.pad_id] == [50257, 50258, 50259, 50260]
     assert tok.n_vocab == 50261
     assert tok.decode(tok.encode("a <|end|> b")) == "a <|end|> b"
+
+
+def test_gpt2_files_import_through_hf_bpe_with_the_same_ranks():
+    """OpenAI's encoder.json + vocab.bpe are GPT-2's vocab.json + merges.txt: they pass every merge check of
+    hf_bpe_to_ranks and give tiktoken's own GPT-2 ranks."""
+    try:
+        tok = Tokenizer.gpt2()
+    except RuntimeError:
+        pytest.skip("GPT-2 tokenizer files are not in the local tiktoken cache")
+    cache = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+                 or Path(tempfile.gettempdir()) / "data-gym-cache")
+    cached = {name: cache / hashlib.sha1(url.encode()).hexdigest() for name, (url, _) in _GPT2_FILES.items()}
+    imported = Tokenizer.from_vocab_merges(cached["encoder.json"], cached["vocab.bpe"])
+    assert imported.mergeable_ranks == tok.mergeable_ranks
+    assert imported.special_tokens == tok.special_tokens
