@@ -13,8 +13,9 @@ What you should see
      or complies with unsafe requests; the SFT model answers briefly, refuses politely, and ends its
      turn with <|end|>.
   4. A table and a bar plot on the same questions: gold reward, fact accuracy, refusals, base vs SFT.
-     (On tiny the SFT model wins on refusals and format, but its gold reward is only a little higher:
-     on held-out entities it often answers with a training entity instead -- see the closing printout.)
+     (On tiny the SFT model wins on refusals and format, and its gold reward on these questions more
+     than doubles, about 0.2 -> 0.5. But on held-out entities it often answers with a training entity
+     instead, and its gold there is far lower than on the training split -- see the closing printout.)
 
 Deliberate simplifications: the library's default SFT settings; one sample per prompt.
 """

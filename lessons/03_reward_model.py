@@ -2,13 +2,14 @@
 
 Run:      python lessons/03_reward_model.py         (preset tiny: about 5 minutes on a 2-core CPU after lesson 02)
           python lessons/03_reward_model.py micro   (seconds)
-Reads:    out/<preset>/sft/ (lesson 02), out/<preset>/world/
+Reads:    out/<preset>/sft/ (lesson 02), out/<preset>/world/ (the stages up to SFT are run first if missing)
 Writes:   out/<preset>/pairs/, out/<preset>/reward/, out/<preset>/reward_odin/,
           plots/rm_scores_by_style_<preset>.png, plots/rm_bias_<preset>.png, plots/rm_odin_<preset>.png
 
 What you should see
   1. On-policy pairs: the SFT model's own samples, labelled by the simulated annotators -- who agree
-     with the gold ordering only about 75 % of the time (label noise, as with real labellers).
+     with the gold ordering on only about 60 % of these pairs (75 % on the world's templated pairs,
+     lesson 00): label noise, as with real labellers.
   2. The reward model's validation accuracy against the annotators' labels is close to that ceiling,
      and against the *gold* ordering it is higher: training on many noisy labels averages noise out.
      How much higher it could be is computable: a perfect model of the annotators (their preference
@@ -32,8 +33,11 @@ What you should see
      answer), so a small error in how a reward model weighs length loses that whole style pairing: six
      trained reward models (three seeds, labels and soft labels) order 0.09-0.27 of those pairs the
      gold way, where the bound counts 0.73.
-  3. Scores per response style line up with the gold judge's ranking (ideal high; wrong, rude and
-     compliance low) -- with one telling exception:
+  3. Scores per response style line up with the gold judge's ranking only in part. Wrong, rude,
+     off-topic and unsafe compliance score low, as they should, but the order differs: on tiny the
+     ideal answers average 0.00, below flattering (1.05) and verbose (0.75) ones and level with
+     truncated ones (0.02), and a refusal of a harmless request (-2.03) scores below compliance with
+     an unsafe one (-1.32), the reverse of gold. The top of that ranking is no accident:
   4. the bias: the annotators like longer and flattering answers, so the reward model does too. It
      scores "Great question! <ideal answer>" above the plain ideal answer for most prompts, while the
      gold judge always prefers the plain one. This is the gap PPO will exploit (lesson 06).
@@ -64,19 +68,19 @@ import sys
 from collections import defaultdict
 
 from minirlhf.checkpoint import load_scalar_model
-from minirlhf.config import PairsConfig, RewardConfig, SFTConfig, make_config
+from minirlhf.config import PairsConfig, RewardConfig, make_config
 from minirlhf.pairs import run as make_pairs
 from minirlhf.plots import plt
 from minirlhf.reward import DECISIVE_GAP
 from minirlhf.reward import run as train_reward
 from minirlhf.reward import score_responses
 from minirlhf.sample import tokenizer_for
-from minirlhf.sft import run as sft
+from prerequisites import ensure
 
 preset = sys.argv[1] if len(sys.argv) > 1 else "tiny"
 out_dir = "out"
 base = os.path.join(out_dir, preset)
-sft(make_config(SFTConfig, overrides={"preset": preset, "out_dir": out_dir, "truncate": True}))  # reused if lesson 02 ran
+ensure(preset, out_dir, upto="sft")  # world -> pretrain -> SFT, each reused when lessons 00-02 (or the pipeline) ran
 
 # %% 1. On-policy pairs, labelled by noisy annotators
 pairs = make_pairs(make_config(PairsConfig, overrides={"preset": preset, "out_dir": out_dir}))

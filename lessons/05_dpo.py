@@ -2,8 +2,9 @@
 
 Run:      python lessons/05_dpo.py          (preset tiny: about 8 minutes on a 2-core CPU after lesson 03)
           python lessons/05_dpo.py micro    (under a minute; learns little)
-Reads:    out/<preset>/sft/ (lesson 02), out/<preset>/pairs/prefs.jsonl (lesson 03: the on-policy pairs
-          DPO trains on), out/<preset>/world/prefs_eval.jsonl (held-out pairs); run here if missing
+Reads:    out/<preset>/sft/ (lesson 02), out/<preset>/pairs/prefs.jsonl (lesson 03: the pairs DPO trains on,
+          the world's templated pairs plus a few hundred pairs of the SFT model's own samples),
+          out/<preset>/world/prefs_eval.jsonl (held-out pairs); run here if missing
 Writes:   out/<preset>/dpo/ (the pipeline's DPO run, beta 0.1, reused if it exists),
           out/<preset>/dpo_beta<beta>/ (the other betas of the sweep), out/<preset>/pairs_ranked/ and
           out/<preset>/dpo_ranked/ (step 5), plots/dpo_curves_<preset>.png, plots/dpo_beta_sweep_<preset>.png
@@ -23,12 +24,16 @@ logs), computed on SUMMED response log-probs. No reward model, no generation, on
 What you should see
   1. Before training the policy IS the reference: every implicit reward is exactly 0 and the loss is
      log 2 = 0.693 on every pair, whatever the label.
-  2. During training: rewards/margins and rewards/accuracies rise; rewards/rejected falls fast. Look at
-     logps/chosen: it usually FALLS too. The loss only asks the *difference* to grow, and the cheapest
-     way is often to push both down, the rejected one faster (the DPO gradient, Rafailov et al. 2023
-     §4, weights "up on y_w, down on y_l" by how wrong the implicit reward is, and nothing anchors
+  2. During training: rewards/margins and rewards/accuracies rise; rewards/rejected falls fast. The
+     chosen side CAN fall too, and that is not a bug: the loss only asks the *difference* to grow, so
+     pushing both down, the rejected one faster, lowers it as well (the DPO gradient, Rafailov et al.
+     2023 §4, weights "up on y_w, down on y_l" by how wrong the implicit reward is, and nothing anchors
      the level; the fall of the chosen likelihood is analysed in later work, e.g. Pal et al. 2024
-     "Smaug" (DPO-Positive) and Razin et al. 2024 "Unintentional Unalignment").
+     "Smaug" (DPO-Positive) and Razin et al. 2024 "Unintentional Unalignment"). On tiny it does not:
+     rewards/chosen (beta times the chosen log-ratio to the reference, steadier than logps/chosen) is
+     positive at every logged step and rises from +0.03 to +0.25, while rewards/rejected falls from
+     -0.02 to -0.48. Step 5's run on ranked pairs is one where the chosen side falls: on the held-out
+     pairs its val_rewards/chosen is -0.25 (out/tiny/dpo_ranked/summary.json).
   3. After training, the implicit rewards of a few held-out pairs, computed by hand from the two
      models' log-probs, equal what `losses.dpo_loss` reports.
   4. The beta sweep: small beta lets the policy move far from SFT (large KL), large beta keeps it
@@ -70,8 +75,9 @@ sft_path = os.path.join(base, "sft", "model.pt")
 tok = tokenizer_for(sft_path)
 reference, ref_ckpt = load_model(sft_path)
 max_len = ref_ckpt["model_config"]["block_size"] + 1  # as dpo.run: the forward pass reads ids[:, :-1]
-print(f"DPO trains on {os.path.join(base, 'pairs', 'prefs.jsonl')} (the SFT model's own samples, labelled by the "
-      "simulated annotators)\nand validates on the world's held-out pairs.")
+print(f"DPO trains on {os.path.join(base, 'pairs', 'prefs.jsonl')} (the world's templated pairs plus a few hundred "
+      "pairs of the SFT\nmodel's own samples, all labelled by the simulated annotators) and validates on the world's "
+      "held-out pairs.")
 
 # A few held-out pairs, encoded exactly as the DPO stage encodes them (loss mask = the assistant's tokens).
 eval_rows = read_preferences_with_report(os.path.join(base, "world", "prefs_eval.jsonl"))[0]
@@ -147,15 +153,23 @@ os.makedirs("plots", exist_ok=True)
 fig.savefig(f"plots/dpo_curves_{preset}.png", dpi=120)
 print(f"plot saved to plots/dpo_curves_{preset}.png")
 if len(rows) > 1:
-    drop_w = rows[-1]["logps/chosen"] - rows[0]["logps/chosen"]
-    drop_l = rows[-1]["logps/rejected"] - rows[0]["logps/rejected"]
-    print(f"\nfrom the first to the last logged step logps/chosen moved {drop_w:+.2f} and logps/rejected "
-          f"{drop_l:+.2f} nats.")
+    move_w = rows[-1]["rewards/chosen"] - rows[0]["rewards/chosen"]
+    move_l = rows[-1]["rewards/rejected"] - rows[0]["rewards/rejected"]
+    print(f"\nfrom the first to the last logged step rewards/chosen moved {move_w:+.3f} and rewards/rejected "
+          f"{move_l:+.3f}.\n(The batches differ from row to row, so compare the trend, not single rows; rewards/* "
+          "subtract the reference\non the same batch and are steadier than logps/*.)")
 else:
     print(f"\nonly one logged step on {preset} (log_interval {make_config(DPOConfig, preset=preset).log_interval}): "
           f"the curves need a longer run (tiny: {make_config(DPOConfig, preset='tiny').max_steps} steps).")
-print("A falling logps/chosen is expected, not a bug: DPO only widens the gap. (The batches differ from row to\n"
-      "row, so compare the trend, not single rows; rewards/* subtract the reference and are steadier.)")
+if rows:
+    w_last, l_last = rows[-1]["rewards/chosen"], rows[-1]["rewards/rejected"]
+    print(f"At the last logged step the chosen responses are on average {'more' if w_last > 0 else 'less'} likely than "
+          f"under the reference\n(rewards/chosen {w_last:+.3f}) and the rejected ones {'more' if l_last > 0 else 'less'} "
+          f"likely (rewards/rejected {l_last:+.3f}). DPO only widens the gap;\nnothing anchors the level, so ", end="")
+    if w_last < 0:
+        print("a falling chosen side, as here, is expected, not a bug.")
+    else:
+        print("the chosen side could have fallen as well, and that would not have been a bug either.")
 
 # %% 3. The implicit reward by hand, after training
 policy, _ = load_model(os.path.join(base, "dpo", "model.pt"))
@@ -247,9 +261,10 @@ print(f"\nAgainst SFT: DPO on the default pairs {gold['DPO, default pairs'] - go
 #    a prompt-only term that cancels inside Bradley-Terry; step 3 computes it from two forward passes.)
 # 2. Why is the loss exactly log 2 at step 0, whatever the labels? (Step 1: pi = pi_ref makes every
 #    implicit reward 0, so sigmoid(0) = 1/2 for every pair.)
-# 3. logps/chosen went down while the accuracy went up -- is training broken? (Step 2: no. The loss sees
-#    only the difference of log-ratios; both can fall as long as the rejected one falls faster. If it
-#    matters, DPO-Positive or an SFT term on the chosen responses (as in ORPO, lesson 07) anchors it.)
+# 3. If logps/chosen went down while the accuracy went up, would training be broken? (Step 2: no. The
+#    loss sees only the difference of log-ratios; both can fall as long as the rejected one falls faster.
+#    On tiny the chosen side happens to rise, but nothing in the loss makes it. If it matters,
+#    DPO-Positive or an SFT term on the chosen responses (as in ORPO, lesson 07) anchors it.)
 # 4. What does beta control, and what would you expect at beta -> 0? (Step 4: beta is the weight of the
 #    KL term; small beta -> large KL, and the policy chases the annotators' labels, noise and bias
 #    included, with nothing holding it near SFT.)

@@ -18,8 +18,11 @@ What you should see
   2. Gold and proxy against d = sqrt(KL to the SFT model), with Gao et al.'s fit for RL,
      R(d) = d (alpha - beta log d) (Gao, Schulman and Hilton 2022, "Scaling Laws for Reward Model
      Overoptimization", eq. 2; R is the gain over the starting policy). With beta > 0 the fit peaks at
-     d* = exp(alpha / beta - 1); with a gold curve that only falls (tiny) alpha < 0 and there is no
-     interior peak -- the fit says "do not optimise this reward model at all".
+     d* = exp(alpha / beta - 1), whatever the sign of alpha, and gains R(d*) = beta d* there (with
+     beta <= 0 it has no peak). Alpha < 0 puts that peak below d = 1/e (KL 0.14). On tiny, where the
+     gold curve only falls, the fit gives alpha = -0.061, beta = +0.022: d* = 0.02 (KL 0.0005) for a
+     gain of 0.0005, i.e. at the SFT model itself -- the fit says "do not optimise this reward model
+     at all".
   3. Samples from early and late in the run: longer, rambling answers, then loops, late.
   4. The defences: the pipeline's adaptive KL controller (a healthy KL coefficient) keeps the KL near
      its target, so the damage stays small; PPO-ptx (InstructGPT eq. 2) adds the pretraining loss and keeps the
@@ -82,8 +85,16 @@ d = np.sqrt(kl)
 gain = gold - gold[0]
 features = np.stack([d, -d * np.log(np.maximum(d, 1e-9))], axis=1)  # (points, 2); the d = 0 point is exact
 (alpha, beta), *_ = np.linalg.lstsq(features[1:], gain[1:], rcond=None)
-print(f"fit: R(d) = d ({alpha:.3f} {-beta:+.3f} log d)" +
-      (f", peak at d* = {math.exp(alpha / beta - 1):.2f} (KL {math.exp(alpha / beta - 1) ** 2:.2f})" if beta > 0 else ""))
+print(f"fit: R(d) = d ({alpha:.3f} {-beta:+.3f} log d)", end="")
+if beta > 0:
+    d_star = math.exp(alpha / beta - 1)  # R'(d) = alpha - beta (log d + 1) = 0
+    print(f", peak at d* = exp(alpha / beta - 1) = {d_star:.2f} (KL {d_star ** 2:.4f}), gain R(d*) = beta d* = "
+          f"{beta * d_star:+.4f}")
+    if alpha < 0:
+        print("alpha < 0 puts the peak below d = 1/e (KL 0.14), and past d* every further step away "
+              "from SFT loses gold")
+else:
+    print(": beta <= 0, so no peak (the fitted gain has no maximum at d > 0)")
 
 # %% 3. Samples before and after the peak
 samples = [json.loads(line) for line in open(os.path.join(base, "ppo_hacking", "eval_samples.jsonl"))]

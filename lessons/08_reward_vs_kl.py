@@ -1,8 +1,10 @@
 """Lesson 08 -- the reward-vs-KL frontier: how much true reward each method buys per nat of drift from SFT.
 
-Run:      python lessons/08_reward_vs_kl.py          (preset tiny: 23 minutes on a 2-core CPU for all 22 points,
-                                                     4 per method, each trained run reused once it exists)
-          python lessons/08_reward_vs_kl.py micro    (quick mode, 2 points per method: under a minute)
+Run:      python lessons/08_reward_vs_kl.py          (preset tiny: 23 minutes on a 2-core CPU for all 22 points:
+                                                     5 for best-of-n, 4 for each other method, and SFT; each
+                                                     trained run reused once it exists)
+          python lessons/08_reward_vs_kl.py micro    (quick mode, 2 points per method and 3 for best-of-n: under a
+                                                     minute)
           python lessons/08_reward_vs_kl.py tiny quick   (the quick sweep on any preset)
 Reads:    out/<preset>/sft/, out/<preset>/reward/, out/<preset>/pairs/ (lessons 02-03; run here if missing)
 Writes:   out/<preset>/frontier_<method>_<knob>/ (one folder per trained point, reused when it already ran),

@@ -14,12 +14,12 @@ The same steps on the command line:
     minirlhf export-hf out/byo/micro/dpo/model.pt out/byo/exported
 
 What you should see
-  1. Import: our GPT's logits equal transformers' on the same tokens (max difference ~1e-6, float32
+  1. Import: our GPT's logits equal transformers' on the same tokens (max difference ~1e-7, float32
      rounding). The vocabulary had no chat tokens, so <|user|>, <|assistant|>, <|end|> and <|pad|> were
      added as new embedding rows, each the mean of the existing rows.
   2. DPO on your file: the loss starts at log 2 = 0.693 (the policy IS the reference, so every implicit
      reward is 0) and falls; the margin between chosen and rejected implicit rewards grows.
-  3. Export: transformers loads the folder; its logits equal ours (max difference ~1e-6), its tokenizer and
+  3. Export: transformers loads the folder; its logits equal ours (max difference ~1e-7), its tokenizer and
      chat template produce our token ids, and greedy decoding gives the same continuation.
 
 Deliberate simplifications: the model made here is random and tiny, so what DPO teaches it means nothing
@@ -118,7 +118,8 @@ result = dpo(make_config(DPOConfig, overrides={
     "eval_interval": 30, "truncate": True, "progress": False, "force": True}))
 with open(os.path.join(root, "micro", "dpo", "metrics.jsonl")) as f:
     log = [json.loads(line) for line in f if "loss" in line]
-print(f"DPO loss: step 0 {log[0]['loss']:.4f} (log 2 = {math.log(2):.4f}) -> step {log[-1]['step']} "
+print(f"DPO loss: step {log[0]['step']} {log[0]['loss']:.4f} (before any update; log 2 = {math.log(2):.4f}) -> "
+      f"step {log[-1]['step']} "
       f"{log[-1]['loss']:.4f}; reward margin {log[0]['rewards/margins']:+.3f} -> {log[-1]['rewards/margins']:+.3f}")
 
 # %% 3. Export: our model.pt -> a folder transformers loads
