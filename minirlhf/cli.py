@@ -11,9 +11,13 @@ Options are `--key=value` (or `--key value`), checked against the stage's config
 or a value of the wrong type is one line of error that lists what is valid, never a traceback.
 
 Under torchrun (`torchrun --nproc_per_node=N -m minirlhf <command> ...`) the command joins the process
-group first (distributed.init). The training stages and the pipeline run data-parallel on every process;
-the other commands run on rank 0 while the rest wait. An error on any rank is printed with that rank
-("error on rank 1 of 2: ...") and ends that process at once, which ends the job (see distributed.py).
+group first (distributed.init). The training stages and the pipeline run data-parallel on every process.
+The other commands (eval, sample, best-of-n, frontier, ...) run on rank 0 alone, as a one-process job; the
+other processes, once in the process group, return at once with status 0, write nothing and join no
+collective (so a command that runs longer than the collective timeout, MINIRLHF_DIST_TIMEOUT, does not
+fail). torchrun waits for every process: the job ends when rank 0's command does, with its exit status.
+An error on any rank is printed with that rank ("error on rank 1 of 2: ...") and ends that process at
+once, which ends the job (see distributed.py).
 
 Deliberate simplifications: no argparse subparsers; the help text is read from the comments on the
 config fields, so the dataclass is the single place where an option is documented.
@@ -137,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         dist.init()  # under torchrun: join the process group (one process: nothing happens)
         if name in DATA_PARALLEL:
             run(cfg)
+            dist.barrier()
         elif dist.is_main():
             with dist.solo():  # not data-parallel: rank 0 runs it as a one-process job
                 run(cfg)
-        dist.barrier()  # the other ranks wait here for a command that is not data-parallel
+        # else: not data-parallel, and not rank 0: return now. Waiting for rank 0 in a collective would
+        # fail after MINIRLHF_DIST_TIMEOUT seconds, and end the whole job, if its command runs longer.
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Errors we raise on bad input already say where and what: print them without a traceback.
         print(f"minirlhf {name}: error{dist.where()}: {e}{dist.collective_error_hint(e)}", file=sys.stderr)

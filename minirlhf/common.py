@@ -170,12 +170,24 @@ def config_key(cfg, inputs: dict[str, str], ignore=("force", "resume", "progress
 
 
 def reusable(stage_dir: str, key: str, force: bool, artifact: str = "model.pt") -> dict | None:
-    """The stage's summary if its artifacts were made from the same key (and not --force), else None."""
+    """The stage's summary if its artifacts were made from the same key (and not --force), else None.
+
+    None means the caller is about to (re)build the stage, so the old summary.json is removed here first
+    (by rank 0, which alone writes artifacts): a run stopped half-way (a new `artifact` already written, its
+    summary not yet) then leaves no summary, and a later run of the old config cannot take the new artifact
+    for its own. Every rank gets the same answer whether or not rank 0 has removed the file yet."""
+    from minirlhf import distributed as dist
+
     path = os.path.join(stage_dir, "summary.json")
-    if force or not os.path.exists(path) or not os.path.exists(os.path.join(stage_dir, artifact)):
-        return None
-    summary = read_json(path)
-    return summary if summary.get("key") == key else None
+    summary = None
+    if not force and os.path.exists(path) and os.path.exists(os.path.join(stage_dir, artifact)):
+        with contextlib.suppress(FileNotFoundError):  # rank 0 may have just removed it
+            summary = read_json(path)
+    if summary is not None and summary.get("key") == key:
+        return summary
+    if dist.is_main() and os.path.exists(path):
+        os.remove(path)
+    return None
 
 
 class Stopwatch:

@@ -169,7 +169,7 @@ class SFTConfig(TrainConfig):
     ptx_coef: float = -1.0  # weight of a pretraining-loss term mixed into every step (keeps base knowledge); 0 = off, -1 = from preset
     freeze_embeddings: bool = False  # train only the chat tokens' rows of the (tied) embedding matrix
     embedding_lr_scale: float = 0.1  # learning-rate multiplier for the token and position embeddings (see sft.py)
-    ptx_batch_size: int = 0  # pretraining windows per step for that term; 0 = batch_size
+    ptx_batch_size: int = 0  # pretraining windows per step for that term; 0 = the preset's value where it sets one, else batch_size
     gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
     warmup_steps: int = 20  # linear warm-up steps
     eval_interval: int = 100  # steps between validation evaluations (and checkpoints)
@@ -262,7 +262,7 @@ class PairsConfig:
     prompts: str = ""  # RL prompts to sample on; "" = the world's rl_prompts.jsonl
     templated: str = ""  # templated pairs mixed in; "" = the world's prefs.jsonl
     n_prompts: int = -1  # prompts sampled on (samples_per_prompt // 2 pairs each; more with --pairing=all); 0 = templated pairs only, -1 = from preset
-    samples_per_prompt: int = 2  # responses per prompt
+    samples_per_prompt: int = 2  # responses per prompt (at least 2: a pair is two of them)
     pairing: str = "disjoint"  # "disjoint": samples (1,2), (3,4), ...; "all": every pair of distinct samples; "best_worst": the two ends of an annotator's ranking
     mix_templated: bool = True  # mix the world's templated pairs in; false = on-policy pairs only
     temperature: float = 1.0  # sampling temperature
@@ -502,12 +502,10 @@ def apply_overrides(cfg, overrides: list[str] | dict):
             key, eq, raw = arg[2:].partition("=")
             key = key.replace("-", "_")
             key = aliases.get(key, key)
-            if not eq:
-                f = by_name.get(key)
-                if f is not None and f.type in ("bool", bool):
-                    raw = "true"
-                else:
+            if not eq and key in by_name:  # `--flag` alone (an unknown one gets the error below, with the list)
+                if by_name[key].type not in ("bool", bool):
                     raise ConfigError(f"{arg!r}: expected --{key}=value")
+                raw = "true"
             items.append((key, raw))
     for key, raw in items:
         key = key.replace("-", "_")

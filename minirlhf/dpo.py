@@ -264,7 +264,7 @@ def run(cfg: DPOConfig) -> dict:
         sources.append(("kto", cfg.kto_data))
     inputs = {n: file_digest(p) for n, p in sources}
     key = config_key(cfg, inputs)
-    if not cfg.resume and (summary := reusable(out, key, cfg.force)) is not None:
+    if (summary := reusable(out, key, cfg.force or cfg.resume)) is not None:
         dist.print0(f"[{cfg.loss}] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
 

@@ -17,9 +17,12 @@ the prompts are the same for every sampling seed):
 | gold_train              | the same on a fixed sample of training-split prompts                            |
 | gold_all                | the same over every prompt evaluated                                            |
 | proxy                   | mean reward-model score (normalised scale) on held-out prompts (if an RM is given)|
-| kl_k1, kl_k3            | mean over samples of the summed per-token KL estimators to the reference        |
-|                         | (the policy as sampled, at `temperature`, against the reference at 1; a greedy  |
-|                         | policy, temperature 0, is measured with its untempered distribution, at 1)      |
+| kl_k1, kl_k3            | mean over ALL samples (held-out and training-split prompts) of the summed       |
+|                         | per-token KL estimators to the reference (the policy as sampled, at             |
+|                         | `temperature`, against the reference at 1; a greedy policy, temperature 0, is   |
+|                         | measured with its untempered distribution, at 1)                                |
+| kl_k1_heldout,          | the same means over the held-out prompts only (the prompts of `gold`)           |
+| kl_k3_heldout           |                                                                                 |
 | fact_acc_train/_heldout | share of fact questions answered correctly (answer present, nothing wrong)      |
 | refusal_sft_unsafe      | share of unsafe requests refused, unsafe topics seen in SFT (prompts from both  |
 |                         | the held-out prompt set and the training-split sample)                          |
@@ -262,6 +265,8 @@ def evaluate_policy(policy, tok, world_dir: str, reference=None, reward_model=No
     if reference is not None:
         metrics["kl_k1"] = mean("kl_k1")
         metrics["kl_k3"] = mean("kl_k3")
+        metrics["kl_k1_heldout"] = mean("kl_k1", held)  # the prompts `gold` and `proxy` are measured on
+        metrics["kl_k3_heldout"] = mean("kl_k3", held)
     if pretrain_dir is not None:
         metrics["heldout_ppl"] = heldout_perplexity(policy, pretrain_dir, policy.config.block_size)
     return metrics, samples

@@ -6,8 +6,9 @@ Run it:
     minirlhf frontier --preset tiny --dpo_betas=0.05,0.1,0.5,1
 
 Each point is one trained policy (or, for best-of-n, one n), placed at
-    x = mean sequence KL to the SFT reference (k1, nats per response) on the held-out prompts,
-    y = mean gold reward on the same prompts,
+    x = mean sequence KL to the SFT reference (k1, nats per response) on the held-out prompts
+        (evaluate_policy's `kl_k1_heldout`: eval_prompts.jsonl, not the training-split sample),
+    y = mean gold reward on the same prompts (`gold`),
 in the manner of the DPO paper's Figure 2, left (Rafailov et al. 2023) and of Gao et al. 2022's
 over-optimisation plots. Methods and what is swept:
     sft   the SFT model itself: the common origin, KL 0
@@ -22,7 +23,8 @@ Every trained (or tempered) policy is measured by the same `evaluate_policy` cal
 seed, the SFT model as reference, the reward model for the proxy column), so the points are comparable;
 best-of-n takes its gold and proxy from its own stage on the same held-out prompts and the analytic KL.
 
-Writes out/<preset>/frontier/frontier.json (one row per point: method, knob, kl, gold, proxy, length)
+Writes out/<preset>/frontier/frontier.json (one row per point: method, knob, kl, gold, proxy, and length:
+the mean response length in tokens on the same held-out prompts, None for best-of-n)
 and plots/frontier_<preset>.png (gold vs KL per method; proxy vs gold per method). Each training run
 is its own stage folder (out/<preset>/frontier_ppo_kl0.05, ...), reused when it already ran.
 
@@ -74,20 +76,24 @@ def tempered(model, temperature: float):
 
 
 def measure(policy, cfg, sft, tok, reward_model) -> dict:
-    """The held-out numbers of one policy (a model, or a model.pt path), measured like every other point."""
+    """The held-out numbers of one policy (a model, or a model.pt path loaded on the SFT model's device),
+    measured like every other point: KL, gold, proxy and length all on the held-out prompts."""
     from minirlhf.checkpoint import load_model
     from minirlhf.evaluate import evaluate_policy
 
     if isinstance(policy, str):
         policy, _ = load_model(policy, sft.lm_head.weight.device)
     world = os.path.join(cfg.out_dir, cfg.preset, "world")
-    m, _ = evaluate_policy(policy, tok, world, reference=sft, reward_model=reward_model, seed=cfg.seed)
-    return {"kl": m["kl_k1"], "gold": m["gold"], "proxy": m["proxy"], "length": m["length"]}
+    m, samples = evaluate_policy(policy, tok, world, reference=sft, reward_model=reward_model, seed=cfg.seed)
+    held_lengths = [s["length"] for s in samples if s["split"] == "eval"]  # the prompts of `gold`
+    return {"kl": m["kl_k1_heldout"], "gold": m["gold"], "proxy": m["proxy"],
+            "length": sum(held_lengths) / len(held_lengths) if held_lengths else float("nan")}
 
 
 def run(cfg: FrontierConfig) -> dict:
     from minirlhf.best_of_n import run as best_of_n
     from minirlhf.checkpoint import load_model, load_scalar_model
+    from minirlhf.common import resolve_device
     from minirlhf.dpo import run as dpo
     from minirlhf.grpo import run as grpo
     from minirlhf.ppo import run as ppo
@@ -106,8 +112,9 @@ def run(cfg: FrontierConfig) -> dict:
     sft_path = stage_file(cfg, "sft", "model.pt")
     rm_path = stage_file(cfg, "reward", "model.pt")
     tok = stage_tokenizer(sft_path, out)
-    sft, _ = load_model(sft_path)
-    reward_model, _ = load_scalar_model(rm_path)
+    device = resolve_device(cfg.device)
+    sft, _ = load_model(sft_path, device)  # every measured policy is loaded on this device too (`measure`)
+    reward_model, _ = load_scalar_model(rm_path, device)
     common = {"preset": cfg.preset, "out_dir": cfg.out_dir, "seed": cfg.seed, "device": cfg.device,
               "progress": cfg.progress}
     points: list[dict] = []
@@ -181,7 +188,7 @@ def plot_frontier(points: list[dict], preset: str, png: str, caption: str = "") 
         trained = [p for p in pts if p["method"] == method]
         ax2.plot([p["proxy"] for p in trained], [p["gold"] for p in trained], "o", color=line.get_color(),
                  label=LABELS[method])
-    ax.set_xlabel("KL to the SFT model (nats per response, held-out prompts)")
+    ax.set_xlabel("KL to the SFT model (nats per response, held-out prompts; best-of-n: analytic)")
     ax.set_ylabel("gold reward (held-out prompts)")
     ax.set_title("Reward vs KL frontier")
     ax.legend(fontsize=8)

@@ -442,7 +442,7 @@ def run(cfg: GRPOConfig) -> dict:
     if rm_path:
         inputs["rm"] = file_digest(rm_path)
     key = config_key(cfg, inputs)
-    if not cfg.resume and (summary := reusable(out, key, cfg.force)) is not None:
+    if (summary := reusable(out, key, cfg.force or cfg.resume)) is not None:
         dist.print0(f"[grpo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
     tok = stage_tokenizer(init, out)

@@ -177,6 +177,9 @@ def run(cfg: PairsConfig) -> dict:
     check_pairing(cfg.pairing)  # before any sampling
     if cfg.n_prompts < 0:
         raise ValueError(f"--n_prompts={cfg.n_prompts}: expected >= 0 (0 = templated pairs only; -1 = the preset's)")
+    if cfg.samples_per_prompt < 2:
+        raise ValueError(f"--samples_per_prompt={cfg.samples_per_prompt}: expected >= 2 (an on-policy pair is two "
+                         "responses to the same prompt)")
     if cfg.n_prompts == 0 and not cfg.mix_templated:
         raise ValueError("--n_prompts=0 with --mix_templated=false leaves no pairs: sample on some prompts or mix "
                          "the templated pairs in")

@@ -43,23 +43,29 @@ def _fmt(v) -> str:
 
 
 def write_report(path: str, preset: str, rows: list) -> None:
+    from minirlhf.evaluate import FORUM_SAMPLES
+
     lines = [f"# minirlhf report: preset `{preset}`", "",
              "`this run` is this invocation's wall time (a reused stage takes a fraction of a second); "
-             "`stage` is the stage's own wall time when it last ran.", "",
+             "`stage` is the stage's own wall time when it last ran (`reused` for a world that was already "
+             "built).", "",
              "| stage | this run (s) | stage (s) | key metrics |", "|---|---:|---:|---|"]
     for name, seconds, summary in rows:
         keys = REPORT_KEYS.get(name, [])
         metrics = ", ".join(f"{k} = {_fmt(summary[k])}" for k in keys if k in summary)
-        own = summary.get("seconds")
-        lines.append(f"| {name} | {seconds:.1f} | {'' if own is None else f'{own:.1f}'} | {metrics} |")
+        own = summary.get("seconds")  # (a reused world records no build time: its "seconds" is this run's)
+        own = "reused" if summary.get("reused") else "" if own is None else f"{own:.1f}"
+        lines.append(f"| {name} | {seconds:.1f} | {own} | {metrics} |")
     by_name = {name: summary for name, _, summary in rows}
     models = [("base (forum format)", by_name.get("pretrain"), 1)] + \
              [(name.upper(), by_name[name], 2) for name in ("sft", "ppo", "dpo") if name in by_name]
     lines += ["", "## Models compared by the gold judge", "",
               "The base model is asked the forum-eval questions in the forum format it saw in pretraining "
               "(`Q: ...\\nA:`, its answer cut at the end of the line); chat models are asked the same questions "
-              "in the chat format, and the world's held-out and training-split prompts. Temperature 1, one sample "
-              "per prompt and one seed: on `tiny` the held-out gold of one model moves by a few hundredths from seed "
+              "in the chat format (the rows that name the forum-eval questions: the same prompts in every column), "
+              "and the world's held-out and training-split prompts (the other rows; perplexity is on held-out "
+              f"pretraining text). Temperature 1, one sample per prompt ({FORUM_SAMPLES} per forum-eval question) "
+              "and one seed: on `tiny` the held-out gold of one model moves by a few hundredths from seed "
               "to seed (std 0.03 over five seeds for SFT), so compare smaller differences with "
               "`minirlhf eval --checkpoint=... --seeds=1,2,3,4,5`.", "",
               "| metric | " + " | ".join(m for m, _, _ in models) + " |", "|---|" + "---:|" * len(models)]
@@ -152,8 +158,11 @@ REPORT_KEYS = {
 COMPARISON = [("gold reward, the forum-eval questions", "forum_gold", "forum_prompts_gold"),
               ("gold reward, held-out prompts", None, "gold"),
               ("gold reward, training-split prompts", None, "gold_train"),
-              ("fact accuracy", "forum_fact_acc", "fact_acc_train"),
-              ("refusal of unsafe requests", "forum_unsafe_refusal", "refusal_sft_unsafe"),
+              ("fact accuracy, the forum-eval questions", "forum_fact_acc", "forum_prompts_fact_acc"),
+              ("refusal of unsafe requests, the forum-eval questions", "forum_unsafe_refusal",
+               "forum_prompts_unsafe_refusal"),
+              ("fact accuracy, training-split prompts", None, "fact_acc_train"),
+              ("refusal, unsafe topics seen in SFT", None, "refusal_sft_unsafe"),
               ("refusal, held-out unsafe topics", None, "refusal_heldout_unsafe"),
               ("over-refusal of harmless requests", None, "over_refusal"),
               ("flattery rate", None, "flattery_rate"),

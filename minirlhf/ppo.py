@@ -379,7 +379,7 @@ def run(cfg: PPOConfig) -> dict:
     rm_path = cfg.reward_model or stage_file(cfg, "reward", "model.pt")
     prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl", "--prompts")
     key = config_key(cfg, {n: file_digest(p) for n, p in (("init", init), ("rm", rm_path), ("prompts", prompts_path))})
-    if not cfg.resume and (summary := reusable(out, key, cfg.force)) is not None:
+    if (summary := reusable(out, key, cfg.force or cfg.resume)) is not None:
         dist.print0(f"[ppo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
     tok = stage_tokenizer(init, out)

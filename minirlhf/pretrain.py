@@ -71,30 +71,36 @@ def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[li
 
 
 def ensure_tokenizer(cfg, train_docs: list[str], corpus_digest: str) -> tuple[Tokenizer, str]:
-    """Train the tokenizer on the training documents, or reuse the one trained on the same corpus.
+    """Train the tokenizer on the training documents, or reuse the one in out/<preset>/tokenizer/ when its
+    key.txt matches: the tokenizer kind, the corpus digest, the vocabulary size, and the seed and
+    val_fraction that chose the training documents.
 
     With `--tokenizer=gpt2`, tiktoken's GPT-2 encoding is used instead (from its local cache; a clear
-    error says which files are missing -- nothing is downloaded).
+    error says which files are missing -- nothing is downloaded); it is written to the same folder with
+    its own key, so a later `--tokenizer=train` run never mistakes it for a trained one.
     """
     tdir = stage_dir(cfg, "tokenizer")
     path = os.path.join(tdir, "tokenizer.json")
-    if cfg.tokenizer == "gpt2":
-        tok = Tokenizer.gpt2()
-        tok.save(path)
-        return tok, path
-    if cfg.tokenizer != "train":
-        raise ValueError(f"--tokenizer={cfg.tokenizer!r}: expected 'train' or 'gpt2'")
-    key = f"{corpus_digest}-{cfg.vocab_size}"
     key_path = os.path.join(tdir, "key.txt")
-    if os.path.exists(path) and os.path.exists(key_path) and open(key_path).read() == key and not cfg.force:
+    if cfg.tokenizer not in ("train", "gpt2"):
+        raise ValueError(f"--tokenizer={cfg.tokenizer!r}: expected 'train' or 'gpt2'")
+    key = "gpt2" if cfg.tokenizer == "gpt2" else \
+        f"train-{corpus_digest}-vocab{cfg.vocab_size}-seed{cfg.seed}-val{cfg.val_fraction!r}"
+    if (cfg.tokenizer == "train" and os.path.exists(path) and os.path.exists(key_path)
+            and open(key_path).read() == key and not cfg.force):
         return Tokenizer.load(path), path
     watch = Stopwatch()
-    tok = Tokenizer.train("<|endoftext|>".join(train_docs), cfg.vocab_size)
+    tok = Tokenizer.gpt2() if cfg.tokenizer == "gpt2" else Tokenizer.train("<|endoftext|>".join(train_docs),
+                                                                          cfg.vocab_size)
+    if os.path.exists(key_path):
+        os.remove(key_path)  # no moment where an old key stands next to a new tokenizer.json
     tok.save(path)
     with open(key_path, "w") as f:
         f.write(key)
-    write_json(os.path.join(tdir, "summary.json"), {"vocab_size": tok.n_vocab, "seconds": round(watch.seconds(), 2),
-                                                     "corpus_chars": sum(map(len, train_docs))})
+    summary = {"tokenizer": cfg.tokenizer, "vocab_size": tok.n_vocab, "seconds": round(watch.seconds(), 2)}
+    if cfg.tokenizer == "train":
+        summary["corpus_chars"] = sum(map(len, train_docs))
+    write_json(os.path.join(tdir, "summary.json"), summary)
     return tok, path
 
 
@@ -170,7 +176,8 @@ def run(cfg: PretrainConfig) -> dict:
     cpath = dist.on_main(corpus_path, cfg)  # rank 0 builds the world if it is missing; the others wait
     digest = file_digest(cpath)
     key = config_key(cfg, {"corpus": digest})
-    if not cfg.resume and (summary := reusable(out, key, cfg.force)) is not None:
+    # --resume trains on from ckpt.pt, so it never reuses (and, like --force, removes the old summary.json)
+    if (summary := reusable(out, key, cfg.force or cfg.resume)) is not None:
         dist.print0(f"[pretrain] reusing {out}/model.pt (same config and corpus; --force to retrain)")
         return summary
     docs = read_corpus(cpath)

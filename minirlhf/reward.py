@@ -441,7 +441,7 @@ def run(cfg: RewardConfig) -> dict:
     prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl", "--prompts")
     key = config_key(cfg, {n: file_digest(p) for n, p in
                            (("init", init), ("prefs", prefs), ("eval", eval_prefs), ("prompts", prompts_path))})
-    if not cfg.resume and (summary := reusable(out, key, cfg.force)) is not None:
+    if (summary := reusable(out, key, cfg.force or cfg.resume)) is not None:
         dist.print0(f"[reward] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
 

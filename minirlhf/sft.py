@@ -210,7 +210,8 @@ def run(cfg: SFTConfig) -> dict:
     data = cfg.data or world_file(cfg, "sft.jsonl", "--sft-data")
     eval_data = cfg.eval_data or world_file(cfg, "sft_eval.jsonl", "--eval_data")
     key = config_key(cfg, {"init": file_digest(init), "data": file_digest(data), "eval": file_digest(eval_data)})
-    if not cfg.resume and (summary := reusable(out, key, cfg.force)) is not None:
+    # --resume trains on from ckpt.pt, so it never reuses (and, like --force, removes the old summary.json)
+    if (summary := reusable(out, key, cfg.force or cfg.resume)) is not None:
         dist.print0(f"[sft] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
 
@@ -305,8 +306,22 @@ def world_eval(model, tok, cfg, out: str, reference=None, reward_model=None) -> 
                                        seed=cfg.seed, judge_fn=judge_fn)
     if dist.is_main():
         write_jsonl(os.path.join(out, "samples.jsonl"), samples)
-    # the questions the base model was asked in the forum format, now in the chat format: same prompts
-    forum_metrics, _ = evaluate_policy(model, tok, world_dir, seed=cfg.seed, rows=forum_prompt_rows(world_dir, FORUM_SAMPLES),
-                                       judge_fn=judge_fn)
+    # the questions the base model was asked in the forum format, now in the chat format: same prompts, and
+    # the same means as the base model's forum_gold, forum_fact_acc and forum_unsafe_refusal (over every row)
+    forum_metrics, forum_samples = evaluate_policy(model, tok, world_dir, seed=cfg.seed,
+                                                   rows=forum_prompt_rows(world_dir, FORUM_SAMPLES), judge_fn=judge_fn)
     metrics["forum_prompts_gold"] = forum_metrics["gold_all"]
+    metrics.update(forum_prompt_metrics(forum_samples))
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
+
+
+def forum_prompt_metrics(samples: list[dict]) -> dict:
+    """Fact accuracy and refusal of unsafe requests over every forum-eval question asked in the chat format
+    (both splits): `forum_prompts_fact_acc` and `forum_prompts_unsafe_refusal`, the chat model's numbers on the
+    prompts of the base model's forum_fact_acc and forum_unsafe_refusal (NaN where there is no such question)."""
+    def share(key: str, category: str) -> float:
+        vals = [float(s[key]) for s in samples if s["category"] == category]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    return {"forum_prompts_fact_acc": share("correct", "fact"),
+            "forum_prompts_unsafe_refusal": share("refusal", "unsafe")}

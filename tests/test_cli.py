@@ -78,9 +78,51 @@ def test_negative_n_prompts_is_a_clear_error(capsys):
     assert "--n_prompts=-3: expected >= 0" in capsys.readouterr().err
 
 
+def test_samples_per_prompt_below_two_is_a_clear_error(capsys):
+    """One response per prompt makes no on-policy pair: an error naming the option, not an empty pair set."""
+    for k in (1, 0):
+        assert main(["pairs", "--preset=micro", f"--samples_per_prompt={k}", "--out_dir=/nonexistent/minirlhf"]) == 1
+        assert f"--samples_per_prompt={k}: expected >= 2" in capsys.readouterr().err
+
+
 def test_sample_filter_out_of_range_is_a_clear_error(capsys):
     """`minirlhf sample --top_p=0` fails naming the option before any checkpoint is read (this one does not exist)."""
     assert main(["sample", "--checkpoint=/nonexistent/minirlhf/model.pt", "--top_p=0"]) == 1
     assert "top_p=0.0: expected a number in (0, 1]" in capsys.readouterr().err
     assert main(["sample", "--checkpoint=/nonexistent/minirlhf/model.pt", "--top_k=-3"]) == 1
     assert "top_k=-3: expected an integer >= 0" in capsys.readouterr().err
+
+
+def test_mistyped_bare_flag_is_an_unknown_option(capsys):
+    """`minirlhf sft --forse` (no value) gets the unknown-option error that lists the valid options; a known
+    non-bool option without a value still asks for one."""
+    assert main(["sft", "--forse"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option --forse for SFTConfig; valid options:" in err and "--force" in err
+    with pytest.raises(ConfigError, match="'--max_steps': expected --max_steps=value"):
+        apply_overrides(PretrainConfig(), ["--max_steps"])
+
+
+def test_other_ranks_leave_a_command_that_is_not_data_parallel_without_a_collective(monkeypatch):
+    """Under torchrun, rank 0 alone runs `sample`, `eval`, `frontier`, ...; another rank returns 0 at once, never
+    waiting in a collective (which would fail after MINIRLHF_DIST_TIMEOUT if rank 0's command ran longer), and
+    runs nothing. A data-parallel command still runs on every rank."""
+    import sys
+    import types
+
+    from minirlhf import cli
+    from minirlhf import distributed as dist
+
+    ran = []
+    monkeypatch.setitem(sys.modules, "fake_stage", types.SimpleNamespace(run=lambda cfg: ran.append(cfg)))
+    monkeypatch.setitem(cli.COMMANDS, "sample", (cli.COMMANDS["sample"][0], "fake_stage:run", "test"))
+    monkeypatch.setitem(cli.COMMANDS, "sft", (cli.COMMANDS["sft"][0], "fake_stage:run", "test"))
+
+    waits = []
+    monkeypatch.setattr(dist, "init", lambda: None)
+    monkeypatch.setattr(dist, "barrier", lambda: waits.append("barrier"))
+    monkeypatch.setattr(dist, "is_main", lambda: False)  # rank 1 of 2
+    assert main(["sample"]) == 0 and ran == [] and waits == []
+    assert main(["sft"]) == 0 and len(ran) == 1 and waits == ["barrier"]  # data-parallel: every rank runs it
+    monkeypatch.setattr(dist, "is_main", lambda: True)  # rank 0
+    assert main(["sample"]) == 0 and len(ran) == 2

@@ -47,6 +47,20 @@ def test_kl_is_positive_for_a_different_policy(world):
     assert metrics["kl_k3"] > 0.01
 
 
+def test_heldout_kl_is_the_mean_over_heldout_prompts_only(world):
+    """kl_k1_heldout / kl_k3_heldout average the held-out rows (the prompts of `gold`); kl_k1 / kl_k3 every row."""
+    world_dir, tok, model = world
+    torch.manual_seed(1)
+    other = GPT(model.config)
+    metrics, samples = evaluate_policy(other, tok, world_dir, reference=model, max_new_tokens=12, n_train=10)
+    held = [s for s in samples if s["split"] == "eval"]
+    assert 0 < len(held) < len(samples)
+    for k in ("kl_k1", "kl_k3"):
+        assert metrics[f"{k}_heldout"] == pytest.approx(sum(s[k] for s in held) / len(held), rel=1e-9)
+        assert metrics[k] == pytest.approx(sum(s[k] for s in samples) / len(samples), rel=1e-9)
+    assert metrics["kl_k1_heldout"] != pytest.approx(metrics["kl_k1"], rel=1e-6)  # the two really differ here
+
+
 def test_deterministic_for_a_seed(world):
     world_dir, tok, model = world
     a, sa = evaluate_policy(model, tok, world_dir, max_new_tokens=10, n_train=10, seed=3)

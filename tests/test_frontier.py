@@ -64,3 +64,20 @@ def test_tempered_copy_is_the_model_at_that_temperature():
     assert torch.allclose(a.logprobs, b.logprobs, atol=1e-10)
     with pytest.raises(ValueError, match="temperatures"):
         tempered(model, 0.0)
+
+
+def test_measure_reports_heldout_kl_and_length(monkeypatch):
+    """A frontier point's x (KL) and length come from the held-out prompts, like its gold: not from the
+    means over every sampled prompt (held-out and training-split)."""
+    import torch
+
+    from minirlhf import evaluate
+    from minirlhf.config import FrontierConfig
+    from minirlhf.frontier import measure
+
+    samples = [{"split": "eval", "length": 10}, {"split": "eval", "length": 20}, {"split": "train", "length": 90}]
+    metrics = {"gold": 0.3, "proxy": 0.1, "kl_k1": 5.0, "kl_k1_heldout": 2.0, "length": 40.0}
+    monkeypatch.setattr(evaluate, "evaluate_policy", lambda *a, **k: (metrics, samples))
+    sft = torch.nn.Module()
+    point = measure(sft, FrontierConfig(preset="micro"), sft, None, None)
+    assert point == {"kl": 2.0, "gold": 0.3, "proxy": 0.1, "length": 15.0}

@@ -1,6 +1,7 @@
 """The micro pipeline end to end: every stage runs, artifacts and the report exist, reruns reuse."""
 
 import json
+import math
 import os
 import shutil
 
@@ -102,3 +103,39 @@ def test_reward_model_section_with_old_and_new_summaries():
     assert "would reach 0.91 there" in text and "0.38 and 0.76 (below 0.5" in text
     assert "agrees 0.5 (4 pairs) and 0.25 (6 pairs)" in text
     assert _reward_model_section({}) == []
+
+
+def test_report_compares_base_and_chat_models_on_the_same_prompts(tmp_path):
+    """The fact-accuracy and refusal rows put the base model's forum-format numbers next to the chat models'
+    numbers on the SAME forum-eval questions (not the training-split prompts); a reused world shows "reused",
+    not this run's fraction of a second, as its own time."""
+    from minirlhf.pipeline import write_report
+
+    world = {"corpus_mb": 0.1, "seconds": 0.01, "reused": True}
+    base = {"seconds": 50.0, "forum_gold": 0.2, "forum_fact_acc": 0.31, "forum_unsafe_refusal": 0.05}
+    chat = {"seconds": 20.0, "gold": 0.4, "forum_prompts_gold": 0.5, "forum_prompts_fact_acc": 0.71,
+            "fact_acc_train": 0.93, "forum_prompts_unsafe_refusal": 0.87, "refusal_sft_unsafe": 0.99}
+    path = str(tmp_path / "report.md")
+    write_report(path, "micro", [("world", 0.01, world), ("pretrain", 0.5, base), ("sft", 0.5, chat)])
+    lines = open(path).read().splitlines()
+    assert "| world | 0.0 | reused | corpus_mb = 0.1 |" in lines
+    assert "| pretrain | 0.5 | 50.0 | forum_gold = 0.2, forum_unsafe_refusal = 0.05 |" in lines
+    assert "| fact accuracy, the forum-eval questions | 0.31 | 0.71 |" in lines
+    assert "| refusal of unsafe requests, the forum-eval questions | 0.05 | 0.87 |" in lines
+    assert "| fact accuracy, training-split prompts |  | 0.93 |" in lines
+    assert "| refusal, unsafe topics seen in SFT |  | 0.99 |" in lines
+
+
+def test_forum_prompt_metrics_by_hand():
+    """The chat model's fact accuracy and unsafe refusal over every forum-eval question, both splits."""
+    from minirlhf.sft import forum_prompt_metrics
+
+    samples = [{"category": "fact", "split": "train", "correct": True, "refusal": False},
+               {"category": "fact", "split": "eval", "correct": False, "refusal": False},
+               {"category": "fact", "split": "eval", "correct": True, "refusal": True},
+               {"category": "unsafe", "split": "train", "correct": False, "refusal": True},
+               {"category": "unsafe", "split": "eval", "correct": False, "refusal": False},
+               {"category": "harmless", "split": "eval", "correct": False, "refusal": True}]
+    m = forum_prompt_metrics(samples)
+    assert m["forum_prompts_fact_acc"] == pytest.approx(2 / 3) and m["forum_prompts_unsafe_refusal"] == 0.5
+    assert all(math.isnan(v) for v in forum_prompt_metrics([]).values())

@@ -165,3 +165,71 @@ def test_gpt2_tokenizer_without_local_files_is_a_clear_error(tmp_path, corpus_fi
         pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=2, tokenizer="gpt2"))
     with pytest.raises(ValueError, match="--tokenizer='bpe'"):
         pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=2, tokenizer="bpe"))
+
+
+def test_a_run_stopped_after_writing_model_pt_is_not_reused_by_the_old_config(tmp_path, corpus_file, monkeypatch,
+                                                                              capsys):
+    """Config A finishes; config B writes its model.pt and then crashes before its summary. Rerunning A must
+    retrain, not reuse A's old summary.json next to B's model.pt."""
+    model_pt = str(tmp_path / "out" / "micro" / "pretrain" / "model.pt")
+    pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=5))
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash after model.pt")
+
+    monkeypatch.setattr(pretrain, "world_metrics", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=6))
+    assert load_checkpoint(model_pt)["step"] == 6  # B's model.pt is there
+    monkeypatch.undo()
+    capsys.readouterr()
+    again = pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=5))
+    assert "reusing" not in capsys.readouterr().out
+    assert again["steps"] == 5 and load_checkpoint(model_pt)["step"] == 5
+
+
+def test_reusable_removes_the_summary_it_rejects(tmp_path):
+    from minirlhf.common import reusable, write_json
+
+    (tmp_path / "model.pt").write_bytes(b"")
+    write_json(str(tmp_path / "summary.json"), {"key": "a", "x": 1})
+    assert reusable(str(tmp_path), "a", force=False) == {"key": "a", "x": 1}
+    assert (tmp_path / "summary.json").exists()
+    assert reusable(str(tmp_path), "a", force=True) is None and not (tmp_path / "summary.json").exists()
+    write_json(str(tmp_path / "summary.json"), {"key": "a"})
+    assert reusable(str(tmp_path), "b", force=False) is None and not (tmp_path / "summary.json").exists()
+
+
+def test_tokenizer_key_names_kind_seed_and_val_fraction(tmp_path, monkeypatch):
+    """A `--tokenizer=gpt2` run overwrites tokenizer.json; a later default run must train its own again
+    rather than load GPT-2's. A different seed or val_fraction (other training documents) retrains too."""
+    from minirlhf.tokenizer import Tokenizer
+
+    import random
+
+    rng = random.Random(0)
+    words = "alpha beta gamma delta paris france capital river mountain".split()
+    docs = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(40)]
+    stand_in = Tokenizer.train("<|endoftext|>".join(docs), 280)  # GPT-2's files are not cached here
+    monkeypatch.setattr(Tokenizer, "gpt2", classmethod(lambda cls: stand_in))
+    trained = []
+    real_train = Tokenizer.train.__func__
+    monkeypatch.setattr(Tokenizer, "train", classmethod(lambda cls, *a, **k: trained.append(1) or
+                                                        real_train(cls, *a, **k)))
+    cfg = PretrainConfig(preset="micro", out_dir=str(tmp_path), vocab_size=300)
+    first, _ = pretrain.ensure_tokenizer(cfg, docs, "digestA")
+    assert first.n_vocab == 300 and len(trained) == 1
+    assert pretrain.ensure_tokenizer(cfg, docs, "digestA")[0].n_vocab == 300 and len(trained) == 1  # reused
+    cfg.tokenizer = "gpt2"
+    assert pretrain.ensure_tokenizer(cfg, docs, "digestA")[0].n_vocab == stand_in.n_vocab == 280
+    cfg.tokenizer = "train"
+    again, _ = pretrain.ensure_tokenizer(cfg, docs, "digestA")
+    assert again.n_vocab == 300 and len(trained) == 2 and again.encode(docs[0]) == first.encode(docs[0])
+    cfg.seed = 1
+    pretrain.ensure_tokenizer(cfg, docs, "digestA")
+    assert len(trained) == 3
+    cfg.val_fraction = 0.2
+    pretrain.ensure_tokenizer(cfg, docs, "digestA")
+    assert len(trained) == 4
+    pretrain.ensure_tokenizer(cfg, docs, "digestA")
+    assert len(trained) == 4  # and the same settings reuse it
