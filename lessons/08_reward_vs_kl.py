@@ -34,18 +34,18 @@ What you should see
   1. The points table: for every method, KL grows as its knob loosens (smaller kl_coef, smaller beta,
      larger n). The textbook picture has gold first rising with it, then falling once the proxy is
      over-optimised. On tiny (measured) gold does not rise: no point beats the SFT model's 0.23, and gold
-     falls with KL -- best-of-n from 0.23 (n = 1) to -0.01 at KL 1.8 (n = 16), PPO from 0.19 at KL 0.3
-     (kl_coef 0.3) to 0.05 at KL 3.8, DPO from 0.22 at KL 0.02 (beta 1) to -0.26 at KL 6.2 (beta 0.03),
-     GRPO from 0.14 at KL 0.5 (beta 0.5) to 0.02-0.09 beyond KL 1.9. The reason is measured in lesson 03,
+     falls with KL -- best-of-n from 0.23 (n = 1) to -0.01 at KL 1.8 (n = 16), PPO from 0.19 at KL 0.5
+     (kl_coef 0.3) to 0.05 at KL 4.5, DPO from 0.22 at KL 0.03 (beta 1) to -0.26 at KL 6.9 (beta 0.03),
+     GRPO from 0.14 at KL 0.6 (beta 0.5) to 0.02-0.09 beyond KL 2.2. The reason is measured in lesson 03,
      step 5: the reward model ranks the policy's own samples of these prompts at chance, so optimising it
      (or the annotators' labels behind it, for DPO) buys drift and its biases, not gold.
      Yet gold WAS there to be had near SFT: the SFT model merely sampled at a lower temperature rises
-     steadily -- 0.27 at T = 0.9 (KL 0.02), 0.29 at 0.8 (KL 0.05), 0.32 at 0.7 (KL 0.10), 0.36 at 0.5
-     (KL 0.26) -- because the answer it gives most often is usually the right one. (Its proxy score
+     steadily -- 0.27 at T = 0.9 (KL 0.05), 0.29 at 0.8 (KL 0.08), 0.32 at 0.7 (KL 0.16), 0.36 at 0.5
+     (KL 0.44) -- because the answer it gives most often is usually the right one. (Its proxy score
      falls meanwhile: one more sign that the reward model does not point at gold here.)
   2. The dominance lines: at each KL, which method has the most gold at or below it. On tiny the
      tempered SFT model leads at every KL it reaches; of the trained methods DPO with a large beta loses
-     least (0.22 at KL 0.02-0.04, the SFT level within the noise), and every trained method loses more
+     least (0.22 at KL 0.03-0.06, the SFT level within the noise), and every trained method loses more
      the further it goes. Check the reward model's on-policy accuracy, and this no-training baseline,
      before crediting any method with a gain.
   3. plots/frontier_<preset>.png: gold vs KL (left) and proxy vs gold (right). Points that sit high
