@@ -18,12 +18,12 @@ What you should see
   3. The same prompts before and after, with the gold judge's verdict -- the score PPO optimised is a
      proxy, and the gold column says whether it was a good one.
   4. The same loop against the gold judge instead of the reward model. On tiny (measured): held-out gold
-     0.23 (SFT) -> 0.06 at KL 1.8 against the reward model, but -> 0.30 at KL 0.19 against the gold judge
-     (training-split prompts 0.65 -> 0.52 and -> 0.68). The algorithm climbs whatever it is given; what it
+     0.23 (SFT) -> 0.06 at KL 1.6 against the reward model, but -> 0.30 at KL 0.19 against the gold judge
+     (training-split prompts 0.66 -> 0.55 and -> 0.67). The algorithm climbs whatever it is given; what it
      is given decides whether that helps. How far it climbs is another matter: against the gold judge,
-     4x the learning rate or 4x the rollout batch end at 0.33-0.34 held-out (KL 0.75-0.77; training
-     split 0.72-0.75), below the SFT model merely sampled at T = 0.5 (0.36-0.38 at KL 0.26-0.29,
-     evaluation seeds 0-3; lesson 08), and 10x the rate collapses (0.19 at KL 4.4).
+     4x the learning rate or 4x the rollout batch end at 0.33-0.34 held-out (KL 0.80-0.83; training
+     split 0.72-0.76), below the SFT model merely sampled at T = 0.5 (0.38 at KL 0.30 over evaluation
+     seeds 1-3; 0.36 in lesson 08), and 10x the rate collapses (0.19 at KL 4.5).
   5. The same loop against a reward model trained only on ranked pairs of the SFT model's own samples
      (the best against the worst of 8): held-out gold at or a little above SFT's, where the pipeline's
      reward model lowers it (tiny, three evaluation seeds: 0.31 and 0.10 against SFT's 0.24, 0.24 with

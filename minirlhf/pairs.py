@@ -33,7 +33,9 @@ of the K samples (`world.ranked_pair`: every pair judged once, ranked by wins). 
 that differ by a few words are decided mostly by the annotators' bias; the two ends of a ranking of eight
 much less so. Measured on tiny (1000 prompts x 8 samples: 749 pairs in 55 s; the label agrees with the gold
 ordering 0.72 of the time, against 0.60 for the default's single pairs). Held-out gold, mean +- std over
-evaluation seeds 1-3 (`minirlhf eval --seeds=1,2,3`; SFT: 0.24 +- 0.04):
+evaluation seeds 1-3 (`minirlhf eval --seeds=1,2,3`; SFT: 0.24 +- 0.04), and KL over all evaluation
+prompts (measured when each evaluation seed still drew its own sample of training-split prompts; with
+today's fixed sample they move by a few per cent, e.g. 0.56 -> 0.59 for the first PPO run below):
   * DPO (beta 0.1) on these pairs alone (`--mix_templated=false`): 0.28 +- 0.05 at KL 0.9 (a second set
     of pairs, other sampling and labelling seeds: 0.27 +- 0.07; another DPO training seed: 0.28 +- 0.05),
     where DPO on the default mix loses gold
