@@ -45,7 +45,8 @@ What you should see
      the default pairs lower it (tiny, three evaluation seeds: 0.28 and 0.14 against SFT's 0.24).
 
 Deliberate simplifications: the library's default DPO settings (a fixed step budget, 10 steps on
-micro); one seed per beta; KL is measured on the policy's own samples of the held-out prompts.
+micro); one seed per beta; KL is measured on the policy's own samples of every evaluation prompt
+(the held-out ones and a fixed sample of training-split ones: `kl_k1`), gold on the held-out ones.
 """
 
 # %% Setup
@@ -210,7 +211,7 @@ for bt, s in runs.items():
     print(f"{f'beta {bt:g}':<12}{s['gold']:>+8.3f}{s['kl_k1']:>9.3f}{s['val_rewards/accuracies']:>9.3f}"
           f"{s['val_rewards/margins']:>+12.3f}{s['length']:>8.1f}{s['flattery_rate']:>10.2f}")
 print("gold: the gold judge on held-out prompts (the same prompts and seed as the SFT row); KL: nats per response\n"
-      "on the policy's own samples. Margins are in units of beta, so compare accuracies, not margins, across betas.")
+      "on the policy's own samples of all evaluation prompts. Margins are in units of beta, so compare accuracies, not margins, across betas.")
 
 fig, ax = plt.subplots(figsize=(6, 4.2))
 ax.plot(0.0, sft_summary["gold"], "k*", markersize=12, label="SFT (the reference, KL 0)")
@@ -218,7 +219,7 @@ pts = sorted(runs.items(), key=lambda kv: kv[1]["kl_k1"])
 ax.plot([s["kl_k1"] for _, s in pts], [s["gold"] for _, s in pts], "o-", label="DPO")
 for bt, s in runs.items():
     ax.annotate(f"beta {bt:g}", (s["kl_k1"], s["gold"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
-ax.set_xlabel("KL to the SFT model (nats per response, held-out prompts)")
+ax.set_xlabel("KL to the SFT model (nats per response, all evaluation prompts)")
 ax.set_ylabel("gold reward (held-out prompts)")
 ax.set_title(f"DPO: gold vs KL across beta ({preset})")
 ax.legend(fontsize=8)

@@ -163,7 +163,7 @@ for label, s in results.items():
     print(f"{label:<8}{s['gold']:>+8.3f}{s['gold'] - sft_gold:>+8.3f}{s['kl_k1']:>9.3f}{s['length']:>8.1f}"
           f"{s['train_seconds']:>9.1f}{s['seconds']:>9.1f}{s['process_seconds']:>11.1f}{mem:>14.0f}{flag}")
 print("gold: the gold judge on the held-out prompts; KL: nats per response to the SFT model on the policy's own\n"
-      "samples; train s: the optimisation loop (summary 'train_seconds'); stage s: the whole stage (summary\n"
+      "samples of all evaluation prompts; train s: the optimisation loop (summary 'train_seconds'); stage s: the whole stage (summary\n"
       "'seconds': reference pass if not cached, training, evaluation); process s: perf_counter around the child.")
 print("\nEach variant should beat SFT: its gold above the SFT row. " +
       (f"Below SFT here: {', '.join(below)}." if below else "All of them do here."))
