@@ -5,7 +5,6 @@ config checks behave, approx_kl's orientation, the NaN guard's step, the documen
 
 import copy
 import json
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +15,7 @@ from minirlhf.engine import Generation
 from minirlhf.grpo import gold_reward_fn, group_advantages_with_signal, load_prompt_rows, run, train_grpo
 from minirlhf.world import judge
 from minirlhf.model import GPT
+from resume_check import check_stage_stop_and_resume, check_stop_and_resume, rows
 from test_ppo import documented_metrics
 from test_sft_reward import base  # noqa: F401  (the shared micro fixture: a pretrained micro model, prompts)
 
@@ -41,10 +41,6 @@ def cfg(tmp_path, **kw):
                     minibatch_size=16, ppo_epochs=1, lr=1e-3, max_new_tokens=10, progress=False, eval_interval=1000,
                     missing_eos_penalty=0.0)
     return make_config(GRPOConfig, overrides={**defaults, **kw})
-
-
-def rows(tmp_path):
-    return [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
 
 
 @pytest.mark.parametrize("temperature", [0.7, 1.3])
@@ -219,10 +215,6 @@ def test_approx_kl_is_k3_of_kl_old_to_new(tmp_path, monkeypatch):
     assert rows(tmp_path)[0]["policy/approx_kl"] == pytest.approx(forward, rel=1e-4)
 
 
-class Crash(Exception):
-    """Stands for a run killed mid-iteration."""
-
-
 def test_nan_loss_error_names_the_iteration_and_the_optimizer_step(tmp_path, monkeypatch):
     """16 responses, minibatches of 4, 2 epochs = 8 optimizer steps per iteration: a NaN loss at
     iteration 2, epoch 1, minibatch 3 is optimizer step 8 + 3 = 11 of the run."""
@@ -262,72 +254,16 @@ def test_stop_and_resume_end_where_an_uninterrupted_run_ends(tmp_path):
     checkpoint are dropped and logged again); a finished run resumes to itself."""
     settings = dict(iterations=4, minibatch_size=8, ppo_epochs=2, eval_interval=2, anneal_lr=True)
 
-    def run(out, reward_fn=low_token_share, **kw):
+    def run(out, reward_fn, **kw):
         policy, ref, prompts = setup()  # a fresh policy: a resumed run restores everything from ckpt.pt
         out.mkdir(exist_ok=True)
         result = train_grpo(policy, ref, reward_fn, prompts, TOK, cfg(out, **settings, **kw), str(out))
         return result, policy.state_dict()
 
-    def without_seconds(rs):
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
-
-    _, expected = run(tmp_path / "straight")
-    expected_rows = without_seconds(rows(tmp_path / "straight"))
-
-    out = tmp_path / "stopped"
-    result, _ = run(out, stop_after=1)  # checkpoint after iteration 1
-    assert result["interrupted"] and [r["iteration"] for r in rows(out)] == [1]
-    calls = []
-
-    def crash_in_iteration_4(g, prompt_index):  # resumed after 1: the calls of iterations 2, 3, 4
-        calls.append(1)
-        if len(calls) == 3:
-            raise Crash
-        return low_token_share(g, prompt_index)
-
-    with pytest.raises(Crash):
-        run(out, crash_in_iteration_4, resume=True)  # checkpoint after iteration 2 (eval_interval), not 3
-    assert [r["iteration"] for r in rows(out)] == [1, 2, 3]
-    result, state = run(out, resume=True)
-    assert not result["interrupted"] and result["trained_iterations"] == 2  # iterations 3 and 4
-    assert without_seconds(rows(out)) == expected_rows
-    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in expected)
-
-    result, state = run(out, resume=True)  # finished: nothing left to train
-    assert result["trained_iterations"] == 0 and without_seconds([result["last_row"]]) == expected_rows[-1:]
-    assert without_seconds(rows(out)) == expected_rows
-    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    check_stop_and_resume(run, low_token_share, tmp_path)
 
 
 def test_stage_stop_resume_and_resume_of_a_finished_run(base, tmp_path):  # noqa: F811
-    """`minirlhf grpo --stop_after=1`, then `--resume`: no model.pt or summary at the stop, then the same
-    model.pt and metrics rows as an uninterrupted run; `--resume` on the finished run reproduces it."""
-    from minirlhf import checkpoint as ck
-    from minirlhf.model import ScalarModel
-
-    trunk, _ = ck.load_model(base["init"])
-    torch.manual_seed(0)
-    rm = str(tmp_path / "rm.pt")
-    ck.save_checkpoint(rm, ck.model_payload(ScalarModel(trunk), "reward"))
-    over = dict(preset="micro", out_dir=str(tmp_path / "out"), init=base["init"], reward_model=rm,
-                prompts=base["prompts"], iterations=3, prompts_per_iteration=2, group_size=4, minibatch_size=4,
-                max_new_tokens=8, progress=False)
-
-    def stage(run_name, **kw):
-        return run(make_config(GRPOConfig, overrides={**over, "run_name": run_name, **kw}))
-
-    def artifacts(run_name):
-        d = tmp_path / "out" / "micro" / run_name
-        metrics = [{k: v for k, v in r.items() if k != "seconds"} for r in rows(d)]
-        return ck.load_checkpoint(str(d / "model.pt"))["model"], metrics
-
-    straight = stage("straight")
-    assert stage("resumed", stop_after=1) == {"stage": "grpo", "iterations": 1, "interrupted": True}
-    assert not (tmp_path / "out" / "micro" / "resumed" / "model.pt").exists()
-    resumed = stage("resumed", resume=True)
-    assert resumed["final_reward_mean"] == straight["final_reward_mean"] and resumed["iterations"] == 3
-    (weights, metrics), (expected_weights, expected_metrics) = artifacts("resumed"), artifacts("straight")
-    assert metrics == expected_metrics and all(torch.equal(weights[k], expected_weights[k]) for k in weights)
-    again = stage("resumed", resume=True)  # finished: nothing to train, the same artifacts
-    assert again["final_reward_mean"] == straight["final_reward_mean"] and artifacts("resumed")[1] == expected_metrics
-    assert all(torch.equal(artifacts("resumed")[0][k], expected_weights[k]) for k in weights)
+    """`minirlhf grpo --stop_after=1`, then `--resume`, then `--resume` of the finished run (resume_check)."""
+    check_stage_stop_and_resume(run, GRPOConfig, "grpo", base, tmp_path, "final_reward_mean",
+                                prompts_per_iteration=2, group_size=4, minibatch_size=4)

@@ -4,8 +4,6 @@ sanity task in which PPO must raise a trivial programmatic reward within seconds
 exactly where an uninterrupted run ends."""
 
 import copy
-import json
-import os
 import re
 from types import SimpleNamespace
 
@@ -16,6 +14,7 @@ import torch
 from minirlhf.config import ModelConfig, PPOConfig, make_config
 from minirlhf.model import GPT, ScalarModel
 from minirlhf.ppo import train_ppo
+from resume_check import check_stage_stop_and_resume, check_stop_and_resume, rows
 from test_sft_reward import base  # noqa: F401  (the shared micro fixture: a pretrained micro model, prompts)
 
 V, END, PAD, P = 64, 62, 63, 6
@@ -40,10 +39,6 @@ def cfg(tmp_path, **kw):
     defaults = dict(preset="micro", out_dir=str(tmp_path), iterations=1, batch_size=16, minibatch_size=16,
                     ppo_epochs=1, lr=1e-3, max_new_tokens=10, progress=False, eval_interval=1000)
     return make_config(PPOConfig, overrides={**defaults, **kw})
-
-
-def rows(tmp_path):
-    return [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
 
 
 @pytest.mark.parametrize("temperature", [0.7, 1.0, 1.3])
@@ -172,10 +167,6 @@ def test_whiten_rewards_logs_the_raw_scores(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(runs[True][1].values(), runs[False][1].values()))
 
 
-class Crash(Exception):
-    """Stands for a run killed mid-iteration."""
-
-
 def test_nan_loss_error_names_the_iteration_and_the_optimizer_step(tmp_path, monkeypatch):
     """2 epochs x 4 minibatches = 8 optimizer steps per iteration: a NaN policy loss at iteration 2,
     epoch 1, minibatch 3 is optimizer step 8 + 3 = 11 of the run."""
@@ -227,42 +218,14 @@ def test_stop_and_resume_end_where_an_uninterrupted_run_ends(tmp_path):
     rows logged after the last checkpoint are dropped and logged again); a finished run resumes to itself."""
     settings = dict(iterations=4, batch_size=16, minibatch_size=8, ppo_epochs=2, eval_interval=2)
 
-    def run(out, score_fn=low_token_share, **kw):
+    def run(out, score_fn, **kw):
         policy, ref, value, prompts = setup()  # fresh models: a resumed run restores everything from ckpt.pt
         out.mkdir(exist_ok=True)
         result = train_ppo(policy, ref, value, score_fn, prompts, TOK, cfg(out, **settings, **kw), str(out))
         return result, {**policy.state_dict(), **{"value." + k: v for k, v in value.state_dict().items()}}
 
-    def without_seconds(rs):
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
-
-    _, expected = run(tmp_path / "straight")
-    expected_rows = without_seconds(rows(tmp_path / "straight"))
-    assert len({r["kl_coef"] for r in expected_rows}) == 4  # the adaptive controller moved: its state matters
-
-    out = tmp_path / "stopped"
-    result, _ = run(out, stop_after=1)  # checkpoint after iteration 1
-    assert result["interrupted"] and [r["iteration"] for r in rows(out)] == [1]
-    calls = []
-
-    def crash_in_iteration_4(tokens, attention_mask):  # resumed after 1: the calls of iterations 2, 3, 4
-        calls.append(1)
-        if len(calls) == 3:
-            raise Crash
-        return low_token_share(tokens, attention_mask)
-
-    with pytest.raises(Crash):
-        run(out, crash_in_iteration_4, resume=True)  # checkpoint after iteration 2 (eval_interval), not 3
-    assert [r["iteration"] for r in rows(out)] == [1, 2, 3]
-    result, state = run(out, resume=True)
-    assert not result["interrupted"] and result["trained_iterations"] == 2  # iterations 3 and 4
-    assert without_seconds(rows(out)) == expected_rows
-    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in expected)
-
-    result, state = run(out, resume=True)  # finished: nothing left to train
-    assert result["trained_iterations"] == 0 and without_seconds([result["last_row"]]) == expected_rows[-1:]
-    assert without_seconds(rows(out)) == expected_rows
-    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    expected_rows = check_stop_and_resume(run, low_token_share, tmp_path)
+    assert len({r["kl_coef"] for r in expected_rows}) == 4  # the adaptive controller moved: its state mattered
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
@@ -272,38 +235,11 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_stage_stop_resume_and_resume_of_a_finished_run(base, tmp_path):  # noqa: F811
-    """`minirlhf ppo --stop_after=1`, then `--resume`: no model.pt or summary at the stop, then the same
-    model.pt and metrics rows as an uninterrupted run; `--resume` on the finished run reproduces it."""
-    from minirlhf import checkpoint as ck
-    from minirlhf.model import ScalarModel
+    """`minirlhf ppo --stop_after=1`, then `--resume`, then `--resume` of the finished run (resume_check)."""
     from minirlhf.ppo import run
 
-    trunk, _ = ck.load_model(base["init"])
-    torch.manual_seed(0)
-    rm = str(tmp_path / "rm.pt")
-    ck.save_checkpoint(rm, ck.model_payload(ScalarModel(trunk), "reward"))
-    over = dict(preset="micro", out_dir=str(tmp_path / "out"), init=base["init"], reward_model=rm,
-                prompts=base["prompts"], iterations=3, batch_size=8, minibatch_size=4, max_new_tokens=8,
-                progress=False)
-
-    def stage(run_name, **kw):
-        return run(make_config(PPOConfig, overrides={**over, "run_name": run_name, **kw}))
-
-    def artifacts(run_name):
-        d = tmp_path / "out" / "micro" / run_name
-        metrics = [{k: v for k, v in r.items() if k != "seconds"} for r in rows(d)]
-        return ck.load_checkpoint(str(d / "model.pt"))["model"], metrics
-
-    straight = stage("straight")
-    assert stage("resumed", stop_after=1) == {"stage": "ppo", "iterations": 1, "interrupted": True}
-    assert not (tmp_path / "out" / "micro" / "resumed" / "model.pt").exists()
-    resumed = stage("resumed", resume=True)
-    assert resumed["final_kl_coef"] == straight["final_kl_coef"] and resumed["iterations"] == 3
-    (weights, metrics), (expected_weights, expected_metrics) = artifacts("resumed"), artifacts("straight")
-    assert metrics == expected_metrics and all(torch.equal(weights[k], expected_weights[k]) for k in weights)
-    again = stage("resumed", resume=True)  # finished: nothing to train, the same artifacts
-    assert again["final_kl_coef"] == straight["final_kl_coef"] and artifacts("resumed")[1] == expected_metrics
-    assert all(torch.equal(artifacts("resumed")[0][k], expected_weights[k]) for k in weights)
+    check_stage_stop_and_resume(run, PPOConfig, "ppo", base, tmp_path, "final_kl_coef",
+                                batch_size=8, minibatch_size=4)
 
 
 def test_eval_interval_below_one_is_a_clear_error(tmp_path):
