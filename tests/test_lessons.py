@@ -6,7 +6,8 @@ other's artifacts (lesson 03 reuses lesson 02's SFT model, ...), so one test run
 folder, each as its own process, the way a reader would: `python lessons/NN_name.py micro`. (Lesson 09
 takes a model folder instead of a preset; given a preset name it says so and makes its own tiny GPT-2.)
 
-Slow (about two minutes on 2 cores): `pytest -m slow tests/test_lessons.py`.
+Slow (about two minutes on 2 cores, plus lesson 03 once more alone in an empty folder): `pytest -m slow
+tests/test_lessons.py`.
 """
 
 import os
@@ -49,3 +50,14 @@ def test_every_lesson_runs_on_micro(tmp_path):
         missing = [p for p in promised_plots(path, "micro")
                    if not (os.path.exists(tmp_path / p) and os.path.getsize(tmp_path / p) > 0)]
         assert not missing, f"{name} did not write {missing}:\n{output[-2000:]}"
+
+
+@pytest.mark.slow
+def test_a_lesson_runs_on_its_own(tmp_path):
+    # lessons/README.md: run them in order or on their own; lesson 03 needs pretraining and SFT, which it
+    # must build itself in an empty folder (it once assumed lesson 02 had run)
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+    run = subprocess.run([sys.executable, os.path.join(LESSONS, "03_reward_model.py"), "micro"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert (tmp_path / "out" / "micro" / "reward" / "model.pt").exists()
