@@ -10,13 +10,15 @@ batch of random prompts (all of `--prompt-len` tokens, so no padding), plain sam
 never checks, `transformers` gets `eos_token_id=None` and `min_new_tokens = max_new_tokens`; so both
 produce exactly batch x new-tokens tokens. tokens/s = batch * new_tokens / seconds of the whole call
 (prefill included: it is part of a rollout). Every row runs once untimed first (warm-up, and the
-compilation for compiled rows), then rows run in interleaved rounds and each keeps its best round.
+compilation for compiled rows), then rows run in interleaved rounds and each keeps its best round; the
+table is printed after every round. A row that raises is reported as failed with the error's message.
 
 Rows: `engine.generate` (eager; and with `compile=True`, CUDA graphs, on CUDA or with --compile on),
 `engine.generate_kv_reference` (the same loop through `GPT.forward` + `KVCache`), `generate_naive` (no
 cache, timed on `--naive-tokens` new tokens because it is quadratic; its tokens/s is for that shorter
 run), `transformers` generate with its default dynamic cache, and with `--hf-static` also with
-`cache_implementation="static"` and `torch.compile` (Hugging Face's own fast path).
+`cache_implementation="static"` compiled (Hugging Face's own fast path: on CUDA `generate` compiles the
+decode step itself; on CPU, where it does not, the script wraps the model's forward in `torch.compile`).
 
 Deliberate simplifications: random weights and prompts (speed does not depend on them, except that
 no row may stop early, which is why EOS is off); one prompt length.
@@ -97,50 +99,76 @@ def main() -> None:
         rows.append(("engine.generate_naive", f"eager, no cache, {naive_n} new tokens", naive_n,
                      engine_row(generate_naive, naive_n)))
     rows.append(("transformers generate", "dynamic cache (default)", N, hf_row(hf)))
-    if args.hf_static:  # a second copy, so that the compiled forward does not leak into the row above
+    if args.hf_static:  # a second copy, so that nothing compiled leaks into the row above
         hf_static = copy.deepcopy(hf)
-        hf_static.forward = torch.compile(hf_static.forward, mode="reduce-overhead" if cuda else None, fullgraph=True)
-        rows.append(("transformers generate", "static cache + torch.compile", N,
-                     hf_row(hf_static, cache_implementation="static")))
+        if cuda:
+            # On CUDA, `generate(..., cache_implementation="static")` compiles the decode step itself
+            # (`mode="reduce-overhead"`, CUDA graphs) and runs the prefill eagerly. Wrapping `forward` in our
+            # own torch.compile would also compile the prefill (where the static cache is created) and
+            # the cache tensors would not be marked as static inputs, so CUDA graphs would be skipped.
+            rows.append(("transformers generate", "static cache, generate's own compile (CUDA graphs)", N,
+                         hf_row(hf_static, cache_implementation="static")))
+        else:  # transformers does not auto-compile on CPU, so compile its forward here
+            hf_static.forward = torch.compile(hf_static.forward, fullgraph=True)
+            rows.append(("transformers generate", "static cache + torch.compile(forward)", N,
+                         hf_row(hf_static, cache_implementation="static")))
 
     print(environment(device))
     print(f"config: preset {args.preset} (n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}, "
           f"vocab={cfg.vocab_size}); batch {B}; prompt {P} tokens; {N} new tokens; {str(dtype)[6:]} weights; "
           f"sampling at temperature 1, no top-k/top-p, no EOS stop; best of {args.repeats} rounds after a warm-up")
-    counts, failed = {}, {}
+
+    def failure(e: Exception) -> str:
+        lines = str(e).splitlines() or [""]
+        return f"failed: {type(e).__name__}: {lines[0][:80]}"
+
+    # One broken row (a compile backend missing, a wrong token count) is reported as failed; the others go on.
+    first, failed, best = {}, {}, {}
     for name, mode, n, run in rows:  # warm-up (and compile) once, and check the token count
         t0 = time.perf_counter()
         try:
             out = run()
-        except Exception as e:  # one broken row (e.g. a compile backend missing) must not lose the others
-            failed[(name, mode)] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
-            continue
-        sync(device)
-        counts[(name, mode)] = (out.response.numel() if hasattr(out, "response") else out[:, P:].numel(),
-                                time.perf_counter() - t0)
-    rows = [r for r in rows if (r[0], r[1]) not in failed] + [(k[0], k[1], 0, None) for k in failed]
-    best = {}
-    for _ in range(args.repeats):
-        for name, mode, n, run in rows:
-            if run is None:
-                continue
             sync(device)
-            t0 = time.perf_counter()
-            run()
-            sync(device)
-            best[(name, mode)] = min(best.get((name, mode), float("inf")), time.perf_counter() - t0)
-    hf_s = best[("transformers generate", "dynamic cache (default)")] / N  # seconds per new token (all rows)
-    table = []
-    for name, mode, n, run in rows:
-        if run is None:
-            table.append([name, mode, failed[(name, mode)], "", "", ""])
+            tokens = out.response.numel() if hasattr(out, "response") else out[:, P:].numel()
+            if tokens != B * n:
+                raise RuntimeError(f"produced {tokens} tokens, expected {B * n}")
+        except Exception as e:
+            failed[(name, mode)] = failure(e)
             continue
-        s = best[(name, mode)]
-        tokens, first = counts[(name, mode)]
-        assert tokens == B * n, f"{name} ({mode}) produced {tokens} tokens, expected {B * n}"
-        table.append([name, mode, f"{B * n / s:,.0f}", f"{s:.2f}", f"{first:.1f}", f"{hf_s * n / s:.2f}x"])
-    print_table(["generator", "mode", "tokens/s", "seconds", "first call s", "vs transformers (dynamic)"], table)
+        first[(name, mode)] = time.perf_counter() - t0
+    if args.hf_static and cuda and not hasattr(hf_static, "_compiled_call"):
+        print("note: transformers did not auto-compile the static-cache row (it ran eagerly)")
 
+    def report(done: int) -> None:  # printed after every round, so a run killed by a time limit keeps its rows
+        base = best.get(("transformers generate", "dynamic cache (default)"))  # seconds for N tokens
+        table = []
+        for name, mode, n, _ in rows:
+            key = (name, mode)
+            if key in failed:
+                table.append([name, mode, failed[key], "", f"{first[key]:.1f}" if key in first else "", ""])
+            elif key in best:
+                s = best[key]
+                ratio = f"{base / N * n / s:.2f}x" if base else "n/a"
+                table.append([name, mode, f"{B * n / s:,.0f}", f"{s:.2f}", f"{first[key]:.1f}", ratio])
+        print(f"\nafter {done} of {args.repeats} timed rounds:")
+        print_table(["generator", "mode", "tokens/s", "seconds", "first call s", "vs transformers (dynamic)"], table)
+
+    for r in range(args.repeats):
+        for name, mode, n, run in rows:
+            if (name, mode) in failed:
+                continue
+            try:
+                sync(device)
+                t0 = time.perf_counter()
+                run()
+                sync(device)
+            except Exception as e:
+                failed[(name, mode)] = failure(e)
+                continue
+            best[(name, mode)] = min(best.get((name, mode), float("inf")), time.perf_counter() - t0)
+        report(r + 1)
+    if args.repeats < 1:
+        report(0)
 
 if __name__ == "__main__":
     main()

@@ -18,8 +18,9 @@ check reads the device every `sync_every` tokens rather than every token. Sampli
 device with the caller's seeded `torch.Generator`.
 
 The decode step (`decode_step`) has static shapes: the token, its position and the cache column are
-tensors, the cache is written with `index_copy_` and read in full. So `torch.compile` can capture the
-whole step (`generate(..., compile=True)`: `mode="reduce-overhead"`, i.e. CUDA graphs, on CUDA), which
+tensors, the cache is written by index assignment at the (1,) column tensor and read in full. So
+`torch.compile` can capture the whole step (`generate(..., compile=True)`: `mode="reduce-overhead"`,
+i.e. CUDA graphs, on CUDA), which
 removes the per-layer kernel-launch overhead that dominates small-batch decoding on a GPU (the recipe of
 PyTorch's gpt-fast, https://github.com/pytorch-labs/gpt-fast). On CPU the eager step is already fast: it
 attends with two small batched matmuls instead of the fused SDPA kernel, which is slow for one query.
@@ -283,8 +284,9 @@ def decode_step(model, k_cache, v_cache, columns, key_mask, token, position, col
     x = tr.wte(token) + tr.wpe(position)  # (B, C)
     for layer, block in enumerate(tr.h):
         q, k, v = block.attn.c_attn(block.ln_1(x)).split(C, dim=-1)  # 3 x (B, C)
-        k_cache[layer][:, :, column] = k.view(B, H, 1, D)  # (B, H, S, D): column `column` set
-        v_cache[layer][:, :, column] = v.view(B, H, 1, D)
+        # (B, H, S, D): column `column` set; cast to the cache's dtype (under autocast k, v may differ from it)
+        k_cache[layer][:, :, column] = k.view(B, H, 1, D).to(k_cache[layer].dtype)
+        v_cache[layer][:, :, column] = v.view(B, H, 1, D).to(v_cache[layer].dtype)
         y = plain_attention(q.view(B, H, 1, D), k_cache[layer], v_cache[layer], visible)  # (B, H, 1, D)
         x = x + block.attn.c_proj(y.reshape(B, C))  # (B, C)
         x = x + block.mlp(block.ln_2(x))

@@ -120,6 +120,18 @@ def test_prompt_at_full_context():
     assert torch.equal(out.response, ref.response)
 
 
+
+def test_generate_under_bf16_autocast_with_float32_weights():
+    """Under bf16 autocast the keys and values come out bf16 while the cache is float32: the decode step
+    casts them to the cache's dtype (writing them raised "Index put requires the source and destination
+    dtypes match" before), and the greedy tokens equal the GPT.forward + KVCache reference's."""
+    model = make_model(dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generate(model, PROMPTS, 4, EOS, PAD, temperature=0)
+        ref = generate_kv_reference(model, PROMPTS, 4, EOS, PAD, temperature=0)
+    assert out.response.shape == (len(PROMPTS), 4)
+    assert torch.equal(out.response, ref.response) and torch.isfinite(out.logprobs).all()
+
 @pytest.mark.slow
 def test_compiled_decode_step_equals_eager_and_reuses_its_cache():
     """compile=True (inductor on CPU; CUDA graphs on CUDA) gives the eager outputs, twice in a row:
