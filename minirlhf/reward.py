@@ -54,24 +54,12 @@ from minirlhf.losses import bradley_terry_loss, length_disentangle_loss
 from minirlhf.model import ScalarHead, ScalarModel, at_last_token
 from minirlhf.ops import pearson_correlation
 from minirlhf.sft import batch_indices, stage_file, stage_tokenizer, world_file
-from minirlhf.tokenizer import END, Tokenizer, render_conversation, render_prompt
+from minirlhf.tokenizer import END, Tokenizer, render_conversation, render_prompt, render_reply
 from minirlhf.train_loop import micro_batch_size, train_loop
 
 STAGE = "reward"
 ON_POLICY_K = 4  # SFT samples per prompt for the on-policy accuracy check (6 pairs per prompt)
 DECISIVE_GAP = 0.5  # gold gap of a "decisive" pair: a right against a wrong answer (~0.85 vs -0.6), not two wordings
-
-
-def render_reply(tok: Tokenizer, prompt: list[dict], reply: str) -> tuple[list[int], list[int]]:
-    """A prompt and its final assistant reply -> (ids, loss mask), the mask 1 on the reply's tokens and its
-    closing <|end|> only.
-
-    `render_conversation` marks every assistant turn; the earlier assistant turns of a multi-turn prompt are
-    context, not the response being scored, so the mask is zeroed over the rendered prompt (its ids,
-    `render_prompt`, are exactly the first tokens of the conversation, up to the reply's <|assistant|>)."""
-    ids, mask = render_conversation(tok, prompt + [{"role": "assistant", "content": reply}])
-    n = len(render_prompt(tok, prompt))
-    return ids, [0] * n + mask[n:]
 
 
 def row_where(source: str, row: dict, i: int) -> str:

@@ -598,3 +598,16 @@ def render_prompt(tok: Tokenizer, prompt: str | Sequence[dict]) -> list[int]:
         ids += [tok.user_id if role == "user" else tok.assistant_id, *tok.encode(content), tok.end_id]
     ids.append(tok.assistant_id)
     return ids
+
+
+def render_reply(tok: Tokenizer, prompt: list[dict], reply: str) -> tuple[list[int], list[int]]:
+    """A prompt and its final assistant reply -> (ids, loss mask), the mask 1 on the reply's tokens and its
+    closing ``<|end|>`` only: what the reward model and the preference losses score.
+
+    ``render_conversation`` marks every assistant turn; the earlier assistant turns of a multi-turn prompt
+    are context, not the response being scored, so the mask is zeroed over the rendered prompt (its ids,
+    ``render_prompt``, are exactly the first tokens of the conversation, up to the reply's
+    ``<|assistant|>``)."""
+    ids, mask = render_conversation(tok, prompt + [{"role": "assistant", "content": reply}])
+    n = len(render_prompt(tok, prompt))
+    return ids, [0] * n + mask[n:]

@@ -9,10 +9,10 @@ import re
 import pytest
 import torch
 
-from minirlhf import dpo, reward, sft
+from minirlhf import dpo, sft
 from minirlhf.config import DPOConfig, SFTConfig, make_config
 from minirlhf.ops import logprobs_from_logits
-from minirlhf.tokenizer import render_conversation
+from minirlhf.tokenizer import render_conversation, render_reply
 
 from test_sft_reward import QA, base, write_jsonl  # noqa: F401  (the shared micro fixture)
 
@@ -197,8 +197,8 @@ def test_kto_mismatched_pair_longer_than_the_context_is_cut(base):  # noqa: F811
     tok = base["tok"]
     a = {"prompt": [{"role": "user", "content": "many words " * 12}], "completion": "Yes.", "label": True}
     b = {"prompt": [{"role": "user", "content": "Hi?"}], "completion": "more words " * 12, "label": False}
-    own = [reward.render_reply(tok, r["prompt"], r["completion"])[0] for r in (a, b)]
-    full = reward.render_reply(tok, a["prompt"], b["completion"])  # a's prompt, b's completion
+    own = [render_reply(tok, r["prompt"], r["completion"])[0] for r in (a, b)]
+    full = render_reply(tok, a["prompt"], b["completion"])  # a's prompt, b's completion
     max_len = max(len(x) for x in own)
     assert len(full[0]) > max_len  # the setting of the test
     records, dropped = dpo.encode_kto(tok, [a, b], max_len, False, "rows", seed=0)
