@@ -27,11 +27,11 @@ import time
 import torch
 
 from minirlhf import engine, ppo
+from minirlhf.chat import render_prompt
 from minirlhf.checkpoint import load_model, load_scalar_model
 from minirlhf.config import PPOConfig, make_config
 from minirlhf.data import read_prompts
 from minirlhf.sample import tokenizer_for
-from minirlhf.tokenizer import render_prompt
 
 
 def one_run(generator_fn, args) -> dict:

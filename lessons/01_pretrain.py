@@ -20,12 +20,13 @@ Deliberate simplifications: one preset-sized run with the library's defaults; no
 import os
 import sys
 
+from minirlhf.chat import render_prompt
 from minirlhf.checkpoint import load_model
 from minirlhf.config import PretrainConfig, WorldConfig, make_config
 from minirlhf.evaluate import complete
 from minirlhf.plots import loss_curve
 from minirlhf.pretrain import run as pretrain
-from minirlhf.tokenizer import Tokenizer, render_prompt
+from minirlhf.tokenizer import Tokenizer
 from minirlhf.world.build import run as build_world
 
 preset = sys.argv[1] if len(sys.argv) > 1 else "tiny"

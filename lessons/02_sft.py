@@ -26,6 +26,7 @@ import sys
 
 import torch
 
+from minirlhf.chat import render_conversation, render_prompt
 from minirlhf.checkpoint import load_model
 from minirlhf.config import PretrainConfig, SFTConfig, WorldConfig, make_config
 from minirlhf.engine import generate
@@ -34,7 +35,6 @@ from minirlhf.plots import plt
 from minirlhf.pretrain import run as pretrain
 from minirlhf.sample import tokenizer_for
 from minirlhf.sft import run as sft
-from minirlhf.tokenizer import render_conversation, render_prompt
 from minirlhf.world.build import run as build_world
 
 preset = sys.argv[1] if len(sys.argv) > 1 else "tiny"

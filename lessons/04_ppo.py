@@ -41,6 +41,7 @@ import sys
 import torch
 
 from minirlhf import ops, rl
+from minirlhf.chat import render_prompt
 from minirlhf.checkpoint import load_model, load_scalar_model
 from minirlhf.config import PPOConfig, RewardConfig, make_config
 from minirlhf.engine import generate, response_logprobs
@@ -49,7 +50,6 @@ from minirlhf.ppo import response_values
 from minirlhf.ppo import run as ppo
 from minirlhf.reward import run as reward
 from minirlhf.sample import tokenizer_for
-from minirlhf.tokenizer import render_prompt
 from minirlhf.world import judge
 from prerequisites import compare_over_seeds, ensure, ranked_pairs
 

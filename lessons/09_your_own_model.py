@@ -44,12 +44,13 @@ import torch
 import transformers
 
 from minirlhf import checkpoint as ck
+from minirlhf.chat import render_prompt
 from minirlhf.config import PRESETS, DPOConfig, make_config
 from minirlhf.dpo import run as dpo
 from minirlhf.engine import generate
 from minirlhf.hf import export_hf, import_hf
 from minirlhf.hf_bpe import ranks_to_hf_bpe
-from minirlhf.tokenizer import Tokenizer, merges_to_ranks, render_prompt, train_bpe
+from minirlhf.tokenizer import Tokenizer, merges_to_ranks, train_bpe
 from minirlhf.world import build_world, make_corpus
 
 root = os.path.join("out", "byo")

@@ -54,13 +54,13 @@ from dataclasses import dataclass
 import torch
 
 from minirlhf import checkpoint as ck
+from minirlhf.chat import render_prompt
 from minirlhf.common import Stopwatch, config_key, file_digest, resolve_device, reusable, setup_torch, write_json
 from minirlhf.config import BestOfNConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.engine import generate
 from minirlhf.grpo import decode_responses
 from minirlhf.reward import pairwise_gold_accuracy
 from minirlhf.sft import stage_file, stage_tokenizer, world_file
-from minirlhf.tokenizer import render_prompt
 
 STAGE = "best_of_n"
 

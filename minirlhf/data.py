@@ -12,7 +12,7 @@ The formats are the Hugging Face TRL conventions, so users can bring their own f
     RL prompts    {"prompt": str|[messages]}
 
 A message is {"role": "system"|"user"|"assistant", "content": str}. Every reader returns prompts
-and conversations as message lists, so the chat renderer (minirlhf/tokenizer.py) sees one shape.
+and conversations as message lists, so the chat renderer (minirlhf/chat.py) sees one shape.
 Preference and KTO rows also carry "line", their 1-based line in the file, so that a stage that
 rejects a row later (too long for the context, a bad annotation) can name `{path}:{line}`.
 

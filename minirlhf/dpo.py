@@ -61,6 +61,7 @@ import torch
 from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf import losses as L
+from minirlhf.chat import render_reply
 from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_adamw, resolve_device, reusable,
                              setup_torch, write_json)
 from minirlhf.config import DPOConfig, fill_from_preset, save_config, stage_dir
@@ -68,7 +69,6 @@ from minirlhf.data import DataError, read_kto, read_preferences_with_report
 from minirlhf.ops import logprobs_from_logits, masked_sum
 from minirlhf.reward import load_pairs, row_where
 from minirlhf.sft import batch_indices, stage_file, stage_tokenizer, world_eval, world_file
-from minirlhf.tokenizer import render_reply
 from minirlhf.train_loop import micro_batch_size, train_loop
 
 STAGE = "dpo"

@@ -57,8 +57,9 @@ import torch.nn.functional as F
 
 from minirlhf import distributed as dist
 from minirlhf import ops
+from minirlhf.chat import render_prompt
 from minirlhf.engine import generate, response_logprobs
-from minirlhf.tokenizer import END, render_prompt
+from minirlhf.tokenizer import END
 
 
 def read_rows(path: str) -> list[dict]:

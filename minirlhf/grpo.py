@@ -110,6 +110,7 @@ from tqdm import tqdm
 from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf import ops, rl
+from minirlhf.chat import render_prompt
 from minirlhf.common import MetricsLog, Stopwatch, check_finite, config_key, file_digest, make_adamw, \
     resolve_device, reusable, setup_torch, write_json
 from minirlhf.config import GRPOConfig, fill_from_preset, save_config, stage_dir
@@ -118,7 +119,6 @@ from minirlhf.engine import generate_sharded, response_logprobs
 from minirlhf.losses import grpo_loss
 from minirlhf.ppo import resume_rl
 from minirlhf.sft import stage_file, stage_tokenizer, world_eval, world_file
-from minirlhf.tokenizer import render_prompt
 
 STAGE = "grpo"
 REWARDS = ("rm", "gold")

@@ -76,12 +76,13 @@ import random
 import torch
 
 from minirlhf import checkpoint as ck
+from minirlhf.chat import render_prompt
 from minirlhf.common import Stopwatch, config_key, file_digest, resolve_device, reusable, write_json
 from minirlhf.config import PairsConfig, fill_from_preset, stage_dir
 from minirlhf.data import read_jsonl, read_prompts, write_jsonl
 from minirlhf.engine import generate
 from minirlhf.sft import stage_file, world_file
-from minirlhf.tokenizer import Tokenizer, render_prompt
+from minirlhf.tokenizer import Tokenizer
 
 STAGE = "pairs"
 

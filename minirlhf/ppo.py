@@ -96,6 +96,7 @@ from tqdm import tqdm
 from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf import ops, rl
+from minirlhf.chat import render_prompt
 from minirlhf.common import MetricsLog, Stopwatch, check_finite, config_key, file_digest, make_adamw, \
     resolve_device, reusable, rows_up_to, setup_torch, write_json
 from minirlhf.config import PPOConfig, fill_from_preset, save_config, stage_dir
@@ -105,7 +106,6 @@ from minirlhf.losses import ppo_policy_loss, ppo_value_loss
 from minirlhf.model import ScalarHead
 from minirlhf.pretrain import get_batch, lm_loss, load_tokens
 from minirlhf.sft import stage_file, stage_tokenizer, world_eval, world_file
-from minirlhf.tokenizer import render_prompt
 
 STAGE = "ppo"
 

@@ -44,6 +44,7 @@ import torch
 
 from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
+from minirlhf.chat import render_conversation, render_prompt, render_reply
 from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_adamw, resolve_device, reusable,
                              setup_torch, write_json)
 from minirlhf.config import RewardConfig, fill_from_preset, save_config, stage_dir
@@ -54,7 +55,7 @@ from minirlhf.losses import bradley_terry_loss, length_disentangle_loss
 from minirlhf.model import ScalarHead, ScalarModel, at_last_token
 from minirlhf.ops import pearson_correlation
 from minirlhf.sft import batch_indices, stage_file, stage_tokenizer, world_file
-from minirlhf.tokenizer import END, Tokenizer, render_conversation, render_prompt, render_reply
+from minirlhf.tokenizer import END, Tokenizer
 from minirlhf.train_loop import micro_batch_size, train_loop
 
 STAGE = "reward"

@@ -14,11 +14,12 @@ import os
 
 import torch
 
+from minirlhf.chat import render_prompt
 from minirlhf.checkpoint import load_model
 from minirlhf.common import resolve_device
 from minirlhf.config import SampleConfig
 from minirlhf.engine import check_sampling, generate
-from minirlhf.tokenizer import Tokenizer, render_prompt
+from minirlhf.tokenizer import Tokenizer
 
 
 def tokenizer_for(checkpoint: str) -> Tokenizer:

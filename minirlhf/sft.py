@@ -39,13 +39,14 @@ import torch
 
 from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
+from minirlhf.chat import render_conversation
 from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_adamw, resolve_device, reusable,
                              setup_torch, write_json)
 from minirlhf.config import SFTConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import read_sft
 from minirlhf.losses import sft_loss
 from minirlhf.pretrain import get_batch, lm_loss, load_tokens
-from minirlhf.tokenizer import Tokenizer, render_conversation
+from minirlhf.tokenizer import Tokenizer
 from minirlhf.train_loop import micro_batch_size, train_loop
 
 STAGE = "sft"

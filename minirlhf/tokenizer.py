@@ -1,4 +1,4 @@
-"""Byte-level BPE tokenizer: trained here in Python, run by ``tiktoken``, plus the chat template.
+"""Byte-level BPE tokenizer: trained here in Python, run by ``tiktoken``.
 
 What it does
 ------------
@@ -13,22 +13,19 @@ What it does
 * ``Tokenizer.from_vocab_merges`` reads a Hugging Face GPT-2 tokenizer (``vocab.json`` + ``merges.txt``)
   into tiktoken ranks, ids unchanged; ``Tokenizer.save_vocab_merges`` writes ours in that format (used by
   ``minirlhf.hf``). The file format and its conversion live in ``minirlhf.hf_bpe``.
-* ``render_conversation`` / ``render_prompt`` turn chat messages into token ids with the fixed template
-  ``<|user|>{text}<|end|><|assistant|>{text}<|end|>...`` and a loss mask that is 1 exactly on the
-  assistant's content tokens and its closing ``<|end|>``.
+* The chat template built on these ids (``render_conversation``, ``render_prompt``, ``render_reply``)
+  lives in ``minirlhf.chat``.
 
 How to use it
 -------------
     tok = Tokenizer.train(corpus_text, vocab_size=2048)   # 256 bytes + 1787 merges + 5 specials
     tok.save("out/tiny/tokenizer/tokenizer.json")
     tok = Tokenizer.load("out/tiny/tokenizer/tokenizer.json")
-    ids, mask = render_conversation(tok, [{"role": "user", "content": "Hi"},
-                                          {"role": "assistant", "content": "Hello!"}])
-    prompt_ids = render_prompt(tok, "What is the capital of France?")   # ends with <|assistant|>
+    tok.encode("The capital of France is Paris.")   # plain text -> ids, never a control token
 
 ``encode`` ALWAYS treats its input as plain text: the string ``"<|end|>"`` typed by a user becomes
-ordinary bytes, never the control token. Control tokens enter a sequence only through the render
-functions (or by using the ``*_id`` attributes directly).
+ordinary bytes, never the control token. Control tokens enter a sequence only through the chat
+template's render functions (``minirlhf.chat``) or by using the ``*_id`` attributes directly.
 
 Deliberate simplifications
 --------------------------
@@ -43,8 +40,6 @@ Deliberate simplifications
 * Training pre-tokenises with Python's ``regex`` module, encoding with tiktoken's Rust regex. They agree
   except on code points assigned in very recent Unicode versions (e.g. U+3D000), which ``regex`` may
   already class as letters; such text still round-trips exactly, it just may use different merges.
-* A leading ``system`` message is not a separate turn (the template has no system token): its text is
-  prepended to the first user message, separated by a blank line.
 """
 
 from __future__ import annotations
@@ -518,96 +513,3 @@ class Tokenizer:
         vocab_path.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
         merges_path.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
         return vocab_path, merges_path
-
-
-# ----------------------------------------------------------------------------------------------------
-# Chat template
-
-
-def _check_messages(messages: Sequence[dict], final_role: str) -> list[tuple[str, str]]:
-    """Validate messages; returns (role, content) pairs with any system text folded into turn 0."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise TypeError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
-    turns: list[tuple[str, str]] = []
-    system: str | None = None
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"messages[{i}]: must be a dict with keys 'role' and 'content', got {m!r}")
-        role, content = m["role"], m["content"]
-        if not isinstance(content, str):
-            raise ValueError(f"messages[{i}]: 'content' must be a str, got {type(content).__name__}")
-        if role == "system":
-            if i != 0:
-                raise ValueError(f"messages[{i}]: a 'system' message is only allowed first")
-            system = content
-            continue
-        if role not in ("user", "assistant"):
-            raise ValueError(f"messages[{i}]: unknown role {role!r} (expected 'user' or 'assistant')")
-        expected = "user" if len(turns) % 2 == 0 else "assistant"
-        if role != expected:
-            raise ValueError(
-                f"messages[{i}]: expected a {expected!r} turn (roles must alternate, user first), got {role!r}"
-            )
-        if system is not None and not turns:
-            content = system + "\n\n" + content
-        turns.append((role, content))
-    if not turns:
-        raise ValueError("messages: no user/assistant turns")
-    if turns[-1][0] != final_role:
-        hint = " (use render_prompt for a generation prompt)" if final_role == "assistant" else ""
-        raise ValueError(
-            f"messages[{len(messages) - 1}]: the conversation must end with a {final_role!r} turn, "
-            f"got {turns[-1][0]!r}{hint}"
-        )
-    return turns
-
-
-def render_conversation(tok: Tokenizer, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
-    """Chat messages -> (ids, loss_mask) for SFT / reward modelling / preference losses.
-
-    ``<|user|>{u}<|end|><|assistant|>{a}<|end|>...``; ``loss_mask`` is 1 on the assistant's content
-    tokens and its closing ``<|end|>``, 0 elsewhere (the ``<|assistant|>`` token included). Messages
-    must alternate user/assistant, start with user (after an optional leading system message, whose
-    text is prepended to the first user turn) and end with assistant. Content is plain text: a
-    literal ``"<|end|>"`` inside it is encoded as ordinary bytes.
-    """
-    ids: list[int] = []
-    mask: list[int] = []
-    for role, content in _check_messages(messages, final_role="assistant"):
-        body = tok.encode(content)
-        if role == "user":
-            ids += [tok.user_id, *body, tok.end_id]
-            mask += [0] * (len(body) + 2)
-        else:
-            ids += [tok.assistant_id, *body, tok.end_id]
-            mask += [0] + [1] * (len(body) + 1)
-    return ids, mask
-
-
-def render_prompt(tok: Tokenizer, prompt: str | Sequence[dict]) -> list[int]:
-    """A generation prompt: ``<|user|>{prompt}<|end|><|assistant|>`` (or a message list ending in user).
-
-    The returned ids end with the ``<|assistant|>`` token; the model continues with the response.
-    """
-    if isinstance(prompt, str):
-        turns = [("user", prompt)]
-    else:
-        turns = _check_messages(prompt, final_role="user")
-    ids: list[int] = []
-    for role, content in turns:
-        ids += [tok.user_id if role == "user" else tok.assistant_id, *tok.encode(content), tok.end_id]
-    ids.append(tok.assistant_id)
-    return ids
-
-
-def render_reply(tok: Tokenizer, prompt: list[dict], reply: str) -> tuple[list[int], list[int]]:
-    """A prompt and its final assistant reply -> (ids, loss mask), the mask 1 on the reply's tokens and its
-    closing ``<|end|>`` only: what the reward model and the preference losses score.
-
-    ``render_conversation`` marks every assistant turn; the earlier assistant turns of a multi-turn prompt
-    are context, not the response being scored, so the mask is zeroed over the rendered prompt (its ids,
-    ``render_prompt``, are exactly the first tokens of the conversation, up to the reply's
-    ``<|assistant|>``)."""
-    ids, mask = render_conversation(tok, prompt + [{"role": "assistant", "content": reply}])
-    n = len(render_prompt(tok, prompt))
-    return ids, [0] * n + mask[n:]

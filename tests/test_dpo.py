@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from minirlhf import dpo, sft
+from minirlhf.chat import render_conversation, render_reply
 from minirlhf.config import DPOConfig, SFTConfig, make_config
 from minirlhf.ops import logprobs_from_logits
-from minirlhf.tokenizer import render_conversation, render_reply
 
 from test_sft_reward import QA, base, write_jsonl  # noqa: F401  (the shared micro fixture)
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from minirlhf import checkpoint as ck  # noqa: E402
 from minirlhf import hf  # noqa: E402
+from minirlhf.chat import render_conversation  # noqa: E402
 from minirlhf.cli import main  # noqa: E402
 from minirlhf.hf_bpe import bytes_to_unicode, ranks_to_hf_bpe  # noqa: E402
 from minirlhf.model import GPT, ScalarModel  # noqa: E402
@@ -27,7 +28,6 @@ from minirlhf.tokenizer import (  # noqa: E402
     SPECIAL_TOKENS,
     Tokenizer,
     merges_to_ranks,
-    render_conversation,
     train_bpe,
 )
 

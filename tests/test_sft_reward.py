@@ -10,10 +10,11 @@ import torch
 
 from minirlhf import checkpoint as ck
 from minirlhf import reward, sft
+from minirlhf.chat import render_conversation
 from minirlhf.config import ModelConfig, PretrainConfig, RewardConfig, SFTConfig, make_config
 from minirlhf.model import GPT, ScalarModel, last_token_index
 from minirlhf.pretrain import run as pretrain
-from minirlhf.tokenizer import Tokenizer, render_conversation
+from minirlhf.tokenizer import Tokenizer
 
 from conftest import english_like_documents
 
@@ -151,7 +152,7 @@ def test_reward_stage_learns_pairs_and_normalises(base):
     model.head.gain.fill_(1.0)
     model.head.offset.fill_(0.0)
     from minirlhf.data import read_prompts
-    from minirlhf.tokenizer import render_prompt
+    from minirlhf.chat import render_prompt
     prompts = [render_prompt(tok, p) for p in read_prompts(base["prompts"])[:12]]
     stats = reward.normalise(model, policy, tok, prompts, 8, 1.0, 1337, torch.device("cpu"))
     assert abs(stats["raw_mean"] - summary["raw_mean"]) < 1e-4
@@ -428,7 +429,7 @@ def test_normalise_needs_two_prompts_and_a_nonzero_spread(base):
     torch.manual_seed(0)
     policy = ck.load_model(base["init"])[0]
     model = ScalarModel(ck.load_model(base["init"])[0])
-    from minirlhf.tokenizer import render_prompt
+    from minirlhf.chat import render_prompt
     prompts = [render_prompt(tok, q) for q, _ in QA]
     for n in (0, 1):
         with pytest.raises(ValueError, match=f"at least 2 calibration prompts, got {n}"):

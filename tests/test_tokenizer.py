@@ -21,6 +21,7 @@ import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from minirlhf.chat import render_conversation, render_prompt
 from minirlhf.hf_bpe import bytes_to_unicode
 from minirlhf.tokenizer import (
     ASSISTANT,
@@ -34,8 +35,6 @@ from minirlhf.tokenizer import (
     Tokenizer,
     merges_to_ranks,
     naive_bpe_encode,
-    render_conversation,
-    render_prompt,
     train_bpe,
 )
 
