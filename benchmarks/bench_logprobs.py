@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -145,6 +146,7 @@ def main() -> None:
     if args.child:
         return child(args)
 
+    os.environ["MINIRLHF_TRITON"] = "0"  # the naive row is plain PyTorch, whatever the caller's environment
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     B, T = args.B or (8 if cuda else 2), args.T or (1024 if cuda else 256)

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from minirlhf import distributed as dist
 from minirlhf.distributed import unwrap  # the GPT inside DDP / torch.compile wrappers
 from minirlhf.model import plain_attention
-from minirlhf.ops import entropy_from_logits, linear_logprobs, logprobs_from_logits, upcast, use_fused_logprobs
+from minirlhf.ops import linear_logprobs, logprobs_and_entropy, logprobs_from_logits, upcast, use_fused_logprobs
 
 
 @dataclass
@@ -200,11 +200,10 @@ def sequence_logprobs(model, tokens, attention_mask=None, start: int = 1, temper
                          f"token needs a token before it)")
     labels = tokens[:, start:]  # (B, T - start)
     if not use_fused_logprobs(unwrap(model).config.vocab_size, fused):
-        logits = upcast(model(tokens, attention_mask=attention_mask)[:, start - 1:-1])  # (B, T - start, V)
-        logp = logprobs_from_logits(logits, labels, temperature)  # (B, T - start)
+        logits = model(tokens, attention_mask=attention_mask)[:, start - 1:-1]  # (B, T - start, V)
         if not return_entropy:
-            return logp
-        return logp, entropy_from_logits(logits / temperature if temperature != 1.0 else logits)
+            return logprobs_from_logits(logits, labels, temperature)  # (B, T - start)
+        return logprobs_and_entropy(logits, labels, temperature)  # (B, T - start) each
     hidden = model(tokens, attention_mask=attention_mask, return_hidden=True)  # (B, T, C)
     return linear_logprobs(hidden[:, start - 1:-1], unwrap(model).lm_head.weight, labels, temperature,
                            return_entropy, fused=True)  # (B, T - start) [, (B, T - start)]

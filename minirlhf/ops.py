@@ -26,6 +26,8 @@ kernel), has no ignore-index (every label must be a valid id; callers mask after
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -89,11 +91,25 @@ def pearson_correlation(x, y, eps: float = 1e-8):
     return (xc * yc).sum() / (xc.norm() * yc.norm()).clamp_min(eps)
 
 
+def _triton_kernel_for(logits):
+    """`minirlhf.triton_logprobs` when its kernel should serve these logits (MINIRLHF_TRITON=1, CUDA,
+    float32/bf16/fp16, the triton package installed), else None. Imported here, not at the top, so a
+    CPU run never imports Triton."""
+    if not (logits.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return None
+    from minirlhf import triton_logprobs
+    return triton_logprobs if triton_logprobs.available(logits) else None
+
+
 def logprobs_from_logits(logits, labels, temperature: float = 1.0):
     """log p(label) under softmax(logits / temperature): (..., V), (...) -> (...).
 
     Computed in float32 at least (bf16 log-softmax loses the small differences PPO ratios depend on).
+    With MINIRLHF_TRITON=1 on CUDA the same numbers come from `triton_logprobs` (one pass over each row).
     """
+    kernel = _triton_kernel_for(logits)
+    if kernel is not None:
+        return kernel.logprobs_and_entropy(logits, labels, temperature)[0]
     logits = upcast(logits)
     if temperature != 1.0:
         logits = logits / temperature
@@ -106,6 +122,20 @@ def entropy_from_logits(logits):
     logits = upcast(logits)
     p = F.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
+
+
+def logprobs_and_entropy(logits, labels, temperature: float = 1.0):
+    """`logprobs_from_logits(logits, labels, T)` and the entropy of softmax(logits / T), (...) each.
+
+    What PPO and GRPO need from the same logits; with MINIRLHF_TRITON=1 on CUDA both come from one pass
+    over each row (`triton_logprobs`), else from the two plain functions above.
+    """
+    kernel = _triton_kernel_for(logits)
+    if kernel is not None:
+        return kernel.logprobs_and_entropy(logits, labels, temperature)
+    logp = logprobs_from_logits(logits, labels, temperature)  # (...)
+    logits = upcast(logits)
+    return logp, entropy_from_logits(logits / temperature if temperature != 1.0 else logits)
 
 
 def kl_k1(logp, ref_logp):
@@ -292,8 +322,7 @@ def linear_logprobs(hidden, weight, labels, temperature: float = 1.0, return_ent
     """
     if use_fused_logprobs(weight.size(0), fused):
         return fused_linear_logprobs(hidden, weight, labels, temperature, chunk_size, return_entropy)
-    logits = upcast(hidden @ weight.T)  # (..., V)
-    logp = logprobs_from_logits(logits, labels, temperature)  # (...)
+    logits = hidden @ weight.T  # (..., V)
     if not return_entropy:
-        return logp
-    return logp, entropy_from_logits(logits / temperature if temperature != 1.0 else logits)
+        return logprobs_from_logits(logits, labels, temperature)  # (...)
+    return logprobs_and_entropy(logits, labels, temperature)  # (...), (...)

@@ -254,8 +254,8 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
             scores = score_fn(tokens, attn).float()  # (b,)
             scores = scores - cfg.missing_eos_penalty * (~ended).float()
             logits, values = policy_and_values(policy, value_model, tokens, attn, P)  # (b, N, V), (b, N)
-            logprobs = ops.logprobs_from_logits(logits, response, cfg.temperature)  # (b, N) pi_old, same T
-            entropy_sum = ops.masked_sum(ops.entropy_from_logits(logits / cfg.temperature), mask, dim=1)  # (b,)
+            logprobs, entropy = ops.logprobs_and_entropy(logits, response, cfg.temperature)  # (b, N) pi_old, same T
+            entropy_sum = ops.masked_sum(entropy, mask, dim=1)  # (b,)
             ref_logprobs = response_logprobs(ref, tokens, attn, P, cfg.temperature)  # (b, N)
             # every rank's rows to every rank (rank order = shard order): from here on, the whole batch (B rows)
             tokens, attn, mask, ended, scores, logprobs, values, ref_logprobs, entropy_sum = (
