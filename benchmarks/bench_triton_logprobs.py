@@ -17,7 +17,8 @@ upstream gradient on both outputs (what PPO's and GRPO's losses give), three way
               write backward, two floats per row saved.
 
 Time = best of `--repeats` calls after two warm-ups (the compile happens in the warm-up). Peak memory
-= `torch.cuda.max_memory_allocated()` during one call minus the memory held before (inputs excluded).
+= `torch.cuda.max_memory_allocated()` during one call minus the memory held before (the inputs; the
+logits' gradient, which every variant allocates, is counted).
 The values and gradients are compared with the plain path (max abs difference).
 
 Deliberate simplifications: random logits; one shape per run; CUDA only, except the interpreter smoke run.
@@ -45,26 +46,29 @@ def plain(logits, labels, temperature):
 
 
 def run_once(fn, logits, labels, temperature, g_logp, g_entropy):
+    """One forward + backward; returns (logp, entropy) and leaves the gradient in logits.grad."""
     logits.grad = None
     logp, entropy = fn(logits, labels, temperature)
     ((logp * g_logp).sum() + (entropy * g_entropy).sum()).backward()
-    return logp.detach().float(), entropy.detach().float(), logits.grad.float()
+    return logp.detach(), entropy.detach()
 
 
 def measure(name, fn, logits, labels, temperature, g_logp, g_entropy, device, repeats):
     """(values, peak extra bytes, best seconds) of one forward + backward."""
     os.environ["MINIRLHF_TRITON"] = "1" if name == "triton" else "0"
-    for _ in range(2):  # warm-up: autotuning, compilation
+    for _ in range(2):  # warm-up: compilation
         run_once(fn, logits, labels, temperature, g_logp, g_entropy)
+    logits.grad = None  # the peak below then counts the new gradient, as every row's does
     sync(device)
     peak = 0
     if device.type == "cuda":
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-    values = run_once(fn, logits, labels, temperature, g_logp, g_entropy)
+    logp, entropy = run_once(fn, logits, labels, temperature, g_logp, g_entropy)
     sync(device)
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) - base
+        peak = torch.cuda.max_memory_allocated(device) - base  # read before any copy made for the comparison
+    values = (logp.float().cpu(), entropy.float().cpu(), logits.grad.float().cpu())
     best = float("inf")
     for _ in range(repeats):
         sync(device)

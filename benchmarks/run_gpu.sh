@@ -51,11 +51,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 # 1. fused LM head + log-probs at DESIGN §7's size: B=8, T=1024, V=50257, C=768 (bf16 autocast)
 run logprobs 60 benchmarks/bench_logprobs.py --device cuda --B 8 --T 1024
 # 1b. the Triton log-prob + entropy kernel vs plain PyTorch and torch.compile, bf16 logits (8, 1024, 50257)
-run triton_logprobs 50 benchmarks/bench_triton_logprobs.py --device cuda --B 8 --T 1024
+run triton_logprobs 70 benchmarks/bench_triton_logprobs.py --device cuda --B 8 --T 1024
 # 2. rollout generation, small preset, batch 64, 64-token prompts, 128 new tokens (eager and CUDA graphs;
 #    transformers with its default dynamic cache and with its static cache, auto-compiled by generate)
 run generate_small 150 benchmarks/bench_generate.py --device cuda --preset small --hf-static
 # 3. training step, small preset (batch 32 x 256 tokens) and the GPT-2 124M shape (batch 16 x 1024),
 #    eager and torch.compile for both models
-run train_small 100 benchmarks/bench_train.py --device cuda --preset small --steps 20
-run train_gpt2 120 benchmarks/bench_train.py --device cuda --preset gpt2 --steps 10 --repeats 2
+run train_small 90 benchmarks/bench_train.py --device cuda --preset small --steps 20
+run train_gpt2 110 benchmarks/bench_train.py --device cuda --preset gpt2 --steps 10 --repeats 2

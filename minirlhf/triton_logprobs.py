@@ -13,8 +13,9 @@ intermediates autograd keeps. Everything needed fits in three numbers per row, s
     m = max_j z_j,   s = sum_j exp(z_j - m),   t = sum_j exp(z_j - m) z_j      (one pass, online)
     lse = m + log s          logp = z_y - lse          H = lse - t / s = lse - E_p[z]
 
-The backward needs p = exp(z - lse) again; it re-reads the row (no (B, T, V) activation is saved, only
-lse and E_p[z] per row) and writes the logits' gradient in the same pass:
+The backward needs p = exp(z - lse) again; it re-reads the row (saved: the logits themselves, in their own
+dtype, and three floats per row -- no float32 (B, T, V) intermediate) and writes the logits' gradient in
+the same pass:
 
     dlogp/dz_j = 1[j = y] - p_j          dH/dz_j = -p_j (z_j - E_p[z])          dL/dlogits = dL/dz / T
 
@@ -23,7 +24,9 @@ lse and E_p[z] per row) and writes the logits' gradient in the same pass:
 "Online" softmax (Milakov & Gimelshein 2018, "Online normalizer calculation for softmax", Algorithm 3):
 walk over the row in blocks of BLOCK columns, keeping per lane a running max m and the sums s and t
 relative to it; when the max grows, rescale the sums by exp(m_old - m_new). At the end the lanes are
-merged the same way. The same trick is at the heart of FlashAttention.
+merged the same way. The same trick is at the heart of FlashAttention. The sums are kept relative to
+the running max (t sums exp(z - m) (z - m)), and logp = (z_y - M) - log S, as log_softmax computes it, so
+large logits cost no more precision than on the plain path.
 
 Dispatch (`ops.logprobs_from_logits`, `ops.logprobs_and_entropy`, so PPO, GRPO,
 DPO and the evaluation): opt in with the environment variable `MINIRLHF_TRITON=1`; then float32 / bf16
@@ -36,8 +39,10 @@ float64 references; `benchmarks/bench_triton_logprobs.py` measures it against th
 
 Deliberate simplifications: one program per row, the row walked in fixed blocks (no autotuning); the
 statistics are float32 whatever the logits' dtype (as the plain path, which upcasts); the gradient is
-written in the logits' dtype; labels must be valid ids (no ignore index: mask afterwards, as with the
-plain path).
+written in the logits' dtype; no second derivative (an error says so); labels must be valid ids (no
+ignore index: mask afterwards, as with the plain path) -- an id outside [0, V) gives a NaN log-prob,
+which the training stages' NaN guard reports, where the plain path raises at once (checking on the host
+would cost a GPU sync per call).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch.autograd.function import once_differentiable
 
 try:
     import triton
@@ -69,57 +75,66 @@ def available(logits: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _forward_kernel(logits_ptr, labels_ptr, logp_ptr, lse_ptr, mean_z_ptr, entropy_ptr,
+    def _forward_kernel(logits_ptr, labels_ptr, logp_ptr, entropy_ptr, row_max_ptr, log_s_ptr, mean_rel_ptr,
                         V, inner, stride_outer, stride_inner, inv_temperature, BLOCK: tl.constexpr):
-        """One program per row: logp = z_y - lse, H = lse - E_p[z]; saves lse and E_p[z] for backward."""
+        """One program per row: logp and entropy; saves M, log S and E_p[z] - M for the backward.
+
+        Everything is kept relative to the running max (z - m), as log_softmax does, so that logits of
+        order 1e3 lose no more precision than the plain path: t is the sum of exp(z - m) (z - m)."""
         row = tl.program_id(0).to(tl.int64)
         row_ptr = logits_ptr + (row // inner) * stride_outer + (row % inner) * stride_inner  # a strided view's row
         cols = tl.arange(0, BLOCK)  # (BLOCK,)
-        m = tl.full((BLOCK,), -1e30, tl.float32)  # per-lane running max (finite, so exp(m_old - m_new) is defined)
+        m = tl.full((BLOCK,), -1e30, tl.float32)  # per-lane running max (finite, so m_old - m_new is defined)
         s = tl.zeros((BLOCK,), tl.float32)  # per lane: sum of exp(z - m)
-        t = tl.zeros((BLOCK,), tl.float32)  # per lane: sum of exp(z - m) * z
+        t = tl.zeros((BLOCK,), tl.float32)  # per lane: sum of exp(z - m) (z - m)
         for start in range(0, V, BLOCK):
             inside = start + cols < V
             z = tl.load(row_ptr + start + cols, mask=inside, other=float("-inf")).to(tl.float32) * inv_temperature
             m_new = tl.maximum(m, z)
             rescale = tl.exp(m - m_new)  # 1 where the max did not move
-            e = tl.exp(z - m_new)  # 0 outside the row (z = -inf)
+            e = tl.exp(z - m_new)  # 0 outside the row and at -inf logits
+            z_rel = tl.where(e > 0.0, z - m_new, 0.0)  # where e = 0, e * (z - m_new) would be 0 * -inf = NaN
+            # moving the old sums to the new max: exp(z - m_new) (z - m_new) = rescale exp(z - m_old) ((z - m_old) + (m_old - m_new))
+            t = rescale * (t + (m - m_new) * s) + e * z_rel
             s = s * rescale + e
-            z_seen = tl.where(e > 0.0, z, 0.0)  # where e = 0 (outside the row, z = -inf), e * z would be NaN
-            t = t * rescale + e * z_seen
             m = m_new
-        # merge the lanes: the row's max M, then each lane's sums moved to it
+        # merge the lanes the same way: the row's max M, then each lane's sums moved to it
         M = tl.max(m, axis=0)
-        to_M = tl.exp(m - M)  # (BLOCK,)
+        to_M = tl.exp(m - M)  # (BLOCK,) 0 for lanes that saw only -inf
         S = tl.sum(s * to_M, axis=0)
-        mean_z = tl.sum(t * to_M, axis=0) / S
-        lse = M + tl.log(S)
+        mean_rel = tl.sum(to_M * (t + (m - M) * s), axis=0) / S  # E_p[z] - M
+        log_s = tl.log(S)  # lse = M + log S
         label = tl.load(labels_ptr + row)
-        z_y = tl.load(row_ptr + label).to(tl.float32) * inv_temperature
-        tl.store(logp_ptr + row, z_y - lse)
-        tl.store(lse_ptr + row, lse)
-        tl.store(mean_z_ptr + row, mean_z)
-        tl.store(entropy_ptr + row, lse - mean_z)
+        valid = (label >= 0) & (label < V)  # an id outside the vocabulary reads nothing and gives NaN
+        z_y = tl.load(row_ptr + label, mask=valid, other=float("nan")).to(tl.float32) * inv_temperature
+        tl.store(logp_ptr + row, (z_y - M) - log_s)  # as log_softmax: (z - max) - log sum exp(z - max)
+        tl.store(entropy_ptr + row, log_s - mean_rel)  # H = lse - E_p[z]
+        tl.store(row_max_ptr + row, M)
+        tl.store(log_s_ptr + row, log_s)
+        tl.store(mean_rel_ptr + row, mean_rel)
 
     @triton.jit
-    def _backward_kernel(logits_ptr, labels_ptr, lse_ptr, mean_z_ptr, grad_logp_ptr, grad_entropy_ptr,
-                         grad_logits_ptr, V, inner, stride_outer, stride_inner, inv_temperature,
+    def _backward_kernel(logits_ptr, labels_ptr, row_max_ptr, log_s_ptr, mean_rel_ptr, grad_logp_ptr,
+                         grad_entropy_ptr, grad_logits_ptr, V, inner, stride_outer, stride_inner, inv_temperature,
                          BLOCK: tl.constexpr):
         """One program per row: dL/dlogits_j = (g (1[j = y] - p_j) - gH p_j (z_j - E_p[z])) / T."""
         row = tl.program_id(0).to(tl.int64)
         row_ptr = logits_ptr + (row // inner) * stride_outer + (row % inner) * stride_inner
         out_ptr = grad_logits_ptr + row * V  # the gradient is written contiguous
-        lse = tl.load(lse_ptr + row)
-        mean_z = tl.load(mean_z_ptr + row)
+        M = tl.load(row_max_ptr + row)
+        log_s = tl.load(log_s_ptr + row)
+        mean_rel = tl.load(mean_rel_ptr + row)
         g = tl.load(grad_logp_ptr + row).to(tl.float32)
         g_h = tl.load(grad_entropy_ptr + row).to(tl.float32)
         label = tl.load(labels_ptr + row)
         cols = tl.arange(0, BLOCK)  # (BLOCK,)
         for start in range(0, V, BLOCK):
             inside = start + cols < V
-            z = tl.load(row_ptr + start + cols, mask=inside, other=0.0).to(tl.float32) * inv_temperature
-            p = tl.exp(z - lse)  # (BLOCK,)
-            dz = tl.where(start + cols == label, g, 0.0) - g * p - g_h * p * (z - mean_z)
+            z_rel = tl.load(row_ptr + start + cols, mask=inside, other=0.0).to(tl.float32) * inv_temperature - M
+            p = tl.exp(z_rel - log_s)  # (BLOCK,)
+            # p = 0 at a -inf logit, where (z - E_p[z]) is -inf: its entropy term is 0, not NaN
+            entropy_term = p * tl.where(p > 0.0, z_rel - mean_rel, 0.0)
+            dz = tl.where(start + cols == label, g, 0.0) - g * p - g_h * entropy_term
             tl.store(out_ptr + start + cols, (dz * inv_temperature).to(grad_logits_ptr.dtype.element_ty), mask=inside)
 
 
@@ -129,9 +144,6 @@ def _as_3d(logits: torch.Tensor, labels: torch.Tensor):
     The usual input is a slice such as `logits[:, P - 1:-1]`: its rows are not evenly spaced in memory,
     but they are in two levels (A sequences of B positions), which the kernels address directly instead
     of copying the slice."""
-    if logits.dim() < 1 or logits.shape[:-1] != labels.shape:
-        raise ValueError(f"triton_logprobs: logits {tuple(logits.shape)} do not match labels "
-                         f"{tuple(labels.shape)} (expected logits = labels.shape + (V,))")
     V = logits.size(-1)
     if logits.dim() == 1:
         logits = logits[None]
@@ -148,24 +160,23 @@ class _TritonLogprobs(torch.autograd.Function):
     def forward(ctx, logits, labels, temperature: float):
         A, B, V = logits.shape
         N = A * B
-        stats = torch.empty(4, N, dtype=torch.float32, device=logits.device)  # logp, lse, E_p[z], entropy
-        logp, lse, mean_z, entropy = stats.unbind(0)
-        if N > 0:
-            _forward_kernel[(N,)](logits, labels, logp, lse, mean_z, entropy, V, B, logits.stride(0),
-                                  logits.stride(1), 1.0 / temperature, BLOCK=_BLOCK)
-        ctx.save_for_backward(logits, labels, lse, mean_z)
+        logp, entropy, row_max, log_s, mean_rel = (torch.empty(N, dtype=torch.float32, device=logits.device)
+                                                   for _ in range(5))  # (N,) each
+        _forward_kernel[(N,)](logits, labels, logp, entropy, row_max, log_s, mean_rel, V, B, logits.stride(0),
+                              logits.stride(1), 1.0 / temperature, BLOCK=_BLOCK)
+        ctx.save_for_backward(logits, labels, row_max, log_s, mean_rel)  # the logits (their dtype) + 3 floats a row
         ctx.temperature = temperature
         return logp, entropy
 
     @staticmethod
+    @once_differentiable  # the backward is a kernel, not a graph: a second derivative is an error, not a wrong number
     def backward(ctx, grad_logp, grad_entropy):
-        logits, labels, lse, mean_z = ctx.saved_tensors
+        logits, labels, row_max, log_s, mean_rel = ctx.saved_tensors
         A, B, V = logits.shape
         grad_logits = torch.empty((A, B, V), dtype=logits.dtype, device=logits.device)  # contiguous
-        if A * B > 0:
-            _backward_kernel[(A * B,)](logits, labels, lse, mean_z, grad_logp.contiguous(), grad_entropy.contiguous(),
-                                       grad_logits, V, B, logits.stride(0), logits.stride(1),
-                                       1.0 / ctx.temperature, BLOCK=_BLOCK)
+        _backward_kernel[(A * B,)](logits, labels, row_max, log_s, mean_rel, grad_logp.contiguous(),
+                                   grad_entropy.contiguous(), grad_logits, V, B, logits.stride(0), logits.stride(1),
+                                   1.0 / ctx.temperature, BLOCK=_BLOCK)
         return grad_logits, None, None
 
 
@@ -178,8 +189,14 @@ def logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, temperature
     if not available(logits):
         raise RuntimeError("triton_logprobs: needs MINIRLHF_TRITON=1, the triton package and float32/bf16/fp16 "
                            "logits on a CUDA device (or TRITON_INTERPRET=1); use ops.logprobs_from_logits otherwise")
+    if logits.dim() < 1 or logits.shape[:-1] != labels.shape:
+        raise ValueError(f"triton_logprobs: logits {tuple(logits.shape)} do not match labels "
+                         f"{tuple(labels.shape)} (expected logits = labels.shape + (V,))")
     if temperature <= 0:
         raise ValueError(f"triton_logprobs: temperature must be > 0, got {temperature}")
+    if labels.numel() == 0:  # nothing to launch; empty outputs still connected to the logits
+        empty = logits.float().sum(-1)  # (...) with no elements
+        return empty, empty.clone()
     logits3, flat_labels = _as_3d(logits, labels)
     logp, entropy = _TritonLogprobs.apply(logits3, flat_labels, float(temperature))
     return logp.view(labels.shape), entropy.view(labels.shape)

@@ -96,6 +96,77 @@ def test_large_and_masked_logits_stay_finite(kernel):
     assert torch.allclose(entropy.double(), want_entropy, rtol=1e-6, atol=1e-5)
 
 
+def test_masked_logits_give_finite_gradients(kernel):
+    # a -inf logit (a top-k filter) has p = 0 and no gradient; the label's log-prob still gets its gradient
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 1500, generator=g, dtype=torch.float64).float()
+    logits[:, 1::2] = float("-inf")
+    labels = torch.tensor([0, 2, 4])
+    g_logp, g_entropy = torch.randn(3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+    x = logits.clone().requires_grad_()
+    logp, entropy = kernel.logprobs_and_entropy(x, labels, 0.8)
+    ((logp.double() * g_logp).sum() + (entropy.double() * g_entropy).sum()).backward()
+    assert torch.isfinite(x.grad).all() and (x.grad[:, 1::2] == 0).all()
+    kept = logits[:, ::2].clone().requires_grad_()  # the same distribution without the -inf columns
+    want_logp, want_entropy = reference64(kept, labels // 2, 0.8)
+    ((want_logp * g_logp).sum() + (want_entropy * g_entropy).sum()).backward()
+    assert (x.grad[:, ::2].double() - kept.grad.double()).abs().max().item() < 1e-5
+    assert (logp.double() - want_logp).abs().max().item() < 1e-5
+
+
+def test_large_logits_lose_no_more_precision_than_log_softmax(kernel):
+    # every logit offset by 1000 (float32 spacing there: 6e-5): log p and H depend only on differences, so
+    # computed relative to the max they stay as exact as for small logits (an lse of ~1000 subtracted from
+    # z_y would cost about 3e-5)
+    g = torch.Generator().manual_seed(6)
+    logits = (torch.randn(4, 3000, generator=g, dtype=torch.float64) + 1000).float()
+    labels = torch.randint(0, 3000, (4,), generator=g)
+    want_logp, want_entropy = reference64(logits, labels, 1.0)  # of the same float32 inputs
+    logp, entropy = kernel.logprobs_and_entropy(logits, labels)
+    assert (logp.double() - want_logp).abs().max().item() < 2e-6
+    assert (entropy.double() - want_entropy).abs().max().item() < 2e-6
+
+
+def test_other_shapes_and_dtypes(kernel):
+    # 2-D and 1-D logits, a permuted (not contiguous) view, int32 labels, fp16 logits, empty inputs
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(5, 4, 300, generator=g, dtype=torch.float64).float()
+    labels = torch.randint(0, 300, (5, 4), generator=g)
+    want_logp, want_entropy = reference64(logits, labels, 1.0)
+    cases = [(logits.reshape(20, 300), labels.reshape(20), want_logp.reshape(20)),
+             (logits[2, 1], labels[2, 1], want_logp[2, 1]),
+             (logits.permute(1, 0, 2), labels.T, want_logp.T),
+             (logits, labels.int(), want_logp)]
+    for x, y, want in cases:
+        logp, _ = kernel.logprobs_and_entropy(x, y)
+        assert logp.shape == want.shape and (logp.double() - want).abs().max().item() < 1e-5
+    logp16, entropy16 = kernel.logprobs_and_entropy(logits.half(), labels)
+    want16 = reference64(logits.half(), labels, 1.0)
+    assert (logp16.double() - want16[0]).abs().max().item() < 1e-5
+    assert (entropy16.double() - want16[1]).abs().max().item() < 1e-5
+    x = torch.randn(2, 0, 300, requires_grad=True)
+    logp, entropy = kernel.logprobs_and_entropy(x, torch.zeros(2, 0, dtype=torch.long))
+    assert logp.shape == entropy.shape == (2, 0)
+    logp.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_label_outside_the_vocabulary_gives_nan_not_a_neighbours_logit(kernel):
+    logits = torch.randn(3, 100, generator=torch.Generator().manual_seed(8))
+    logp, entropy = kernel.logprobs_and_entropy(logits, torch.tensor([100, -1, 5]))
+    assert torch.isnan(logp[:2]).all() and torch.isfinite(logp[2]) and torch.isfinite(entropy).all()
+
+
+def test_outputs_are_separate_tensors_and_second_derivatives_are_refused(kernel):
+    x = torch.randn(2, 3, 50, generator=torch.Generator().manual_seed(9), requires_grad=True)
+    logp, entropy = kernel.logprobs_and_entropy(x, torch.zeros(2, 3, dtype=torch.long))
+    logp.mul_(2)  # not views of one buffer: in-place edits are allowed, as on the plain path
+    weight = torch.ones(2, 3, requires_grad=True)  # an upstream gradient that is itself differentiable
+    (grad,) = torch.autograd.grad((logp * weight).sum() + entropy.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.pow(2).sum().backward()  # a gradient penalty would need the second derivative
+
+
 def test_bf16_logits_within_bf16_tolerance(kernel):
     g = torch.Generator().manual_seed(1)
     logits = (torch.randn(2, 9, 2100, generator=g) * 3).bfloat16()
