@@ -208,6 +208,7 @@ class PPOConfig:
     force: bool = False  # retrain even if the inputs are unchanged
     resume: bool = False  # continue from the last checkpoint (ckpt.pt) in the run's folder
     device: str = "auto"  # "auto", "cpu", "cuda"
+    dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "float32", "bfloat16"
     init: str = ""  # policy and reference init; "" = out/<preset>/sft/model.pt
     run_name: str = ""  # folder under out/<preset>/ for this run's artifacts; "" = "ppo" (reward=rm) or "ppo_gold"
     reward_model: str = ""  # "" = out/<preset>/reward/model.pt
@@ -329,6 +330,7 @@ class GRPOConfig:
     force: bool = False  # retrain even if the inputs are unchanged
     resume: bool = False  # continue from the last checkpoint (ckpt.pt) in the run's folder
     device: str = "auto"  # "auto", "cpu", "cuda"
+    dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "float32", "bfloat16"
     init: str = ""  # policy and reference init; "" = out/<preset>/sft/model.pt
     reward: str = "rm"  # "rm": the reward model's score; "gold": the gold judge itself (verifiable rewards)
     reward_model: str = ""  # "" = out/<preset>/reward/model.pt (with reward=gold: only for the proxy column, if present)

@@ -91,6 +91,9 @@ number -0.6 but an answer without a number 0, so where the policy is unsure of a
 scores better than guessing: the share of non-answers on held-out sums can grow. That is the gold
 rubric being optimised as written (outcome rewards reward exactly what they check).
 
+Precision (`--dtype`): as in PPO -- bf16 autocast for the forward passes on CUDA by default, float32 on
+the CPU; log-probs, advantages and the loss in float32.
+
 Deliberate simplifications: the rollout batch is optimised in memory; the reference model is not
 refreshed (DeepSeekMath's iterative GRPO resets it to the policy); no dynamic sampling that replaces
 zero-signal groups (DAPO, Yu et al. 2025); the KL is the per-token k3 in the loss, not in the reward;
@@ -111,7 +114,7 @@ from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf import ops, rl
 from minirlhf.chat import render_prompt
-from minirlhf.common import MetricsLog, Stopwatch, check_finite, config_key, file_digest, make_adamw, \
+from minirlhf.common import MetricsLog, Stopwatch, autocast, check_finite, config_key, file_digest, make_adamw, \
     resolve_device, reusable, setup_torch, write_json
 from minirlhf.config import GRPOConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import prompt_text, read_prompts
@@ -145,6 +148,7 @@ def check_config(cfg) -> None:
         raise ValueError(f"--epsilon={cfg.epsilon}: the clip range must be in (0, 1)")
     if cfg.temperature <= 0:
         raise ValueError(f"--temperature={cfg.temperature}: GRPO samples, so the temperature must be > 0")
+    autocast(torch.device("cpu"), cfg.dtype)  # --dtype: auto, float32 or bfloat16, else its error
 
 
 def group_advantages_with_signal(rewards, group_size: int, scale: bool = True):
@@ -304,8 +308,9 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
         prompt_index = [i for i in chosen for _ in range(G)]  # each prompt G times, side by side
         batch = [prompts[i] for i in prompt_index]
         # this rank's shards (whole groups: shard size = B / rollout_shards), at the global width
-        g, mine = generate_sharded(policy, batch, shards, cfg.seed * 1_000_003 + it, cfg.max_new_tokens, tok.end_id,
-                                   tok.pad_id, cfg.temperature)
+        with autocast(device, cfg.dtype):  # bf16 on CUDA by default; log-probs are taken in float32 throughout
+            g, mine = generate_sharded(policy, batch, shards, cfg.seed * 1_000_003 + it, cfg.max_new_tokens,
+                                       tok.end_id, tok.pad_id, cfg.temperature)
         local_index = prompt_index[mine]  # the prompt of each of this rank's rows
         tokens, attn, P = g.tokens, g.attention_mask, g.prompt.size(1)  # (b, P + N) each
         rollout_seconds += t0.seconds()
@@ -321,10 +326,11 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
         # ---------------------------------------------------------------- 3. LOG-PROBS: pi_old and reference (no grad)
         policy.eval()
         with torch.no_grad():
-            old_logprobs, entropy = response_logprobs(policy, tokens, attn, P, cfg.temperature,
-                                                      return_entropy=True)  # (b, N), (b, N)
-            ref_logprobs = (response_logprobs(ref, tokens, attn, P, cfg.temperature) if use_ref
-                            else torch.zeros_like(old_logprobs))  # (b, N); unused when beta = 0
+            with autocast(device, cfg.dtype):
+                old_logprobs, entropy = response_logprobs(policy, tokens, attn, P, cfg.temperature,
+                                                          return_entropy=True)  # (b, N), (b, N)
+                ref_logprobs = (response_logprobs(ref, tokens, attn, P, cfg.temperature) if use_ref
+                                else torch.zeros_like(old_logprobs))  # (b, N); unused when beta = 0
             # every rank's rows to every rank (rank order = shard order): from here on, the whole batch (B rows)
             tokens, attn, mask, ended, rewards, correct, old_logprobs, entropy, ref_logprobs = (
                 dist.all_gather_rows(x) for x in (tokens, attn, g.response_mask.float(), ended.float(), rewards,
@@ -350,7 +356,8 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
                 mb_mask = mask[mb]  # (b, N)
                 # the loss is a mean over the minibatch's responses; the token metrics are means over its tokens
                 seq_share, tok_share = len(mb) / len(rows), mb_mask.sum() / mask[rows.to(device)].sum()
-                new_logprobs = response_logprobs(ddp_policy, tokens[mb], attn[mb], P, cfg.temperature)  # (b, N)
+                with autocast(device, cfg.dtype):
+                    new_logprobs = response_logprobs(ddp_policy, tokens[mb], attn[mb], P, cfg.temperature)  # (b, N)
                 old = old_logprobs[mb]  # (b, N)
                 # beta = 0: no reference; grpo_loss then ignores ref_logprobs (its kl metric is not logged)
                 loss, m = grpo_loss(new_logprobs, old, ref_logprobs[mb] if use_ref else old, advantages[mb],

@@ -80,6 +80,14 @@ Under torchrun (N processes; see distributed.py) it is the same algorithm on the
   * every rank samples its share of the evaluation prompts (`evaluate.evaluate_policy`); rank 0 alone
     writes metrics.jsonl, samples and the model.
 
+Precision (`--dtype`, as in the supervised stages): "auto" runs the forward passes of the rollout, the
+scoring and the optimisation under bf16 autocast on CUDA and in float32 on the CPU; "bfloat16" asks for
+autocast on the CPU too, "float32" turns it off. Weights, optimizer state, log-probs (always taken from
+float32 logits), values, advantages and losses stay float32. Ratio 1 on the first minibatch needs the
+scoring pass and the training pass to give the same log-probs: tested on the CPU in float32 and bf16;
+on a GPU, kernels chosen by batch shape may differ in the last bits, which shows as policy/ratio_max a
+hair above 1 in the first iteration.
+
 Deliberate simplifications: one response per prompt; the rollout batch is optimised in memory; the shared
 value head starts from zero (the reward model's head was trained on another trunk's features).
 """
@@ -97,7 +105,7 @@ from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf import ops, rl
 from minirlhf.chat import render_prompt
-from minirlhf.common import MetricsLog, Stopwatch, check_finite, config_key, file_digest, make_adamw, \
+from minirlhf.common import MetricsLog, Stopwatch, autocast, check_finite, config_key, file_digest, make_adamw, \
     resolve_device, reusable, rows_up_to, setup_torch, write_json
 from minirlhf.config import PPOConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import prompt_text, read_jsonl, read_prompts
@@ -216,6 +224,7 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
         raise ValueError(f"with {world} processes --minibatch_size={cfg.minibatch_size} must be divisible by "
                          f"{world} and divide --batch_size={cfg.batch_size}")
     ptx_batch = cfg.ptx_batch_size or cfg.minibatch_size
+    autocast(device, cfg.dtype)  # a mistyped --dtype is an error now, not at the first rollout
     params = list(policy.parameters()) + list(value_model.parameters())
     optimizer = make_adamw(policy.optimizer_groups(0.0) + [{"params": list(value_model.parameters()),
                                                             "weight_decay": 0.0}], cfg.lr, (0.9, 0.95), device)
@@ -240,8 +249,9 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
         # ---------------------------------------------------------------- 1. ROLLOUT (no grad)
         t0 = Stopwatch()
         batch = [prompts[i] for i in order.sample(range(len(prompts)), cfg.batch_size)]  # the same on every rank
-        g, _ = generate_sharded(policy, batch, shards, cfg.seed * 1_000_003 + it, cfg.max_new_tokens, tok.end_id,
-                                tok.pad_id, cfg.temperature)  # this rank's shards of the batch, at the global width
+        with autocast(device, cfg.dtype):  # bf16 on CUDA by default; log-probs are taken in float32 throughout
+            g, _ = generate_sharded(policy, batch, shards, cfg.seed * 1_000_003 + it, cfg.max_new_tokens, tok.end_id,
+                                    tok.pad_id, cfg.temperature)  # this rank's shards of the batch, at the global width
         P = g.prompt.size(1)
         tokens, attn, response, response_mask = g.tokens, g.attention_mask, g.response, g.response_mask  # (b, P + N), (b, N)
         mask = response_mask.float()  # (b, N)
@@ -249,11 +259,12 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
 
         # ---------------------------------------------------------------- 2. SCORE (no grad)
         policy.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, cfg.dtype):
             ended = ((response == tok.end_id) & response_mask.bool()).any(1)  # (b,) emitted <|end|>
             scores = score_fn(tokens, attn).float()  # (b,)
             scores = scores - cfg.missing_eos_penalty * (~ended).float()
             logits, values = policy_and_values(policy, value_model, tokens, attn, P)  # (b, N, V), (b, N)
+            values = values.float()  # (b, N) GAE and the value loss in float32
             logprobs, entropy = ops.logprobs_and_entropy(logits, response, cfg.temperature)  # (b, N) pi_old, same T
             entropy_sum = ops.masked_sum(entropy, mask, dim=1)  # (b,)
             ref_logprobs = response_logprobs(ref, tokens, attn, P, cfg.temperature)  # (b, N)
@@ -291,8 +302,10 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
                 mb = rows[rank * len(rows) // world:(rank + 1) * len(rows) // world].to(device)  # this rank's part
                 # the losses are means over the minibatch's response tokens: this part weighs its share of them
                 share = mask[mb].sum() / mask[rows.to(device)].sum()
-                new_logits, new_values = actor_critic(tokens[mb], attn[mb], P)
-                new_logprobs = ops.logprobs_from_logits(new_logits, response[mb], cfg.temperature)  # (b, N)
+                with autocast(device, cfg.dtype):
+                    new_logits, new_values = actor_critic(tokens[mb], attn[mb], P)  # (b, N, V), (b, N)
+                new_values = new_values.float()  # (b, N)
+                new_logprobs = ops.logprobs_from_logits(new_logits, response[mb], cfg.temperature)  # (b, N), float32
                 pg_loss, pg = ppo_policy_loss(new_logprobs, logprobs[mb], advantages[mb], mask[mb], cfg.cliprange)
                 vf_loss, vf = ppo_value_loss(new_values, values[mb], returns[mb], mask[mb],
                                              cfg.cliprange_value if cfg.cliprange_value > 0 else None)
@@ -301,7 +314,8 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
                     ptx_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it * 1_009 + epoch * 101 + start)
                     px, py = get_batch(ptx_data, ptx_batch, policy.config.block_size, ptx_gen, "cpu")  # every rank alike
                     a, b = rank * ptx_batch // world, (rank + 1) * ptx_batch // world  # this rank's windows
-                    ptx_loss = lm_loss(policy, px[a:b].to(device), py[a:b].to(device))
+                    with autocast(device, cfg.dtype):
+                        ptx_loss = lm_loss(policy, px[a:b].to(device), py[a:b].to(device))
                     loss = loss + cfg.ptx_coef * ptx_loss * ((b - a) / ptx_batch)
                     stats.setdefault("ptx_loss", []).append(ptx_loss.detach() * ((b - a) / ptx_batch))
                 optimizer.zero_grad(set_to_none=True)

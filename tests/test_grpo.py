@@ -56,6 +56,27 @@ def test_first_minibatch_ratio_is_one_and_kl_is_zero(tmp_path, temperature):
     assert any((a - b).abs().max() > 0 for a, b in zip(policy.parameters(), ref.parameters()))
 
 
+def test_bf16_autocast_the_cuda_default_keeps_ratio_one_and_learns(tmp_path):
+    """--dtype=bfloat16 (what "auto" means on CUDA), under CPU autocast: ratio 1 on the first minibatch,
+    the reward still rises, and the weights end elsewhere than in float32 (autocast was on)."""
+    policy, ref, prompts = setup()
+    train_grpo(policy, ref, low_token_share, prompts, TOK, cfg(tmp_path, dtype="bfloat16"), str(tmp_path))
+    row = rows(tmp_path)[0]  # one iteration, one minibatch = the whole batch
+    assert abs(row["policy/ratio_max"] - 1) < 1e-6 and row["policy/clipfrac"] == 0.0
+    assert row["objective/kl"] == 0.0
+    ends = {}
+    for dtype in ("float32", "bfloat16"):
+        (tmp_path / dtype).mkdir()
+        policy, ref, prompts = setup(1)
+        c = cfg(tmp_path / dtype, iterations=12, prompts_per_iteration=8, group_size=4, minibatch_size=16, lr=5e-3,
+                beta=0.0, dtype=dtype)
+        train_grpo(policy, ref, low_token_share, prompts, TOK, c, str(tmp_path / dtype))
+        reward = [row["reward/mean"] for row in rows(tmp_path / dtype)]
+        assert sum(reward[-3:]) / 3 > sum(reward[:3]) / 3 + 0.2, (dtype, reward)
+        ends[dtype] = policy.lm_head.weight.detach().clone()
+    assert not torch.equal(ends["float32"], ends["bfloat16"])
+
+
 class Untouchable(GPT):
     """A reference model that fails the test the moment anything runs it."""
 
@@ -163,7 +184,8 @@ def test_prompt_selection_by_category(tmp_path):
 
 @pytest.mark.parametrize("override, message", [({"group_size": 1}, "at least 2 responses"),
                                                ({"reward": "judge"}, "expected 'rm'"),
-                                               ({"beta": -0.1}, "cannot be negative")])
+                                               ({"beta": -0.1}, "cannot be negative"),
+                                               ({"dtype": "fp16"}, "expected auto, float32 or bfloat16")])
 def test_bad_config_is_one_clear_error(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         run(cfg(tmp_path, **override))

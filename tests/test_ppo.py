@@ -62,6 +62,34 @@ def test_ppo_raises_a_programmatic_reward(tmp_path):
     assert last > first + 0.2, (first, last)
 
 
+def test_bf16_autocast_the_cuda_default_keeps_ratio_one_and_learns(tmp_path):
+    """--dtype=bfloat16 (what "auto" means on CUDA), run here under CPU autocast: the forward passes are
+    bf16, so the weights end elsewhere than in float32; the log-probs are still float32 and taken alike in
+    scoring and training (ratio 1 on the first minibatch), and the sanity task's reward still rises."""
+    policy, ref, value, prompts = setup()
+    train_ppo(policy, ref, value, low_token_share, prompts, TOK, cfg(tmp_path, dtype="bfloat16"), str(tmp_path))
+    row = rows(tmp_path)[0]  # one iteration, one minibatch = the whole batch
+    assert abs(row["policy/ratio_max"] - 1) < 1e-6 and row["policy/clipfrac"] == 0.0
+    assert row["objective/kl"] == 0.0
+    ends = {}
+    for dtype in ("float32", "bfloat16"):
+        (tmp_path / dtype).mkdir()
+        policy, ref, value, prompts = setup(1)
+        c = cfg(tmp_path / dtype, iterations=25, batch_size=32, minibatch_size=16, ppo_epochs=2, lr=3e-3,
+                kl_coef=0.0, adaptive_kl=False, missing_eos_penalty=0.0, anneal_lr=False, dtype=dtype)
+        train_ppo(policy, ref, value, low_token_share, prompts, TOK, c, str(tmp_path / dtype))
+        scores = [row["objective/scores"] for row in rows(tmp_path / dtype)]
+        assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.2, (dtype, scores)
+        ends[dtype] = policy.lm_head.weight.detach().clone()
+    assert not torch.equal(ends["float32"], ends["bfloat16"])  # autocast was on
+
+
+def test_unknown_dtype_is_a_clear_error(tmp_path):
+    policy, ref, value, prompts = setup()
+    with pytest.raises(ValueError, match="--dtype='fp16': expected auto, float32 or bfloat16"):
+        train_ppo(policy, ref, value, low_token_share, prompts, TOK, cfg(tmp_path, dtype="fp16"), str(tmp_path))
+
+
 def test_shared_trunk_value_head_keeps_ratio_one_and_learns(tmp_path):
     """--value_model=shared: the value head reads the policy's hidden states; the first minibatch still
     sees ratio 1 (the value head does not change the policy's log-probs), and the value loss falls."""
