@@ -439,6 +439,7 @@ class PipelineConfig:
     plots_dir: str = "plots"  # figures go here
     force: bool = False  # rerun every stage even if its inputs are unchanged
     device: str = "auto"  # "auto", "cpu", "cuda"
+    dtype: str = "auto"  # training stages' precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "float32", "bfloat16"
     progress: bool = True  # progress bars
     truncate: bool = True  # stages cut or drop examples longer than the context (counted in the report)
 

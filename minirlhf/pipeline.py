@@ -3,6 +3,7 @@
     minirlhf pipeline                    # tiny on CPU (about 10 minutes on 2 cores), small on CUDA
     minirlhf pipeline --preset micro     # seconds: what the tests run
     minirlhf pipeline --force            # rerun every stage even if its inputs are unchanged
+    minirlhf pipeline --dtype=bfloat16   # the training stages under bf16 autocast (the default on CUDA) on any device
 
 Stages so far: world -> tokenizer + pretrain -> SFT -> on-policy pairs -> reward model -> PPO and DPO ->
 evaluation of the base model (in the forum format it knows) and of the chat models. Each stage writes `out/<preset>/<stage>/` and is reused when
@@ -190,15 +191,14 @@ def run(cfg: PipelineConfig) -> dict:
     t0 = time.perf_counter()
 
     _stage("world", build_world, make_config(WorldConfig, overrides=common), rows, timings, data_parallel=False)
-    train_common = dict(common, device=cfg.device, progress=cfg.progress)
+    train_common = dict(common, device=cfg.device, dtype=cfg.dtype, progress=cfg.progress)
     _stage("pretrain", pretrain, make_config(PretrainConfig, overrides=train_common), rows, timings)
     _stage("sft", sft, make_config(SFTConfig, overrides=dict(train_common, truncate=cfg.truncate)), rows, timings)
     _stage("pairs", make_pairs, make_config(PairsConfig, overrides=dict(common, device=cfg.device)), rows, timings,
            data_parallel=False)
     _stage("reward", train_reward, make_config(RewardConfig, overrides=dict(train_common, truncate=cfg.truncate)),
            rows, timings)
-    _stage("ppo", ppo, make_config(PPOConfig, overrides=dict(common, device=cfg.device, progress=cfg.progress)),
-           rows, timings)
+    _stage("ppo", ppo, make_config(PPOConfig, overrides=train_common), rows, timings)
     _stage("dpo", dpo, make_config(DPOConfig, overrides=dict(train_common, truncate=cfg.truncate)), rows, timings)
 
     if not dist.is_main():
