@@ -4,9 +4,12 @@
 #   bash benchmarks/run_gpu.sh            # from the repository root; tables go to benchmarks/out/
 #   OUT=/some/dir PYTHON=/path/to/python bash benchmarks/run_gpu.sh
 #
-# What it measures: the fused log-probs, Triton log-probs, rollout generation and training-step tables (DESIGN §7's
-# sizes). What it does NOT measure: the per-stage pipeline wall times on a GPU (a `small` pipeline does
-# not fit in the time budget) and the PPO-iteration benchmark (it needs trained checkpoints).
+# What it does: first the whole `micro` pipeline on the GPU (every stage under bf16 autocast, a smoke test
+# of the CUDA paths, with its per-stage times in $OUT/pipeline_micro/micro/report.md), then the fused
+# log-probs, Triton log-probs, rollout generation and training-step tables (DESIGN §7's sizes). What it
+# does NOT measure: the `tiny` or `small` pipeline's stage times on a GPU (they do not fit in the time
+# budget; with time to spare: `python -m minirlhf pipeline --preset tiny --device cuda`) and the
+# PPO-iteration benchmark (it needs trained checkpoints).
 #
 # Needs only torch (CUDA build) and transformers: the project runs from the checkout through PYTHONPATH,
 # nothing is installed and nothing is downloaded. It stops before any benchmark if torch sees no CUDA
@@ -48,14 +51,17 @@ print('GPU:', torch.cuda.get_device_name(0))
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT_DIR/gpu.txt"
 
+# 0. the micro pipeline end to end on the GPU (seconds of work: a smoke test of every stage's CUDA path)
+run pipeline_micro 60 -m minirlhf pipeline --preset micro --device cuda --progress=false \
+  --out_dir "$OUT_DIR/pipeline_micro" --plots_dir "$OUT_DIR/pipeline_micro/plots"
 # 1. fused LM head + log-probs at DESIGN §7's size: B=8, T=1024, V=50257, C=768 (bf16 autocast)
-run logprobs 60 benchmarks/bench_logprobs.py --device cuda --B 8 --T 1024
+run logprobs 50 benchmarks/bench_logprobs.py --device cuda --B 8 --T 1024
 # 1b. the Triton log-prob + entropy kernel vs plain PyTorch and torch.compile, bf16 logits (8, 1024, 50257)
-run triton_logprobs 70 benchmarks/bench_triton_logprobs.py --device cuda --B 8 --T 1024
+run triton_logprobs 60 benchmarks/bench_triton_logprobs.py --device cuda --B 8 --T 1024
 # 2. rollout generation, small preset, batch 64, 64-token prompts, 128 new tokens (eager and CUDA graphs;
 #    transformers with its default dynamic cache and with its static cache, auto-compiled by generate)
-run generate_small 150 benchmarks/bench_generate.py --device cuda --preset small --hf-static
+run generate_small 130 benchmarks/bench_generate.py --device cuda --preset small --hf-static
 # 3. training step, small preset (batch 32 x 256 tokens) and the GPT-2 124M shape (batch 16 x 1024),
 #    eager and torch.compile for both models
-run train_small 90 benchmarks/bench_train.py --device cuda --preset small --steps 20
-run train_gpt2 110 benchmarks/bench_train.py --device cuda --preset gpt2 --steps 10 --repeats 2
+run train_small 80 benchmarks/bench_train.py --device cuda --preset small --steps 20
+run train_gpt2 100 benchmarks/bench_train.py --device cuda --preset gpt2 --steps 10 --repeats 2
