@@ -129,8 +129,10 @@ def best_of_n_responses(policy, rm, tok, prompts: list[list[int]], n: int, tempe
 def best_of_n_table(proxy, gold, ended, ns: list[int], missing_eos_penalty: float = 0.0) -> list[dict]:
     """One row per n from a pool of N >= max(ns) scored samples per prompt: proxy, gold, ended (prompts, N).
 
-    Best-of-n uses the first n samples of each prompt's pool.
+    Best-of-n uses the first n samples of each prompt's pool. The three may live on different devices
+    (the proxy scores on the models' GPU, the gold scores on the CPU): the table is computed on the CPU.
     """
+    proxy, gold, ended = proxy.cpu(), gold.cpu(), ended.cpu()
     rows = []
     for n in ns:
         if n > proxy.size(1):

@@ -44,10 +44,12 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 
 def rng_state() -> dict:
-    """The global RNG states that training consumes (torch CPU, CUDA if present, Python's `random`)."""
+    """The global RNG states that training consumes (torch CPU, this process's CUDA device if present,
+    Python's `random`). One CUDA state, not one per visible GPU: a process trains on one device, and a
+    run resumed where fewer GPUs are visible must still load it."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -56,7 +58,10 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # a checkpoint written with one state per visible GPU
+            cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
+        torch.cuda.set_rng_state(cuda)
 
 
 def model_payload(model, stage: str, **extra) -> dict:

@@ -260,7 +260,13 @@ class ScalarHead(nn.Module):
         self.register_buffer("offset", torch.zeros(()))
 
     def forward(self, hidden):
-        return self.linear(hidden).squeeze(-1) * self.gain + self.offset  # (B, T)
+        # in float32 at least, even under bf16 autocast or with bf16 weights: in bf16 (8 bits of mantissa)
+        # scores such as 5.30 and 5.34 round to one value, and the Bradley-Terry loss, the pair accuracy and
+        # PPO's rewards and values all read these numbers
+        up = lambda x: x.float() if x.dtype in (torch.bfloat16, torch.float16) else x  # noqa: E731
+        with torch.autocast(hidden.device.type, enabled=False):
+            out = F.linear(up(hidden), up(self.linear.weight), up(self.linear.bias))  # (B, T, 1)
+        return out.squeeze(-1) * self.gain + self.offset  # (B, T)
 
 
 def last_token_index(attention_mask):

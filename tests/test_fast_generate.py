@@ -132,6 +132,22 @@ def test_generate_under_bf16_autocast_with_float32_weights():
     assert out.response.shape == (len(PROMPTS), 4)
     assert torch.equal(out.response, ref.response) and torch.isfinite(out.logprobs).all()
 
+
+def test_the_cache_holds_the_autocast_dtype(monkeypatch):
+    """Under bf16 autocast the cache is allocated in bf16 (half the memory, and no cast of the whole
+    cache back to bf16 at every step); outside autocast in the weights' dtype. The tokens do not change."""
+    import minirlhf.engine as engine
+    dtypes, real = [], engine._cache_for
+    monkeypatch.setattr(engine, "_cache_for", lambda model, B, S, dtype, keep: dtypes.append(dtype) or
+                        real(model, B, S, dtype, keep))
+    model = make_model(dtype=torch.float32)
+    plain = generate(model, PROMPTS, 6, EOS, PAD, temperature=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generate(model, PROMPTS, 6, EOS, PAD, temperature=0)
+        ref = generate_kv_reference(model, PROMPTS, 6, EOS, PAD, temperature=0)
+    assert dtypes == [torch.float32, torch.bfloat16]
+    assert torch.equal(out.response, ref.response) and plain.response.shape == out.response.shape
+
 @pytest.mark.slow
 def test_compiled_decode_step_equals_eager_and_reuses_its_cache():
     """compile=True (inductor on CPU; CUDA graphs on CUDA) gives the eager outputs, twice in a row:

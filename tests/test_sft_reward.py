@@ -417,6 +417,25 @@ class ConstantScores(torch.nn.Module):
         return torch.zeros(ids.shape, dtype=torch.float32)
 
 
+def test_scalar_head_scores_in_float32_under_bf16_autocast():
+    """bf16 autocast (the CUDA default) must not round the scores: 5.30 and 5.34 are one bf16 value. The
+    head runs in float32 on the trunk's output and matches a float64 computation by hand."""
+    from minirlhf.model import ScalarHead
+
+    torch.manual_seed(0)
+    head = ScalarHead(16)
+    head.gain.fill_(2.0)
+    head.offset.fill_(0.5)
+    hidden = torch.randn(3, 5, 16) * 10
+    by_hand = (hidden.double() @ head.linear.weight.double().T + head.linear.bias.double()).squeeze(-1) * 2 + 0.5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = head(hidden)
+        rounded = (head.linear(hidden).squeeze(-1) * head.gain + head.offset)  # what a bf16 head gives
+    assert scores.dtype == torch.float32 and (scores.double() - by_hand).abs().max().item() < 1e-5
+    assert (rounded.double() - by_hand).abs().max().item() > 1e-3  # the rounding this avoids
+    assert head.double()(hidden.double()).dtype == torch.float64  # float64 gradchecks stay float64
+
+
 def test_gold_accuracy_counts_a_score_tie_as_a_miss():
     pairs = [{"chosen": [1, 2, 3], "rejected": [1, 2, 4], "gold_chosen": gc, "gold_rejected": gr}
              for gc, gr in [(0.9, -0.5), (-0.5, 0.9), (-0.2, 0.4), (0.1, 0.3)]]
