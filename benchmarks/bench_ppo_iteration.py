@@ -1,6 +1,7 @@
 """Benchmark: one PPO iteration on a real preset, with the static-cache generator vs the previous loop.
 
 Run:  python benchmarks/bench_ppo_iteration.py [--preset tiny] [--out_dir out] [--iterations 6] [--threads N]
+                                              [--device cpu|cuda]
       (needs out/<preset>/sft/ and out/<preset>/reward/: run `minirlhf pipeline` or lessons 00-03 first)
 
 The same `ppo.train_ppo` loop (policy and reference from SFT, value model and score from the reward
@@ -29,6 +30,7 @@ import torch
 from minirlhf import engine, ppo
 from minirlhf.chat import render_prompt
 from minirlhf.checkpoint import load_model, load_scalar_model
+from minirlhf.common import resolve_device
 from minirlhf.config import PPOConfig, make_config
 from minirlhf.data import read_prompts
 from minirlhf.sample import tokenizer_for
@@ -37,27 +39,28 @@ from minirlhf.sample import tokenizer_for
 def one_run(generator_fn, args) -> dict:
     base = os.path.join(args.out_dir, args.preset)
     tok = tokenizer_for(os.path.join(base, "sft", "model.pt"))
-    policy, _ = load_model(os.path.join(base, "sft", "model.pt"))
-    ref, _ = load_model(os.path.join(base, "sft", "model.pt"))
-    rm, _ = load_scalar_model(os.path.join(base, "reward", "model.pt"))
-    value, _ = load_scalar_model(os.path.join(base, "reward", "model.pt"))
+    device = resolve_device(args.device)
+    policy, _ = load_model(os.path.join(base, "sft", "model.pt"), device)
+    ref, _ = load_model(os.path.join(base, "sft", "model.pt"), device)
+    rm, _ = load_scalar_model(os.path.join(base, "reward", "model.pt"), device)
+    value, _ = load_scalar_model(os.path.join(base, "reward", "model.pt"), device)
     rm.eval().requires_grad_(False)
     prompts = [render_prompt(tok, p) for p in read_prompts(os.path.join(base, "world", "rl_prompts.jsonl"))]
     prompts = [p for p in prompts if len(p) + 8 <= policy.config.block_size]
     cfg = make_config(PPOConfig, overrides={"preset": args.preset, "iterations": args.iterations, "progress": False,
-                                            "out_dir": args.out_dir})
+                                            "out_dir": args.out_dir, "device": args.device})
     from minirlhf.config import fill_from_preset
     fill_from_preset(cfg)
     cfg.iterations = args.iterations
-    saved = ppo.generate
-    ppo.generate = generator_fn  # the name the PPO loop calls
+    saved = engine.generate
+    engine.generate = generator_fn  # the name engine.generate_sharded (what the PPO loop calls) looks up
     try:
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
             result = ppo.train_ppo(policy, ref, value, rm.score, prompts, tok, cfg, out)
             seconds = time.perf_counter() - t0
     finally:
-        ppo.generate = saved
+        engine.generate = saved
     return {"s_per_iteration": seconds / args.iterations, "rollout_tokens_per_s": result["rollout_tokens_per_second"]}
 
 
@@ -67,6 +70,7 @@ def main() -> None:
     ap.add_argument("--out_dir", default="out")
     ap.add_argument("--iterations", type=int, default=6)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (order alternates); best kept")
     args = ap.parse_args()
     if args.threads:
@@ -82,7 +86,7 @@ def main() -> None:
     before = rows["engine.generate_kv_reference (before)"]["s_per_iteration"]
     print(f"PPO iterations on the {args.preset} preset, {args.iterations} iterations each; torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"| generator | s / iteration | rollout tokens/s | speed-up vs before |\n|---|---:|---:|---:|")
+    print("| generator | s / iteration | rollout tokens/s | speed-up vs before |\n|---|---:|---:|---:|")
     for name, r in rows.items():
         print(f"| {name} | {r['s_per_iteration']:.2f} | {r['rollout_tokens_per_s']:.0f} | "
               f"{before / r['s_per_iteration']:.2f}x |")

@@ -6,7 +6,7 @@
 #
 # What it does: first the whole `micro` pipeline on the GPU (every stage under bf16 autocast, a smoke test
 # of the CUDA paths, with its per-stage times in $OUT/pipeline_micro/micro/report.md), then the fused
-# log-probs, Triton log-probs, rollout generation and training-step tables (DESIGN §7's sizes). What it
+# log-probs, Triton log-probs, rollout generation and training-step tables (the sizes of the speed targets). What it
 # does NOT measure: the `tiny` or `small` pipeline's stage times on a GPU (they do not fit in the time
 # budget; with time to spare: `python -m minirlhf pipeline --preset tiny --device cuda`) and the
 # PPO-iteration benchmark (it needs trained checkpoints).
@@ -54,7 +54,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 # 0. the micro pipeline end to end on the GPU (seconds of work: a smoke test of every stage's CUDA path)
 run pipeline_micro 60 -m minirlhf pipeline --preset micro --device cuda --progress=false \
   --out_dir "$OUT_DIR/pipeline_micro" --plots_dir "$OUT_DIR/pipeline_micro/plots"
-# 1. fused LM head + log-probs at DESIGN §7's size: B=8, T=1024, V=50257, C=768 (bf16 autocast)
+# 1. fused LM head + log-probs at the target size: B=8, T=1024, V=50257, C=768 (bf16 autocast)
 run logprobs 50 benchmarks/bench_logprobs.py --device cuda --B 8 --T 1024
 # 1b. the Triton log-prob + entropy kernel vs plain PyTorch and torch.compile, bf16 logits (8, 1024, 50257)
 run triton_logprobs 60 benchmarks/bench_triton_logprobs.py --device cuda --B 8 --T 1024

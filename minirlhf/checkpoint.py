@@ -2,7 +2,7 @@
 
     save_checkpoint(path, {"model": model.state_dict(), "step": 10, ...})
     state = load_checkpoint(path)               # torch.load(weights_only=True)
-    model = load_model("out/tiny/pretrain/model.pt")
+    model, ckpt = load_model("out/tiny/pretrain/model.pt")  # the GPT and the whole checkpoint dict
 
 A checkpoint is written to `<path>.tmp`, flushed to disk, then renamed over `<path>`: a process killed
 mid-write leaves the previous file intact, never a half-written one. Everything stored is a tensor or a

@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 
 # ----------------------------------------------------------------------------------------------------
-# Presets (DESIGN §3). Model shapes plus per-stage defaults that depend on the size of the model.
+# Presets. Model shapes plus per-stage defaults that depend on the size of the model.
 
 PRESETS: dict[str, dict] = {
     # tests only: every stage runs in seconds
@@ -76,7 +76,7 @@ PRESETS: dict[str, dict] = {
 
 
 def default_preset() -> str:
-    """`tiny` on CPU, `small` when CUDA is available (DESIGN §3)."""
+    """`tiny` on CPU, `small` when CUDA is available."""
     return "small" if torch.cuda.is_available() else "tiny"
 
 
@@ -86,7 +86,7 @@ def default_preset() -> str:
 
 @dataclass
 class ModelConfig:
-    """Shape of the GPT (GPT-2 architecture, DESIGN §4)."""
+    """Shape of the GPT (GPT-2 architecture)."""
 
     n_layer: int = 4  # transformer blocks
     n_head: int = 4  # attention heads per block

@@ -507,8 +507,9 @@ def run_import(cfg) -> dict:
     added = ", ".join(summary["added_tokens"]) or "none"
     print(f"[import-hf] {summary['kind']} {summary['n_layer']} layers x {summary['n_embd']} channels, context "
           f"{summary['block_size']}, vocabulary {summary['vocab_size']} (added: {added}) -> {summary['model']}")
-    print(f"[import-hf] fine-tune it: minirlhf sft --init={summary['model']} --sft-data=YOUR.jsonl "
-          f"--eval_data=YOUR_EVAL.jsonl")
+    print(f"[import-hf] fine-tune it: minirlhf sft --preset=gpt2 --init={summary['model']} --sft-data=YOUR.jsonl "
+          f"--eval_data=YOUR_EVAL.jsonl   (the gpt2 preset: fine-tuning settings for a GPT-2-sized model; "
+          f"outputs in out/gpt2/)")
     return summary
 
 

@@ -4,7 +4,7 @@
     logp = ops.logprobs_from_logits(logits[:, P - 1:-1], response, temperature=0.7)  # (B, N)
     kl = ops.masked_mean(ops.kl_k3(logp, ref_logp), mask)                          # scalar
 
-Conventions (DESIGN §5):
+Conventions (where RLHF code usually goes wrong):
   * every masked reduction goes through `masked_sum` / `masked_mean` (mask is float or bool, 1 = keep);
   * variance is unbiased (Bessel-corrected) over the unmasked elements;
   * log-probs come from `log_softmax` + `gather` (never `log(softmax)`), at the sampling temperature;
@@ -13,7 +13,7 @@ Conventions (DESIGN §5):
     biased), k3 = (ratio^-1 - 1) + log_ratio = expm1(-log_ratio) + log_ratio (unbiased, >= 0). All three
     estimate KL(policy || ref) from samples of the policy.
 
-The memory-saving path (DESIGN §6, §7): `fused_linear_logprobs(hidden, weight, labels)` gives the same
+The memory-saving path: `fused_linear_logprobs(hidden, weight, labels)` gives the same
 numbers as `logprobs_from_logits(hidden @ weight.T, labels)` while holding the logits of only
 `chunk_size` rows at a time, forward and backward (the backward recomputes each chunk's logits).
 `linear_logprobs` picks between the two by vocabulary size (`FUSED_VOCAB_THRESHOLD`): the call a
@@ -156,7 +156,7 @@ def kl_k3(logp, ref_logp):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Fused LM head + log-probs: the (N, V) logits never exist at once (DESIGN §6)
+# Fused LM head + log-probs: the (N, V) logits never exist at once
 #
 # For N = B*T rows, V = 50257 and float32, the logits alone are 4 N V bytes (1.6 GB at B=8, T=1024),
 # and log_softmax, its backward and the logits' gradient each hold as much again. The per-token

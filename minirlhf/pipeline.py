@@ -1,6 +1,6 @@
 """`minirlhf pipeline`: the main job. Every stage in order, then a report and the plots.
 
-    minirlhf pipeline                    # tiny on CPU (about 10 minutes on 2 cores), small on CUDA
+    minirlhf pipeline                    # tiny on CPU (about 11 minutes on 2 cores), small on CUDA
     minirlhf pipeline --preset micro     # seconds: what the tests run
     minirlhf pipeline --force            # rerun every stage even if its inputs are unchanged
     minirlhf pipeline --dtype=bfloat16   # the training stages under bf16 autocast (the default on CUDA) on any device

@@ -15,7 +15,7 @@ How to use (one PPO step, CleanRL order; the loop itself lives in the PPO stage)
 What each piece is:
   * `shape_rewards`: the RLHF reward of Ziegler et al. 2019 (eq. 2) and Ouyang et al. 2022 (eq. 2), spread
     over tokens: every response token pays `-kl_coef * k1` (log pi(y_t) - log pi_ref(y_t)), and the
-    reward-model score is added once, at the last real response token (the `<|end|>`, DESIGN §5).
+    reward-model score is added once, at the last real response token (the `<|end|>`).
   * `compute_gae`: Generalized Advantage Estimation (Schulman et al. 2016, eq. 16),
         delta_t = r_t + gamma * V_{t+1} - V_t
         A_t     = delta_t + gamma * lam * A_{t+1}          (A after the last real token = 0)

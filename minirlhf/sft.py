@@ -105,7 +105,7 @@ def encode_conversations(tok: Tokenizer, conversations: list, max_len: int, trun
 def init_chat_embeddings(model, tok: Tokenizer) -> dict[str, str]:
     """Start the chat tokens from the forum's markers: <|user|> <- "Q:", <|assistant|> <- "\\nA:", <|end|> <- "\\n".
 
-    Pretraining never shows the chat tokens (DESIGN §2), so their embeddings are still random when SFT
+    Pretraining never shows the chat tokens (the corpus has none), so their embeddings are still random when SFT
     starts and a chat prompt looks like nothing the model has seen. Initialising a new token's embedding
     from related existing ones (Hewitt 2021, "Initializing New Word Embeddings for Pretrained Language
     Models") makes `<|user|>...<|end|><|assistant|>` look like the forum's "Q: ...\\nA:", where the base

@@ -33,7 +33,7 @@ DPO and the evaluation): opt in with the environment variable `MINIRLHF_TRITON=1
 / fp16 logits on a CUDA device go through the kernel when the `triton` package imports (it comes with
 PyTorch's CUDA builds; `pip install -e ".[triton]"` otherwise). Everywhere else (CPU, float64, no
 Triton, the variable unset) the plain PyTorch path runs. Opt-in because the kernel has so far run only
-under Triton's interpreter: the tests run it on the CPU (`TRITON_INTERPRET=1`, DESIGN §10) against
+under Triton's interpreter: the tests run it on the CPU (`TRITON_INTERPRET=1`) against
 float64 references; `benchmarks/bench_triton_logprobs.py` measures it against the plain path and
 `torch.compile` on a GPU.
 

@@ -2,7 +2,7 @@
 
 Not collected by a plain `pytest` (no test_ prefix): `tests/test_triton_logprobs.py` runs this file in
 a child process with TRITON_INTERPRET=1, so that Triton's interpreter runs the kernels on the CPU
-(DESIGN §10). Triton reads that variable when it is first imported, hence the separate process. By hand:
+. Triton reads that variable when it is first imported, hence the separate process. By hand:
 
     TRITON_INTERPRET=1 pytest tests/triton_cases.py
 

@@ -1,7 +1,7 @@
 """TinyWorld: a small synthetic universe of facts, requests, responses, a gold judge and annotators.
 
 Real RLHF is judged by people we do not have, so every data set here is generated from a seed, and a
-gold judge scores any (prompt, response) so that every claim about RLHF can be measured (DESIGN §2).
+gold judge scores any (prompt, response) so that every claim about RLHF can be measured.
 
 Modules, one concern each:
 
