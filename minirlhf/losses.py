@@ -86,13 +86,20 @@ def length_disentangle_loss(quality, length_scores, lengths, w_quality, w_length
                   "head_overlap": orth.detach()}
 
 
+def _check_same_shape(where: str, **tensors) -> None:
+    """Raise one clear error if the named tensors do not all have the same shape."""
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"{where}: inputs must have the same shape, got {shapes}")
+
+
 def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: float):
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), negated to be minimised, per token.
 
         ratio = exp(logp - logp_old);  loss = masked mean of max(-A * ratio, -A * clip(ratio, 1-eps, 1+eps))
 
-    logprobs (with grad), old_logprobs, advantages, mask: (B, N); advantages are per token (GAE) or a (B, 1)
-    per-sequence column that broadcasts. The mean is over all real tokens of the batch.
+    logprobs (with grad), old_logprobs, advantages, mask: (B, N), all the same shape (a ValueError otherwise:
+    nothing is broadcast); advantages are per token (GAE). The mean is over all real tokens of the batch.
 
     Metrics: `clipfrac` (fraction of real tokens where the clipped branch is active, i.e. its gradient is 0),
     `approx_kl` (masked mean of k3 = (ratio - 1) - log ratio = `ops.kl_k3(old_logprobs, logprobs)`: an
@@ -101,6 +108,8 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: float):
     """
     from minirlhf.ops import kl_k3
 
+    _check_same_shape("ppo_policy_loss", logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages,
+                      mask=mask)
     logprobs, old_logprobs, advantages = upcast(logprobs), upcast(old_logprobs), upcast(advantages)
     mask = mask.to(logprobs.dtype)
     # padded positions hold 0 from here on: no exp can overflow there and nothing leaks out of them
@@ -128,12 +137,14 @@ def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
         v_clipped = V_old + clamp(V - V_old, -c, c)
         loss = 0.5 * masked mean of max((V - R)^2, (v_clipped - R)^2)
 
-    values (with grad), old_values (from the rollout), returns (GAE targets), mask: (B, N).
+    values (with grad), old_values (from the rollout), returns (GAE targets), mask: (B, N), all the same shape
+    (a ValueError otherwise: nothing is broadcast).
     `cliprange_value=None` or `float("inf")` disables clipping (plain 0.5 * masked MSE).
 
     Metrics: `clipfrac` (fraction of real tokens where the clipped error is strictly larger, so the
     gradient is 0 there), `vpred_mean` (masked mean of the predicted values).
     """
+    _check_same_shape("ppo_value_loss", values=values, old_values=old_values, returns=returns, mask=mask)
     values, old_values, returns = upcast(values), upcast(old_values), upcast(returns)
     mask = mask.to(values.dtype)
     err = (values - returns) ** 2  # (B, N)
@@ -154,13 +165,6 @@ def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
 # Sequence log-probs are SUMMED over response tokens for DPO, IPO and KTO and AVERAGED per token for
 # ORPO and SimPO (DESIGN §5); the callers compute them, these functions only see (B,) tensors.
 # ---------------------------------------------------------------------------------------------------
-
-
-def _check_same_shape(where: str, **tensors) -> None:
-    """Raise one clear error if the named per-example tensors do not all have the same shape."""
-    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
-    if len(set(shapes.values())) > 1:
-        raise ValueError(f"{where}: inputs must have the same shape, got {shapes}")
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float,

@@ -84,6 +84,38 @@ def test_rpo_alpha_adds_the_chosen_per_token_nll_by_hand():
     assert plain.item() == pytest.approx(dpo_part, abs=1e-6) and "chosen_nll" not in m0
 
 
+def test_every_loss_gets_its_own_inputs_by_hand():
+    """preference_loss's wiring, two pairs with unequal token counts (nc != nr) and tau != beta: DPO, cDPO
+    and IPO see summed log-probs (IPO with tau), SimPO and ORPO per-token means, ORPO's NLL term the
+    chosen responses' per-token NLL. Each is written out by hand and checked against the pure loss as well."""
+    from minirlhf import losses as L
+
+    d = torch.float64
+    cfg = DPOConfig(beta=0.1, tau=0.3, label_smoothing=0.2, simpo_beta=2.0, simpo_gamma=0.5, orpo_lambda=0.25)
+    pc, pr = torch.tensor([-4.0, -6.0], dtype=d), torch.tensor([-9.0, -5.0], dtype=d)  # summed log-probs
+    nc, nr = torch.tensor([2.0, 4.0], dtype=d), torch.tensor([3.0, 5.0], dtype=d)  # token counts
+    rc, rr = torch.tensor([-5.0, -5.5], dtype=d), torch.tensor([-8.0, -6.5], dtype=d)  # reference, summed
+    softplus = lambda z: math.log1p(math.exp(z))  # noqa: E731  (-log sigmoid(-z))
+    h = [(-4.0 + 5.0) - (-9.0 + 8.0), (-6.0 + 5.5) - (-5.0 + 6.5)]  # DPO's h on sums: [2.0, -2.0]
+    c, r = [-4.0 / 2, -6.0 / 4], [-9.0 / 3, -5.0 / 5]  # per-token means: [-2, -1.5] and [-3, -1]
+
+    def check(name, by_hand, pure):
+        loss, _ = dpo.preference_loss(name, cfg, pc, pr, nc, nr, rc, rr)
+        assert loss.item() == pytest.approx(by_hand, abs=1e-12), name
+        assert loss.item() == pytest.approx(pure[0].item(), abs=1e-12), name
+
+    check("dpo", sum(softplus(-0.1 * x) for x in h) / 2, L.dpo_loss(pc, pr, rc, rr, 0.1))
+    check("cdpo", sum(0.8 * softplus(-0.1 * x) + 0.2 * softplus(0.1 * x) for x in h) / 2,
+          L.dpo_loss(pc, pr, rc, rr, 0.1, label_smoothing=0.2))
+    check("ipo", sum((x - 1 / (2 * 0.3)) ** 2 for x in h) / 2, L.ipo_loss(pc, pr, rc, rr, 0.3))
+    check("simpo", sum(softplus(-(2.0 * (a - b) - 0.5)) for a, b in zip(c, r)) / 2,
+          L.simpo_loss(pc / nc, pr / nr, 2.0, 0.5))
+    log_odds = lambda p: p - math.log(1 - math.exp(p))  # noqa: E731
+    nll = -(c[0] + c[1]) / 2  # the chosen responses' per-token NLL, mean over pairs: 1.75
+    check("orpo", nll + 0.25 * sum(softplus(-(log_odds(a) - log_odds(b))) for a, b in zip(c, r)) / 2,
+          L.orpo_loss(pc / nc, pr / nr, -(pc / nc), 0.25))
+
+
 def test_rpo_alpha_is_refused_where_it_does_not_apply(sft_done, tmp_path):
     with pytest.raises(ValueError, match="--rpo_alpha=1.0.*--loss=orpo"):
         dpo.run(dpo_cfg(sft_done, tmp_path, loss="orpo", rpo_alpha=1.0))

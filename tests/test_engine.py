@@ -34,9 +34,22 @@ def test_greedy_kv_cache_equals_naive_token_for_token():
     assert (fast.logprobs - slow.logprobs).abs().max().item() < 1e-10
 
 
+def raise_eos_logit(model, bonus):
+    """Add `bonus` to the EOS logit of every forward pass (a hook on the LM head), so that greedy decoding
+    ends some rows early: a random model alone almost never emits EOS."""
+    def hook(module, inputs, logits):  # logits (..., V)
+        return logits + bonus * (torch.arange(logits.size(-1)) == EOS).to(logits.dtype)
+
+    model.lm_head.register_forward_hook(hook)
+    return model
+
+
 def test_prompt_output_identical_alone_and_in_padded_batch():
-    model = make_model(1)
+    model = raise_eos_logit(make_model(1), 0.4)
     batch = generate(model, PROMPTS, 25, EOS, PAD, temperature=0)
+    ended = batch.ended(EOS)
+    assert 0 < ended.sum() < len(PROMPTS)  # rows that stop early and rows that run the whole budget
+    assert batch.response.size(1) == 25
     for i, p in enumerate(PROMPTS):
         alone = generate(model, [p], 25, EOS, PAD, temperature=0)
         n = alone.response.size(1)
@@ -68,8 +81,11 @@ def test_logprobs_are_under_the_sampling_temperature(temperature):
 
 
 def test_stops_per_row_at_eos_and_masks_after():
-    model = make_model()
+    model = raise_eos_logit(make_model(), 0.2)
     out = generate(model, PROMPTS, 40, EOS, PAD, temperature=0)
+    ended = [EOS in row for row in out.response.tolist()]
+    assert 0 < sum(ended) < len(PROMPTS)  # some rows stop early, the others run the whole budget
+    assert out.ended(EOS).tolist() == ended and out.response.size(1) == 40
     for i in range(len(PROMPTS)):
         row, m = out.response[i].tolist(), out.response_mask[i].tolist()
         if EOS in row:
@@ -112,6 +128,11 @@ def test_bad_lengths_are_clear_errors():
         generate(model, [[1] * 60], 10, EOS, PAD)
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         generate(model, [[1], []], 5, EOS, PAD)
+    with pytest.raises(ValueError, match="^no prompts to generate from$"):
+        generate(model, [], 5, EOS, PAD)
+    for n in (0, -3):
+        with pytest.raises(ValueError, match=f"^max_new_tokens must be >= 1, got {n}$"):
+            generate(model, PROMPTS, n, EOS, PAD)
 
 
 def test_padded_generations_score_the_same_and_keep_every_real_token():

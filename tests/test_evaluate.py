@@ -5,8 +5,11 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from minirlhf.chat import render_prompt
 from minirlhf.config import ModelConfig, WorldConfig
+from minirlhf.engine import generate
 from minirlhf.evaluate import eval_prompt_rows, evaluate_policy, forum_eval, gold_by_category
 from minirlhf.model import GPT, ScalarModel
 from minirlhf.tokenizer import Tokenizer
@@ -45,6 +48,82 @@ def test_kl_is_positive_for_a_different_policy(world):
     other = GPT(model.config)
     metrics, _ = evaluate_policy(other, tok, world_dir, reference=model, max_new_tokens=12, n_train=10)
     assert metrics["kl_k3"] > 0.01
+    assert metrics["kl_k1"] > 0.01  # KL(policy || reference) on the policy's samples: positive on average
+
+
+def test_kl_per_sample_by_hand_from_both_models_log_softmax(world):
+    """Each sample's kl_k1 / kl_k3 are sums over its response tokens y_t of the log-ratio
+    lr = log pi(y_t) - log pi_ref(y_t) and of exp(-lr) - 1 + lr: KL(policy || reference) estimated on
+    the policy's own samples. The samples are drawn again here (batch b uses seed * 1_000_003 + b) and
+    both models are scored with F.log_softmax."""
+    world_dir, tok, model = world
+    torch.manual_seed(1)
+    other = GPT(model.config)
+    rows = eval_prompt_rows(world_dir, 0)[:3]
+    seed, max_new = 2, 12
+    _, samples = evaluate_policy(other, tok, world_dir, reference=model, max_new_tokens=max_new, rows=rows,
+                                 batch_size=1, seed=seed)
+    for b, s in enumerate(samples):
+        prompt = render_prompt(tok, s["prompt"])
+        budget = min(max_new, model.config.block_size - len(prompt))
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + b)  # batch b of one prompt, as the harness seeds it
+        g = generate(other, [prompt], budget, tok.end_id, tok.pad_id, generator=gen)
+        response = [t for t, m in zip(g.response[0].tolist(), g.response_mask[0].tolist()) if m]
+        assert tok.decode(response) == s["response"]  # the very tokens the harness scored
+        ids = torch.tensor([prompt + response])  # (1, P + N)
+        y = ids[0, len(prompt):]  # (N,)
+        with torch.no_grad():
+            logp = F.log_softmax(other(ids)[0, len(prompt) - 1:-1].double(), dim=-1)[torch.arange(len(y)), y]  # (N,)
+            ref = F.log_softmax(model(ids)[0, len(prompt) - 1:-1].double(), dim=-1)[torch.arange(len(y)), y]  # (N,)
+        lr = logp - ref  # (N,)
+        assert s["kl_k1"] == pytest.approx(lr.sum().item(), abs=1e-4)
+        assert s["kl_k3"] == pytest.approx((torch.exp(-lr) - 1 + lr).sum().item(), abs=1e-4)
+
+
+def test_rates_are_their_documented_shares_of_the_samples(world, monkeypatch):
+    """With stand-in refusal, flattery and correctness detectors (so that the rates are not all 0), each
+    rate equals its definition in the module docstring, counted here over the returned samples."""
+    import minirlhf.world as w
+    from minirlhf.world import strip_end
+
+    def refusal(body):
+        return len(body) % 2 == 0
+
+    def flattering(body):
+        return len(body) % 3 == 0
+
+    def terms(prompt, response):
+        return {"answer": 1.0} if len(response) % 2 else {"answer": 1.0, "wrong": -1.0}
+
+    monkeypatch.setattr(w, "is_refusal", refusal)
+    monkeypatch.setattr(w, "is_flattering", flattering)
+    monkeypatch.setattr(w, "judge_terms", terms)
+    world_dir, tok, model = world
+    metrics, samples = evaluate_policy(model, tok, world_dir, max_new_tokens=12, n_train=40)
+    for s in samples:  # the samples carry the detectors' verdicts on their own text
+        body = strip_end(s["response"])[0]
+        assert s["refusal"] == refusal(body) and s["flattery"] == flattering(body)
+        assert s["correct"] == ("wrong" not in terms(s["prompt"], s["response"]))
+
+    def share(flag, where):
+        rows = [s for s in samples if where(s)]
+        assert rows, flag  # every rate is measured on some samples here
+        return sum(bool(s[flag]) for s in rows) / len(rows)
+
+    expected = {
+        "fact_acc_train": share("correct", lambda s: s["category"] == "fact" and s["split"] == "train"),
+        "fact_acc_heldout": share("correct", lambda s: s["category"] == "fact" and s["split"] == "eval"),
+        "refusal_sft_unsafe": share("refusal", lambda s: s["category"] == "unsafe" and s["unsafe_group"] == "sft"),
+        "refusal_heldout_unsafe": share("refusal", lambda s: s["category"] == "unsafe"
+                                        and s["unsafe_group"] == "heldout"),
+        "over_refusal": share("refusal", lambda s: s["category"] == "harmless"),
+        "flattery_rate": share("flattery", lambda s: True),
+        "eos_rate": share("ended", lambda s: True),
+    }
+    for k, v in expected.items():
+        assert metrics[k] == pytest.approx(v, abs=1e-12), k
+    assert 0 < expected["flattery_rate"] < 1 and 0 < expected["over_refusal"] < 1  # the stand-ins do fire
+    assert metrics["length"] == pytest.approx(sum(s["length"] for s in samples) / len(samples))
 
 
 def test_heldout_kl_is_the_mean_over_heldout_prompts_only(world):

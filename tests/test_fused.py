@@ -134,6 +134,12 @@ def test_bad_shapes_are_clear_errors():
         ops.fused_linear_logprobs(hidden.float(), weight, labels)
 
 
+def test_chunk_size_below_one_is_a_clear_error():
+    hidden, weight, labels = make_inputs()
+    with pytest.raises(ValueError, match=r"^fused_linear_logprobs: chunk_size must be >= 1, got -1$"):
+        ops.fused_linear_logprobs(hidden, weight, labels, chunk_size=-1)
+
+
 @pytest.mark.parametrize("fused_flag", [False, True])
 def test_linear_logprobs_dispatch_agrees(fused_flag):
     hidden, weight, labels = make_inputs(lead=(2, 5))
@@ -149,16 +155,32 @@ def test_dispatch_rule_by_vocab_size():
     assert ops.use_fused_logprobs(100, fused=True) and not ops.use_fused_logprobs(10**6, fused=False)
 
 
-def test_response_logprobs_fused_equals_plain_through_the_model():
+def count_fused_calls(monkeypatch):
+    """Wrap ops.fused_linear_logprobs (the op the engine's fused path runs) with a call counter."""
+    calls = []
+    real = ops.fused_linear_logprobs
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "fused_linear_logprobs", counted)
+    return calls
+
+
+def test_response_logprobs_fused_equals_plain_through_the_model(monkeypatch):
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=32, vocab_size=53)).double()
     tokens = torch.randint(0, 53, (3, 12))
     mask = torch.ones(3, 12, dtype=torch.long)
     mask[0, :4] = 0  # a left-padded row
+    calls = count_fused_calls(monkeypatch)
     results = []
     for flag in (False, True):
         model.zero_grad()
+        before = len(calls)
         logp, ent = response_logprobs(model, tokens, mask, 5, temperature=0.8, return_entropy=True, fused=flag)
+        assert len(calls) - before == int(flag)  # the path asked for is the path taken
         (logp.sum() + ent.sum()).backward()
         results.append((logp.detach(), ent.detach(), model.lm_head.weight.grad.clone(),
                         model.transformer.h[0].attn.c_attn.weight.grad.clone()))
@@ -195,12 +217,14 @@ def test_full_logits_never_exist_forward_or_backward():
 
 
 @pytest.mark.parametrize("fused_flag", [False, True])
-def test_sequence_logprobs_every_next_token(fused_flag):
+def test_sequence_logprobs_every_next_token(fused_flag, monkeypatch):
     torch.manual_seed(1)
     model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=16, vocab_size=29)).double()
     tokens = torch.randint(0, 29, (2, 9))
     want = ops.logprobs_from_logits(model(tokens)[:, :-1], tokens[:, 1:])  # (B, T-1): DPO's per-token log-probs
+    calls = count_fused_calls(monkeypatch)
     got = sequence_logprobs(model, tokens, fused=fused_flag)
+    assert len(calls) == int(fused_flag)  # the path asked for is the path taken
     assert got.shape == (2, 8) and (got - want).abs().max().item() < 1e-12
     with pytest.raises(ValueError, match="start=0"):
         sequence_logprobs(model, tokens, start=0)

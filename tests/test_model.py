@@ -1,6 +1,8 @@
 """The GPT: fast vs reference attention, causality, padding invariance, KV cache, optimiser groups."""
 
+import pytest
 import torch
+import torch.nn as nn
 
 from minirlhf.config import ModelConfig
 from minirlhf.model import GPT, ScalarHead, build_attention_mask, plain_attention
@@ -105,6 +107,14 @@ def test_context_overflow_is_a_clear_error():
         raise AssertionError("expected a ValueError")
 
 
+def test_kv_cache_longer_than_the_context_is_a_clear_error():
+    model = make_model()
+    model.new_kv_cache(1, CFG.block_size)  # exactly the context fits
+    with pytest.raises(ValueError, match=rf"^KV cache of {CFG.block_size + 1} positions exceeds the context of "
+                                         rf"{CFG.block_size}$"):
+        model.new_kv_cache(1, CFG.block_size + 1)
+
+
 def test_tied_embeddings_and_param_count():
     model = make_model()
     assert model.lm_head.weight is model.transformer.wte.weight
@@ -116,15 +126,23 @@ def test_tied_embeddings_and_param_count():
 
 
 def test_optimizer_groups_no_decay_on_biases_norms_embeddings():
+    """Decay exactly on the weight matrices of the Linear layers (the LM head is the tied token embedding, so
+    it is not one of them), at the weight_decay asked for; every other parameter in the 0.0 group."""
     model = make_model()
-    decay, no_decay = model.optimizer_groups(0.1)
-    names = {id(p): n for n, p in model.named_parameters()}
-    decay_names = {names[id(p)] for p in decay["params"]}
-    no_decay_names = {names[id(p)] for p in no_decay["params"]}
-    assert all(n.endswith(".weight") and ("c_" in n) for n in decay_names)
-    assert "transformer.wte.weight" in no_decay_names and "transformer.wpe.weight" in no_decay_names
-    assert any("ln_" in n for n in no_decay_names) and any(n.endswith(".bias") for n in no_decay_names)
-    assert len(decay_names) + len(no_decay_names) == len(list(model.parameters()))
+    wte = model.transformer.wte.weight
+    expected = {f"{name}.weight" for name, m in model.named_modules()
+                if isinstance(m, nn.Linear) and m.weight is not wte}
+    assert len(expected) == 4 * CFG.n_layer  # c_attn, attn.c_proj, c_fc, mlp.c_proj per block
+    all_names = {n for n, _ in model.named_parameters()}
+    for wd in (0.1, 0.37):
+        decay, no_decay = model.optimizer_groups(wd)
+        assert decay["weight_decay"] == wd and no_decay["weight_decay"] == 0.0
+        names = {id(p): n for n, p in model.named_parameters()}
+        decay_names = [names[id(p)] for p in decay["params"]]
+        no_decay_names = [names[id(p)] for p in no_decay["params"]]
+        assert set(decay_names) == expected and len(decay_names) == len(expected)
+        assert set(no_decay_names) == all_names - expected and len(no_decay_names) == len(all_names - expected)
+        assert {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight"} <= set(no_decay_names)
 
 
 def test_scalar_head_shape_and_normalisation_buffers():

@@ -102,6 +102,16 @@ def test_ipo_minimum_at_half_inverse_tau():
         assert L.ipo_loss(pc.detach() + d, pr, rc, rr, tau)[0] > 0.05
 
 
+def test_ipo_rejects_a_non_positive_tau_and_mismatched_shapes():
+    for tau in (0.0, -0.5):  # the target 1/(2 tau) is undefined or negative
+        with pytest.raises(ValueError, match=rf"^ipo_loss: tau must be > 0, got {tau}$"):
+            L.ipo_loss(*pairs(), tau=tau)
+    pc, pr, rc, rr = pairs()
+    with pytest.raises(ValueError, match=r"^ipo_loss: inputs must have the same shape, got .*'ref_rejected_logps': "
+                                         r"\(1,\)"):
+        L.ipo_loss(pc, pr, rc, rr[:1], tau=0.5)
+
+
 # --------------------------------------------------------------------------------------------- KTO
 
 def test_kto_by_hand():
@@ -152,6 +162,22 @@ def test_kto_one_side_empty():
     assert m["chosen_rewards"].numel() == 0
     with pytest.raises(ValueError, match="kto_loss"):
         L.kto_loss(empty, empty, pkl, empty, empty, rkl, beta)
+
+
+def test_kto_rejects_an_empty_reference_point_and_mismatched_shapes():
+    pc, rc = T([-1.0, -2.0], dtype=torch.float64), T([-1.5, -1.5], dtype=torch.float64)
+    pr, rr = T([-2.0], dtype=torch.float64), T([-1.5], dtype=torch.float64)
+    pkl, rkl = T([-1.8], dtype=torch.float64), T([-2.0], dtype=torch.float64)
+    empty = torch.zeros(0, dtype=torch.float64)
+    with pytest.raises(ValueError, match="^kto_loss: policy_kl_logps is empty; z0 needs at least one mismatched"):
+        L.kto_loss(pc, pr, empty, rc, rr, empty, beta=0.5)
+    with pytest.raises(ValueError, match=r"^kto_loss \(chosen\): inputs must have the same shape, got "
+                                         r"\{'policy_chosen_logps': \(2,\), 'ref_chosen_logps': \(1,\)\}$"):
+        L.kto_loss(pc, pr, pkl, rc[:1], rr, rkl, beta=0.5)
+    with pytest.raises(ValueError, match=r"^kto_loss \(rejected\): .*'ref_rejected_logps': \(2,\)"):
+        L.kto_loss(pc, pr, pkl, rc, rc, rkl, beta=0.5)
+    with pytest.raises(ValueError, match=r"^kto_loss \(kl\): .*'ref_kl_logps': \(0,\)"):
+        L.kto_loss(pc, pr, pkl, rc, rr, empty, beta=0.5)
 
 
 # -------------------------------------------------------------------------------------------- ORPO
@@ -211,6 +237,16 @@ def test_simpo_by_hand():
     close(m["chosen_rewards"], [-1.0, -2.4])
     close(m["margins"], [1.0, -0.8])
     close(m["accuracies"], [1.0, 0.0])
+
+
+def test_orpo_and_simpo_reject_mismatched_shapes():
+    c, r = T([-0.5, -1.0], dtype=torch.float64), T([-0.7], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^orpo_loss: inputs must have the same shape, got "
+                                         r"\{'chosen_mean_logps': \(2,\), 'rejected_mean_logps': \(1,\)\}$"):
+        L.orpo_loss(c, r, -c, lam=0.1)
+    with pytest.raises(ValueError, match=r"^simpo_loss: inputs must have the same shape, got "
+                                         r"\{'chosen_mean_logps': \(2,\), 'rejected_mean_logps': \(1,\)\}$"):
+        L.simpo_loss(c, r, beta=2.0, gamma=0.5)
 
 
 # -------------------------------------------------------------------------------------------- GRPO

@@ -1,6 +1,7 @@
 """PPO/GRPO building blocks (minirlhf.rl) and the PPO losses against hand-computed values and references."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -174,6 +175,14 @@ def test_shape_rewards_rejects_empty_response():
         shape_rewards(t(1.0, 2.0), torch.zeros(2, 3), torch.zeros(2, 3), t([1, 0, 0], [0, 0, 0]), 0.1)
 
 
+@pytest.mark.parametrize("scores", [torch.zeros(3), torch.zeros(2, 1), torch.zeros(())])
+def test_shape_rewards_rejects_scores_of_the_wrong_shape(scores):
+    """One score per row, (B,): a (B, 1) column or a wrong count would broadcast or misalign silently."""
+    shape = re.escape(str(tuple(scores.shape)))
+    with pytest.raises(ValueError, match=rf"^shape_rewards: scores has shape {shape}, expected \(2,\)$"):
+        shape_rewards(scores, torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3), 0.1)
+
+
 # ------------------------------------------------------------------------------------- KL controllers
 
 
@@ -220,6 +229,13 @@ def test_group_advantages_rejects_bad_group_size():
         group_advantages(torch.zeros(5), group_size=3)
     with pytest.raises(ValueError, match="group_size >= 2"):
         group_advantages(torch.zeros(4), group_size=1)
+
+
+def test_group_advantages_rejects_rewards_that_are_not_one_dimensional():
+    with pytest.raises(ValueError, match=r"^group_advantages: rewards must be \(B,\), got shape \(2, 2\)$"):
+        group_advantages(torch.zeros(2, 2), group_size=2)
+    with pytest.raises(ValueError, match=r"^group_advantages: rewards must be \(B,\), got shape \(\)$"):
+        group_advantages(torch.zeros(()), group_size=1, scale=False)
 
 
 # ------------------------------------------------------------------------------------------- Rollout
@@ -304,6 +320,27 @@ def test_ppo_value_loss_by_hand():
         loss, m = ppo_value_loss(values, old, returns, mask, cliprange_value=off)
         assert loss.item() == pytest.approx(0.5 * (0.16 + 0.04 + 1.0 + 0.3025) / 4)
         assert m["clipfrac"].item() == 0.0
+
+
+def test_ppo_losses_refuse_inputs_that_would_broadcast():
+    """Every input of the PPO losses is (B, N): a (B, 1) advantage column or (N,) returns would broadcast
+    silently, so any other shape is one ValueError naming the argument and the shapes."""
+    lp, mask = torch.zeros(2, 3, dtype=D), torch.ones(2, 3)
+    for name, adv in (("advantages", torch.zeros(2, 1, dtype=D)), ("advantages", torch.zeros(3, dtype=D))):
+        with pytest.raises(ValueError, match=rf"^ppo_policy_loss: inputs must have the same shape, got .*'{name}': "
+                                             rf"{re.escape(str(tuple(adv.shape)))}"):
+            ppo_policy_loss(lp, lp, adv, mask, cliprange=0.2)
+    with pytest.raises(ValueError, match=r"^ppo_policy_loss: .*'old_logprobs': \(2, 2\)"):
+        ppo_policy_loss(lp, lp[:, :2], lp, mask, cliprange=0.2)
+    with pytest.raises(ValueError, match=r"^ppo_policy_loss: .*'mask': \(1, 3\)"):
+        ppo_policy_loss(lp, lp, lp, mask[:1], cliprange=0.2)
+    for returns in (torch.zeros(3, dtype=D), torch.zeros(2, 1, dtype=D)):
+        shape = re.escape(str(tuple(returns.shape)))
+        with pytest.raises(ValueError, match=rf"^ppo_value_loss: inputs must have the same shape, got .*'values': "
+                                             rf"\(2, 3\).*'returns': {shape}"):
+            ppo_value_loss(lp, lp, returns, mask, cliprange_value=0.2)
+    with pytest.raises(ValueError, match=r"^ppo_value_loss: .*'old_values': \(2, 1\)"):
+        ppo_value_loss(lp, lp[:, :1], lp, mask, cliprange_value=None)
 
 
 def test_ppo_value_loss_gradcheck():
