@@ -94,6 +94,7 @@ class BestOfN:
 
     @property
     def best_texts(self) -> list[str]:
+        """The chosen response of each prompt, texts[i][best[i]]: one string per prompt."""
         return [row[i] for row, i in zip(self.texts, self.best.tolist())]
 
 
@@ -147,6 +148,16 @@ def best_of_n_table(proxy, gold, ended, ns: list[int], missing_eos_penalty: floa
 
 
 def run(cfg: BestOfNConfig) -> dict:
+    """`minirlhf best-of-n`: sample max(ns) responses per held-out prompt, score them, tabulate each n.
+
+    Reads the policy (--init, default out/<preset>/sft/model.pt), the reward model (--reward_model, default
+    out/<preset>/reward/model.pt) and the "eval" rows of the world's eval_prompts.jsonl; every sample is scored by
+    the reward model and the gold judge (--gold_judge, default the world's). Writes tokenizer.json, config.json,
+    samples.jsonl and summary.json under out/<preset>/best_of_n/ and returns the summary: `rows` (one per n, see
+    `best_of_n_table`), `rm_pairwise_gold_accuracy` and `rm_pairwise_pairs`, the counts, `seconds`. A summary made
+    from the same config and inputs is returned as it is (--force resamples). ValueError for a bad --ns or a
+    temperature <= 0; FileNotFoundError when an input is missing.
+    """
     from minirlhf.data import write_jsonl
     from minirlhf.evaluate import eval_prompt_rows, load_judge
     from minirlhf.world import judge

@@ -35,6 +35,11 @@ def save_checkpoint(path: str, state: dict) -> None:
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """`torch.load(path, weights_only=True)` onto `map_location` -> the checkpoint dict.
+
+    FileNotFoundError when there is no file; a RuntimeError naming the file when torch cannot load it (a
+    truncated file, not a torch checkpoint, or objects that `weights_only` refuses).
+    """
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
@@ -54,6 +59,11 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore the RNG states saved by `rng_state` (torch CPU, Python's `random`, CUDA).
+
+    The CUDA state is restored only when CUDA is available here. A checkpoint holding one CUDA state per visible
+    GPU gives this process's current device its entry (the last entry if there are fewer).
+    """
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))

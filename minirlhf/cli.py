@@ -77,6 +77,7 @@ def field_help(cls) -> list[str]:
 
 
 def usage() -> str:
+    """The top-level help text: the usage line, then one line per command with its description."""
     lines = ["usage: minirlhf <command> [--key=value ...]   (minirlhf <command> --help for its options)", "",
              "commands:"]
     lines += [f"  {name:<10} {desc}" for name, (_, _, desc) in COMMANDS.items()]
@@ -110,6 +111,15 @@ def positional_args(name: str, args: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one `minirlhf` command line (`argv`, default sys.argv[1:]) -> its exit status.
+
+    0 after the command, or after printing help (no arguments, -h/--help/help, or `<command> --help`); 2 for an
+    unknown command or a bad option (one line on stderr, before anything runs; a --gold_judge is loaded here to
+    check it); 1 when the stage raises ValueError, FileNotFoundError or RuntimeError (printed without a traceback);
+    130 on Ctrl-C. Under torchrun it first joins the process group: a data-parallel command runs on every rank,
+    any other on rank 0 alone (the other ranks return 0 at once), and a failing rank ends its process there
+    (`distributed.abort`) instead of returning. Any other exception propagates in one process.
+    """
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

@@ -132,12 +132,14 @@ class MetricsLog:
             os.replace(path + ".tmp", path)
 
     def log(self, row: dict) -> None:
+        """Append `row` to the log as one JSON line (nothing when the log is disabled)."""
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
 
 def write_json(path: str, obj) -> None:
+    """Write `obj` as indented JSON with sorted keys, atomically (`<path>.tmp`, then renamed over `path`)."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
@@ -146,6 +148,7 @@ def write_json(path: str, obj) -> None:
 
 
 def read_json(path: str):
+    """The JSON value stored in the file `path`."""
     with open(path) as f:
         return json.load(f)
 
@@ -191,8 +194,11 @@ def reusable(stage_dir: str, key: str, force: bool, artifact: str = "model.pt") 
 
 
 class Stopwatch:
+    """Wall-clock time (`time.perf_counter`) since the stopwatch was created."""
+
     def __init__(self):
         self.t0 = time.perf_counter()
 
     def seconds(self) -> float:
+        """Seconds since the stopwatch started."""
         return time.perf_counter() - self.t0

@@ -547,6 +547,7 @@ def model_config_from(cfg) -> ModelConfig:
 
 
 def to_dict(cfg) -> dict:
+    """The config dataclass as a plain dict (`dataclasses.asdict`): what config.json holds."""
     return dataclasses.asdict(cfg)
 
 

@@ -62,7 +62,10 @@ class DataError(ValueError):
 
 
 class Encoder(Protocol):
-    def encode(self, text: str) -> list[int]: ...
+    """What the prompt-length helpers need from a tokenizer: `encode(text) -> token ids` (e.g. a Tokenizer)."""
+
+    def encode(self, text: str) -> list[int]:
+        """The token ids of `text`."""
 
 
 Messages = list[dict[str, str]]

@@ -86,10 +86,12 @@ def solo():
 
 
 def world_size() -> int:
+    """The number of processes in the job: 1 in one process and inside `solo()`."""
     return dist.get_world_size() if is_distributed() else 1
 
 
 def rank() -> int:
+    """This process's rank in the job (0 to world_size - 1): 0 in one process and inside `solo()`."""
     return dist.get_rank() if is_distributed() else 0
 
 
@@ -119,6 +121,10 @@ def print0(*args, **kwargs) -> None:
 
 
 def timeout_seconds() -> float:
+    """Seconds a collective may wait before it fails: MINIRLHF_DIST_TIMEOUT, or 1800 when it is unset or empty.
+
+    A ValueError naming the variable when it is not a positive number.
+    """
     raw = os.environ.get(TIMEOUT_ENV, "")
     if not raw:
         return DEFAULT_TIMEOUT
@@ -353,6 +359,7 @@ def all_gather_objects(obj) -> list:
 
 
 def barrier() -> None:
+    """Wait until every process reaches this call (a no-op in one process and inside `solo()`)."""
     if is_distributed():
         dist.barrier()
 

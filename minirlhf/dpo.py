@@ -241,6 +241,20 @@ def preference_loss(name: str, cfg, pc, pr, nc, nr, ref_c=None, ref_r=None):
 
 
 def run(cfg: DPOConfig) -> dict:
+    """`minirlhf dpo`: train a policy on preference data with `--loss` (dpo, cdpo, ipo, kto, simpo or orpo).
+
+    Reads the initial policy (--init, default out/<preset>/sft/model.pt; pretrain/model.pt for ORPO), the reference
+    (--reference, default the SFT model), the pairs (--prefs, default out/<preset>/pairs/prefs.jsonl), the validation
+    pairs (--eval_prefs, default the world's prefs_eval.jsonl) and, for KTO, --kto_data if given. Writes under
+    out/<preset>/dpo/ (dpo_<loss> for another loss, or --run_name) tokenizer.json, config.json, the cached reference
+    log-probs (ref_logps_*.pt, when precomputed), metrics.jsonl and ckpt.pt (train_loop), samples.jsonl
+    (`sft.world_eval`, which also scores with out/<preset>/reward/model.pt when it exists), model.pt and summary.json,
+    and returns the summary: the last validation metrics, `dropped_pairs`, the evaluation harness's numbers (gold,
+    KL to the reference, ...), times; on every rank under torchrun. A finished run with the same config and inputs is
+    reused (not with --force or --resume); --stop_after before the end returns {"stage", "steps", "interrupted": True}
+    without model.pt or summary. ValueError for an unknown --loss, a bad --rpo_alpha, or KTO micro-batches of fewer
+    than 2 examples.
+    """
     fill_from_preset(cfg)
     if cfg.loss not in LOSSES:
         raise ValueError(f"--loss={cfg.loss!r}: expected one of {', '.join(LOSSES)}")

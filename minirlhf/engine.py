@@ -58,6 +58,8 @@ from minirlhf.ops import linear_logprobs, logprobs_and_entropy, logprobs_from_lo
 
 @dataclass
 class Generation:
+    """A batch of sampled rollouts: left-padded prompts and right-padded responses (B rows), what `generate` returns."""
+
     prompt: torch.Tensor  # (B, P) left-padded prompt ids
     prompt_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
     response: torch.Tensor  # (B, N) generated ids, pad_id after the row's eos
@@ -252,6 +254,8 @@ class StaticKVCache:
         self.max_len = max_len
 
     def matches(self, cfg, batch_size: int, max_len: int, device, dtype) -> bool:
+        """True when this cache has the layout a call with these arguments needs (layers, shape, device, dtype),
+        so that a kept cache can be reused."""
         shape = (batch_size, cfg.n_head, max_len, cfg.n_embd // cfg.n_head)
         t = self.k[0]
         return len(self.k) == cfg.n_layer and t.shape == shape and t.device == torch.device(device) and t.dtype == dtype

@@ -63,6 +63,7 @@ from minirlhf.tokenizer import END
 
 
 def read_rows(path: str) -> list[dict]:
+    """The JSON objects of a JSONL file, one per non-blank line."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 

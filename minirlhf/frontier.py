@@ -47,6 +47,8 @@ LABELS = {"ppo": "PPO (kl_coef)", "dpo": "DPO (beta)", "grpo": "GRPO (beta)", "b
 
 
 def parse_floats(spec: str, name: str) -> list[float]:
+    """"0.05,0.1" -> [0.05, 0.1] (order and repeats kept); a ValueError naming the option (--{name}) when a value is
+    not a number or the list is empty."""
     try:
         values = [float(x) for x in spec.split(",") if x.strip()]
     except ValueError:
@@ -91,6 +93,16 @@ def measure(policy, cfg, sft, tok, reward_model) -> dict:
 
 
 def run(cfg: FrontierConfig) -> dict:
+    """`minirlhf frontier`: train or sample one policy per knob of every method in --methods and measure each.
+
+    Reads out/<preset>/sft/model.pt and out/<preset>/reward/model.pt. Runs the best-of-n stage
+    (out/<preset>/best_of_n/) and one PPO, DPO or GRPO run per knob, each in its own out/<preset>/frontier_<method>_...
+    folder and reused by that stage when its config and inputs are unchanged; the tempered SFT points need no training.
+    Every point but best-of-n's is measured now with `measure` (nothing of the frontier's own is reused). Writes
+    out/<preset>/frontier/frontier.json and <plots_dir>/frontier_<preset>.png and returns {"preset", "points",
+    "seconds"}. Every sweep is checked before anything runs: a ValueError for an unknown method, a list that is not
+    numbers, or a temperature <= 0.
+    """
     from minirlhf.best_of_n import run as best_of_n
     from minirlhf.checkpoint import load_model, load_scalar_model
     from minirlhf.common import resolve_device

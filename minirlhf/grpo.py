@@ -428,6 +428,18 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
 
 
 def run(cfg: GRPOConfig) -> dict:
+    """`minirlhf grpo`: GRPO from the SFT model against the reward model or (--reward=gold) the gold judge.
+
+    Reads the initial policy, also the frozen reference (--init, default out/<preset>/sft/model.pt), the reward
+    model (--reward_model, default out/<preset>/reward/model.pt: required with --reward=rm, only the proxy column of
+    the evaluation with --reward=gold, when it exists) and the prompts (--prompts, `load_prompt_rows`); prompts that
+    leave fewer than 8 tokens of the context are left out and counted. Writes under out/<preset>/grpo/ (grpo_gold with
+    the gold judge, or --run_name) tokenizer.json, config.json, metrics.jsonl, samples.jsonl, ckpt.pt, model.pt and
+    summary.json, and returns the summary (the last evaluation, the final mean reward, speeds, times, and with
+    --prompts=<category> `task_eval` before and after); on every rank under torchrun. A finished run with the same
+    config and inputs is reused (not with --force or --resume); --stop_after before the end returns {"stage",
+    "iterations", "interrupted": True} without model.pt or summary.
+    """
     from minirlhf.evaluate import _correct, load_judge
     from minirlhf.world import CATEGORIES, judge, judge_terms
 

@@ -83,10 +83,13 @@ class KVCache:
         self.length = 0  # filled columns (a Python int: the same for every row)
 
     def reset(self):
+        """Mark every column empty (length = 0); the tensors are kept as they are, not zeroed."""
         self.length = 0
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention: q, k, v from one Linear, SDPA (or `plain_attention`), an output Linear."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
@@ -98,6 +101,13 @@ class CausalSelfAttention(nn.Module):
         self.use_sdpa = True  # False = the plain reference (tests compare the two)
 
     def forward(self, x, mask=None, kv_cache: KVCache | None = None, layer: int = 0):
+        """x (B, T, C) -> (B, T, C).
+
+        mask: bool (B or 1, 1, T, keys), True = may attend; None without a cache = plain causal attention.
+        kv_cache: k and v are written into layer `layer` at columns kv_cache.length.. (the caller advances
+        `length`) and the queries attend over all max_len columns through `mask`. Dropout (attention weights
+        and output) in training mode only.
+        """
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
@@ -121,6 +131,8 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """GPT-2's feed-forward block: Linear C -> 4C, tanh-approximated GELU, Linear 4C -> C, dropout."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
@@ -128,10 +140,13 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
+        """(B, T, C) -> (B, T, C)."""
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # GPT-2's tanh GELU
 
 
 class Block(nn.Module):
+    """One pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -140,12 +155,16 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, mask=None, kv_cache=None, layer=0):
+        """(B, T, C) -> (B, T, C); `mask`, `kv_cache` and `layer` go to the attention (CausalSelfAttention.forward)."""
         x = x + self.attn(self.ln_1(x), mask, kv_cache, layer)  # pre-LayerNorm residual blocks
         x = x + self.mlp(self.ln_2(x))
         return x
 
 
 class GPT(nn.Module):
+    """GPT-2: token and position embeddings, n_layer Blocks, a final LayerNorm and an LM head tied to the token
+    embeddings (see the module docstring)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
@@ -229,6 +248,8 @@ class GPT(nn.Module):
         return hidden if return_hidden else self.lm_head(hidden)
 
     def new_kv_cache(self, batch_size: int, max_len: int, dtype=None) -> KVCache:
+        """An empty KVCache of `max_len` positions for `batch_size` rows, on the model's device and in `dtype` (default:
+        the weights' dtype). ValueError when max_len exceeds the context."""
         p = self.lm_head.weight
         return KVCache(self.config, batch_size, max_len, p.device, dtype or p.dtype)
 
@@ -260,6 +281,8 @@ class ScalarHead(nn.Module):
         self.register_buffer("offset", torch.zeros(()))
 
     def forward(self, hidden):
+        """hidden (B, T, C) -> (B, T): the linear layer in at least float32 (bf16/fp16 inputs and weights are upcast,
+        autocast is off), then `* gain + offset`."""
         # in float32 at least, even under bf16 autocast or with bf16 weights: in bf16 (8 bits of mantissa)
         # scores such as 5.30 and 5.34 round to one value, and the Bradley-Terry loss, the pair accuracy and
         # PPO's rewards and values all read these numbers
@@ -297,11 +320,14 @@ class ScalarModel(nn.Module):
 
     @property
     def config(self) -> ModelConfig:
+        """The trunk's ModelConfig."""
         return self.trunk.config
 
     def forward(self, idx, attention_mask=None):
+        """The head on the trunk's final hidden states: idx (B, T) -> one value per position (B, T)."""
         return self.head(self.trunk.hidden_states(idx, attention_mask))  # (B, T)
 
     def score(self, idx, attention_mask):
+        """Each row's value at its last real token: idx, attention_mask (B, T) -> (B,) (a reward model's score)."""
         values = self(idx, attention_mask)  # (B, T)
         return at_last_token(values, attention_mask)  # (B,)

@@ -204,6 +204,13 @@ class _FusedLinearLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, temperature: float, chunk_size: int, with_entropy: bool):
+        """Chunks of `chunk_size` rows: z = hidden W^T / temperature for one chunk at a time -> logp (N,) =
+        z[label] - logsumexp(z), and with `with_entropy` the entropy (N,) of softmax(z) (else an empty (0,)
+        non-differentiable tensor).
+
+        The matmul runs in autocast's dtype (or the inputs'), the rest in at least float32, autocast off. Saves
+        the inputs, the rows' logsumexp and the entropies for the backward; no (N, V) tensor is kept.
+        """
         N = hidden.size(0)
         matmul_dtype = _matmul_dtype(hidden, weight)
         out_dtype = upcast(torch.empty((), dtype=matmul_dtype)).dtype  # float32, or float64 for float64
@@ -231,6 +238,13 @@ class _FusedLinearLogprobs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
+        """Recompute each chunk's logits from the saved inputs and turn them into that chunk's gradients ->
+        (dL/dhidden (N, C), dL/dweight (V, C), None, None, None, None).
+
+        dL/dz = g_logp (onehot(y) - p) - g_H p (log p + H), divided by the temperature (the formulas above).
+        dL/dweight is accumulated in at least float32 and returned in the weight's dtype. A gradient is None for
+        an input that does not need one, and all are None when neither output received a gradient.
+        """
         hidden, weight, labels, lse, entropy = ctx.saved_tensors
         T, chunk_size, matmul_dtype = ctx.temperature, ctx.chunk_size, ctx.matmul_dtype
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]

@@ -108,6 +108,7 @@ PAIRINGS = ("disjoint", "all", "best_worst")
 
 
 def check_pairing(pairing: str) -> None:
+    """A ValueError naming --pairing unless it is one of PAIRINGS (disjoint, all, best_worst)."""
     if pairing not in PAIRINGS:
         raise ValueError(f"--pairing={pairing!r}: expected one of {', '.join(PAIRINGS)}")
 
@@ -174,6 +175,16 @@ def on_policy_records(prompt: str, responses: list[str], pairing: str, rng: rand
 
 
 def run(cfg: PairsConfig) -> dict:
+    """`minirlhf pairs`: sample responses from the SFT model, label pairs of them, mix in the templated pairs.
+
+    Reads the policy (--init, default out/<preset>/sft/model.pt, and the tokenizer.json next to it), the RL prompts
+    (--prompts, default the world's rl_prompts.jsonl: `n_prompts` of them drawn with `seed`) and the templated pairs
+    (--templated, default the world's prefs.jsonl). Writes prefs.jsonl (on-policy and templated rows shuffled together,
+    each with its `source`) and summary.json under out/<preset>/pairs/ (or --run_name) and returns the summary: pair
+    counts, the identical, empty and unranked responses skipped, the annotators' agreement with gold and the mean gold
+    on the on-policy pairs, `seconds`. prefs.jsonl made from the same config and inputs is reused (--force rebuilds).
+    ValueError for a bad --pairing, --n_prompts < 0, --samples_per_prompt < 2, or a config that gives no pairs.
+    """
     from minirlhf.world import agreement_stats
 
     fill_from_preset(cfg)

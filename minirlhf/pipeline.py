@@ -44,6 +44,12 @@ def _fmt(v) -> str:
 
 
 def write_report(path: str, preset: str, rows: list) -> None:
+    """Write the markdown report to `path`: one line per stage (this run's and the stage's own wall time, its
+    REPORT_KEYS metrics), the base, SFT, PPO and DPO models compared by the gold judge (COMPARISON), the gold reward per
+    prompt category and how far the reward model can be trusted.
+
+    rows: (stage name, seconds in this run, stage summary) in run order.
+    """
     from minirlhf.evaluate import FORUM_SAMPLES
 
     lines = [f"# minirlhf report: preset `{preset}`", "",
@@ -175,6 +181,14 @@ COMPARISON = [("gold reward, the forum-eval questions", "forum_gold", "forum_pro
 
 
 def run(cfg: PipelineConfig) -> dict:
+    """`minirlhf pipeline`: world, pretrain, SFT, pairs, reward, PPO and DPO in order, then the report and the plots.
+
+    Every stage gets the pipeline's preset (default: `default_preset()`), seed, out_dir and --force (the training
+    stages also device, dtype and progress; SFT, reward and DPO --truncate), and reuses its own finished run when its
+    config and inputs are unchanged. Rank 0 then writes out/<preset>/report.md, out/<preset>/pipeline_summary.json and
+    the pretrain, SFT and reward loss curves under plots_dir, and returns {"preset", "seconds", "stage_seconds",
+    "report", "figures"} (rank 0's, on every rank under torchrun). The report and the plots are rewritten on every run.
+    """
     from minirlhf.config import DPOConfig, PairsConfig, PPOConfig, RewardConfig, SFTConfig, default_preset
     from minirlhf.dpo import run as dpo
     from minirlhf.pairs import run as make_pairs

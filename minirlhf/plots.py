@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_metrics(path: str) -> list[dict]:
+    """The rows of a metrics.jsonl file, one dict per non-blank line."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 

@@ -148,6 +148,12 @@ def lm_loss(model, x, y):
 
 @torch.no_grad()
 def validation_loss(model, val_data, cfg, device) -> float:
+    """Mean `lm_loss` over `cfg.eval_batches` batches of random validation windows (batch_size x block_size), under
+    the stage's autocast.
+
+    The windows come from a generator seeded `cfg.seed + 1` at every call, so every evaluation scores the same ones.
+    Leaves the model in train mode.
+    """
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same windows at every evaluation
     model.eval()
     losses = []
@@ -164,6 +170,16 @@ def validation_loss(model, val_data, cfg, device) -> float:
 
 
 def run(cfg: PretrainConfig) -> dict:
+    """`minirlhf pretrain`: train the tokenizer (or reuse it) and a GPT on the corpus.
+
+    Reads --corpus, or the world's corpus.txt (the world is built first if it is missing). The tokenizer lives in
+    out/<preset>/tokenizer/ (`ensure_tokenizer`). Writes under out/<preset>/pretrain/ tokenizer.json, train.bin,
+    val.bin, config.json, metrics.jsonl, ckpt.pt, model.pt and summary.json, and returns the summary (validation loss,
+    unigram entropy, sizes, tokens/s, held-out perplexity, and on the world's corpus `world_metrics`); on every rank
+    under torchrun. A finished run with the same config and corpus is reused (not with --force or --resume);
+    --stop_after before the end returns {"stage", "steps", "interrupted": True} without model.pt or summary.
+    ValueError when a split is shorter than one window of block_size + 1 tokens.
+    """
     from minirlhf.config import fill_from_preset
 
     fill_from_preset(cfg)

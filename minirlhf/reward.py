@@ -164,6 +164,7 @@ class LengthDisentangled(torch.nn.Module):
         self.length_head = ScalarHead(model.config.n_embd)
 
     def forward(self, idx, attention_mask=None):
+        """idx (B, T) -> (quality values, length values), each (B, T): both heads on one pass of the trunk."""
         hidden = self.model.trunk.hidden_states(idx, attention_mask)  # (B, T, C)
         return self.model.head(hidden), self.length_head(hidden)
 
@@ -416,6 +417,19 @@ def annotator_ceiling(path: str) -> dict:
 
 
 def run(cfg: RewardConfig) -> dict:
+    """`minirlhf reward`: train the reward model (SFT trunk + ScalarHead) on preference pairs, then normalise it.
+
+    Reads the SFT model (--init, default out/<preset>/sft/model.pt: the trunk's init and the policy sampled for
+    calibration), the pairs (--prefs, default out/<preset>/pairs/prefs.jsonl), the validation pairs (--eval_prefs,
+    default the world's prefs_eval.jsonl) and the calibration prompts (the first --calibration_prompts of --prompts,
+    default the world's rl_prompts.jsonl). After training, `normalise` sets the head's gain and offset; trained on the
+    world's pairs (no --prefs), it is also measured by `measure_bias` and `on_policy_accuracy`. Writes under
+    out/<preset>/reward/ (or --run_name) tokenizer.json, config.json, metrics.jsonl, ckpt.pt, model.pt (trunk + head; an
+    ODIN length head is dropped) and summary.json, and returns the summary; on every rank under torchrun. A finished
+    run with the same config and inputs is reused (not with --force or --resume); --stop_after before the end returns
+    {"stage", "steps", "interrupted": True}. ValueError for a negative coefficient, --margin_coef or --soft_labels on
+    pairs without p_chosen, or fewer than 2 calibration prompts that leave room for --max_new_tokens.
+    """
     fill_from_preset(cfg)
     if cfg.length_head_coef < 0 or cfg.margin_coef < 0 or cfg.center_coef < 0:
         raise ValueError(f"--length_head_coef={cfg.length_head_coef}, --margin_coef={cfg.margin_coef}, "

@@ -131,6 +131,7 @@ class AdaptiveKLController:
         self.horizon = float(horizon)
 
     def update(self, current_kl: float, n_steps: int) -> None:
+        """value <- value * (1 + clip(current_kl / target - 1, -0.2, 0.2) * n_steps / horizon), in place."""
         error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
 
@@ -142,6 +143,7 @@ class FixedKLController:
         self.value = float(kl_coef)
 
     def update(self, current_kl: float, n_steps: int) -> None:
+        """Nothing: the coefficient stays at `kl_coef`."""
         pass
 
 

@@ -23,6 +23,7 @@ from minirlhf.tokenizer import Tokenizer
 
 
 def tokenizer_for(checkpoint: str) -> Tokenizer:
+    """The Tokenizer in the tokenizer.json next to `checkpoint`; FileNotFoundError when there is none."""
     path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "tokenizer.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no tokenizer.json next to {checkpoint}")
@@ -30,6 +31,13 @@ def tokenizer_for(checkpoint: str) -> Tokenizer:
 
 
 def run(cfg: SampleConfig) -> list[str]:
+    """`minirlhf sample`: print `num_samples` continuations of --prompt from --checkpoint; returns them decoded.
+
+    A plain prompt is continued up to <|endoftext|>; with --chat it is rendered as a user turn and the reply stops at
+    <|end|> (the stop token is part of the returned text when it was emitted). At most max_new_tokens, fewer when
+    the prompt leaves less room in the context; one generator seeded `seed`. Writes nothing. ValueError without
+    --checkpoint, for a bad top_k / top_p, or when the prompt fills the context.
+    """
     if not cfg.checkpoint:
         raise ValueError("--checkpoint is required, e.g. --checkpoint=out/tiny/pretrain/model.pt")
     check_sampling(cfg.top_k, cfg.top_p)  # before the model is loaded: a bad filter fails at once

@@ -188,6 +188,8 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
 
 @torch.no_grad()
 def sft_validation_loss(model, examples, pad_id, batch_size, device, dtype) -> float:
+    """The loss-masked cross-entropy of `examples` (batches of `batch_size`, under the `dtype` autocast): a mean over
+    every supervised token of the set, not over batches. Leaves the model in eval mode."""
     model.eval()
     total, count = 0.0, 0.0
     for i in range(0, len(examples), batch_size):
@@ -200,6 +202,17 @@ def sft_validation_loss(model, examples, pad_id, batch_size, device, dtype) -> f
 
 
 def run(cfg: SFTConfig) -> dict:
+    """`minirlhf sft`: supervised fine-tuning of the base model on demonstrations.
+
+    Reads the base model (--init, default out/<preset>/pretrain/model.pt, and its tokenizer), the demonstrations
+    (--sft-data, default the world's sft.jsonl), the validation conversations (--eval_data, default the world's
+    sft_eval.jsonl) and, with --ptx_coef > 0, out/<preset>/pretrain/train.bin for the pretraining mix. A conversation
+    longer than the context is an error unless --truncate (then it is cut and counted). Writes under out/<preset>/sft/
+    tokenizer.json, config.json, metrics.jsonl, ckpt.pt, samples.jsonl, model.pt and summary.json, and returns the
+    summary (validation loss, counts, the evaluation harness's numbers, times); on every rank under torchrun. A finished
+    run with the same config and inputs is reused (not with --force or --resume); --stop_after before the end returns
+    {"stage", "steps", "interrupted": True} without model.pt or summary. ValueError for --ptx_coef < 0.
+    """
     fill_from_preset(cfg)
     if cfg.ptx_coef < 0:
         raise ValueError(f"--ptx_coef={cfg.ptx_coef:g}: expected >= 0 (0 = no pretraining mix; -1 = the preset's)")

@@ -313,6 +313,7 @@ class Tokenizer:
 
     @property
     def mergeable_ranks(self) -> dict[bytes, int]:
+        """The BPE table, token bytes -> id, without the special tokens (what tiktoken's Encoding is built from)."""
         return self._ranks
 
     # --- encode / decode ---------------------------------------------------------------------------

@@ -158,6 +158,10 @@ class _TritonLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, labels, temperature: float):
+        """`_forward_kernel`, one program per row: logits (A, B, V), labels (A * B,) -> logp, entropy (A * B,) float32.
+
+        Saves the logits themselves and three float32s per row (max, log of the sum, E_p[z] - max) for the backward.
+        """
         A, B, V = logits.shape
         N = A * B
         logp, entropy, row_max, log_s, mean_rel = (torch.empty(N, dtype=torch.float32, device=logits.device)
@@ -171,6 +175,8 @@ class _TritonLogprobs(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # the backward is a kernel, not a graph: a second derivative is an error, not a wrong number
     def backward(ctx, grad_logp, grad_entropy):
+        """`_backward_kernel`, one program per row -> (dL/dlogits (A, B, V), contiguous, in the logits' dtype,
+        None, None)."""
         logits, labels, row_max, log_s, mean_rel = ctx.saved_tensors
         A, B, V = logits.shape
         grad_logits = torch.empty((A, B, V), dtype=logits.dtype, device=logits.device)  # contiguous

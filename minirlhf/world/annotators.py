@@ -48,6 +48,7 @@ FLATTERY_COEF = 0.5  # logit bonus for the flattering answer
 
 
 def sigmoid(x: float) -> float:
+    """1 / (1 + exp(-x)), in a form that does not overflow for large |x|."""
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))
     z = math.exp(x)

@@ -175,6 +175,7 @@ def _stratified(tasks: list[Task], n: int, rng: random.Random) -> list[Task]:
 
 
 def prompt_rows(tasks: list[Task], split: str) -> list[dict]:
+    """One {"prompt", "category", "topic", "split"} record per task, each with the given `split`."""
     return [{"prompt": t.prompt, "category": t.category, "topic": t.topic, "split": split} for t in tasks]
 
 
@@ -241,6 +242,9 @@ def _counts(rows: list[dict], key: str) -> dict[str, int]:
 
 def summarise(world: World, data: dict[str, list[dict]], corpus_docs: list[str],
               corpus_counts: dict[str, int], corpus_bytes: int) -> dict:
+    """The world's summary.json (without its `key`): preset, seed, version, rows per data set, corpus size and
+    documents per type, entities per split, unsafe topics, categories per data set, the annotator constants and their
+    agreement with gold on prefs.jsonl, statistics per response style, and the longest prompt and response in words."""
     agreement = agreement_stats(data["prefs.jsonl"])
     texts = [(row["prompt"], row[k]) for name in ("sft.jsonl", "prefs.jsonl", "prefs_eval.jsonl")
              for row in data[name] for k in ("completion", "chosen", "rejected") if k in row]
@@ -280,6 +284,8 @@ def _source_digest() -> str:
 
 
 def world_key(preset: str, seed: int) -> str:
+    """A digest of the preset, the seed, WORLD_VERSION and the world package's source: a built world is reused
+    only under the same key."""
     blob = json.dumps({"preset": preset, "seed": seed, "version": WORLD_VERSION, "source": _source_digest()},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -74,6 +74,8 @@ def forum_prompt(question: str) -> str:
 
 
 def country_doc(c: Country, rng: random.Random) -> str:
+    """A short paragraph on a country: both cloze forms, 1-2 more capital sentences and one more continent sentence,
+    shuffled; headed by the country's name half of the time."""
     s = country_sentences(c)
     parts = [s["capital"][0], s["continent"][0]]
     parts += rng.sample(s["capital"][1:], rng.randint(1, 2)) + rng.sample(s["continent"][1:], 1)
@@ -83,6 +85,8 @@ def country_doc(c: Country, rng: random.Random) -> str:
 
 
 def animal_doc(a: Animal, rng: random.Random) -> str:
+    """A short paragraph on an animal: the cloze form of each property (kind, legs, food, home), each followed by
+    another wording with probability 0.6; headed by "The {name}" half of the time."""
     s = animal_sentences(a)
     parts = []
     for prop in ("kind", "legs", "food", "home"):
@@ -94,6 +98,7 @@ def animal_doc(a: Animal, rng: random.Random) -> str:
 
 
 def event_doc(e: Event, rng: random.Random) -> str:
+    """Three sentences on an event: its cloze form, a filler sentence, and another wording of its date."""
     s = event_sentences(e)
     extra = rng.choice(("That was a long time ago.", "People still talk about it today.",
                         "It is in every history book.", "Many people remember that year."))
@@ -101,6 +106,7 @@ def event_doc(e: Event, rng: random.Random) -> str:
 
 
 def arithmetic_doc(facts: list[Arithmetic], rng: random.Random) -> str:
+    """A titled list of arithmetic facts, one per line: the cloze form with probability 0.7, else another wording."""
     title = rng.choice(("Maths practice", "Number facts", "Sums to learn", "Homework"))
     lines = [arithmetic_sentences(x)[0] if rng.random() < 0.7 else rng.choice(arithmetic_sentences(x)[1:])
              for x in facts]
@@ -108,12 +114,15 @@ def arithmetic_doc(facts: list[Arithmetic], rng: random.Random) -> str:
 
 
 def continent_doc(continent: str, countries: list[Country], rng: random.Random) -> str:
+    """A titled list of 3-6 of `countries` (all of them if fewer) with their capitals in cloze form."""
     chosen = rng.sample(countries, min(len(countries), rng.randint(3, 6)))
     lines = [country_sentences(c)["capital"][0] for c in chosen]
     return f"Some countries in {continent} and their capitals\n" + "\n".join(lines)
 
 
 def animal_list_doc(animals: list[Animal], rng: random.Random) -> str:
+    """A titled list of 3-5 of `animals` (all of them if fewer), each stating one property, the same randomly chosen
+    one for all, in cloze form."""
     chosen = rng.sample(animals, min(len(animals), rng.randint(3, 5)))
     prop = rng.choice(("kind", "legs", "food", "home"))
     title = {"kind": "What kind of animal?", "legs": "Counting legs", "food": "What animals eat",
@@ -122,6 +131,7 @@ def animal_list_doc(animals: list[Animal], rng: random.Random) -> str:
 
 
 def events_doc(events: list[Event], rng: random.Random) -> str:
+    """A "Famous dates" list of 2-4 of `events` (all of them if fewer) in cloze form."""
     chosen = rng.sample(events, min(len(events), rng.randint(2, 4)))
     return "Famous dates\n" + "\n".join(event_sentences(e)[0] for e in chosen)
 
@@ -131,6 +141,7 @@ def events_doc(events: list[Event], rng: random.Random) -> str:
 
 
 def travel_story(c: Country, rng: random.Random) -> str:
+    """A short story of a trip to a country that states its capital (in cloze form too) and its continent."""
     name, he, his = rng.choice(NAMES)
     He = capitalise(he)
     food = rng.choice(("ice cream", "soup", "fresh bread", "noodles", "cake"))
@@ -141,6 +152,7 @@ def travel_story(c: Country, rng: random.Random) -> str:
 
 
 def animal_story(a: Animal, rng: random.Random) -> str:
+    """A short story of a visit to an animal that states its four properties (kind, legs, food, home) in cloze form."""
     name, he, his = rng.choice(NAMES)
     s = animal_sentences(a)
     place = rng.choice(("the zoo", "a farm", "a nature park", "a museum of animals"))
@@ -151,6 +163,7 @@ def animal_story(a: Animal, rng: random.Random) -> str:
 
 
 def counting_story(x: Arithmetic, rng: random.Random) -> str:
+    """A short counting story (things found, given away, or in bags, by `x.op`) that ends with the fact's cloze form."""
     name, he, his = rng.choice(NAMES)
     thing = rng.choice(("apples", "marbles", "stickers", "shells", "pencils", "sweets"))
     He = capitalise(he)
@@ -164,12 +177,14 @@ def counting_story(x: Arithmetic, rng: random.Random) -> str:
 
 
 def history_story(e: Event, rng: random.Random) -> str:
+    """Two sentences of a history class that state an event's year twice."""
     name, he, his = rng.choice(NAMES)
     return (f"In history class, the teacher told {name} that {mid_sentence(e.statement)} in {e.year}. "
             f"{name} wrote it in {his} notebook: {e.statement} in {e.year}.")
 
 
 def quiz_doc(tasks: list[Task], rng: random.Random) -> str:
+    """A teacher-student quiz: for each task the teacher's question, one of its ideal answers, and a word of praise."""
     lines = []
     for t in tasks:
         lines.append(f"Teacher: {t.prompt}")

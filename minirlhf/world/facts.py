@@ -47,6 +47,8 @@ from minirlhf.world.phrases import article, capitalise
 
 @dataclass(frozen=True)
 class Country:
+    """A country with its capital and its continent."""
+
     name: str  # "France"
     capital: str  # "Paris"
     continent: str  # "Europe"
@@ -54,6 +56,9 @@ class Country:
 
 @dataclass(frozen=True)
 class Animal:
+    """An animal with the four properties the world states (kind, legs, food, home) and the word forms its sentences
+    need."""
+
     name: str  # "cow"
     plural: str  # "cows"
     kind: str  # "mammal", "bird", "fish", "insect", "reptile", "amphibian", "arachnid", "mollusc"
@@ -66,6 +71,8 @@ class Animal:
 
 @dataclass(frozen=True)
 class Event:
+    """A famous date: what happened (`statement`), the question form for asking about it, and the year."""
+
     statement: str  # "The Titanic sank" (+ " in 1912.")
     question: str  # "did the Titanic sink" (after "When " / "In what year ")
     year: int
@@ -73,16 +80,20 @@ class Event:
 
 @dataclass(frozen=True)
 class Arithmetic:
+    """One arithmetic fact, `a op b` with op "plus", "minus" or "times"."""
+
     a: int
     op: str  # "plus", "minus" or "times"
     b: int
 
     @property
     def answer(self) -> int:
+        """The result: a + b, a - b or a * b."""
         return {"plus": self.a + self.b, "minus": self.a - self.b, "times": self.a * self.b}[self.op]
 
     @property
     def name(self) -> str:
+        """The fact in words: "3 plus 4"."""
         return f"{self.a} {self.op} {self.b}"
 
 
@@ -252,14 +263,17 @@ ARITHMETIC_OPS = ("plus", "minus", "times")
 
 
 def all_countries() -> tuple[Country, ...]:
+    """Every row of the country table, in table order (a preset takes the first N)."""
     return tuple(Country(*row) for row in _COUNTRIES)
 
 
 def all_animals() -> tuple[Animal, ...]:
+    """Every row of the animal table, in table order (a preset takes the first N)."""
     return tuple(Animal(*row) for row in _ANIMALS)
 
 
 def all_events() -> tuple[Event, ...]:
+    """Every row of the event table, in table order (a preset takes the first N)."""
     return tuple(Event(*row) for row in _EVENTS)
 
 
@@ -308,6 +322,7 @@ PRESET_SIZES["gpt2"] = dict(PRESET_SIZES["small"], corpus_bytes=12_000_000)
 
 
 def preset_sizes(preset: str) -> dict:
+    """PRESET_SIZES[preset] (the dict itself, not a copy); a ValueError listing the valid presets for any other name."""
     if preset not in PRESET_SIZES:
         raise ValueError(f"unknown world preset {preset!r}; valid presets: {', '.join(PRESET_SIZES)}")
     return PRESET_SIZES[preset]
@@ -394,6 +409,7 @@ def build_world(preset: str = "tiny", seed: int = 1337) -> World:
 
 
 def country_sentences(c: Country) -> dict[str, tuple[str, ...]]:
+    """The wordings of a country's facts: {"capital": 5 sentences, "continent": 4}, the cloze form first in each."""
     return {
         "capital": (f"The capital of {c.name} is {c.capital}.", f"{c.capital} is the capital of {c.name}.",
                     f"{c.capital} is the capital city of {c.name}.", f"The capital city of {c.name} is {c.capital}.",
@@ -405,6 +421,7 @@ def country_sentences(c: Country) -> dict[str, tuple[str, ...]]:
 
 
 def animal_sentences(a: Animal) -> dict[str, tuple[str, ...]]:
+    """The wordings of an animal's facts: {"kind", "legs", "food", "home"} -> 3 sentences each, the cloze form first."""
     A = capitalise(article(a.name))
     P = capitalise(a.plural)
     kind_art = article(a.kind)
@@ -427,11 +444,14 @@ def mid_sentence(statement: str) -> str:
 
 
 def event_sentences(e: Event) -> tuple[str, ...]:
+    """Three wordings of an event's year, the cloze form ("The Titanic sank in 1912.") first."""
     return (f"{e.statement} in {e.year}.", f"In {e.year}, {mid_sentence(e.statement)}.",
             f"The year {e.year} is when {mid_sentence(e.statement)}.")
 
 
 def arithmetic_sentences(x: Arithmetic) -> tuple[str, ...]:
+    """Three wordings of an arithmetic fact, the cloze form ("3 plus 4 is 7.") first, then "3 + 4 = 7." and an
+    "If you take ..." sentence."""
     sym = {"plus": "+", "minus": "-", "times": "x"}[x.op]
     return (f"{x.a} {x.op} {x.b} is {x.answer}.", f"{x.a} {sym} {x.b} = {x.answer}.",
             f"If you take {x.a} {x.op} {x.b}, you get {x.answer}.")

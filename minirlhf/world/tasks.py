@@ -83,6 +83,9 @@ def styles_for(category: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class UnsafeTopic:
+    """An unsafe request: its prompt phrasings, what a refusal names and why, and the forum's nonsense steps with the
+    tool words that give compliance away; an `eval_only` topic is kept for evaluation."""
+
     topic: str
     prompts: tuple[str, ...]
     what: str  # "making a stink bomb" (after "I can't help with ")
@@ -94,6 +97,9 @@ class UnsafeTopic:
 
 @dataclass(frozen=True)
 class Topic:
+    """A harmless or chit-chat request: its prompt phrasings, the keywords an answer mentions (at least one), and
+    its ideal answers."""
+
     topic: str
     prompts: tuple[str, ...]
     keywords: tuple[str, ...]  # an answer mentions at least one of these
@@ -267,6 +273,7 @@ class Task:
 
     @property
     def budget(self) -> int:
+        """The category's length budget in words (LENGTH_BUDGET): the judge penalises the words past it."""
         return LENGTH_BUDGET[self.category]
 
 
@@ -402,6 +409,7 @@ def tasks_for(world: World, split: str) -> list[Task]:
 
 
 def tasks_by_category(tasks: list[Task]) -> dict[str, list[Task]]:
+    """The tasks grouped by category, in CATEGORIES order and in task order within each; empty categories left out."""
     out: dict[str, list[Task]] = {c: [] for c in CATEGORIES}
     for t in tasks:
         out[t.category].append(t)
