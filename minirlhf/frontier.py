@@ -35,10 +35,10 @@ better with more steps is not tuned per point); KL is measured on the policy's o
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
+from minirlhf.common import write_json
 from minirlhf.config import BestOfNConfig, DPOConfig, FrontierConfig, GRPOConfig, PPOConfig, make_config, stage_dir
 
 METHODS = ("ppo", "dpo", "grpo", "bon", "temp")
@@ -171,8 +171,7 @@ def run(cfg: FrontierConfig) -> dict:
             add("temp", t, tempered(sft, t))
 
     result = {"preset": cfg.preset, "points": points, "seconds": round(time.perf_counter() - t0, 1)}
-    with open(os.path.join(out, "frontier.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(os.path.join(out, "frontier.json"), result)  # atomically, as every stage's JSON
     png = plot_frontier(points, cfg.preset, os.path.join(cfg.plots_dir, f"frontier_{cfg.preset}.png"), cfg.caption)
     print(f"[frontier] {len(points)} points in {result['seconds']:.0f} s; plot {png}")
     return result

@@ -308,7 +308,7 @@ def fused_linear_logprobs(hidden, weight, labels, temperature: float = 1.0, chun
                          f"{tuple(labels.shape)} (expected hidden = labels.shape + (C,))")
     if weight.dim() != 2 or weight.size(1) != hidden.size(-1):
         raise ValueError(f"fused_linear_logprobs: weight {tuple(weight.shape)} is not (V, {hidden.size(-1)})")
-    chunk_size = chunk_size or default_chunk_size(weight.size(0))
+    chunk_size = default_chunk_size(weight.size(0)) if chunk_size is None else chunk_size
     if chunk_size < 1:
         raise ValueError(f"fused_linear_logprobs: chunk_size must be >= 1, got {chunk_size}")
     h = hidden.reshape(-1, hidden.size(-1))  # (N, C)

@@ -1,7 +1,7 @@
 """On-policy preference pairs: sample responses from the SFT model and let the simulated annotators label them.
 
 Run it:
-    minirlhf pairs --preset tiny        # writes out/tiny/pairs/prefs.jsonl (+ summary.json)
+    minirlhf pairs --preset tiny        # writes out/tiny/pairs/prefs.jsonl (+ config.json, summary.json)
     minirlhf pairs --preset tiny --n_prompts=1000 --samples_per_prompt=4 --pairing=all   # more on-policy pairs
     # one ranked pair per prompt, on-policy only, into out/tiny/pairs_ranked/; then DPO on those alone:
     minirlhf pairs --preset tiny --n_prompts=1000 --samples_per_prompt=8 --pairing=best_worst
@@ -78,7 +78,7 @@ import torch
 from minirlhf import checkpoint as ck
 from minirlhf.chat import render_prompt
 from minirlhf.common import Stopwatch, config_key, file_digest, resolve_device, reusable, write_json
-from minirlhf.config import PairsConfig, fill_from_preset, stage_dir
+from minirlhf.config import PairsConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import read_jsonl, read_prompts, write_jsonl
 from minirlhf.engine import generate
 from minirlhf.sft import stage_file, world_file
@@ -180,7 +180,7 @@ def run(cfg: PairsConfig) -> dict:
     Reads the policy (--init, default out/<preset>/sft/model.pt, and the tokenizer.json next to it), the RL prompts
     (--prompts, default the world's rl_prompts.jsonl: `n_prompts` of them drawn with `seed`) and the templated pairs
     (--templated, default the world's prefs.jsonl). Writes prefs.jsonl (on-policy and templated rows shuffled together,
-    each with its `source`) and summary.json under out/<preset>/pairs/ (or --run_name) and returns the summary: pair
+    each with its `source`), config.json and summary.json under out/<preset>/pairs/ (or --run_name) and returns the summary: pair
     counts, the identical, empty and unranked responses skipped, the annotators' agreement with gold and the mean gold
     on the on-policy pairs, `seconds`. prefs.jsonl made from the same config and inputs is reused (--force rebuilds).
     ValueError for a bad --pairing, --n_prompts < 0, --samples_per_prompt < 2, or a config that gives no pairs.
@@ -226,6 +226,7 @@ def run(cfg: PairsConfig) -> dict:
     rows = on_policy + templated
     rng.shuffle(rows)
     write_jsonl(os.path.join(out, "prefs.jsonl"), rows)
+    save_config(cfg, os.path.join(out, "config.json"))
 
     stats = agreement_stats(on_policy) if on_policy else {}
     summary = {"stage": STAGE, "key": key, "on_policy_pairs": len(on_policy), "templated_pairs": len(templated),

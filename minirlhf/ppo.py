@@ -386,10 +386,10 @@ def run(cfg: PPOConfig) -> dict:
     (--reward_model, default out/<preset>/reward/model.pt; loaded with --reward=gold too, for the evaluation's proxy
     column), the value model's init (--value_init, default the reward model; none with --value_model=shared), the
     prompts (--prompts, default the world's rl_prompts.jsonl; those that leave fewer than 8 tokens of the context are
-    left out) and, with --ptx_coef > 0, out/<preset>/pretrain/train.bin. Writes under out/<preset>/ppo/ (ppo_gold with
+    left out, counted in the summary's `prompts_left_out`, an error if none is left) and, with --ptx_coef > 0, out/<preset>/pretrain/train.bin. Writes under out/<preset>/ppo/ (ppo_gold with
     the gold judge, or --run_name) tokenizer.json, config.json, metrics.jsonl, samples.jsonl, eval_samples.jsonl (a few
-    held-out samples of every evaluation), ckpt.pt, model.pt and summary.json, and returns the summary (the last
-    evaluation, speeds, the final KL coefficient, `seconds`); on every rank under torchrun. A finished run with the same
+    held-out samples of every evaluation), ckpt.pt, model.pt and summary.json, and returns the summary (the prompts
+    used and left out, the last evaluation, speeds, the final KL coefficient, `seconds`); on every rank under torchrun. A finished run with the same
     config and inputs is reused (not with --force or --resume); --stop_after before the end returns {"stage",
     "iterations", "interrupted": True} without model.pt or summary. ValueError for a bad --reward or --value_model.
     """
@@ -426,8 +426,15 @@ def run(cfg: PPOConfig) -> dict:
         raise ValueError(f"--value_model={cfg.value_model!r}: expected 'separate' or 'shared'")
     ptx_data = load_tokens(stage_file(cfg, "pretrain", "train.bin"), policy.config.vocab_size) \
         if cfg.ptx_coef > 0 else None
-    rows = [(p, render_prompt(tok, p)) for p in read_prompts(prompts_path)]
-    rows = [(p, ids) for p, ids in rows if len(ids) + 8 <= policy.config.block_size]
+    rendered = [(p, render_prompt(tok, p)) for p in read_prompts(prompts_path)]
+    # prompts that leave fewer than 8 tokens of the context for a response are left out, and counted
+    rows = [(p, ids) for p, ids in rendered if len(ids) + 8 <= policy.config.block_size]
+    left_out = len(rendered) - len(rows)
+    if not rows:
+        raise ValueError(f"{prompts_path}: every prompt leaves fewer than 8 tokens of the "
+                         f"{policy.config.block_size}-token context for a response")
+    if left_out:
+        dist.print0(f"[ppo] left out {left_out} of {len(rendered)} prompts too long for the context")
     prompts = [ids for _, ids in rows]
     # the reward: the reward model's score, or (--reward=gold) the gold judge on the decoded response
     score_fn = reward_model.score if cfg.reward == "rm" else gold_score_fn(
@@ -459,6 +466,7 @@ def run(cfg: PPOConfig) -> dict:
         return dist.share()  # rank 0 alone writes the artifacts; its summary comes back
     ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(policy, STAGE, iterations=cfg.iterations))
     summary = {"stage": STAGE, "key": key, "reward": cfg.reward, "iterations": cfg.iterations,
+               "prompts": len(prompts), "prompts_left_out": left_out,
                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in result["last_eval"].items()},
                "iterations_per_second": round(result["iterations_per_second"], 4),
                "rollout_tokens_per_second": round(result["rollout_tokens_per_second"], 1),

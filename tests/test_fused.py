@@ -136,8 +136,9 @@ def test_bad_shapes_are_clear_errors():
 
 def test_chunk_size_below_one_is_a_clear_error():
     hidden, weight, labels = make_inputs()
-    with pytest.raises(ValueError, match=r"^fused_linear_logprobs: chunk_size must be >= 1, got -1$"):
-        ops.fused_linear_logprobs(hidden, weight, labels, chunk_size=-1)
+    for bad in (-1, 0):  # 0 is an error too, not a silent "use the default" (None means the default)
+        with pytest.raises(ValueError, match=rf"^fused_linear_logprobs: chunk_size must be >= 1, got {bad}$"):
+            ops.fused_linear_logprobs(hidden, weight, labels, chunk_size=bad)
 
 
 @pytest.mark.parametrize("fused_flag", [False, True])

@@ -17,6 +17,8 @@ def test_micro_pipeline_end_to_end(tmp_path, capsys):
     base = os.path.join(out, "micro")
     for stage in ("world", "pretrain", "sft", "pairs", "reward", "ppo", "dpo"):
         assert os.path.exists(os.path.join(base, stage, "summary.json")), stage
+    for stage in ("pretrain", "sft", "pairs", "reward", "ppo", "dpo"):  # how each was made
+        assert json.load(open(os.path.join(base, stage, "config.json")))["preset"] == "micro", stage
     for stage in ("pretrain", "sft", "reward", "ppo", "dpo"):
         ckpt = os.path.join(base, stage, "model.pt")
         assert os.path.exists(ckpt) and os.path.exists(os.path.join(base, stage, "metrics.jsonl")), stage

@@ -273,6 +273,31 @@ def test_stage_stop_resume_and_resume_of_a_finished_run(base, tmp_path):  # noqa
                                 batch_size=8, minibatch_size=4)
 
 
+def test_prompts_too_long_for_the_context_are_left_out_and_counted(base, tmp_path, capsys):  # noqa: F811
+    """A prompt that leaves fewer than 8 tokens of the context for the response is left out, said and counted
+    in the summary, never silently; if none is left, that is an error naming the file."""
+    import json
+
+    from minirlhf import checkpoint as ck
+    from minirlhf.ppo import run
+
+    trunk, _ = ck.load_model(base["init"])
+    rm = str(tmp_path / "rm.pt")
+    ck.save_checkpoint(rm, ck.model_payload(ScalarModel(trunk), "reward"))
+    long_prompt = " ".join(["tell me about the capital"] * trunk.config.block_size)
+    prompts = [json.loads(line)["prompt"] for line in open(base["prompts"])][:6]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts + [long_prompt]))
+    over = dict(preset="micro", out_dir=str(tmp_path / "out"), init=base["init"], reward_model=rm, prompts=str(path),
+                iterations=1, batch_size=4, minibatch_size=4, max_new_tokens=8, progress=False)
+    summary = run(make_config(PPOConfig, overrides=over))
+    assert summary["prompts"] == 6 and summary["prompts_left_out"] == 1
+    assert "left out 1 of 7 prompts too long for the context" in capsys.readouterr().out
+    path.write_text(json.dumps({"prompt": long_prompt}) + "\n")
+    with pytest.raises(ValueError, match="prompts.jsonl: every prompt leaves fewer than 8 tokens"):
+        run(make_config(PPOConfig, overrides={**over, "run_name": "none_left"}))
+
+
 def test_eval_interval_below_one_is_a_clear_error(tmp_path):
     policy, ref, value, prompts = setup()
     with pytest.raises(ValueError, match="--eval_interval=0: must be >= 1"):
