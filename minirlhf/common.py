@@ -162,7 +162,10 @@ def file_digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def config_key(cfg, inputs: dict[str, str], ignore=("force", "resume", "progress", "stop_after", "out_dir")) -> str:
+RESULT_NEUTRAL = ("force", "resume", "progress", "stop_after", "out_dir")  # flags that do not change a stage's result
+
+
+def config_key(cfg, inputs: dict[str, str], ignore=RESULT_NEUTRAL) -> str:
     """A digest of the config (minus flags that do not change the result) and the inputs' digests.
 
     `out_dir` is left out: where the artifacts live does not change them (the inputs are digested by
@@ -172,15 +175,45 @@ def config_key(cfg, inputs: dict[str, str], ignore=("force", "resume", "progress
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def reusable(stage_dir: str, key: str, force: bool, artifact: str = "model.pt") -> dict | None:
-    """The stage's summary if its artifacts were made from the same key (and not --force), else None.
+def run_record(cfg, inputs: dict[str, str] | None) -> dict:
+    """What a checkpoint records about the run that wrote it: its settings (minus the flags that do not change
+    the result, and `max_minutes`, which only says when to stop) and its inputs' digests (None: not known)."""
+    ignore = RESULT_NEUTRAL + ("max_minutes",)
+    return {"config": {k: v for k, v in vars(cfg).items() if k not in ignore}, "inputs": inputs}
+
+
+def check_resume(ckpt_path: str, recorded: dict | None, cfg, inputs: dict[str, str] | None) -> None:
+    """--resume continues the run that wrote `ckpt_path`, never another one: a ValueError naming every setting
+    that differs from the checkpoint's (`recorded`, from `run_record`), or saying that the inputs changed.
+    A checkpoint that recorded nothing (written before runs were recorded) is taken as it is."""
+    if not recorded:
+        return
+    now = run_record(cfg, inputs)
+    before = recorded["config"]
+    changed = [f"--{k}={before.get(k)!r} then, {now['config'].get(k)!r} now" for k in sorted(set(before) | set(now["config"]))
+               if before.get(k) != now["config"].get(k)]
+    if changed:
+        raise ValueError(f"--resume: {ckpt_path} was written with other settings ({'; '.join(changed)}); resume with "
+                         "the settings it was started with, or run without --resume to start over")
+    if inputs is not None and recorded.get("inputs") is not None and recorded["inputs"] != inputs:
+        names = sorted(k for k in set(inputs) | set(recorded["inputs"]) if inputs.get(k) != recorded["inputs"].get(k))
+        raise ValueError(f"--resume: {ckpt_path} was written from other inputs ({', '.join(names)} changed since); "
+                         "run without --resume to start over")
+
+
+def reusable(stage_dir: str, key: str, force: bool, artifact: str = "model.pt", resume: bool = False) -> dict | None:
+    """The stage's summary if its artifacts were made from the same key (and not --force or --resume), else None.
 
     None means the caller is about to (re)build the stage, so the old summary.json is removed here first
     (by rank 0, which alone writes artifacts): a run stopped half-way (a new `artifact` already written, its
     summary not yet) then leaves no summary, and a later run of the old config cannot take the new artifact
-    for its own. Every rank gets the same answer whether or not rank 0 has removed the file yet."""
+    for its own. Every rank gets the same answer whether or not rank 0 has removed the file yet.
+    With `resume` nothing is removed: the run continues its own checkpoint (`check_resume` makes sure of
+    that), so a summary there is its own, and a resume that fails (no checkpoint) loses nothing."""
     from minirlhf import distributed as dist
 
+    if resume:
+        return None
     path = os.path.join(stage_dir, "summary.json")
     summary = None
     if not force and os.path.exists(path) and os.path.exists(os.path.join(stage_dir, artifact)):

@@ -279,7 +279,7 @@ def run(cfg: DPOConfig) -> dict:
         sources.append(("kto", cfg.kto_data))
     inputs = {n: file_digest(p) for n, p in sources}
     key = config_key(cfg, inputs)
-    if (summary := reusable(out, key, cfg.force or cfg.resume)) is not None:
+    if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
         dist.print0(f"[{cfg.loss}] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
 
@@ -298,9 +298,10 @@ def run(cfg: DPOConfig) -> dict:
     ref_train = ref_val = ref_model = None
     if cfg.loss in NEEDS_REFERENCE:
         if cfg.precompute_ref:
-            # the precision is part of the key: bf16 and fp32 reference log-probs differ
+            # the precision and the batch size are part of the key: bf16 and fp32 reference log-probs differ,
+            # and so (in the last bits) do batches of different shapes
             data_key = hashlib.sha256(f"{sorted(inputs.items())}-{cfg.truncate}-{cfg.loss == 'kto'}-{cfg.seed}-"
-                                      f"{cfg.dtype}-{device.type}".encode()).hexdigest()[:16]
+                                      f"{cfg.dtype}-{device.type}-{cfg.batch_size}".encode()).hexdigest()[:16]
             ref_train = cached_reference_logps(out, f"train_{data_key}", ref_path, train, tok.pad_id, cfg.batch_size,
                                                device, keys, cfg.dtype)
             ref_val = cached_reference_logps(out, f"val_{data_key}", ref_path, val, tok.pad_id, cfg.batch_size,
@@ -393,7 +394,7 @@ def run(cfg: DPOConfig) -> dict:
         return {k: s / w for k, (s, w) in totals.items()}
 
     result = train_loop(STAGE, cfg, model, optimizer, out, batch_loss, evaluate, device, loss_name=f"{cfg.loss}_loss",
-                        wrapped=ddp_model)
+                        wrapped=ddp_model, inputs=inputs)
     if result["interrupted"]:
         return {"stage": STAGE, "steps": result["steps"], "interrupted": True}
     # 4. the policy measured against the world, KL to the SFT reference (every rank samples its share)

@@ -115,7 +115,7 @@ from minirlhf import distributed as dist
 from minirlhf import ops, rl
 from minirlhf.chat import render_prompt
 from minirlhf.common import MetricsLog, Stopwatch, autocast, check_finite, config_key, file_digest, make_adamw, \
-    resolve_device, reusable, setup_torch, write_json
+    resolve_device, reusable, run_record, setup_torch, write_json
 from minirlhf.config import GRPOConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import prompt_text, read_prompts
 from minirlhf.engine import generate_sharded, response_logprobs
@@ -255,16 +255,17 @@ def task_prompt_sets(world_dir: str, category: str, train_rows: list[dict]) -> d
 
 
 def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: str, evaluate_fn=None,
-               correct_fn=None) -> dict:
+               correct_fn=None, inputs: dict | None = None) -> dict:
     """The GRPO loop. reward_fn(g: engine.Generation, prompt_index: list[int]) -> (b,) rewards.
 
     prompts: token-id lists (rendered chat prompts); row b of the rollout answers prompts[prompt_index[b]].
     ref: the frozen reference model (may be None when cfg.beta == 0: it is then never called).
     correct_fn(g, prompt_index) -> list[bool], optional: logged as task/correct_rate.
     Under torchrun each rank samples, rewards and scores its own shards of the rollout batch; see the
-    module docstring. With cfg.resume, continues from `out`/ckpt.pt; cfg.stop_after = k stops after
-    iteration k as if interrupted. Returns {"iterations" (done), "interrupted", "trained_iterations"
-    (in this call), "seconds", "last_eval", "last_row", ...}.
+    module docstring. With cfg.resume, continues from `out`/ckpt.pt, which must come from the same settings
+    and `inputs` (the input digests it records); without, an old ckpt.pt there is removed first.
+    cfg.stop_after = k stops after iteration k as if interrupted. Returns {"iterations" (done),
+    "interrupted", "trained_iterations" (in this call), "seconds", "last_eval", "last_row", ...}.
     """
     check_config(cfg)
     device = policy.lm_head.weight.device
@@ -291,8 +292,10 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
     ckpt_path, metrics_path = os.path.join(out, "ckpt.pt"), os.path.join(out, "metrics.jsonl")
     start_it, row, last_eval = 0, {}, {}
     if cfg.resume:
-        state = resume_rl(STAGE, ckpt_path, cfg.iterations, {"policy": policy}, optimizer, order)
+        state = resume_rl(STAGE, ckpt_path, cfg, inputs, {"policy": policy}, optimizer, order)
         start_it, row, last_eval = state["iteration"], state["last_row"], state["last_eval"]
+    elif main and os.path.exists(ckpt_path):
+        os.remove(ckpt_path)  # an earlier run's: a later --resume must not find it
     ddp_policy = dist.data_parallel(policy)  # DDP with several processes; the policy itself in one
     steps_per_iteration = cfg.ppo_epochs * len(range(0, B, cfg.minibatch_size))  # optimizer steps
     # a new file; resuming, the rows up to the checkpoint stay
@@ -410,7 +413,8 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
             if main:  # no global RNG state: every other random draw is seeded by (seed, iteration, ...)
                 ck.save_checkpoint(ckpt_path, {
                     "policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "iteration": done,
-                    "prompt_order": order.getstate(), "last_row": row, "last_eval": last_eval})
+                    "prompt_order": order.getstate(), "last_row": row, "last_eval": last_eval,
+                    "run": run_record(cfg, inputs)})
             dist.barrier()
         if done == cfg.stop_after and done < cfg.iterations:
             dist.print0(f"[{STAGE}] stopped after iteration {done} (--stop_after); continue with --resume")
@@ -461,7 +465,7 @@ def run(cfg: GRPOConfig) -> dict:
     if rm_path:
         inputs["rm"] = file_digest(rm_path)
     key = config_key(cfg, inputs)
-    if (summary := reusable(out, key, cfg.force or cfg.resume)) is not None:
+    if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
         dist.print0(f"[grpo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
     tok = stage_tokenizer(init, out)
@@ -511,7 +515,7 @@ def run(cfg: GRPOConfig) -> dict:
           f"iterations x {cfg.prompts_per_iteration} prompts x {cfg.group_size} responses, init {init}")
 
     result = train_grpo(policy, ref, reward_fn, prompts, tok, cfg, out, evaluate_fn,
-                        correct_fn if category else None)
+                        correct_fn if category else None, inputs)
     if result["interrupted"]:  # --stop_after: ckpt.pt is written; no model.pt or summary yet
         return {"stage": STAGE, "iterations": result["iterations"], "interrupted": True}
     after = task_eval_fn(policy) if prompt_sets else {}

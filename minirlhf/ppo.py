@@ -105,8 +105,8 @@ from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf import ops, rl
 from minirlhf.chat import render_prompt
-from minirlhf.common import MetricsLog, Stopwatch, autocast, check_finite, config_key, file_digest, make_adamw, \
-    resolve_device, reusable, rows_up_to, setup_torch, write_json
+from minirlhf.common import MetricsLog, Stopwatch, autocast, check_finite, check_resume, config_key, file_digest, \
+    make_adamw, resolve_device, reusable, rows_up_to, run_record, setup_torch, write_json
 from minirlhf.config import PPOConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import prompt_text, read_jsonl, read_prompts
 from minirlhf.engine import generate_sharded, response_logprobs
@@ -173,15 +173,19 @@ def gold_score_fn(prompts: list[list[int]], texts: list[str], tok, judge_fn):
     return score
 
 
-def resume_rl(stage: str, ckpt_path: str, iterations: int, modules: dict, optimizer, order: random.Random) -> dict:
-    """--resume for PPO and GRPO: load ckpt.pt's weights into `modules` (name -> nn.Module), the optimizer
-    state and the prompt-order generator's state; return the checkpoint (iteration, last_row, last_eval,
-    and what else the stage saved, e.g. PPO's kl_coef)."""
+def resume_rl(stage: str, ckpt_path: str, cfg, inputs: dict | None, modules: dict, optimizer,
+              order: random.Random) -> dict:
+    """--resume for PPO and GRPO: check that ckpt.pt was written by this run (same settings and inputs:
+    `common.check_resume`), load its weights into `modules` (name -> nn.Module), the optimizer state and the
+    prompt-order generator's state; return the checkpoint (iteration, last_row, last_eval, and what else the
+    stage saved, e.g. PPO's kl_coef)."""
     if not os.path.exists(ckpt_path):
         raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; run without --resume first")
     state = ck.load_checkpoint(ckpt_path)
-    if state["iteration"] > iterations:
-        raise ValueError(f"--resume: {ckpt_path} is at iteration {state['iteration']}, past --iterations={iterations}")
+    check_resume(ckpt_path, state.get("run"), cfg, inputs)
+    if state["iteration"] > cfg.iterations:
+        raise ValueError(f"--resume: {ckpt_path} is at iteration {state['iteration']}, past "
+                         f"--iterations={cfg.iterations}")
     for name, module in modules.items():
         module.load_state_dict(state[name])
     optimizer.load_state_dict(state["optimizer"])
@@ -198,14 +202,15 @@ def explained_variance(values, returns, mask) -> torch.Tensor:
 
 
 def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok, cfg, out: str,
-              evaluate_fn=None, ptx_data=None) -> dict:
+              evaluate_fn=None, ptx_data=None, inputs: dict | None = None) -> dict:
     """The PPO loop. score_fn(tokens, attention_mask) -> (B,) scores (the reward model, or any function).
 
     value_model: a ScalarModel (separate trunk) or a ScalarHead on the policy's trunk (shared).
     prompts: token-id lists (rendered chat prompts). ptx_data: pretraining tokens (1-D array) for PPO-ptx
     when cfg.ptx_coef > 0. evaluate_fn(policy, iteration) -> {name: value}, called every eval_interval
     iterations and after the last. With cfg.resume, continues from `out`/ckpt.pt (see the module
-    docstring); cfg.stop_after = k stops after iteration k as if interrupted.
+    docstring), which must come from the same settings and `inputs` (the input digests, recorded in it);
+    without, an old ckpt.pt there is removed first. cfg.stop_after = k stops after iteration k as if interrupted.
     Returns {"iterations" (done), "interrupted", "trained_iterations" (in this call), "seconds",
     "last_eval", "last_row", ...}.
     """
@@ -235,9 +240,11 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
     ckpt_path, metrics_path = os.path.join(out, "ckpt.pt"), os.path.join(out, "metrics.jsonl")
     start_it, row, last_eval = 0, {}, {}
     if cfg.resume:
-        state = resume_rl(STAGE, ckpt_path, cfg.iterations, {"policy": policy, "value": value_model}, optimizer, order)
+        state = resume_rl(STAGE, ckpt_path, cfg, inputs, {"policy": policy, "value": value_model}, optimizer, order)
         kl_ctl.value = state["kl_coef"]
         start_it, row, last_eval = state["iteration"], state["last_row"], state["last_eval"]
+    elif main and os.path.exists(ckpt_path):
+        os.remove(ckpt_path)  # an earlier run's: a later --resume must not find it
     actor_critic = dist.data_parallel(ActorCritic(policy, value_model))  # DDP with several processes
     steps_per_iteration = cfg.ppo_epochs * len(range(0, cfg.batch_size, cfg.minibatch_size))  # optimizer steps
     # a new file; resuming, the rows up to the checkpoint stay
@@ -366,7 +373,8 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
                 ck.save_checkpoint(ckpt_path, {
                     "policy": policy.state_dict(), "value": value_model.state_dict(),
                     "optimizer": optimizer.state_dict(), "iteration": done, "kl_coef": kl_ctl.value,
-                    "prompt_order": order.getstate(), "last_row": row, "last_eval": last_eval})
+                    "prompt_order": order.getstate(), "last_row": row, "last_eval": last_eval,
+                    "run": run_record(cfg, inputs)})
             dist.barrier()
         if done == cfg.stop_after and done < cfg.iterations:
             dist.print0(f"[{STAGE}] stopped after iteration {done} (--stop_after); continue with --resume")
@@ -406,8 +414,9 @@ def run(cfg: PPOConfig) -> dict:
     init = cfg.init or stage_file(cfg, "sft", "model.pt")
     rm_path = cfg.reward_model or stage_file(cfg, "reward", "model.pt")
     prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl", "--prompts")
-    key = config_key(cfg, {n: file_digest(p) for n, p in (("init", init), ("rm", rm_path), ("prompts", prompts_path))})
-    if (summary := reusable(out, key, cfg.force or cfg.resume)) is not None:
+    inputs = {n: file_digest(p) for n, p in (("init", init), ("rm", rm_path), ("prompts", prompts_path))}
+    key = config_key(cfg, inputs)
+    if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
         dist.print0(f"[ppo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
     tok = stage_tokenizer(init, out)
@@ -459,7 +468,7 @@ def run(cfg: PPOConfig) -> dict:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
         return metrics
 
-    result = train_ppo(policy, ref, value_model, score_fn, prompts, tok, cfg, out, evaluate_fn, ptx_data)
+    result = train_ppo(policy, ref, value_model, score_fn, prompts, tok, cfg, out, evaluate_fn, ptx_data, inputs)
     if result["interrupted"]:  # --stop_after: ckpt.pt is written; no model.pt or summary yet
         return {"stage": STAGE, "iterations": result["iterations"], "interrupted": True}
     if not dist.is_main():

@@ -191,9 +191,10 @@ def run(cfg: PretrainConfig) -> dict:
     # 1. corpus
     cpath = dist.on_main(corpus_path, cfg)  # rank 0 builds the world if it is missing; the others wait
     digest = file_digest(cpath)
-    key = config_key(cfg, {"corpus": digest})
-    # --resume trains on from ckpt.pt, so it never reuses (and, like --force, removes the old summary.json)
-    if (summary := reusable(out, key, cfg.force or cfg.resume)) is not None:
+    inputs = {"corpus": digest}
+    key = config_key(cfg, inputs)
+    # --resume trains on from ckpt.pt, so it never reuses (nor removes the summary: see `reusable`)
+    if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
         dist.print0(f"[pretrain] reusing {out}/model.pt (same config and corpus; --force to retrain)")
         return summary
     docs = read_corpus(cpath)
@@ -243,7 +244,7 @@ def run(cfg: PretrainConfig) -> dict:
         return {"val_loss": validation_loss(train_model, val_data, cfg, device)}
 
     result = train_loop(STAGE, cfg, model, optimizer, out, batch_loss, evaluate, device,
-                        generators={"data": data_gen}, loss_name="lm_loss", wrapped=ddp_model)
+                        generators={"data": data_gen}, loss_name="lm_loss", wrapped=ddp_model, inputs=inputs)
     if result["interrupted"]:
         return {"stage": STAGE, "steps": result["steps"], "interrupted": True}
     if not dist.is_main():

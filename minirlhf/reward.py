@@ -442,9 +442,10 @@ def run(cfg: RewardConfig) -> dict:
     prefs = cfg.prefs or stage_file(cfg, "pairs", "prefs.jsonl")
     eval_prefs = cfg.eval_prefs or world_file(cfg, "prefs_eval.jsonl", "--eval_prefs")
     prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl", "--prompts")
-    key = config_key(cfg, {n: file_digest(p) for n, p in
-                           (("init", init), ("prefs", prefs), ("eval", eval_prefs), ("prompts", prompts_path))})
-    if (summary := reusable(out, key, cfg.force or cfg.resume)) is not None:
+    inputs = {n: file_digest(p) for n, p in
+              (("init", init), ("prefs", prefs), ("eval", eval_prefs), ("prompts", prompts_path))}
+    key = config_key(cfg, inputs)
+    if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
         dist.print0(f"[reward] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
 
@@ -499,7 +500,7 @@ def run(cfg: RewardConfig) -> dict:
         return pair_accuracy(model, val, tok.pad_id, cfg.batch_size, device, cfg.dtype)
 
     result = train_loop(STAGE, cfg, trained, optimizer, out, batch_loss, evaluate, device, loss_name="bt_loss",
-                        wrapped=ddp_model)
+                        wrapped=ddp_model, inputs=inputs)
     if result["interrupted"]:
         return {"stage": STAGE, "steps": result["steps"], "interrupted": True}
     if not dist.is_main():

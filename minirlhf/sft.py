@@ -223,9 +223,10 @@ def run(cfg: SFTConfig) -> dict:
     init = cfg.init or stage_file(cfg, "pretrain", "model.pt")
     data = cfg.data or world_file(cfg, "sft.jsonl", "--sft-data")
     eval_data = cfg.eval_data or world_file(cfg, "sft_eval.jsonl", "--eval_data")
-    key = config_key(cfg, {"init": file_digest(init), "data": file_digest(data), "eval": file_digest(eval_data)})
-    # --resume trains on from ckpt.pt, so it never reuses (and, like --force, removes the old summary.json)
-    if (summary := reusable(out, key, cfg.force or cfg.resume)) is not None:
+    inputs = {"init": file_digest(init), "data": file_digest(data), "eval": file_digest(eval_data)}
+    key = config_key(cfg, inputs)
+    # --resume trains on from ckpt.pt, so it never reuses (nor removes the summary: see `reusable`)
+    if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
         dist.print0(f"[sft] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
 
@@ -282,7 +283,7 @@ def run(cfg: SFTConfig) -> dict:
         return {"val_loss": sft_validation_loss(train_model, val, tok.pad_id, cfg.batch_size, device, cfg.dtype)}
 
     result = train_loop(STAGE, cfg, model, optimizer, out, batch_loss, evaluate, device, loss_name="sft_loss",
-                        wrapped=ddp_model)
+                        wrapped=ddp_model, inputs=inputs)
     if result["interrupted"]:
         return {"stage": STAGE, "steps": result["steps"], "interrupted": True}
     # 4. the SFT policy measured against the world's gold judge (every rank samples its share of the prompts)

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
-from minirlhf.common import MetricsLog, Stopwatch, autocast, check_finite, lr_at
+from minirlhf.common import MetricsLog, Stopwatch, autocast, check_finite, check_resume, lr_at, run_record
 
 
 def micro_batch_size(cfg) -> int:
@@ -88,7 +88,7 @@ def _accumulate(sums: dict, name: str, weighted_value, weight) -> None:
 
 def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, evaluate, device,
                generators: dict[str, torch.Generator] | None = None, loss_name: str = "loss",
-               wrapped=None) -> dict:
+               wrapped=None, inputs: dict[str, str] | None = None) -> dict:
     """Run optimiser steps up to cfg.max_steps; returns {"steps", "interrupted", "seconds", "last_eval"}.
 
     model: the module whose weights are checkpointed (batch_loss may call a compiled or wrapped copy).
@@ -97,35 +97,48 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
     loss_name: what the NaN guard calls the total loss in its message ("lm_loss", "dpo_loss", ...);
     the loss terms that batch_loss returns among its metrics are checked first, so the message names
     the term that went bad.
+    inputs: the stage's input digests (as given to `config_key`), recorded in ckpt.pt with the settings so
+    that --resume refuses a checkpoint of another run (`common.check_resume`).
+
+    A run without --resume first removes a ckpt.pt left in out_dir by an earlier run. At --stop_after=k
+    the checkpoint also holds the steps since the last metrics row, and nothing is evaluated or logged
+    that an uninterrupted run would not: a stopped and resumed run writes the same metrics rows.
     """
     generators = generators or {}
     world, main = dist.world_size(), dist.is_main()
     slices = dist.rank_slices(cfg.batch_size, cfg.grad_accum)  # this rank's micro-batches of the global batch
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     step = 0
+    history: list[dict] = []  # per step: name -> [sum of weight * value, sum of weight] on this rank
+    grad_norms: list[torch.Tensor] = []  # the same on every rank (computed after the all-reduce)
     if cfg.resume:
         if not os.path.exists(ckpt_path):
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; run without --resume first")
         state = ck.load_checkpoint(ckpt_path)
+        check_resume(ckpt_path, state.get("run"), cfg, inputs)
+        if state["step"] > cfg.max_steps:
+            raise ValueError(f"--resume: {ckpt_path} is at step {state['step']}, past --max_steps={cfg.max_steps}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         for name, gen in generators.items():
             gen.set_state(state["generators"][name])
         ck.set_rng_state(state["rng"])
         step = state["step"]
+        history, grad_norms = state.get("history", []), state.get("grad_norms", [])  # a --stop_after between rows
         dist.print0(f"[{stage}] resuming from step {step}")
+    elif main and os.path.exists(ckpt_path):
+        os.remove(ckpt_path)  # an earlier run's: a later --resume must not find it
 
     def save_ckpt() -> None:
         ck.save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                       "step": step, "rng": ck.rng_state(),
-                                       "generators": {n: g.get_state() for n, g in generators.items()}})
+                                       "step": step, "rng": ck.rng_state(), "run": run_record(cfg, inputs),
+                                       "generators": {n: g.get_state() for n, g in generators.items()},
+                                       "history": history, "grad_norms": grad_norms})
 
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), resume_step=step if cfg.resume else None, enabled=main)
     if log.dropped:
         dist.print0(f"[{stage}] metrics.jsonl: removed {log.dropped} rows logged after the checkpoint (step {step})")
-    history: list[dict] = []  # per step: name -> [sum of weight * value, sum of weight] on this rank
-    grad_norms: list[torch.Tensor] = []  # the same on every rank (computed after the all-reduce)
-    first_unchecked = step
+    first_unchecked = step - len(history)  # the NaN guard's first step of the rows not yet checked
     last_eval: dict = {}
     watch = Stopwatch()
     start_step = step
@@ -169,7 +182,7 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
         last = step == cfg.max_steps
         out_of_time = cfg.max_minutes > 0 and dist.any_rank(watch.seconds() > 60 * cfg.max_minutes)
         interrupted = step == cfg.stop_after  # as if stopped here: checkpoint, then return
-        evaluate_now = step % cfg.eval_interval == 0 or last or out_of_time or interrupted
+        evaluate_now = step % cfg.eval_interval == 0 or last or out_of_time
         if step % cfg.log_interval == 0 or evaluate_now:
             values = global_step_means(history)  # every rank gets the same numbers: all take the same branch
             if grad_norms:
@@ -193,6 +206,10 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
             dist.print0(f"[{stage}] --max_minutes={cfg.max_minutes} reached at step {step}")
             break
         if interrupted and not last:
+            if not evaluate_now:  # a checkpoint between evaluations, with the steps not yet logged
+                if main:
+                    save_ckpt()
+                dist.barrier()
             bar.close()
             dist.print0(f"[{stage}] stopped after step {step} (--stop_after); continue with --resume")
             return {"steps": step, "interrupted": True, "seconds": watch.seconds(), "last_eval": last_eval,

@@ -14,7 +14,7 @@ import torch
 from minirlhf.config import ModelConfig, PPOConfig, make_config
 from minirlhf.model import GPT, ScalarModel
 from minirlhf.ppo import train_ppo
-from resume_check import check_stage_stop_and_resume, check_stop_and_resume, rows
+from resume_check import Crash, check_stage_stop_and_resume, check_stop_and_resume, rows
 from test_sft_reward import base  # noqa: F401  (the shared micro fixture: a pretrained micro model, prompts)
 
 V, END, PAD, P = 64, 62, 63, 6
@@ -257,6 +257,30 @@ def test_stop_and_resume_end_where_an_uninterrupted_run_ends(tmp_path):
 
     expected_rows = check_stop_and_resume(run, low_token_share, tmp_path)
     assert len({r["kl_coef"] for r in expected_rows}) == 4  # the adaptive controller moved: its state mattered
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings_and_a_fresh_run_removes_it(tmp_path):
+    """ckpt.pt records the run's settings and input digests: --resume with another KL coefficient or other
+    inputs is an error saying what changed; a run without --resume removes the old ckpt.pt first."""
+    policy, ref, value, prompts = setup()
+    inputs = {"init": "aaa", "rm": "bbb", "prompts": "ccc"}
+    train_ppo(policy, ref, value, low_token_share, prompts, TOK, cfg(tmp_path, iterations=2, stop_after=1), str(tmp_path),
+              inputs=inputs)
+    with pytest.raises(ValueError, match=r"other settings \(--kl_coef=0.2 then, 0.5 now\)"):
+        train_ppo(policy, ref, value, low_token_share, prompts, TOK, cfg(tmp_path, iterations=2, kl_coef=0.5, resume=True),
+                  str(tmp_path), inputs=inputs)
+    with pytest.raises(ValueError, match=r"other inputs \(rm changed since\)"):
+        train_ppo(policy, ref, value, low_token_share, prompts, TOK, cfg(tmp_path, iterations=2, resume=True),
+                  str(tmp_path), inputs={**inputs, "rm": "ddd"})
+    assert (tmp_path / "ckpt.pt").exists()
+
+    def crash(*args):  # a fresh run killed in its first iteration, before any checkpoint of its own
+        raise Crash
+
+    with pytest.raises(Crash):
+        train_ppo(policy, ref, value, crash, prompts, TOK, cfg(tmp_path, iterations=2, kl_coef=0.5), str(tmp_path),
+                  inputs=inputs)
+    assert not (tmp_path / "ckpt.pt").exists()  # so a --resume of it cannot continue the first run
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):

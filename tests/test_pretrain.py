@@ -86,6 +86,78 @@ def test_resume_after_a_crash_logs_every_step_once(tmp_path, corpus_file, monkey
     assert [r["loss"] for r in b] == [r["loss"] for r in a]  # resume is exact on CPU
 
 
+def metrics_and_weights(d):
+    """metrics.jsonl rows (wall time aside) and model.pt's weights of the run under folder d."""
+    run_dir = d / "out" / "micro" / "pretrain"
+    rows = [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in open(run_dir / "metrics.jsonl")]
+    return rows, load_checkpoint(str(run_dir / "model.pt"))["model"]
+
+
+@pytest.mark.parametrize("stops", [(3,), (7,), (10,), (15,), (3, 17)])
+def test_stop_anywhere_and_resume_writes_the_rows_of_an_uninterrupted_run(tmp_path, corpus_file, stops):
+    """--stop_after=k between metrics rows (3, 7, 17: rows every 5 steps), on a row (15) or on an evaluation
+    (10), once or twice: the resumed run logs exactly the uninterrupted run's rows -- no extra row at k, no
+    row averaging only the steps after k -- and ends with its weights (gradient clipping and dropout on)."""
+    settings = dict(max_steps=24, dropout=0.1, grad_clip=0.5)
+    pretrain.run(cfg_for(tmp_path / "a", corpus_file, **settings))
+    for k in stops:
+        assert pretrain.run(cfg_for(tmp_path / "b", corpus_file, **settings, stop_after=k,
+                                    resume=k != stops[0]))["interrupted"]
+    pretrain.run(cfg_for(tmp_path / "b", corpus_file, **settings, resume=True))
+    (rows_a, a), (rows_b, b) = metrics_and_weights(tmp_path / "a"), metrics_and_weights(tmp_path / "b")
+    assert [r["step"] for r in rows_a] == [5, 10, 15, 20, 24]
+    assert rows_b == rows_a
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings_or_inputs(tmp_path, corpus_file):
+    """ckpt.pt records the settings and the inputs' digests of the run that wrote it: --resume with another
+    learning rate, or after the corpus changed, is an error that says what changed (it used to continue
+    silently, and the result was then reused as if trained with the new settings)."""
+    assert pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=24, lr=3e-3, stop_after=12))["interrupted"]
+    with pytest.raises(ValueError, match=r"other settings \(--lr=0.003 then, 0.001 now\)"):
+        pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=24, lr=1e-3, resume=True))
+    with pytest.raises(ValueError, match=r"other settings \(--max_steps=24 then, 12 now\)"):
+        pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=12, lr=3e-3, resume=True))
+    with open(corpus_file, "a") as f:
+        f.write("<|endoftext|>One more document.")
+    with pytest.raises(ValueError, match=r"other inputs \(corpus changed since\)"):
+        pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=24, lr=3e-3, resume=True))
+
+
+def test_a_fresh_run_removes_an_old_checkpoint_and_a_failed_resume_keeps_the_summary(tmp_path, corpus_file,
+                                                                                     monkeypatch):
+    """A run without --resume first removes the ckpt.pt an earlier run left: crashed before its own first
+    checkpoint, it leaves none, so --resume says so instead of continuing the earlier run. And a --resume
+    that fails keeps the finished run's summary.json (a plain rerun still reuses it)."""
+    d = tmp_path / "out" / "micro" / "pretrain"
+    pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=12, lr=3e-3))
+    assert (d / "ckpt.pt").exists()
+    real = pretrain.lm_loss
+    calls = {"n": 0}
+
+    def crashing(model, x, y):
+        calls["n"] += model.training
+        if model.training and calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        return real(model, x, y)
+
+    monkeypatch.setattr(pretrain, "lm_loss", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=12, lr=1e-3))
+    monkeypatch.setattr(pretrain, "lm_loss", real)
+    assert not (d / "ckpt.pt").exists()
+    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint"):
+        pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=12, lr=1e-3, resume=True))
+
+    finished = pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=12, lr=1e-3))
+    (d / "ckpt.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint"):
+        pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=12, lr=1e-3, resume=True))
+    assert (d / "summary.json").exists()
+    assert pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=12, lr=1e-3)) == finished  # reused, not retrained
+
+
 def test_forced_nan_stops_naming_stage_step_and_term(tmp_path, corpus_file, monkeypatch):
     real = pretrain.lm_loss
     calls = {"n": 0}
