@@ -60,12 +60,8 @@ def micro_batch_size(cfg) -> int:
     return cfg.batch_size // cfg.grad_accum
 
 
-def global_step_means(history: list[dict]) -> dict[str, list]:
-    """Per-step global values of the logged quantities -> {name: [tensor per step where present]}.
-
-    history: one dict per step, name -> [sum of weight * value, sum of weight] over this rank's
-    micro-batches. The sums are added up over the ranks (one all-reduce for the whole log interval).
-    """
+def _global_sums(history: list[dict]) -> tuple[list[str], torch.Tensor]:
+    """The names and a (steps, names, [sum, weight]) float64 CPU table of `history`, summed over the ranks."""
     names = sorted(set().union(*(h.keys() for h in history)))
     if dist.is_distributed():  # a metric may be missing on some rank (e.g. no desirable KTO example there)
         names = sorted(set().union(*dist.all_gather_objects(names)))
@@ -75,9 +71,29 @@ def global_step_means(history: list[dict]) -> dict[str, list]:
     cells = [torch.stack([torch.as_tensor(x, dtype=torch.float64, device=device) for x in h[name]])
              if name in h else absent for h in history for name in names]
     table = torch.stack(cells).view(len(history), len(names), 2)  # (steps, names, [sum, weight])
-    table = dist.all_reduce_sum(table).cpu()  # one host sync per log interval
+    return names, dist.all_reduce_sum(table).cpu()  # one host sync per log interval
+
+
+def global_step_means(history: list[dict]) -> dict[str, list]:
+    """Per-step global values of the logged quantities -> {name: [tensor per step where present]}.
+
+    history: one dict per step, name -> [sum of weight * value, sum of weight] over this rank's
+    micro-batches. The sums are added up over the ranks (one all-reduce for the whole log interval).
+    """
+    names, table = _global_sums(history)
     return {name: [table[i, j, 0] / table[i, j, 1] for i in range(len(history)) if table[i, j, 1] > 0]
             for j, name in enumerate(names)}
+
+
+def global_history(history: list[dict]) -> list[dict]:
+    """`history` summed over the ranks, in its own format: what a checkpoint taken between two metrics rows
+    keeps, so that after --resume rank 0 holds the whole batch's sums and the other ranks none (the next
+    row's all-reduce then adds them up as if nothing had stopped). A collective: every rank calls it."""
+    if not history or not dist.is_distributed():  # (every rank holds as many steps: all return here alike)
+        return history
+    names, table = _global_sums(history)
+    return [{name: [table[i, j, 0], table[i, j, 1]] for j, name in enumerate(names) if table[i, j, 1] > 0}
+            for i in range(len(history))]
 
 
 def _accumulate(sums: dict, name: str, weighted_value, weight) -> None:
@@ -124,16 +140,18 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
             gen.set_state(state["generators"][name])
         ck.set_rng_state(state["rng"])
         step = state["step"]
-        history, grad_norms = state.get("history", []), state.get("grad_norms", [])  # a --stop_after between rows
+        # a --stop_after between two rows: the steps since the last row, summed over the ranks, on rank 0
+        history = state.get("history", []) if main else [{} for _ in state.get("history", [])]
+        grad_norms = state.get("grad_norms", [])
         dist.print0(f"[{stage}] resuming from step {step}")
     elif main and os.path.exists(ckpt_path):
         os.remove(ckpt_path)  # an earlier run's: a later --resume must not find it
 
-    def save_ckpt() -> None:
+    def save_ckpt(pending: list[dict]) -> None:  # pending: the steps not yet logged (global sums)
         ck.save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                        "step": step, "rng": ck.rng_state(), "run": run_record(cfg, inputs),
                                        "generators": {n: g.get_state() for n, g in generators.items()},
-                                       "history": history, "grad_norms": grad_norms})
+                                       "history": pending, "grad_norms": grad_norms})
 
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), resume_step=step if cfg.resume else None, enabled=main)
     if log.dropped:
@@ -198,7 +216,7 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
                     last_eval = evaluate()
                     model.train()
                     row.update(last_eval)
-                    save_ckpt()
+                    save_ckpt([])  # every step so far is in a row
                 dist.barrier()
             log.log(row)
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("loss", "val_loss")})
@@ -207,8 +225,9 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
             break
         if interrupted and not last:
             if not evaluate_now:  # a checkpoint between evaluations, with the steps not yet logged
+                pending = global_history(history)  # every rank takes part in the sum
                 if main:
-                    save_ckpt()
+                    save_ckpt(pending)
                 dist.barrier()
             bar.close()
             dist.print0(f"[{stage}] stopped after step {step} (--stop_after); continue with --resume")
