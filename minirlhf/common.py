@@ -190,8 +190,8 @@ def check_resume(ckpt_path: str, recorded: dict | None, cfg, inputs: dict[str, s
         return
     now = run_record(cfg, inputs)
     before = recorded["config"]
-    changed = [f"--{k}={before.get(k)!r} then, {now['config'].get(k)!r} now" for k in sorted(set(before) | set(now["config"]))
-               if before.get(k) != now["config"].get(k)]
+    changed = [f"--{k}={before.get(k)!r} then, {now['config'].get(k)!r} now"
+               for k in sorted(set(before) | set(now["config"])) if before.get(k) != now["config"].get(k)]
     if changed:
         raise ValueError(f"--resume: {ckpt_path} was written with other settings ({'; '.join(changed)}); resume with "
                          "the settings it was started with, or run without --resume to start over")
@@ -202,7 +202,8 @@ def check_resume(ckpt_path: str, recorded: dict | None, cfg, inputs: dict[str, s
 
 
 def reusable(stage_dir: str, key: str, force: bool, artifact: str = "model.pt", resume: bool = False) -> dict | None:
-    """The stage's summary if its artifacts were made from the same key (and not --force or --resume), else None.
+    """The stage's summary if its artifacts were made from the same key (and not --force or --resume, and the
+    run was not cut short by --max_minutes), else None.
 
     None means the caller is about to (re)build the stage, so the old summary.json is removed here first
     (by rank 0, which alone writes artifacts): a run stopped half-way (a new `artifact` already written, its
@@ -219,8 +220,8 @@ def reusable(stage_dir: str, key: str, force: bool, artifact: str = "model.pt", 
     if not force and os.path.exists(path) and os.path.exists(os.path.join(stage_dir, artifact)):
         with contextlib.suppress(FileNotFoundError):  # rank 0 may have just removed it
             summary = read_json(path)
-    if summary is not None and summary.get("key") == key:
-        return summary
+    if summary is not None and summary.get("key") == key and not summary.get("stopped_early"):
+        return summary  # (a run cut short by --max_minutes is kept, but not reused as finished)
     if dist.is_main() and os.path.exists(path):
         os.remove(path)
     return None

@@ -133,7 +133,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (CUDA only)
     dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "float32", "bfloat16"
     progress: bool = True  # show a tqdm progress bar
-    max_minutes: float = 0.0  # stop early after this many minutes, keeping the model (0 = no limit)
+    max_minutes: float = 0.0  # stop after this many minutes, keeping the model, not reused as finished (0 = no limit)
     stop_after: int = 0  # stop after this step as if interrupted, leaving ckpt.pt for --resume (0 = off)
 
 

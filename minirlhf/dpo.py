@@ -409,6 +409,7 @@ def run(cfg: DPOConfig) -> dict:
     # 5. artifacts
     ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(model, STAGE, loss=cfg.loss, step=result["steps"]))
     summary = {"stage": STAGE, "loss": cfg.loss, "key": key, "steps": result["steps"],
+               "stopped_early": result["stopped_early"],
                **{k: round(v, 4) for k, v in result["last_eval"].items()}, "dropped_pairs": skipped,
                "train_seconds": round(result["seconds"], 2), "device": str(device)}
     summary.update(evaluation)

@@ -378,7 +378,8 @@ def generate(model, prompts, max_new_tokens: int, eos_id: int, pad_id: int, temp
     was_training = model.training
     model.eval()
     # the cache holds keys and values as the model computes them: in the autocast dtype under autocast
-    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else model.lm_head.weight.dtype
+    autocast_on = torch.is_autocast_enabled(device.type)
+    dtype = torch.get_autocast_dtype(device.type) if autocast_on else model.lm_head.weight.dtype
     cache = _cache_for(model, B, P + max_new_tokens, dtype, keep=compile)
     S = cache.max_len
     key_mask = torch.ones(B, S, dtype=torch.bool, device=device)  # (B, S) every generated column is real

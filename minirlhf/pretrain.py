@@ -256,7 +256,8 @@ def run(cfg: PretrainConfig) -> dict:
     step = result["steps"]
     ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(model, STAGE, step=step))
     summary = {
-        "stage": STAGE, "key": key, "steps": step, "val_loss": round(val_loss, 4),
+        "stage": STAGE, "key": key, "steps": step, "stopped_early": result["stopped_early"],
+        "val_loss": round(val_loss, 4),
         "unigram_entropy": round(entropy, 4), "params": model.num_params(),
         "train_tokens": int(len(train_data)), "val_tokens": int(len(val_data)), "vocab_size": tok.n_vocab,
         "tokens_per_second": round(result["trained_steps"] * tokens_per_step / max(result["seconds"], 1e-9), 1),

@@ -518,7 +518,8 @@ def run(cfg: RewardConfig) -> dict:
 
     # 5. artifacts
     ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(model, STAGE, step=result["steps"]))
-    summary = {"stage": STAGE, "key": key, "steps": result["steps"], **{k: round(v, 4) for k, v in final.items()},
+    summary = {"stage": STAGE, "key": key, "steps": result["steps"], "stopped_early": result["stopped_early"],
+               **{k: round(v, 4) for k, v in final.items()},
                "train_pairs": len(train), "val_pairs": len(val), "dropped_pairs": skipped,
                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in calib.items()},
                "seconds": round(watch.seconds(), 2), "device": str(device)}

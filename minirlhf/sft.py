@@ -293,7 +293,8 @@ def run(cfg: SFTConfig) -> dict:
 
     # 5. artifacts
     ck.save_checkpoint(os.path.join(out, "model.pt"), ck.model_payload(model, STAGE, step=result["steps"]))
-    summary = {"stage": STAGE, "key": key, "steps": result["steps"], "val_loss": round(result["last_eval"]["val_loss"], 4),
+    summary = {"stage": STAGE, "key": key, "steps": result["steps"], "stopped_early": result["stopped_early"],
+               "val_loss": round(result["last_eval"]["val_loss"], 4),
                "examples": len(train), "truncated": n_trunc + n_trunc_val, "train_seconds": round(result["seconds"], 2),
                "device": str(device)}
     summary.update(evaluation)

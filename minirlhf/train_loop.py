@@ -105,7 +105,8 @@ def _accumulate(sums: dict, name: str, weighted_value, weight) -> None:
 def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, evaluate, device,
                generators: dict[str, torch.Generator] | None = None, loss_name: str = "loss",
                wrapped=None, inputs: dict[str, str] | None = None) -> dict:
-    """Run optimiser steps up to cfg.max_steps; returns {"steps", "interrupted", "seconds", "last_eval"}.
+    """Run optimiser steps up to cfg.max_steps; returns {"steps", "interrupted", "seconds", "last_eval",
+    "trained_steps", "stopped_early" (cut short by --max_minutes)}.
 
     model: the module whose weights are checkpointed (batch_loss may call a compiled or wrapped copy).
     wrapped: the DDP-wrapped module that batch_loss calls (`distributed.data_parallel(model)`), so that
@@ -221,7 +222,9 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
             log.log(row)
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("loss", "val_loss")})
         if out_of_time:
-            dist.print0(f"[{stage}] --max_minutes={cfg.max_minutes} reached at step {step}")
+            dist.print0(f"[{stage}] --max_minutes={cfg.max_minutes} reached at step {step} of {cfg.max_steps}: the "
+                        "model is kept but not reused as finished (the same command trains again; --resume "
+                        "--max_minutes=0 continues)")
             break
         if interrupted and not last:
             if not evaluate_now:  # a checkpoint between evaluations, with the steps not yet logged
@@ -235,4 +238,4 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
                     "trained_steps": step - start_step}
     bar.close()
     return {"steps": step, "interrupted": False, "seconds": watch.seconds(), "last_eval": last_eval,
-            "trained_steps": step - start_step}
+            "trained_steps": step - start_step, "stopped_early": step < cfg.max_steps}

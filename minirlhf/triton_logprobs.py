@@ -94,7 +94,8 @@ if triton is not None:
             rescale = tl.exp(m - m_new)  # 1 where the max did not move
             e = tl.exp(z - m_new)  # 0 outside the row and at -inf logits
             z_rel = tl.where(e > 0.0, z - m_new, 0.0)  # where e = 0, e * (z - m_new) would be 0 * -inf = NaN
-            # moving the old sums to the new max: exp(z - m_new) (z - m_new) = rescale exp(z - m_old) ((z - m_old) + (m_old - m_new))
+            # moving the old sums to the new max:
+            #   exp(z - m_new) (z - m_new) = rescale exp(z - m_old) ((z - m_old) + (m_old - m_new))
             t = rescale * (t + (m - m_new) * s) + e * z_rel
             s = s * rescale + e
             m = m_new

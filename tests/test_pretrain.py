@@ -158,6 +158,23 @@ def test_a_fresh_run_removes_an_old_checkpoint_and_a_failed_resume_keeps_the_sum
     assert pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=12, lr=1e-3)) == finished  # reused, not retrained
 
 
+def test_a_run_cut_by_max_minutes_is_kept_but_not_reused_and_resumes(tmp_path, corpus_file, capsys):
+    """--max_minutes keeps the model it reached, marked stopped_early; the same command does not take it for
+    a finished run (it trains again), and --resume --max_minutes=0 continues it to the weights and rows of
+    an uninterrupted run."""
+    cut = pretrain.run(cfg_for(tmp_path / "b", corpus_file, max_steps=24, max_minutes=1e-9))
+    assert cut["stopped_early"] and cut["steps"] == 1
+    assert "reached at step 1 of 24" in capsys.readouterr().out
+    again = pretrain.run(cfg_for(tmp_path / "b", corpus_file, max_steps=24, max_minutes=1e-9))
+    assert "reusing" not in capsys.readouterr().out and again["steps"] == 1  # trained again, not reused
+    done = pretrain.run(cfg_for(tmp_path / "b", corpus_file, max_steps=24, resume=True))
+    assert not done["stopped_early"] and done["steps"] == 24
+    pretrain.run(cfg_for(tmp_path / "a", corpus_file, max_steps=24))
+    (rows_a, a), (rows_b, b) = metrics_and_weights(tmp_path / "a"), metrics_and_weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in rows_b] == [1, 5, 10, 15, 20, 24]  # the cut run's own row at step 1 stays
+
+
 def test_forced_nan_stops_naming_stage_step_and_term(tmp_path, corpus_file, monkeypatch):
     real = pretrain.lm_loss
     calls = {"n": 0}
