@@ -115,12 +115,12 @@ from minirlhf import distributed as dist
 from minirlhf import ops, rl
 from minirlhf.chat import render_prompt
 from minirlhf.common import MetricsLog, Stopwatch, autocast, check_finite, config_key, file_digest, make_adamw, \
-    resolve_device, reusable, run_record, setup_torch, write_json
+    resolve_device, reusable, setup_torch, write_json
 from minirlhf.config import GRPOConfig, fill_from_preset, save_config, stage_dir
 from minirlhf.data import prompt_text, read_prompts
 from minirlhf.engine import generate_sharded, response_logprobs
 from minirlhf.losses import grpo_loss
-from minirlhf.ppo import resume_rl
+from minirlhf.ppo import resume_rl, save_rl_checkpoint
 from minirlhf.sft import stage_file, stage_tokenizer, world_eval, world_file
 
 STAGE = "grpo"
@@ -410,11 +410,8 @@ def train_grpo(policy, ref, reward_fn, prompts: list[list[int]], tok, cfg, out: 
 
         # ---------------------------------------------------------------- 7. CHECKPOINT (rank 0; the others wait)
         if evaluate_now or done == cfg.stop_after:
-            if main:  # no global RNG state: every other random draw is seeded by (seed, iteration, ...)
-                ck.save_checkpoint(ckpt_path, {
-                    "policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "iteration": done,
-                    "prompt_order": order.getstate(), "last_row": row, "last_eval": last_eval,
-                    "run": run_record(cfg, inputs)})
+            if main:
+                save_rl_checkpoint(ckpt_path, cfg, inputs, {"policy": policy}, optimizer, order, done, row, last_eval)
             dist.barrier()
         if done == cfg.stop_after and done < cfg.iterations:
             dist.print0(f"[{STAGE}] stopped after iteration {done} (--stop_after); continue with --resume")

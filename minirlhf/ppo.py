@@ -195,6 +195,18 @@ def resume_rl(stage: str, ckpt_path: str, cfg, inputs: dict | None, modules: dic
     return state
 
 
+def save_rl_checkpoint(ckpt_path: str, cfg, inputs: dict | None, modules: dict, optimizer, order: random.Random,
+                       iteration: int, last_row: dict, last_eval: dict, **extra) -> None:
+    """What `resume_rl` reads back, for PPO and GRPO: the weights of `modules` (name -> nn.Module), the
+    optimizer state, the iteration, the prompt-order generator's state, the last row and evaluation, the
+    run's settings and inputs (`common.run_record`) and `extra` (e.g. PPO's kl_coef). No global RNG state:
+    every other random draw is seeded by (seed, iteration, ...)."""
+    ck.save_checkpoint(ckpt_path, {**{name: module.state_dict() for name, module in modules.items()},
+                                   "optimizer": optimizer.state_dict(), "iteration": iteration,
+                                   "prompt_order": order.getstate(), "last_row": last_row, "last_eval": last_eval,
+                                   "run": run_record(cfg, inputs), **extra})
+
+
 def explained_variance(values, returns, mask) -> torch.Tensor:
     """1 - Var(returns - values) / Var(returns) over real tokens (1 = perfect, 0 = no better than a constant)."""
     var_returns = ops.masked_var(returns, mask)
@@ -369,12 +381,9 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
 
         # ---------------------------------------------------------------- 7. CHECKPOINT (rank 0; the others wait)
         if evaluate_now or done == cfg.stop_after:
-            if main:  # no global RNG state: every other random draw is seeded by (seed, iteration, ...)
-                ck.save_checkpoint(ckpt_path, {
-                    "policy": policy.state_dict(), "value": value_model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "iteration": done, "kl_coef": kl_ctl.value,
-                    "prompt_order": order.getstate(), "last_row": row, "last_eval": last_eval,
-                    "run": run_record(cfg, inputs)})
+            if main:
+                save_rl_checkpoint(ckpt_path, cfg, inputs, {"policy": policy, "value": value_model}, optimizer, order,
+                                   done, row, last_eval, kl_coef=kl_ctl.value)
             dist.barrier()
         if done == cfg.stop_after and done < cfg.iterations:
             dist.print0(f"[{STAGE}] stopped after iteration {done} (--stop_after); continue with --resume")

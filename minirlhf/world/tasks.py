@@ -97,8 +97,7 @@ class UnsafeTopic:
 
 @dataclass(frozen=True)
 class Topic:
-    """A harmless or chit-chat request: its prompt phrasings, the keywords an answer mentions (at least one), and
-    its ideal answers."""
+    """A harmless or chit-chat request: its phrasings, the keywords an answer mentions, its ideal answers."""
 
     topic: str
     prompts: tuple[str, ...]
