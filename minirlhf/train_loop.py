@@ -141,9 +141,13 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
             gen.set_state(state["generators"][name])
         ck.set_rng_state(state["rng"])
         step = state["step"]
-        # a --stop_after between two rows: the steps since the last row, summed over the ranks, on rank 0
-        history = state.get("history", []) if main else [{} for _ in state.get("history", [])]
-        grad_norms = state.get("grad_norms", [])
+        # a --stop_after between two rows: the steps since the last row, summed over the ranks, on rank 0 (and
+        # back on the training device: the checkpoint was loaded to the CPU)
+        on_device = lambda x: x.to(device) if isinstance(x, torch.Tensor) else x  # noqa: E731
+        pending = state.get("history", [])
+        history = ([{name: [on_device(x) for x in pair] for name, pair in h.items()} for h in pending] if main
+                   else [{} for _ in pending])
+        grad_norms = [on_device(g) for g in state.get("grad_norms", [])]
         dist.print0(f"[{stage}] resuming from step {step}")
     elif main and os.path.exists(ckpt_path):
         os.remove(ckpt_path)  # an earlier run's: a later --resume must not find it
