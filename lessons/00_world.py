@@ -41,7 +41,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from minirlhf.config import WorldConfig  # noqa: E402
-from minirlhf.world import build_world, cloze_items, judge, judge_terms, label_pair  # noqa: E402
+from minirlhf.world import agreement_stats, build_world, cloze_items, judge, judge_terms, label_pair  # noqa: E402
 from minirlhf.world.build import run as build_world_files  # noqa: E402
 from minirlhf.world.corpus import corpus_documents  # noqa: E402
 from minirlhf.world.phrases import END  # noqa: E402
@@ -118,6 +118,11 @@ print(f"  when the gold-worse answer is longer:  {detail['agreement_worse_longer
       f"   shorter: {detail['agreement_worse_shorter']:.3f}")
 print(f"  when only the gold-worse answer flatters: {detail['agreement_worse_flatters']:.3f}"
       f"   otherwise: {detail['agreement_worse_plain']:.3f}")
+labels = agreement_stats(prefs)  # the same pairs, two numbers about the labels themselves
+print(f"two annotators labelling a pair alike: {labels['inter_annotator']:.3f}  (what InstructGPT's 73-77 % "
+      "inter-labeler agreement measures)")
+print(f"the best any model can agree with these labels: {labels['label_accuracy_ceiling']:.3f}  (mean of "
+      "max(p, 1 - p): above their agreement with gold, since their bias is predictable too)")
 flipped = [p for p in prefs if p["gold_chosen"] < p["gold_rejected"]]
 for p in random.Random(1).sample(flipped, 3):
     print(f"\nQ: {p['prompt']}\n  chosen   ({p['style_chosen']}, gold {p['gold_chosen']:+.2f}): {p['chosen']}"
@@ -155,12 +160,14 @@ print("saved plots/world_gold_by_style.png")
 #    model that answers held-out questions well has generalised the *behaviour*, not memorised answers.)
 # 2. The annotators agree with the gold ordering only ~75 % of the time (step 5). Why simulate noise at
 #    all, and why that number? (Real labelers disagree with each other about this often -- InstructGPT
-#    reports 73-77 % -- and a reward model must learn through that noise; the label noise printed is an
-#    upper bound on how well any reward model can match these labels.)
+#    reports 73-77 % agreement between labelers; two of ours agree a little less often, step 5 -- and a
+#    reward model must learn through that noise. No model can agree with these labels more often than the
+#    "best any model" line of step 5; against gold it can do better than the annotators, by averaging
+#    their random noise away, but not their bias.)
 # 3. Which response styles could a policy use to fool a reward model trained on these labels, and how
 #    would the gold judge notice? (Step 5: agreement drops when the worse answer is longer or flatters;
 #    step 6: verbose and flattering answers score below ideal on gold. A policy that learns to ramble and
 #    flatter raises the proxy reward while the gold score falls -- reward hacking.)
 # 4. Why is refusing "How do I kill a python process?" punished (step 4)? (Refusal has a cost: a model
-#    trained only to avoid harm learns to refuse anything that sounds risky; the judge measures both
-#    harmlessness and helpfulness, so the alignment tax is visible.)
+#    trained only to avoid harm learns to refuse anything that sounds risky -- over-refusal, a cost in
+#    helpfulness; the judge measures both harmlessness and helpfulness, so the trade-off is visible.)

@@ -10,7 +10,8 @@ What you should see
   1. On-policy pairs: the SFT model's own samples, labelled by the simulated annotators -- who agree
      with the gold ordering on only about 60 % of these pairs (75 % on the world's templated pairs,
      lesson 00): label noise, as with real labellers.
-  2. The reward model's validation accuracy against the annotators' labels is close to that ceiling,
+  2. The reward model's validation accuracy against the annotators' labels is close to their own agreement
+     with gold (no model can match single labels more often than the mean of max(p, 1 - p), 0.77 on tiny),
      and against the *gold* ordering it is higher: training on many noisy labels averages noise out.
      How much higher it could be is computable: a perfect model of the annotators (their preference
      probability for every pair, the likelier answer picked) orders a pair the gold way whenever they
@@ -75,6 +76,7 @@ from minirlhf.reward import DECISIVE_GAP
 from minirlhf.reward import run as train_reward
 from minirlhf.reward import score_responses
 from minirlhf.sample import tokenizer_for
+from minirlhf.world import agreement_stats
 from prerequisites import ensure
 
 preset = sys.argv[1] if len(sys.argv) > 1 else "tiny"
@@ -94,8 +96,12 @@ acc = rm.get("val_gold_accuracy", float("nan"))
 half_width = 1.96 * (acc * (1 - acc) / rm["val_pairs"]) ** 0.5  # normal approximation to a binomial proportion
 print(f"validation accuracy vs gold ordering:    {acc:.3f}  (+- {half_width:.3f}: the 95 % interval of a share "
       f"of ~{rm['val_pairs']} pairs;\n    a smaller difference between two reward models is noise)")
-print(f"annotators' own agreement with gold:     {rm.get('annotator_gold_agreement', float('nan')):.3f}  (the ceiling "
+with open(os.path.join(base, "world", "prefs_eval.jsonl"), encoding="utf-8") as f:
+    label_stats = agreement_stats([json.loads(line) for line in f])  # the validation pairs
+print(f"annotators' own agreement with gold:     {rm.get('annotator_gold_agreement', float('nan')):.3f}  (the yardstick "
       "for agreeing with their labels)")
+print(f"the best agreement with their labels:    {label_stats['label_accuracy_ceiling']:.3f}  (mean of max(p, 1 - p): "
+      "a model can\n    exceed their agreement with gold here, because their bias is as predictable as the truth)")
 print(f"gold accuracy reachable from the labels: {rm.get('label_ceiling_gold_accuracy', float('nan')):.3f}  (a perfect "
       "model of the annotators' preferences\n    picks the likelier answer of every pair, so their noise costs nothing "
       "and only their bias does)")

@@ -107,8 +107,8 @@ for i, row in enumerate(shown_rows):
           f"{x.get('gold_rejected', float('nan')):>8.2f}{x.get('p_chosen') or float('nan'):>8.2f}"
           f"{ref_logps[i].item():>17.2f}{ref_logps[b + i].item():>17.2f}")
 print("p(w>l) is the annotator's probability of the label it gave; gold w / gold l the judge's scores. Summed\n"
-      "log-probs are lower for longer responses: the implicit reward is a log-RATIO, so length cancels against "
-      "the reference.")
+      "log-probs are lower for longer responses; the implicit reward is a log-RATIO against the reference, which\n"
+      "takes that base level away -- but it is still a sum over tokens, so a longer response can gather more of it.")
 
 # %% 2. Train DPO, beta = 0.1 (the pipeline's run: reused if the pipeline or this lesson already ran it)
 common = {"preset": preset, "out_dir": out_dir, "truncate": True}  # exactly what `minirlhf pipeline` runs

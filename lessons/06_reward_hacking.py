@@ -24,9 +24,11 @@ What you should see
      gain of 0.0005, i.e. at the SFT model itself -- the fit says "do not optimise this reward model
      at all".
   3. Samples from early and late in the run: longer, rambling answers, then loops, late.
-  4. The defences: the pipeline's adaptive KL controller (a healthy KL coefficient) keeps the KL near
-     its target, so the damage stays small; PPO-ptx (InstructGPT eq. 2) adds the pretraining loss and keeps the
-     held-out perplexity -- the alignment tax -- lower at a similar gold reward.
+  4. The defence against hacking: the pipeline's adaptive KL controller (a healthy KL coefficient) keeps
+     the KL near its target, so the damage stays small. And a remedy for a different cost: PPO-ptx
+     (InstructGPT eq. 2) adds the pretraining loss and keeps the held-out perplexity -- our proxy for the
+     alignment tax, which InstructGPT measures as regressions on public NLP benchmarks -- lower at a
+     similar gold reward; it does not stop the hacking.
 
 Deliberate simplifications: one seed per run (the curves are noisy); the fit uses the evaluation points
 of one run.

@@ -14,7 +14,9 @@ measured by the same harness (`evaluate_policy`: same held-out prompts, same sam
 as the KL reference), so the rows are comparable. The losses (summed log-probs unless said otherwise):
   DPO    -log sigmoid(beta h), h = log-ratio(chosen) - log-ratio(rejected)   (Rafailov et al. 2023, eq. 7)
   cDPO   DPO with labels flipped with probability eps: -(1-eps) log s(beta h) - eps log s(-beta h)
-         (Mitchell 2023, "A note on DPO with noisy preferences"; our annotators flip ~25 % of pairs)
+         (Mitchell 2023, "A note on DPO with noisy preferences"; it assumes random, symmetric flips --
+         our annotators disagree with gold on ~25 % of pairs, partly at random, partly by a systematic
+         bias (flattery, length) that smoothing cannot undo)
   IPO    (h - 1/(2 tau))^2: a regression to a finite margin instead of pushing h to infinity
          (Azar et al. 2023, eq. 17)
   KTO    no pairs: each response is desirable or not, valued against a KL reference point z0
@@ -243,8 +245,10 @@ print("On the gpt2 preset (124M parameters, about 0.5 GB in fp32) the saving is 
 #    the same (prompt, response) pairs every epoch. RL scores the policy's fresh samples, so the reference
 #    must run on every rollout.)
 # 3. Why does SimPO average log-probs over tokens while DPO sums them? (Without a reference to subtract,
-#    a summed log-prob mostly measures length; averaging removes that -- the length bias DPO's log-ratio
-#    cancels by itself.)
+#    a summed log-prob mostly measures length; averaging removes that, and matches the average likelihood
+#    that generation follows (Meng et al. 2024, §2). DPO's reference removes the low base level of long
+#    responses' log-probs, but its log-ratio is still a sum over tokens, so a longer response can collect
+#    a larger implicit reward: DPO is known to lengthen outputs (Park et al. 2024).)
 # 4. ORPO starts from the base model. What does its row's KL to SFT tell you? (Not drift: how close
 #    one-stage training landed to the two-stage SFT model. Compare its gold to SFT's to see what skipping
 #    SFT costs at this budget.)

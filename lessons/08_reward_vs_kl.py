@@ -20,8 +20,9 @@ how far it may go:
              2023, eq. 3); DPO's Figure 2 (left) draws exactly this plane for PPO and DPO;
   GRPO       beta, the weight of the k3 KL term in its loss (Shao et al. 2024, eq. 3);
   best-of-n  n samples from SFT, keep the reward model's favourite: no training at all, and an analytic
-             KL = log n - (n - 1)/n (Stiennon et al. 2020; Gao et al. 2022) -- the baseline every RL
-             method should beat at equal KL;
+             KL = log n - (n - 1)/n (Stiennon et al. 2020; Gao et al. 2022) -- a strong training-free
+             reference: at equal KL it is usually *more* reward-efficient than RL (Gao et al. 2022, §3),
+             and RL's case is inference cost (one sample per query instead of n);
   SFT at T   the SFT model itself sampled at a temperature T < 1: no training and no reward model, only
              a sharper distribution, with KL(pi_T || pi_sft) measured like everyone else's. A second
              baseline: how much gold is there for the taking by entropy reduction alone?
@@ -124,11 +125,13 @@ print(f"\nplot: plots/frontier_{preset}.png (left: gold vs KL per method from th
 print(f"table: {out_dir}/{preset}/frontier/frontier.json; {len(points)} points in {result['seconds']:.0f} s")
 
 # %% Check yourself
-# 1. Why compare methods at equal KL rather than at equal training steps? (KL is the budget every method
-#    spends: it measures how far the policy moved from the model we trust, in the same unit for all of
-#    them -- and the objective PPO and DPO both solve is "reward minus beta * KL".)
-# 2. Best-of-n trains nothing. Why is it still the baseline to beat? (Step 2: it buys reward at a known,
-#    small KL; a trained method that does not beat it at the same KL wasted its compute.)
+# 1. Why compare methods at equal KL rather than at equal training steps? (KL measures how far the policy
+#    moved from the model we trust, and the objective PPO and DPO both solve is "reward minus beta * KL".
+#    It is a shared x-axis, not a perfect yardstick: Gao et al. 2022 find methods spend KL differently, e.g.
+#    best-of-n reaches a given reward at less KL than RL.)
+# 2. Best-of-n trains nothing. Why is it still worth plotting? (Step 2: it buys reward at a known, small
+#    KL, usually more efficiently than RL at equal KL; what RL buys instead is one sample per query at
+#    inference, where best-of-n pays for n samples and a reward-model pass on each.)
 # 3. In the right panel, what does a point far right (high proxy) but low (low gold) mean? (Reward
 #    hacking: the policy found what the reward model over-rates -- lesson 06, step 4 of this lesson.)
 # 4. DPO never sees the reward model. Why can it still be placed on this plot and compared? (Its KL and

@@ -1,4 +1,4 @@
-"""Best-of-n sampling: the baseline every RL fine-tuning method should beat at the same KL.
+"""Best-of-n sampling: the training-free reference point for reward against KL (n samples, keep the RM's favourite).
 
 Run it:
     minirlhf best-of-n --preset tiny                     # n = 1, 2, 4, 8, 16 on the held-out prompts

@@ -24,8 +24,9 @@ What happens, top to bottom:
 Metrics (metrics.jsonl): rewards/chosen and rewards/rejected are the implicit rewards
 beta * (log pi - log pi_ref) of DPO (Rafailov et al. 2023, eq. 5); rewards/margins their difference;
 rewards/accuracies the share of pairs with chosen above rejected; logps/chosen and logps/rejected the
-policy's sequence log-probs. Expect logps/chosen to FALL during DPO: the loss only asks that the
-*difference* grows, and pushing the rejected response down also drags similar chosen ones down
+policy's sequence log-probs. logps/chosen often FALLS during DPO, and that is not a bug (on tiny it
+rises: rewards/chosen stays positive): the loss only asks that the *difference* grows, and pushing the
+rejected response down also drags similar chosen ones down
 (the gradient of Rafailov et al. 2023's eq. 7 only asks the difference to grow; studied by Pal et al.
 2024, "Smaug", and Razin et al. 2024). The closing <|end|> is part of both responses, so it can fall too:
 on tiny (seed 1337, the pipeline's pairs) DPO's EOS rate drops from SFT's 0.993 to 0.956. `--rpo_alpha=1`

@@ -31,7 +31,7 @@ the prompts are the same for every sampling seed):
 | flattery_rate           | share of responses with a flattering phrase                                     |
 | length                  | mean response length in tokens (the <|end|> included)                            |
 | eos_rate                | share of responses that ended with <|end|> within the budget                    |
-| heldout_ppl             | perplexity on held-out pretraining text: the alignment tax                      |
+| heldout_ppl             | perplexity on held-out pretraining text: a proxy for the alignment tax          |
 
 `cloze_accuracy` probes what a base model knows ("The capital of France is" -> "Paris"), and
 `forum_eval` measures how a base model behaves when asked in the forum format it saw in pretraining

@@ -150,7 +150,12 @@ def kl_k2(logp, ref_logp):
 
 
 def kl_k3(logp, ref_logp):
-    """k3 = (q/p - 1) - log(q/p) = expm1(-log_ratio) + log_ratio: unbiased and never negative."""
+    """k3 = (q/p - 1) - log(q/p) = expm1(-log_ratio) + log_ratio: unbiased and never negative.
+
+    As a value it estimates KL(p || q) like k1. As a loss term (GRPO's) its gradient is another matter: on
+    samples from p, E_p[grad k3] = E_p[(1 - q/p) grad log p] = grad KL(q || p), the gradient of the
+    *forward* KL; k1 as a loss has zero expected gradient (E_p[grad log p] = 0), which is why PPO puts k1
+    in the reward instead of the loss."""
     log_ratio = logp - ref_logp
     return torch.expm1(-log_ratio) + log_ratio
 

@@ -32,7 +32,8 @@ Logged metrics (one row per iteration):
   policy_loss, value_loss    the clipped policy loss and the clipped value loss, means over the minibatches
   ptx_loss               with --ptx_coef > 0: the next-token loss on pretraining windows, mean over minibatches
   policy/approx_kl       mean k3 estimate of KL(pi_old || pi), over the minibatches of every epoch
-  policy/clipfrac        share of tokens whose ratio was clipped, mean over the minibatches
+  policy/clipfrac        share of tokens where the clipped branch is active (ratio outside [1 - eps, 1 + eps]
+                         on the side the advantage pushes it: zero gradient there), mean over the minibatches
   policy/ratio_mean, policy/ratio_max   the probability ratio pi / pi_old (mean over the minibatches, max)
   value/clipfrac         share of tokens whose value prediction was clipped, mean over the minibatches
   value/explained_variance   1 - Var(returns - values) / Var(returns) on real tokens
@@ -63,8 +64,9 @@ Options worth flipping and comparing:
                             PPO reaches with a perfect reward (outputs in out/<preset>/ppo_gold/; the value
                             model still starts from the reward model, whose score stays the proxy column)
   --ptx_coef=1.0            PPO-ptx (InstructGPT eq. 2): add ptx_coef * the next-token loss on pretraining
-                            windows to every minibatch, so the policy keeps its language-model skills (the
-                            alignment tax shows as held-out perplexity); logged as ptx_loss
+                            windows to every minibatch, so the policy keeps its language-model skills (held-out
+                            perplexity is our proxy for the alignment tax, which InstructGPT measures as
+                            regressions on public NLP benchmarks); logged as ptx_loss
 
 Under torchrun (N processes; see distributed.py) it is the same algorithm on the same global batch:
   * the iteration's `batch_size` prompts are drawn identically on every rank; the batch is sampled in

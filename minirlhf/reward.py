@@ -402,10 +402,12 @@ def annotator_ceiling(path: str) -> dict:
     """How often the annotators' own labels agree with the gold ordering on the validation pairs, and
     the gold accuracy reachable from such labels.
 
-    A reward model trained on those labels should not be expected to agree with them more often than
-    they agree with the truth; against gold it can do better (it averages the annotators' noise out), up
-    to `label_ceiling_gold_accuracy`: the share of pairs where the annotators prefer the gold-better
-    answer with probability above one half. What stays below it is their bias (flattery, length).
+    A reward model trained on those labels is compared with them against the annotators' own agreement with
+    the truth (it can agree with single labels more often than that, up to the mean of max(p, 1 - p),
+    because the annotators' bias is predictable: `world.agreement_stats`); against gold it can do better
+    than the annotators (it averages their noise out), up to `label_ceiling_gold_accuracy`: the share of
+    pairs where the annotators prefer the gold-better answer with probability above one half. What stays
+    below it is their bias (flattery, length).
     """
     from minirlhf.world import agreement_stats
 

@@ -391,6 +391,9 @@ def test_agreement_stats_by_hand():
     assert stats["agreement"] == 0.5
     assert stats["expected_agreement"] == pytest.approx((0.9 + 0.3) / 2)
     assert stats["label_ceiling"] == 0.5  # only the first pair is more likely labelled the gold way
+    # two annotators label alike with p^2 + (1-p)^2; the best agreement with one label is max(p, 1-p)
+    assert stats["inter_annotator"] == pytest.approx((0.81 + 0.01 + 0.49 + 0.09) / 2)
+    assert stats["label_accuracy_ceiling"] == pytest.approx((0.9 + 0.7) / 2)
 
 
 def test_summary_reports_agreement_noise_and_styles(micro):

@@ -166,6 +166,11 @@ def agreement_stats(records: list[dict]) -> dict:
     always express a preference that depends on the pair (the length bias is a tanh of the difference).
     Subsets: `worse_longer` (the gold-worse answer has more words) vs `worse_shorter`, and
     `worse_flatters` (only the gold-worse answer flatters) vs `worse_plain` (it does not).
+    Over all pairs with a gold ordering, two more numbers about the labels themselves, p being the
+    probability of the choice: `inter_annotator`, mean of p^2 + (1 - p)^2, how often two independent
+    annotators label a pair alike (what InstructGPT's 73-77 % "inter-labeler agreement" measures); and
+    `label_accuracy_ceiling`, mean of max(p, 1 - p), the best any model can agree with single labels --
+    above `expected`, because the bias is as predictable as the gold ordering.
     """
     buckets: dict[str, list[tuple[bool, float]]] = {k: [] for k in (
         "all", "worse_longer", "worse_shorter", "worse_flatters", "worse_plain")}
@@ -189,6 +194,9 @@ def agreement_stats(records: list[dict]) -> dict:
         elif not is_flattering(worse):
             buckets["worse_plain"].append(item)
     out: dict = {"pairs": len(records), "ties": ties}
+    ps = [p for _, p in buckets["all"]]
+    out["inter_annotator"] = round(sum(p * p + (1 - p) * (1 - p) for p in ps) / len(ps), 4) if ps else None
+    out["label_accuracy_ceiling"] = round(sum(max(p, 1 - p) for p in ps) / len(ps), 4) if ps else None
     for name, items in buckets.items():
         key = "" if name == "all" else f"_{name}"
         out[f"agreement{key}"] = round(sum(a for a, _ in items) / len(items), 4) if items else None
