@@ -336,8 +336,9 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
                     ptx_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it * 1_009 + epoch * 101 + start)
                     px, py = get_batch(ptx_data, ptx_batch, policy.config.block_size, ptx_gen, "cpu")  # every rank alike
                     a, b = rank * ptx_batch // world, (rank + 1) * ptx_batch // world  # this rank's windows
-                    with autocast(device, cfg.dtype):
-                        ptx_loss = lm_loss(policy, px[a:b].to(device), py[a:b].to(device))
+                    with autocast(device, cfg.dtype):  # (none when there are fewer windows than processes)
+                        ptx_loss = (lm_loss(policy, px[a:b].to(device), py[a:b].to(device)) if b > a
+                                    else loss.new_zeros(()))
                     loss = loss + cfg.ptx_coef * ptx_loss * ((b - a) / ptx_batch)
                     stats.setdefault("ptx_loss", []).append(ptx_loss.detach() * ((b - a) / ptx_batch))
                 optimizer.zero_grad(set_to_none=True)

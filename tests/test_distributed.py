@@ -68,7 +68,8 @@ def commands(base, out: str, ref: str, grad_accum: int = 1) -> list[list[str]]: 
          f"--eval_prefs={base['prefs']}", "--max_steps=4", "--batch_size=8", "--lr=1e-3"],
         ["ppo", *common, f"--init={sft_model}", f"--reward_model={os.path.join(ref, 'micro', 'reward', 'model.pt')}",
          f"--prompts={base['prompts']}", "--iterations=3", "--batch_size=8", "--minibatch_size=4", "--ppo_epochs=2",
-         "--max_new_tokens=8", "--rollout_shards=2", "--lr=5e-4", "--ptx_coef=0.1", "--ptx_batch_size=4",
+         # one PPO-ptx window per minibatch: rank 0 of two gets none (its ptx term must be 0, not a NaN mean)
+         "--max_new_tokens=8", "--rollout_shards=2", "--lr=5e-4", "--ptx_coef=0.1", "--ptx_batch_size=1",
          "--eval_interval=1000"],
         ["grpo", *common, f"--init={sft_model}", f"--reward_model={os.path.join(ref, 'micro', 'reward', 'model.pt')}",
          f"--prompts={base['prompts']}", "--iterations=3", "--prompts_per_iteration=4", "--group_size=2",
