@@ -10,7 +10,8 @@ static preallocated KV cache and capturable decode step, the default) and once w
 `engine.generate_kv_reference` swapped in (the loop through `GPT.forward` and the growing `KVCache`,
 which is what PPO used before). The table reports seconds per iteration and rollout tokens/s for each,
 and their ratio. Both use the same seeds; their rollouts are identical token for token (the test suite
-checks the two generators agree), so the ratio is the speed of the generator alone.
+checks the two generators agree), so the difference is the generator's: the rollout tokens/s column is
+the generator alone, the s / iteration ratio the whole iteration (scoring and optimising included).
 
 Rows run in interleaved rounds (the order alternates) and each keeps its best round.
 

@@ -44,7 +44,7 @@ def hf_gpt2(cfg: ModelConfig):
 
     hc = GPT2Config(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, n_positions=cfg.block_size,
                     vocab_size=cfg.vocab_size, activation_function="gelu_new", resid_pdrop=0.0,
-                    embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+                    embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     hc._attn_implementation = "sdpa"
     return GPT2LMHeadModel(hc)
 
@@ -79,8 +79,11 @@ def sync(device: torch.device) -> None:
 
 
 def logits_of(model, x):
-    out = model(x)
-    return out if torch.is_tensor(out) else out.logits  # transformers returns a ModelOutput
+    """(B, T) -> (B, T, V) logits of either model; transformers' without building a KV cache (a training
+    step has no use for one) and, with no pad id in its config, without its per-call padding check."""
+    if isinstance(getattr(model, "_orig_mod", model), GPT):  # ours, compiled or not
+        return model(x)
+    return model(x, use_cache=False).logits  # transformers returns a ModelOutput
 
 
 def training_step(model, x, y, device, dtype: str):
