@@ -173,6 +173,19 @@ def test_a_run_cut_by_max_minutes_is_kept_but_not_reused_and_resumes(tmp_path, c
     (rows_a, a), (rows_b, b) = metrics_and_weights(tmp_path / "a"), metrics_and_weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in rows_b] == [1, 5, 10, 15, 20, 24]  # the cut run's own row at step 1 stays
+    assert rows_b[2:] == rows_a[1:]  # from step 10 on, the rows of an uninterrupted run (5's averages 2-5)
+
+
+def test_validation_documents_are_never_copies_of_training_documents():
+    """The corpus may repeat a document word for word; a copy of a training document is left out of the
+    validation split (and counted), so validation loss and held-out perplexity read unseen text only."""
+    docs = [f"doc {i}" for i in range(40)] + ["the same story"] * 10  # 10 copies of one document
+    train, val, copies = pretrain.split_documents(docs, 0.3, seed=0)
+    assert not set(val) & set(train)
+    assert len(train) + len(val) + copies == len(docs) and len(train) == 35  # the training side as before
+    assert copies == sum(d == "the same story" for d in docs) - train.count("the same story") - val.count("the same story")
+    assert copies > 0 and "the same story" in train  # with these seeds the story is on both sides
+    assert pretrain.split_documents([f"d{i}" for i in range(10)], 0.3, seed=0)[2] == 0  # no copies, nothing left out
 
 
 def test_forced_nan_stops_naming_stage_step_and_term(tmp_path, corpus_file, monkeypatch):
