@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minirlhf.config import ModelConfig
+from minirlhf.ops import upcast
 
 
 def plain_attention(q, k, v, mask=None, dropout_p: float = 0.0):
@@ -286,9 +287,8 @@ class ScalarHead(nn.Module):
         # in float32 at least, even under bf16 autocast or with bf16 weights: in bf16 (8 bits of mantissa)
         # scores such as 5.30 and 5.34 round to one value, and the Bradley-Terry loss, the pair accuracy and
         # PPO's rewards and values all read these numbers
-        up = lambda x: x.float() if x.dtype in (torch.bfloat16, torch.float16) else x  # noqa: E731
         with torch.autocast(hidden.device.type, enabled=False):
-            out = F.linear(up(hidden), up(self.linear.weight), up(self.linear.bias))  # (B, T, 1)
+            out = F.linear(upcast(hidden), upcast(self.linear.weight), upcast(self.linear.bias))  # (B, T, 1)
         return out.squeeze(-1) * self.gain + self.offset  # (B, T)
 
 
