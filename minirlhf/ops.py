@@ -133,8 +133,8 @@ def logprobs_and_entropy(logits, labels, temperature: float = 1.0):
     kernel = _triton_kernel_for(logits)
     if kernel is not None:
         return kernel.logprobs_and_entropy(logits, labels, temperature)
+    logits = upcast(logits)  # once, for both
     logp = logprobs_from_logits(logits, labels, temperature)  # (...)
-    logits = upcast(logits)
     return logp, entropy_from_logits(logits / temperature if temperature != 1.0 else logits)
 
 
