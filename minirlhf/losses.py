@@ -4,8 +4,10 @@
 name says so). Each docstring names the paper and equation it implements, so a reader can check the
 code against the source line by line.
 
-Deliberate simplifications: no reduction options -- every loss is a mean over examples; callers that
-need another weighting compute it from the returned per-example metrics.
+Deliberate simplifications: no reduction options. Each loss has one fixed unit of averaging, named in
+its docstring: supervised tokens for `sft_loss`, real response tokens for the PPO losses (a long
+response weighs more), each sequence's tokens and then sequences for `grpo_loss`, pairs or examples for
+the reward-model and preference losses; `length_disentangle_loss` is a correlation over the batch.
 """
 
 from __future__ import annotations
@@ -163,7 +165,8 @@ def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
 # Preference optimisation (DPO, IPO, KTO, ORPO, SimPO) and GRPO.
 #
 # Sequence log-probs are SUMMED over response tokens for DPO, IPO and KTO and AVERAGED per token for
-# ORPO and SimPO (DESIGN §5); the callers compute them, these functions only see (B,) tensors.
+# ORPO and SimPO; the callers compute them (`dpo.sequence_logps`), these functions only see (B,) tensors.
+# Sign convention everywhere: log_ratio = logp_policy - logp_ref (as in `ops.kl_k1`).
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -325,7 +328,7 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, epsilon: f
     Shao et al. 2024 (DeepSeekMath), eq. (3), as a loss (the objective negated). Per token t of sequence i:
         -min(ratio * A_i, clip(ratio, 1 - epsilon, 1 + epsilon) * A_i) + beta * k3
     with ratio = exp(logprobs - old_logprobs) and k3 = pi_ref/pi - log(pi_ref/pi) - 1 (eq. 4), i.e.
-    `ops.kl_k3(logprobs, ref_logprobs)` (log_ratio = logp_policy - logp_ref, DESIGN §5). The per-token
+    `ops.kl_k3(logprobs, ref_logprobs)` (log_ratio = logp_policy - logp_ref). The per-token
     loss is averaged over each sequence's real tokens (the 1/|o_i| of eq. 3), then over the batch, so a
     short answer weighs as much as a long one. logprobs, old_logprobs, ref_logprobs, mask: (B, T);
     advantages: (B,) (see `rl.group_advantages`). beta=0 drops the KL term from the loss (the `kl`

@@ -101,12 +101,21 @@ def _triton_kernel_for(logits):
     return triton_logprobs if triton_logprobs.available(logits) else None
 
 
+def check_temperature(temperature: float, where: str) -> None:
+    """ValueError unless temperature > 0: log-probs at T <= 0 are undefined (greedy decoding has no
+    log-probs of its own; `engine.sample_next` reports T = 1 ones for it)."""
+    if not temperature > 0:
+        raise ValueError(f"{where}: temperature must be > 0, got {temperature}")
+
+
 def logprobs_from_logits(logits, labels, temperature: float = 1.0):
     """log p(label) under softmax(logits / temperature): (..., V), (...) -> (...).
 
     Computed in float32 at least (bf16 log-softmax loses the small differences PPO ratios depend on).
     With MINIRLHF_TRITON=1 on CUDA the same numbers come from `triton_logprobs` (one pass over each row).
+    ValueError for temperature <= 0.
     """
+    check_temperature(temperature, "logprobs_from_logits")
     kernel = _triton_kernel_for(logits)
     if kernel is not None:
         return kernel.logprobs_and_entropy(logits, labels, temperature)[0]
@@ -130,6 +139,7 @@ def logprobs_and_entropy(logits, labels, temperature: float = 1.0):
     What PPO and GRPO need from the same logits; with MINIRLHF_TRITON=1 on CUDA both come from one pass
     over each row (`triton_logprobs`), else from the two plain functions above.
     """
+    check_temperature(temperature, "logprobs_and_entropy")
     kernel = _triton_kernel_for(logits)
     if kernel is not None:
         return kernel.logprobs_and_entropy(logits, labels, temperature)
@@ -313,6 +323,7 @@ def fused_linear_logprobs(hidden, weight, labels, temperature: float = 1.0, chun
                          f"{tuple(labels.shape)} (expected hidden = labels.shape + (C,))")
     if weight.dim() != 2 or weight.size(1) != hidden.size(-1):
         raise ValueError(f"fused_linear_logprobs: weight {tuple(weight.shape)} is not (V, {hidden.size(-1)})")
+    check_temperature(temperature, "fused_linear_logprobs")
     chunk_size = default_chunk_size(weight.size(0)) if chunk_size is None else chunk_size
     if chunk_size < 1:
         raise ValueError(f"fused_linear_logprobs: chunk_size must be >= 1, got {chunk_size}")

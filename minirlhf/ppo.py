@@ -235,6 +235,9 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
     if cfg.eval_interval < 1:
         raise ValueError(f"--eval_interval={cfg.eval_interval}: must be >= 1 (iterations between evaluations "
                          "and checkpoints)")
+    if cfg.temperature <= 0:
+        raise ValueError(f"--temperature={cfg.temperature}: PPO samples its rollouts and trains on their "
+                         "log-probs at that temperature, so it must be > 0")
     world, rank, main = dist.world_size(), dist.rank(), dist.is_main()
     shards = cfg.rollout_shards or world  # the rollout batch is sampled in this many seeded shards
     if shards % world or cfg.batch_size % shards:

@@ -61,6 +61,18 @@ def test_logprobs_from_logits_by_hand_and_temperature():
     assert ops.logprobs_from_logits(logits, labels, temperature=t).item() == pytest.approx(6 - zt)
 
 
+@pytest.mark.parametrize("temperature", [0.0, -0.5])
+def test_logprobs_at_a_temperature_at_or_below_zero_are_an_error_not_nan(temperature):
+    logits, labels = torch.randn(2, 3, 5), torch.randint(0, 5, (2, 3))
+    with pytest.raises(ValueError, match="logprobs_from_logits: temperature must be > 0"):
+        ops.logprobs_from_logits(logits, labels, temperature)
+    with pytest.raises(ValueError, match="logprobs_and_entropy: temperature must be > 0"):
+        ops.logprobs_and_entropy(logits, labels, temperature)
+    for fused in (False, True):
+        with pytest.raises(ValueError, match="temperature must be > 0"):
+            ops.linear_logprobs(torch.randn(2, 3, 4), torch.randn(5, 4), labels, temperature, fused=fused)
+
+
 def test_logprobs_gradcheck():
     logits = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, 5, (2, 3))
