@@ -247,7 +247,7 @@ def _refuse_encoding_options(path: str, tokenizer_json: dict | None) -> None:
     `add_prefix_space: true` in tokenizer_config.json or in tokenizer.json's pre_tokenizer (a
     space is put before the text), a tokenizer.json `normalizer` (the text is rewritten first), and an
     added token not marked `"special": true` in tokenizer_config.json's added_tokens_decoder or tokenizer.json's
-    added_tokens (transformers finds it in plain text as an ordinary word; our encoder never emits an
+    added_tokens, or listed in the legacy added_tokens.json without being marked special (transformers finds it in plain text as an ordinary word; our encoder never emits an
     added token: they are our control tokens, which enter a sequence only through the chat template)."""
     not_special = ("transformers finds a non-special added token in plain text as an ordinary word, our encoder "
                    'never does; only "special": true added tokens are supported')
@@ -262,6 +262,15 @@ def _refuse_encoding_options(path: str, tokenizer_json: dict | None) -> None:
             if entry.get("special") is not True:
                 raise ValueError(f"{tc}: added_tokens_decoder[{i!r}] ({entry.get('content')!r}) is not "
                                  f'"special": true; {not_special}')
+    at = os.path.join(path, "added_tokens.json")
+    if os.path.isfile(at):  # transformers' legacy file: its tokens are non-special unless marked elsewhere
+        with open(at, encoding="utf-8") as f:
+            legacy = json.load(f)
+        special = _marked_special(path)
+        for text in legacy:
+            if text not in special:
+                raise ValueError(f"{at}: added token {text!r} is not marked special (in tokenizer_config.json's "
+                                 f"added_tokens_decoder or special_tokens_map.json); {not_special}")
     if tokenizer_json is not None:
         tj = os.path.join(path, "tokenizer.json")
         normalizer = tokenizer_json.get("normalizer")
@@ -276,6 +285,35 @@ def _refuse_encoding_options(path: str, tokenizer_json: dict | None) -> None:
             if entry.get("special") is not True:
                 raise ValueError(f"{tj}: added_tokens[{k}] ({entry.get('content')!r}) is not "
                                  f'"special": true; {not_special}')
+
+
+def _marked_special(path: str) -> set[str]:
+    """Token texts a folder marks special: `"special": true` entries of tokenizer_config.json's
+    added_tokens_decoder, and the *_token / additional_special_tokens values of special_tokens_map.json and
+    tokenizer_config.json (each a string or {"content": ...})."""
+    def texts(value):
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, dict):
+            return [value["content"]] if isinstance(value.get("content"), str) else []
+        if isinstance(value, list):
+            return [t for v in value for t in texts(v)]
+        return []
+
+    special: set[str] = set()
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            continue
+        with open(file, encoding="utf-8") as f:
+            config = json.load(f)
+        for key, value in config.items():
+            if key.endswith("_token") or key == "additional_special_tokens":
+                special.update(texts(value))
+        for entry in (config.get("added_tokens_decoder") or {}).values():
+            if entry.get("special") is True:
+                special.add(entry.get("content"))
+    return special
 
 
 def _added_tokens(path: str) -> dict[str, int]:

@@ -336,6 +336,21 @@ def test_hf_settings_that_change_the_encoding_are_refused(trained_files, tmp_pat
                                          r'not "special": true'):
         hf.load_hf_tokenizer(str(folder))
 
+    # the legacy added_tokens.json: transformers reads its tokens as non-special (found in plain text) ...
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}), encoding="utf-8")
+    n = len(json.loads((trained_files / "vocab.json").read_text(encoding="utf-8")))
+    (folder / "added_tokens.json").write_text(json.dumps({"<sep>": n}), encoding="utf-8")
+    theirs = transformers.AutoTokenizer.from_pretrained(str(folder))
+    assert n in theirs("a <sep> b", add_special_tokens=False)["input_ids"]  # an ordinary word to transformers
+    with pytest.raises(ValueError, match=r"added_tokens.json: added token '<sep>' is not marked special"):
+        hf.load_hf_tokenizer(str(folder))
+    # ... unless another file marks them special, as transformers' save_pretrained does
+    (folder / "special_tokens_map.json").write_text(json.dumps({"additional_special_tokens": ["<sep>"]}),
+                                                     encoding="utf-8")
+    assert hf.load_hf_tokenizer(str(folder)).special_tokens["<sep>"] == n
+    (folder / "added_tokens.json").unlink()
+    (folder / "special_tokens_map.json").unlink()
+
     saved = tmp_path / "saved"  # transformers' own tokenizer.json (no normalizer, no prefix space) loads
     transformers.GPT2Tokenizer.from_pretrained(str(trained_files)).save_pretrained(str(saved))
     for name in ("vocab.json", "merges.txt"):
