@@ -45,6 +45,7 @@ than only the filled ones, which keeps its shapes static at the price of some wa
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -160,7 +161,8 @@ def sample_next(logits, temperature: float, top_k: int, top_p: float, generator)
     """Pick the next token from last-position logits (B, V) -> tokens (B,), log-probs (B,).
 
     The log-prob is taken from `log_softmax(logits / temperature)` before filtering (see module docstring).
-    top_k >= 0 (0 = off) and top_p in (0, 1] (1 = off), else a ValueError (`check_sampling`).
+    top_k >= 0 (0 = off) and top_p in (0, 1] (1 = off), else a ValueError (`check_sampling`). top_k keeps
+    exactly k tokens per row (among tokens tied with the k-th, the ones `torch.topk` returns).
     """
     check_sampling(top_k, top_p)
     logits = upcast(logits)  # sample and take log-probs in at least float32
@@ -172,8 +174,9 @@ def sample_next(logits, temperature: float, top_k: int, top_p: float, generator)
     logp = F.log_softmax(scaled, dim=-1)  # (B, V)
     filtered = scaled
     if top_k and top_k < scaled.size(-1):
-        kth = torch.topk(scaled, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        filtered = filtered.masked_fill(filtered < kth, float("-inf"))
+        top = torch.topk(scaled, top_k, dim=-1).indices  # (B, k); among ties at the k-th, topk's pick
+        keep = torch.zeros_like(scaled, dtype=torch.bool).scatter(-1, top, True)  # (B, V): exactly k per row
+        filtered = filtered.masked_fill(~keep, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = torch.sort(filtered, dim=-1, descending=True)  # (B, V)
         probs = F.softmax(sorted_logits, dim=-1)
@@ -351,7 +354,20 @@ def _sample_loop(first_logits, next_logits, B: int, max_new_tokens: int, eos_id:
     return tokens, logps, alive_before
 
 
-def _prepare(model, prompts, pad_id: int, max_new_tokens: int):
+@contextmanager
+def eval_mode(model):
+    """`model.eval()` inside the block; the caller's train/eval mode comes back after it, also on an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _prepare(model, prompts, pad_id: int, max_new_tokens: int, top_k: int, top_p: float):
+    """Checked sampling settings, left-padded prompt ids and mask on the model's device, and the device."""
+    check_sampling(top_k, top_p)
     device = model.lm_head.weight.device
     prompt, prompt_mask = left_pad(prompts, pad_id, device) if isinstance(prompts, list) else prompts
     _check_lengths(model, prompt.size(1), max_new_tokens)
@@ -373,36 +389,34 @@ def generate(model, prompts, max_new_tokens: int, eos_id: int, pad_id: int, temp
       the same multiple of 64 replay it. Off by default: eager is the fast choice on CPU.
     """
     model = unwrap(model)
-    prompt, prompt_mask, device = _prepare(model, prompts, pad_id, max_new_tokens)
+    prompt, prompt_mask, device = _prepare(model, prompts, pad_id, max_new_tokens, top_k, top_p)
     B, P = prompt.shape
-    was_training = model.training
-    model.eval()
-    # the cache holds keys and values as the model computes them: in the autocast dtype under autocast
-    autocast_on = torch.is_autocast_enabled(device.type)
-    dtype = torch.get_autocast_dtype(device.type) if autocast_on else model.lm_head.weight.dtype
-    cache = _cache_for(model, B, P + max_new_tokens, dtype, keep=compile)
-    S = cache.max_len
-    key_mask = torch.ones(B, S, dtype=torch.bool, device=device)  # (B, S) every generated column is real
-    key_mask[:, :P] = prompt_mask.bool()
-    prefill_cache = model.new_kv_cache(B, P)
-    hidden = model.hidden_states(prompt, attention_mask=prompt_mask, kv_cache=prefill_cache)  # (B, P, C)
-    first_logits = model.lm_head(hidden[:, -1])  # (B, V): the last position only
-    cache.fill(prefill_cache)
-    del prefill_cache
-    step_fn = _compiled_decode_step(device) if compile else decode_step
-    position = prompt_mask.sum(1) - 1  # (B,) position id of each row's last prompt token
-    column = torch.full((1,), P - 1, dtype=torch.long, device=device)  # (1,) cache column of the last token
+    with eval_mode(model):
+        # the cache holds keys and values as the model computes them: in the autocast dtype under autocast
+        autocast_on = torch.is_autocast_enabled(device.type)
+        dtype = torch.get_autocast_dtype(device.type) if autocast_on else model.lm_head.weight.dtype
+        cache = _cache_for(model, B, P + max_new_tokens, dtype, keep=compile)
+        S = cache.max_len
+        key_mask = torch.ones(B, S, dtype=torch.bool, device=device)  # (B, S) every generated column is real
+        key_mask[:, :P] = prompt_mask.bool()
+        prefill_cache = model.new_kv_cache(B, P)
+        hidden = model.hidden_states(prompt, attention_mask=prompt_mask, kv_cache=prefill_cache)  # (B, P, C)
+        first_logits = model.lm_head(hidden[:, -1])  # (B, V): the last position only
+        cache.fill(prefill_cache)
+        del prefill_cache
+        step_fn = _compiled_decode_step(device) if compile else decode_step
+        position = prompt_mask.sum(1) - 1  # (B,) position id of each row's last prompt token
+        column = torch.full((1,), P - 1, dtype=torch.long, device=device)  # (1,) cache column of the last token
 
-    def next_logits(step, token):
-        nonlocal position, column
-        position, column = position + 1, column + 1
-        if compile and device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
-        return step_fn(model, cache.k, cache.v, cache.columns, key_mask, token, position, column)  # (B, V)
+        def next_logits(step, token):
+            nonlocal position, column
+            position, column = position + 1, column + 1
+            if compile and device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+            return step_fn(model, cache.k, cache.v, cache.columns, key_mask, token, position, column)  # (B, V)
 
-    lists = _sample_loop(first_logits, next_logits, B, max_new_tokens, eos_id, pad_id, temperature, top_k,
-                         top_p, generator, sync_every, device)
-    model.train(was_training)
+        lists = _sample_loop(first_logits, next_logits, B, max_new_tokens, eos_id, pad_id, temperature, top_k,
+                             top_p, generator, sync_every, device)
     return _finish(prompt, prompt_mask, *lists)
 
 
@@ -415,23 +429,21 @@ def generate_kv_reference(model, prompts, max_new_tokens: int, eos_id: int, pad_
     The reference for `decode_step`: same outputs as `generate`, token for token.
     """
     model = unwrap(model)
-    prompt, prompt_mask, device = _prepare(model, prompts, pad_id, max_new_tokens)
+    prompt, prompt_mask, device = _prepare(model, prompts, pad_id, max_new_tokens, top_k, top_p)
     B, P = prompt.shape
-    was_training = model.training
-    model.eval()
-    cache = model.new_kv_cache(B, P + max_new_tokens)
-    key_mask = torch.ones(B, P + max_new_tokens, dtype=torch.long, device=device)  # (B, P + N)
-    key_mask[:, :P] = prompt_mask
-    position = prompt_mask.sum(1, keepdim=True) - 1  # (B, 1) position id of each row's last prompt token
-    first_logits = model(prompt, attention_mask=key_mask, kv_cache=cache)[:, -1]  # prefill -> (B, V)
+    with eval_mode(model):
+        cache = model.new_kv_cache(B, P + max_new_tokens)
+        key_mask = torch.ones(B, P + max_new_tokens, dtype=torch.long, device=device)  # (B, P + N)
+        key_mask[:, :P] = prompt_mask
+        position = prompt_mask.sum(1, keepdim=True) - 1  # (B, 1) position id of each row's last prompt token
+        first_logits = model(prompt, attention_mask=key_mask, kv_cache=cache)[:, -1]  # prefill -> (B, V)
 
-    def next_logits(step, token):
-        return model(token[:, None], attention_mask=key_mask, position_ids=position + step + 1,
-                     kv_cache=cache)[:, -1]  # (B, V)
+        def next_logits(step, token):
+            return model(token[:, None], attention_mask=key_mask, position_ids=position + step + 1,
+                         kv_cache=cache)[:, -1]  # (B, V)
 
-    lists = _sample_loop(first_logits, next_logits, B, max_new_tokens, eos_id, pad_id, temperature, top_k,
-                         top_p, generator, sync_every, device)
-    model.train(was_training)
+        lists = _sample_loop(first_logits, next_logits, B, max_new_tokens, eos_id, pad_id, temperature, top_k,
+                             top_p, generator, sync_every, device)
     return _finish(prompt, prompt_mask, *lists)
 
 
@@ -439,26 +451,22 @@ def generate_kv_reference(model, prompts, max_new_tokens: int, eos_id: int, pad_
 def generate_naive(model, prompts, max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 1.0,
                    top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Generation:
     """The reference: recompute the full sequence every step, no cache. Same outputs as `generate`."""
-    device = model.lm_head.weight.device
-    prompt, prompt_mask = left_pad(prompts, pad_id, device) if isinstance(prompts, list) else prompts
+    prompt, prompt_mask, device = _prepare(model, prompts, pad_id, max_new_tokens, top_k, top_p)
     B, P = prompt.shape
-    _check_lengths(model, P, max_new_tokens)
-    was_training = model.training
-    model.eval()
-    seq, mask = prompt, prompt_mask
-    alive = torch.ones(B, dtype=torch.bool, device=device)
-    tokens, logps, alive_before = [], [], []
-    for _ in range(max_new_tokens):
-        logits = model(seq, attention_mask=mask)[:, -1]  # (B, V)
-        token, logp = sample_next(logits, temperature, top_k, top_p, generator)
-        token = torch.where(alive, token, torch.full_like(token, pad_id))
-        tokens.append(token)
-        logps.append(logp)
-        alive_before.append(alive)
-        alive = alive & (token != eos_id)
-        seq = torch.cat([seq, token[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(token)[:, None]], dim=1)
-        if not alive.any():
-            break
-    model.train(was_training)
+    with eval_mode(model):
+        seq, mask = prompt, prompt_mask
+        alive = torch.ones(B, dtype=torch.bool, device=device)
+        tokens, logps, alive_before = [], [], []
+        for _ in range(max_new_tokens):
+            logits = model(seq, attention_mask=mask)[:, -1]  # (B, V)
+            token, logp = sample_next(logits, temperature, top_k, top_p, generator)
+            token = torch.where(alive, token, torch.full_like(token, pad_id))
+            tokens.append(token)
+            logps.append(logp)
+            alive_before.append(alive)
+            alive = alive & (token != eos_id)
+            seq = torch.cat([seq, token[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(token)[:, None]], dim=1)
+            if not alive.any():
+                break
     return _finish(prompt, prompt_mask, tokens, logps, alive_before)

@@ -222,6 +222,11 @@ class GPT(nn.Module):
         total = kv_cache.max_len if kv_cache is not None else T
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds the context of {self.config.block_size}")
+        if kv_cache is not None and start + T > total:
+            raise ValueError(f"{start} cached + {T} new tokens exceed the KV cache's {total} columns")
+        if attention_mask is not None and attention_mask.shape != (B, total):
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)}: expected ({B}, {total}) "
+                             + ("(batch, the KV cache's max_len)" if kv_cache is not None else "(batch, tokens)"))
         if position_ids is None:
             if attention_mask is not None:
                 position_ids = (attention_mask[:, :start + T].long().cumsum(-1) - 1).clamp(min=0)[:, start:]

@@ -41,6 +41,8 @@ def run(cfg: SampleConfig) -> list[str]:
     if not cfg.checkpoint:
         raise ValueError("--checkpoint is required, e.g. --checkpoint=out/tiny/pretrain/model.pt")
     check_sampling(cfg.top_k, cfg.top_p)  # before the model is loaded: a bad filter fails at once
+    if cfg.max_new_tokens < 1:
+        raise ValueError(f"--max_new_tokens={cfg.max_new_tokens}: must be >= 1")
     device = resolve_device(cfg.device)
     model, _ = load_model(cfg.checkpoint, device)
     tok = tokenizer_for(cfg.checkpoint)

@@ -91,6 +91,9 @@ def test_sample_filter_out_of_range_is_a_clear_error(capsys):
     assert "top_p=0.0: expected a number in (0, 1]" in capsys.readouterr().err
     assert main(["sample", "--checkpoint=/nonexistent/minirlhf/model.pt", "--top_k=-3"]) == 1
     assert "top_k=-3: expected an integer >= 0" in capsys.readouterr().err
+    for n in (0, -1):  # not "the prompt fills the context"
+        assert main(["sample", "--checkpoint=/nonexistent/minirlhf/model.pt", f"--max_new_tokens={n}"]) == 1
+        assert f"--max_new_tokens={n}: must be >= 1" in capsys.readouterr().err
 
 
 def test_mistyped_bare_flag_is_an_unknown_option(capsys):

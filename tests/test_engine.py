@@ -122,6 +122,14 @@ def test_top_k_and_top_p_filtering():
     assert draws == {0, 1, 2}
 
 
+def test_top_k_keeps_exactly_k_tokens_when_logits_tie():
+    """Ties at the k-th logit (common with bf16 logits) still leave k tokens, not every tied one."""
+    gen = torch.Generator().manual_seed(0)
+    for logits, k in ((torch.tensor([[2.0, 1.0, 1.0, 1.0]]), 2), (torch.tensor([[1.0, 1.0, 1.0, 0.0]]), 1)):
+        draws = {int(sample_next(logits, 1.0, k, 1.0, gen)[0]) for _ in range(300)}
+        assert len(draws) == k, (logits.tolist(), k, draws)
+
+
 def test_bad_lengths_are_clear_errors():
     model = make_model()
     with pytest.raises(ValueError, match="exceeds the model's context"):
@@ -175,6 +183,13 @@ def test_filters_that_leave_no_token_are_clear_errors():
         generate(model, PROMPTS, 5, EOS, PAD, temperature=1.0, top_p=0.0, generator=gen)
     with pytest.raises(ValueError, match=r"top_k=-2"):
         generate_naive(model, PROMPTS, 5, EOS, PAD, temperature=1.0, top_k=-2, generator=gen)
+    # a failed call leaves a model that was training in training mode (dropout stays on for the caller)
+    model.train()
+    for generator_fn in (generate, generate_naive):
+        with pytest.raises(ValueError, match=r"top_p=0.0"):
+            generator_fn(model, PROMPTS, 5, EOS, PAD, temperature=1.0, top_p=0.0, generator=gen)
+        assert model.training, generator_fn.__name__
+    model.eval()
     # the edges of the ranges still sample: top_p = 1 and top_k = 0 are "off", a tiny top_p keeps the argmax
     assert int(sample_next(torch.tensor([[0.0, 3.0, 1.0]]), 1.0, 0, 1e-9, gen)[0]) == 1
     sample_next(logits, 1.0, 0, 1.0, gen)

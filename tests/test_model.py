@@ -115,6 +115,18 @@ def test_kv_cache_longer_than_the_context_is_a_clear_error():
         model.new_kv_cache(1, CFG.block_size + 1)
 
 
+def test_writing_past_the_kv_cache_or_a_mask_of_the_wrong_width_is_a_clear_error():
+    model = make_model()
+    cache = model.new_kv_cache(1, 8)
+    with pytest.raises(ValueError, match=r"^0 cached \+ 10 new tokens exceed the KV cache's 8 columns$"):
+        model(torch.zeros(1, 10, dtype=torch.long), kv_cache=cache)
+    cache = model.new_kv_cache(2, 8)
+    with pytest.raises(ValueError, match=r"attention_mask \(2, 5\): expected \(2, 8\) \(batch, the KV cache"):
+        model(torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 5), kv_cache=cache)
+    with pytest.raises(ValueError, match=r"attention_mask \(2, 4\): expected \(2, 5\) \(batch, tokens\)"):
+        model(torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 4))
+
+
 def test_tied_embeddings_and_param_count():
     model = make_model()
     assert model.lm_head.weight is model.transformer.wte.weight
