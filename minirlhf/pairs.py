@@ -12,7 +12,8 @@ InstructGPT's reward model was trained on comparisons of the SFT model's *own* s
 2022, §3.4): the RM must learn to rank what the policy actually produces, not only hand-written
 responses. So, top to bottom:
   1. sample `samples_per_prompt` responses per RL prompt from the SFT model (KV-cache engine);
-  2. pair distinct responses of the same prompt and label each pair with the world's annotators
+  2. pair distinct, finished responses of the same prompt (a sample cut off before `<|end|>` is left
+     out and counted: it would be trained with `<|end|>` appended) and label each pair with the world's annotators
      (`world.label_pair`: noisy, with a mild liking for longer and flattering answers) -- the same
      labelling code as the templated pairs;
   3. mix them with the world's templated pairs (controlled styles: ideal, verbose, wrong, rude, ...)
@@ -154,24 +155,37 @@ def pair_responses(responses: list[str], pairing: str) -> tuple[list[tuple[str, 
     raise ValueError(f"pair_responses: --pairing={pairing!r} is decided by the annotators (on_policy_records)")
 
 
+def is_unfinished(response: str) -> bool:
+    """No `<|end|>`: the sample was cut off at max_new_tokens. The annotators would judge the cut-off text
+    (the judge's no_eos term), but a stored reply is rendered with `<|end|>` appended, so its label and
+    gold scores would not describe the text trained on; such samples are left out of the pairs."""
+    from minirlhf.world.phrases import END
+
+    return END not in response
+
+
 def on_policy_records(prompt: str, responses: list[str], pairing: str, rng: random.Random) -> tuple[list[dict], dict]:
     """The labelled preference records from one prompt's K samples, and what was skipped.
 
-    disjoint / all: each pair of `pair_responses` labelled on its own (`world.label_pair`).
+    Unfinished samples (`is_unfinished`) are dropped first and counted; then
+    disjoint / all: each pair of `pair_responses` of the rest labelled on its own (`world.label_pair`).
     best_worst:     one record per prompt, the best against the worst of one annotator's ranking of the
                     distinct non-empty samples (`world.ranked_pair`); none when fewer than two are left
                     or the ranking does not separate its ends (counted as "unranked").
     """
     from minirlhf.world import label_pair, ranked_pair
 
+    finished = [r for r in responses if not is_unfinished(r)]
+    unfinished = len(responses) - len(finished)
     if pairing == "best_worst":
-        kept, identical, empty = distinct_responses(responses)
+        kept, identical, empty = distinct_responses(finished)
         record = ranked_pair(prompt, kept, rng) if len(kept) >= 2 else None
         records = [record] if record is not None else []
-        return records, {"identical": identical, "empty": empty, "unranked": int(record is None)}
-    pairs, identical, empty = pair_responses(responses, pairing)
+        return records, {"unfinished": unfinished, "identical": identical, "empty": empty,
+                         "unranked": int(record is None)}
+    pairs, identical, empty = pair_responses(finished, pairing)
     records = [label_pair(prompt, a, b, rng) for a, b in pairs]
-    return records, {"identical": identical, "empty": empty, "unranked": 0}
+    return records, {"unfinished": unfinished, "identical": identical, "empty": empty, "unranked": 0}
 
 
 def run(cfg: PairsConfig) -> dict:
@@ -181,7 +195,7 @@ def run(cfg: PairsConfig) -> dict:
     (--prompts, default the world's rl_prompts.jsonl: `n_prompts` of them drawn with `seed`) and the templated pairs
     (--templated, default the world's prefs.jsonl). Writes prefs.jsonl (on-policy and templated rows shuffled together,
     each with its `source`), config.json and summary.json under out/<preset>/pairs/ (or --run_name) and returns the summary: pair
-    counts, the identical, empty and unranked responses skipped, the annotators' agreement with gold and the mean gold
+    counts, the unfinished (no `<|end|>`), identical, empty and unranked responses skipped, the annotators' agreement with gold and the mean gold
     on the on-policy pairs, `seconds`. prefs.jsonl made from the same config and inputs is reused (--force rebuilds).
     ValueError for a bad --pairing, --n_prompts < 0, --samples_per_prompt < 2, or a config that gives no pairs.
     """
@@ -217,7 +231,7 @@ def run(cfg: PairsConfig) -> dict:
                                  cfg.temperature, cfg.seed)
 
     rng = random.Random(cfg.seed)
-    on_policy, skipped = [], {"identical": 0, "empty": 0, "unranked": 0}
+    on_policy, skipped = [], {"unfinished": 0, "identical": 0, "empty": 0, "unranked": 0}
     for prompt, resps in zip(prompts, responses):
         records, counts = on_policy_records(prompt, resps, cfg.pairing, rng)
         on_policy += [{**r, "source": "on_policy"} for r in records]
@@ -230,7 +244,7 @@ def run(cfg: PairsConfig) -> dict:
 
     stats = agreement_stats(on_policy) if on_policy else {}
     summary = {"stage": STAGE, "key": key, "on_policy_pairs": len(on_policy), "templated_pairs": len(templated),
-               "identical_skipped": skipped["identical"], "empty_skipped": skipped["empty"],
+               "unfinished_skipped": skipped["unfinished"], "identical_skipped": skipped["identical"], "empty_skipped": skipped["empty"],
                "unranked_skipped": skipped["unranked"], "on_policy_agreement": stats.get("agreement"),
                "on_policy_gold_mean": round(sum(r["gold_chosen"] + r["gold_rejected"] for r in on_policy)
                                             / max(1, 2 * len(on_policy)), 4),

@@ -357,13 +357,29 @@ def test_on_policy_records_best_worst():
     prompt = "What is the capital of France?"
     paris, berlin = "It is Paris." + END, "The capital of France is Berlin." + END
     records, counts = on_policy_records(prompt, [paris, paris, END, berlin], "best_worst", Draws([0.5]))
-    assert counts == {"identical": 1, "empty": 1, "unranked": 0}
+    assert counts == {"unfinished": 0, "identical": 1, "empty": 1, "unranked": 0}
     assert [(r["chosen"], r["rejected"]) for r in records] == [(paris[: -len(END)], berlin[: -len(END)])]
     records, counts = on_policy_records(prompt, [paris, paris, END], "best_worst", Draws([]))
-    assert records == [] and counts == {"identical": 1, "empty": 1, "unranked": 1}
+    assert records == [] and counts == {"unfinished": 0, "identical": 1, "empty": 1, "unranked": 1}
     # the fixed pairings label each pair on its own: (paris, paris) is identical, (END, berlin) has an empty side
     records, counts = on_policy_records(prompt, [paris, paris, END, berlin], "disjoint", Draws([]))
-    assert records == [] and counts == {"identical": 1, "empty": 1, "unranked": 0}
+    assert records == [] and counts == {"unfinished": 0, "identical": 1, "empty": 1, "unranked": 0}
+
+
+@pytest.mark.parametrize("pairing", ["disjoint", "all", "best_worst"])
+def test_unfinished_samples_are_left_out_of_on_policy_pairs_and_counted(pairing):
+    """A sample cut off before `<|end|>` would be stored without it and rendered with it for training, so
+    its label and gold would not describe the trained text: it is dropped before pairing."""
+    from minirlhf.pairs import on_policy_records
+
+    prompt = "What is the capital of France?"
+    paris, berlin = "It is Paris." + END, "The capital of France is Berlin." + END
+    cut = "The capital of France is Paris and it is a"  # no <|end|>
+    records, counts = on_policy_records(prompt, [cut, paris, berlin, cut + " city"], pairing,
+                                        random.Random(0))
+    assert counts["unfinished"] == 2
+    assert records and all({r["chosen"], r["rejected"]} == {paris[: -len(END)], berlin[: -len(END)]}
+                           for r in records)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
