@@ -20,7 +20,8 @@ how far it may go:
              2023, eq. 3); DPO's Figure 2 (left) draws exactly this plane for PPO and DPO;
   GRPO       beta, the weight of the k3 KL term in its loss (Shao et al. 2024, eq. 3);
   best-of-n  n samples from SFT, keep the reward model's favourite: no training at all, and an analytic
-             KL = log n - (n - 1)/n (Stiennon et al. 2020; Gao et al. 2022) -- a strong training-free
+             KL <= log n - (n - 1)/n (Stiennon et al. 2020; Gao et al. 2022; an upper bound, Beirami et al.
+             2024, reached when repeated samples are negligible) -- a strong training-free
              reference: at equal KL it is usually *more* reward-efficient than RL (Gao et al. 2022, §3),
              and RL's case is inference cost (one sample per query instead of n);
   SFT at T   the SFT model itself sampled at a temperature T < 1: no training and no reward model, only
@@ -91,7 +92,7 @@ for p in sorted(points, key=lambda p: ("sft", "bon", "temp", "ppo", "dpo", "grpo
     length = f"{p['length']:.1f}" if p.get("length") is not None else "-"
     print(f"{LABELS.get(p['method'], 'SFT'):<22}{p['knob']:>7g}{p['kl']:>8.3f}{p['gold']:>+8.3f}{gain:>+8.3f}"
           f"{per_nat:>9}{p['proxy']:>+8.3f}{length:>8}")
-print("KL: nats per response to the SFT model (best-of-n: the analytic log n - (n-1)/n); gain: gold minus SFT's gold;\n"
+print("KL: nats per response to the SFT model (best-of-n: the analytic upper bound log n - (n-1)/n); gain: gold minus SFT's gold;\n"
       "gain/KL: gold bought per nat of drift; proxy: the reward model's score (what PPO, GRPO and best-of-n optimise).")
 
 # %% 3. Which method dominates at which KL

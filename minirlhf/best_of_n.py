@@ -18,7 +18,7 @@ out/<preset>/best_of_n/summary.json:
                 maximises score - penalty: the two differ by the penalty times the share of chosen
                 responses without <|end|>)
   gold_oracle   mean gold reward of the best response by the gold judge itself (the ceiling of selection)
-  kl_analytic   log n - (n - 1) / n nats
+  kl_analytic   log n - (n - 1) / n nats: an upper bound on the KL to the sampling policy (below)
 
 and `rm_pairwise_gold_accuracy`: over every pair of one prompt's N samples with different gold scores,
 how often the reward model orders them as the gold judge does (0.5 = chance; selection can only gain
@@ -30,7 +30,9 @@ Overoptimization") to put best-of-n on the reward-vs-KL plane next to RL; Rafail
 best-of-N sampling as the baseline DPO should match. It is exact only when the n samples are all
 different; with repeated responses (a peaked policy, short answers) the true KL is smaller, so read it as
 an upper bound (Beirami et al. 2024, "Theoretical guarantees on the best-of-n alignment policy",
-Theorem 3.1). It is in nats per response, the unit of PPO's `kl_k1`.
+Theorem 3.1). It is in nats per response, the unit of PPO's `kl_k1`, and it is the KL to the policy
+sampled: with `--temperature` T != 1 that is the SFT model at T, not the SFT model itself (the reference
+of every other method's KL), so the frontier runs best-of-n at T = 1.
 
 samples.jsonl holds every sampled response with its proxy (reward-model score, no penalty) and gold
 scores, in pool order.
@@ -209,5 +211,8 @@ def run(cfg: BestOfNConfig) -> dict:
         print(f"{r['n']:>4} {r['gold']:>8.3f} {r['proxy']:>8.3f} {r['gold_oracle']:>8.3f} {r['kl_analytic']:>7.3f}")
     print(f"[best-of-n] the reward model orders {summary['rm_pairwise_gold_accuracy']:.3f} of the {pairs} pairs of "
           f"samples with different gold scores as the gold judge does (0.5 = chance)")
+    if cfg.temperature != 1:
+        print(f"[best-of-n] note: KL is to the SFT model sampled at T = {cfg.temperature:g}, not to the SFT model "
+              "itself, so these rows are not on the frontier's axis (which runs best-of-n at T = 1)")
     print(f"[best-of-n] {summary['seconds']:.0f} s; table in {out}/summary.json")
     return summary

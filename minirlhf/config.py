@@ -281,7 +281,7 @@ class EvalConfig:
     reward_model: str = ""  # reward model.pt for the proxy reward; "" = out/<preset>/reward/model.pt if it exists
     temperature: float = 1.0  # sampling temperature (1 = the policy itself); KL is of the policy as sampled
     max_new_tokens: int = 48  # response budget in tokens
-    n_train: int = 120  # training-split prompts evaluated besides the held-out ones
+    n_train: int = 120  # RL prompts evaluated besides eval_prompts.jsonl (whose third are training-split too)
     seed: int = 0  # sampling seed: same seed, same numbers
     seeds: str = ""  # comma-separated seeds, e.g. 1,2,3,4,5: evaluate once per seed, report mean and std (replaces --seed)
     device: str = "auto"  # "auto", "cpu", "cuda"

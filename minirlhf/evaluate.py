@@ -14,13 +14,14 @@ the prompts are the same for every sampling seed):
 | metric                  | meaning                                                                         |
 |-------------------------|---------------------------------------------------------------------------------|
 | gold                    | mean gold-judge score on held-out prompts (held-out entities and unsafe topics) |
-| gold_train              | the same on a fixed sample of training-split prompts                            |
+| gold_train              | the same on the training-split prompts (eval_prompts.jsonl's, and a fixed       |
+|                         | sample of `n_train` RL prompts)                                                 |
 | gold_all                | the same over every prompt evaluated                                            |
 | proxy                   | mean reward-model score (normalised scale) on held-out prompts (if an RM is given)|
 | kl_k1, kl_k3            | mean over ALL samples (held-out and training-split prompts) of the summed       |
 |                         | per-token KL estimators to the reference (the policy as sampled, at             |
-|                         | `temperature`, against the reference at 1; a greedy policy, temperature 0, is   |
-|                         | measured with its untempered distribution, at 1)                                |
+|                         | `temperature`, against the reference at 1); greedy, temperature 0, samples a    |
+|                         | point mass, whose KL is exactly -log pi_ref(response): both columns report that |
 | kl_k1_heldout,          | the same means over the held-out prompts only (the prompts of `gold`)           |
 | kl_k3_heldout           |                                                                                 |
 | fact_acc_train/_heldout | share of fact questions answered correctly (answer present, nothing wrong)      |
@@ -148,8 +149,10 @@ def forum_prompt_rows(world_dir: str, samples_per_prompt: int = 1) -> list[dict]
 
 
 def eval_prompt_rows(world_dir: str, n_train: int = 120, seed: int = 0) -> list[dict]:
-    """Held-out prompts (eval_prompts.jsonl) plus a fixed sample of training-split RL prompts (drawn with
-    `seed`; `evaluate_policy` keeps the default, so the prompts do not change with the sampling seed).
+    """eval_prompts.jsonl (two thirds held-out prompts, split "eval", one third training-split prompts, split
+    "train") plus `n_train` of the RL prompts (split "train"), drawn with `seed`; `evaluate_policy` keeps the
+    default seed, so the prompts do not change with the sampling seed. On tiny: 168 held-out prompts and
+    122 + n_train training-split ones.
 
     Each row: prompt, category, topic, split ("eval" or "train"), and for unsafe prompts whether the
     topic was seen in SFT ("sft") or not ("heldout").
@@ -196,7 +199,10 @@ def evaluate_policy(policy, tok, world_dir: str, reference=None, reward_model=No
 
     The prompts go in batches of `batch_size`, batch b sampled with a generator seeded by (seed, b). Under
     torchrun every rank must call this: rank r samples and judges batches r, r + N, ...; the samples are
-    all-gathered, so every rank returns the same metrics and samples as one process would.
+    all-gathered, so every rank returns the same metrics and samples as one process would. A batch's
+    response budget is min(max_new_tokens, block_size - its longest prompt), so a short prompt batched with
+    one near the context limit gets fewer tokens (never on tiny and larger, whose prompts leave room for 48
+    new tokens; on micro's 64-token context it can happen).
 
     reference: the model KL is measured against (None: KL is not reported); reward_model: a ScalarModel
     for the proxy reward; judge_fn(prompt, response) -> float replaces the gold judge (bring your own);
@@ -222,11 +228,14 @@ def evaluate_policy(policy, tok, world_dir: str, reference=None, reward_model=No
         mask = g.response_mask.float()  # (B, N)
         extra: dict[str, list] = {}
         if reference is not None:
-            T = temperature if temperature > 0 else 1.0  # greedy: the policy's untempered distribution
-            logp = response_logprobs(policy, g.tokens, g.attention_mask, P, T)  # (B, N), as sampled
-            ref_logp = response_logprobs(reference, g.tokens, g.attention_mask, P)
-            extra["kl_k1"] = ops.masked_sum(ops.kl_k1(logp, ref_logp), mask, dim=1).tolist()
-            extra["kl_k3"] = ops.masked_sum(ops.kl_k3(logp, ref_logp), mask, dim=1).tolist()
+            ref_logp = response_logprobs(reference, g.tokens, g.attention_mask, P)  # (B, N)
+            if temperature > 0:
+                logp = response_logprobs(policy, g.tokens, g.attention_mask, P, temperature)  # (B, N), as sampled
+                extra["kl_k1"] = ops.masked_sum(ops.kl_k1(logp, ref_logp), mask, dim=1).tolist()
+                extra["kl_k3"] = ops.masked_sum(ops.kl_k3(logp, ref_logp), mask, dim=1).tolist()
+            else:  # greedy: a point mass on its response y, whose KL to the reference is exactly -log pi_ref(y)
+                exact = ops.masked_sum(-ref_logp, mask, dim=1).tolist()  # (B,)
+                extra["kl_k1"], extra["kl_k3"] = exact, exact
         if reward_model is not None:
             extra["proxy"] = reward_model.score(g.tokens, g.attention_mask).float().tolist()
         ended = g.ended(tok.end_id).tolist()

@@ -15,13 +15,15 @@ over-optimisation plots. Methods and what is swept:
     ppo   PPO against the reward model with a FIXED kl_coef in r - kl_coef * KL   (--ppo_kl_coefs)
     dpo   DPO on the preference pairs, temperature beta                         (--dpo_betas)
     grpo  GRPO against the reward model, k3 penalty weight beta (0 allowed)     (--grpo_betas)
-    bon   best-of-n by the reward model, KL = log n - (n - 1) / n              (--bon_ns)
+    bon   best-of-n by the reward model, KL <= log n - (n - 1) / n (an upper    (--bon_ns)
+          bound, reached when repeated samples are negligible: `best_of_n`)
     temp  the SFT model itself sampled at temperature T < 1: no training and no reward model at all,
           only a sharper distribution (--temperatures); the baseline that says how much of a gain
           is plain entropy reduction (most answers the SFT model gives most often are right)
 Every trained (or tempered) policy is measured by the same `evaluate_policy` call (same prompts, same
 seed, the SFT model as reference, the reward model for the proxy column), so the points are comparable;
-best-of-n takes its gold and proxy from its own stage on the same held-out prompts and the analytic KL.
+best-of-n takes its gold and proxy from its own stage on the same held-out prompts and the analytic KL
+(an upper bound: its points may lie further left than drawn).
 
 Writes out/<preset>/frontier/frontier.json (one row per point: method, knob, kl, gold, proxy, and length:
 the mean response length in tokens on the same held-out prompts, None for best-of-n)
@@ -199,7 +201,7 @@ def plot_frontier(points: list[dict], preset: str, png: str, caption: str = "") 
         trained = [p for p in pts if p["method"] == method]
         ax2.plot([p["proxy"] for p in trained], [p["gold"] for p in trained], "o", color=line.get_color(),
                  label=LABELS[method])
-    ax.set_xlabel("KL to the SFT model (nats per response, held-out prompts; best-of-n: analytic)")
+    ax.set_xlabel("KL to the SFT model (nats per response, held-out prompts; best-of-n: analytic upper bound)")
     ax.set_ylabel("gold reward (held-out prompts)")
     ax.set_title("Reward vs KL frontier")
     ax.legend(fontsize=8)

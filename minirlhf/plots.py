@@ -26,11 +26,15 @@ def loss_curve(metrics_path: str, out_png: str, title: str = "Loss", ylabel: str
                baseline: tuple[float, str] | None = None) -> str:
     """Training loss per logged step, with validation loss where it was measured.
 
+    The train line is the same quantity as the validation line: SFT with a pretraining mix logs
+    loss = sft_loss + ptx_coef * ptx_loss, so its `sft_loss` is drawn when the rows have one.
     baseline: (value, label) drawn as a dashed line, e.g. the unigram entropy of the tokens.
     """
     rows = read_metrics(metrics_path)
+    key = "sft_loss" if rows and all("sft_loss" in r for r in rows) else "loss"
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train", lw=1)
+    ax.plot([r["step"] for r in rows], [r[key] for r in rows], label="train" if key == "loss" else "train (SFT loss)",
+            lw=1)
     val = [r for r in rows if "val_loss" in r]
     if val:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")

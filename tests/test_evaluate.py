@@ -160,15 +160,28 @@ def test_sampling_seed_does_not_change_the_prompts(world):
         assert [s["prompt"] for s in samples] == fixed, seed
 
 
-def test_greedy_kl_is_finite_and_zero_against_itself(world):
-    """temperature 0 (greedy) measures the policy with its untempered distribution: no division by zero."""
+def test_greedy_kl_is_the_exact_kl_of_a_point_mass(world):
+    """temperature 0 (greedy) samples one response y per prompt with probability 1, so its KL to the
+    reference is exactly -log pi_ref(y) -- not 0 even against the model it came from."""
     world_dir, tok, model = world
-    same, _ = evaluate_policy(model, tok, world_dir, reference=model, temperature=0.0, max_new_tokens=8, n_train=10)
-    assert abs(same["kl_k1"]) < 1e-6 and abs(same["kl_k3"]) < 1e-6
+    same, samples = evaluate_policy(model, tok, world_dir, reference=model, temperature=0.0, max_new_tokens=8,
+                                    n_train=10)
+    assert same["kl_k1"] == same["kl_k3"] > 0.1
+    # by hand: the reference's log-prob of each greedy response, token by token (one prompt at a time)
+    s = samples[0]
+    prompt = render_prompt(tok, s["prompt"])
+    g = generate(model, [prompt], 8, tok.end_id, tok.pad_id, temperature=0.0)  # the same greedy response
+    response = [t for t, m in zip(g.response[0].tolist(), g.response_mask[0].tolist()) if m]
+    assert tok.decode(response) == s["response"]
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logp = F.log_softmax(model(ids)[0].double(), -1)  # (T, V)
+    by_hand = -sum(logp[len(prompt) - 1 + t, tok_id].item() for t, tok_id in enumerate(response))
+    assert s["kl_k1"] == pytest.approx(by_hand, rel=1e-4) and s["kl_k3"] == s["kl_k1"]
     torch.manual_seed(1)
     other = GPT(model.config)
     diff, _ = evaluate_policy(other, tok, world_dir, reference=model, temperature=0.0, max_new_tokens=8, n_train=10)
-    assert math.isfinite(diff["kl_k1"]) and math.isfinite(diff["kl_k3"]) and diff["kl_k3"] > 0.01
+    assert math.isfinite(diff["kl_k1"]) and diff["kl_k1"] > 0.01
 
 
 def test_forum_eval_runs_on_a_base_model(world):
