@@ -465,7 +465,54 @@ def fill_from_preset(cfg):
         value = getattr(cfg, f.name)
         if f.name in values and not isinstance(value, bool) and value == f.default:
             setattr(cfg, f.name, type(value)(values[f.name]))
+    check_ranges(cfg)
     return cfg
+
+
+# The ranges `check_ranges` enforces once the preset has filled its fields (so 0 / -1 "from preset" is gone).
+_AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "eval_interval", "log_interval", "eval_batches",
+                 "n_layer", "n_head", "n_embd", "block_size", "iterations", "minibatch_size", "ppo_epochs",
+                 "max_new_tokens", "num_samples", "kl_horizon", "prompts_per_iteration", "task_eval_samples")
+_NOT_NEGATIVE = ("warmup_steps", "stop_after", "max_minutes", "rollout_shards", "ptx_batch_size", "grad_clip",
+                 "weight_decay", "n_train", "cliprange_value", "vf_coef", "margin_coef", "center_coef",
+                 "length_head_coef", "rpo_alpha", "samples_per_eval", "calibration_prompts", "missing_eos_penalty",
+                 "kto_desirable_weight", "kto_undesirable_weight", "orpo_lambda", "simpo_gamma", "top_k")
+_POSITIVE = ("lr", "tau", "simpo_beta")  # DPOConfig's beta too (GRPO's beta may be 0)
+_UNIT = {"dropout": (0.0, 1.0, "[0, 1)"), "val_fraction": (0.0, 1.0, "(0, 1)"), "beta1": (0.0, 1.0, "[0, 1)"),
+         "beta2": (0.0, 1.0, "[0, 1)"), "label_smoothing": (0.0, 0.5, "[0, 0.5)"),
+         "min_lr_ratio": (0.0, 1.0, "[0, 1]"), "lam": (0.0, 1.0, "[0, 1]"), "gamma": (0.0, 1.0, "[0, 1]")}
+
+
+def check_ranges(cfg) -> None:
+    """ConfigError naming the first option outside its range, before a stage reads or writes anything:
+    counts and intervals >= 1, rates and weights >= 0 (learning rates and DPO's beta > 0), shares and
+    probabilities in their interval, n_embd divisible by n_head, --dtype one of auto / float32 / bfloat16.
+    Checked by `fill_from_preset`, i.e. after the preset has replaced its "from preset" defaults."""
+    names = {f.name for f in fields(cfg)}
+
+    def bad(name, rule):
+        raise ConfigError(f"--{name}={getattr(cfg, name)}: must be {rule}")
+
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if name in _AT_LEAST_ONE and value < 1:
+            bad(name, ">= 1")
+        if name in _NOT_NEGATIVE and not value >= 0:
+            bad(name, ">= 0")
+        if (name in _POSITIVE or (name == "beta" and isinstance(cfg, DPOConfig))) and not value > 0:
+            bad(name, "> 0")
+        if name in _UNIT:
+            low, high, text = _UNIT[name]
+            closed_low, closed_high = text[0] == "[", text[-1] == "]"
+            if not ((value >= low if closed_low else value > low) and (value <= high if closed_high else value < high)):
+                bad(name, f"in {text}")
+    if {"n_embd", "n_head"} <= names and cfg.n_head >= 1 and cfg.n_embd % cfg.n_head:
+        raise ConfigError(f"--n_embd={cfg.n_embd} is not divisible by --n_head={cfg.n_head} (each head has "
+                          "n_embd / n_head channels)")
+    if "dtype" in names and cfg.dtype not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"--dtype={cfg.dtype!r}: expected auto, float32 or bfloat16")
 
 
 def _parse_value(key: str, raw: str, typ: str):
@@ -569,6 +616,6 @@ def stage_dir(cfg, stage: str) -> str:
 
 __all__ = [
     "PRESETS", "ModelConfig", "WorldConfig", "PretrainConfig", "SFTConfig", "RewardConfig", "TrainConfig", "SampleConfig", "PipelineConfig", "EvalConfig", "ImportHFConfig", "ExportHFConfig", "PairsConfig", "PPOConfig", "DPOConfig", "GRPOConfig", "BestOfNConfig", "FrontierConfig", "ConfigError", "make_config",
-    "apply_overrides", "fill_from_preset", "model_config_from", "save_config", "stage_dir",
+    "apply_overrides", "check_ranges", "fill_from_preset", "model_config_from", "save_config", "stage_dir",
     "default_preset", "field",
 ]

@@ -129,3 +129,36 @@ def test_other_ranks_leave_a_command_that_is_not_data_parallel_without_a_collect
     assert main(["sft"]) == 0 and len(ran) == 1 and waits == ["barrier"]  # data-parallel: every rank runs it
     monkeypatch.setattr(dist, "is_main", lambda: True)  # rank 0
     assert main(["sample"]) == 0 and len(ran) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain", "--max_steps=-3"], "--max_steps=-3: must be >= 1"),
+    (["sft", "--eval_interval=0"], "--eval_interval=0: must be >= 1"),
+    (["sft", "--log_interval=0"], "--log_interval=0: must be >= 1"),
+    (["pretrain", "--n_layer=-1"], "--n_layer=-1: must be >= 1"),
+    (["pretrain", "--n_head=3"], "--n_embd=64 is not divisible by --n_head=3"),
+    (["sft", "--batch_size=-4"], "--batch_size=-4: must be >= 1"),
+    (["pretrain", "--block_size=-5"], "--block_size=-5: must be >= 1"),
+    (["sft", "--lr=-1"], "--lr=-1.0: must be > 0"),
+    (["dpo", "--beta=-1"], "--beta=-1.0: must be > 0"),
+    (["pretrain", "--val_fraction=1.5"], "--val_fraction=1.5: must be in (0, 1)"),
+    (["pretrain", "--dropout=1"], "--dropout=1.0: must be in [0, 1)"),
+    (["ppo", "--lam=1.5"], "--lam=1.5: must be in [0, 1]"),
+    (["pretrain", "--dtype=fp8"], "--dtype='fp8': expected auto, float32 or bfloat16"),
+])
+def test_options_out_of_range_fail_before_the_stage_touches_anything(argv, message, capsys, tmp_path):
+    """A nonsense value is a one-line error naming the option (exit 2), before any file is read or written
+    (pretrain --max_steps=-3 used to overwrite a good model with an untrained one and call it finished)."""
+    out = tmp_path / "out"
+    assert main(argv + ["--preset=micro", f"--out_dir={out}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_range_checks_keep_the_settings_that_are_zero_on_purpose():
+    """GRPO's beta 0 (no KL term), grad_clip 0 (off) and a preset's own values all pass."""
+    from minirlhf.config import GRPOConfig, check_ranges
+
+    cfg = make_config(GRPOConfig, "micro", {"beta": 0.0, "grad_clip": 0.0, "rollout_shards": 0})
+    check_ranges(cfg)
+    assert cfg.beta == 0.0
