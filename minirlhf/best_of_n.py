@@ -57,12 +57,13 @@ import torch
 
 from minirlhf import checkpoint as ck
 from minirlhf.chat import render_prompt
-from minirlhf.common import Stopwatch, config_key, file_digest, resolve_device, reusable, setup_torch, write_json
-from minirlhf.config import BestOfNConfig, fill_from_preset, save_config, stage_dir
+from minirlhf.common import (Stopwatch, begin_writing, config_key, file_digest, resolve_device, reusable, setup_torch,
+                             write_json)
+from minirlhf.config import BestOfNConfig, fill_from_preset, stage_dir
 from minirlhf.engine import generate
 from minirlhf.grpo import decode_responses
 from minirlhf.reward import pairwise_gold_accuracy
-from minirlhf.sft import stage_file, stage_tokenizer, world_file
+from minirlhf.sft import stage_file, tokenizer_of, world_file
 
 STAGE = "best_of_n"
 
@@ -182,12 +183,12 @@ def run(cfg: BestOfNConfig) -> dict:
     device = resolve_device(cfg.device)
     setup_torch(device)
     watch = Stopwatch()
-    tok = stage_tokenizer(init, out)
+    tok = tokenizer_of(init)
     policy, _ = ck.load_model(init, device)
     rm, _ = ck.load_scalar_model(rm_path, device)
     policy.eval()
     rm.eval()
-    save_config(cfg, os.path.join(out, "config.json"))
+    begin_writing(out, cfg, tokenizer_from=init)  # inputs read and checked: only now is `out` touched
 
     rows = [r for r in eval_prompt_rows(os.path.dirname(prompts_path)) if r["split"] == "eval"]
     N = ns[-1]

@@ -157,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                 run(cfg)
         # else: not data-parallel, and not rank 0: return now. Waiting for rank 0 in a collective would
         # fail after MINIRLHF_DIST_TIMEOUT seconds, and end the whole job, if its command runs longer.
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # Errors we raise on bad input already say where and what: print them without a traceback.
+    except (ValueError, OSError, RuntimeError) as e:
+        # Errors we raise on bad input already say where and what, and so does an OSError (a missing file,
+        # a folder given for a file, no permission): print them without a traceback.
         print(f"minirlhf {name}: error{dist.where()}: {e}{dist.collective_error_hint(e)}", file=sys.stderr)
         dist.abort(1)  # distributed: end this process now, which ends the job (no hang in a collective)
         return 1

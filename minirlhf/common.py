@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 
 import torch
@@ -155,6 +156,8 @@ def read_json(path: str):
 
 def file_digest(path: str) -> str:
     """sha256 of a file's bytes (first 16 hex digits): the identity of an input artifact."""
+    if os.path.isdir(path):  # a folder given for a file, e.g. --init=out/tiny/pretrain
+        raise IsADirectoryError(f"{path} is a folder where a file was expected (e.g. {os.path.join(path, 'model.pt')})")
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -203,28 +206,51 @@ def check_resume(ckpt_path: str, recorded: dict | None, cfg, inputs: dict[str, s
 
 def reusable(stage_dir: str, key: str, force: bool, artifact: str = "model.pt", resume: bool = False) -> dict | None:
     """The stage's summary if its artifacts were made from the same key (and not --force or --resume, and the
-    run was not cut short by --max_minutes), else None.
+    run was not cut short by --max_minutes), else None: the caller is about to (re)build the stage.
 
-    None means the caller is about to (re)build the stage, so the old summary.json is removed here first
-    (by rank 0, which alone writes artifacts): a run stopped half-way (a new `artifact` already written, its
-    summary not yet) then leaves no summary, and a later run of the old config cannot take the new artifact
-    for its own. Every rank gets the same answer whether or not rank 0 has removed the file yet.
-    With `resume` nothing is removed: the run continues its own checkpoint (`check_resume` makes sure of
-    that), so a summary there is its own, and a resume that fails (no checkpoint) loses nothing."""
-    from minirlhf import distributed as dist
-
+    Nothing is removed here: the stage first reads and checks every input, and only then calls
+    `begin_writing`, which removes the old summary. A run refused for bad data or a bad option leaves the
+    folder as it was."""
     if resume:
         return None
     path = os.path.join(stage_dir, "summary.json")
     summary = None
     if not force and os.path.exists(path) and os.path.exists(os.path.join(stage_dir, artifact)):
-        with contextlib.suppress(FileNotFoundError):  # rank 0 may have just removed it
+        with contextlib.suppress(FileNotFoundError):  # rank 0 may be removing it (`begin_writing`)
             summary = read_json(path)
     if summary is not None and summary.get("key") == key and not summary.get("stopped_early"):
         return summary  # (a run cut short by --max_minutes is kept, but not reused as finished)
-    if dist.is_main() and os.path.exists(path):
-        os.remove(path)
     return None
+
+
+def begin_writing(stage_dir: str, cfg, tokenizer_from: str | None = None) -> None:
+    """Called by a stage once it has read and checked every input, just before it writes a new run into
+    `stage_dir` (rank 0 alone writes; the other ranks return at once).
+
+    Removes the old summary.json first, so that a run stopped half-way (a new model.pt written, its summary
+    not yet) leaves no summary a later run of the old config could take for its own; then copies in the
+    tokenizer.json that sits next to the checkpoint `tokenizer_from` and writes config.json. With --resume
+    nothing already there is touched: the summary, config.json and tokenizer.json are the resumed run's own
+    (`check_resume` requires its settings and inputs), and a refused resume must lose nothing."""
+    from minirlhf import distributed as dist
+    from minirlhf.config import save_config
+
+    if not dist.is_main():
+        return
+    resume = getattr(cfg, "resume", False)
+    summary = os.path.join(stage_dir, "summary.json")
+    if not resume and os.path.exists(summary):
+        os.remove(summary)
+    tokenizer, config = os.path.join(stage_dir, "tokenizer.json"), os.path.join(stage_dir, "config.json")
+    if tokenizer_from and not (resume and os.path.exists(tokenizer)):
+        shutil.copyfile(tokenizer_file(tokenizer_from), tokenizer)
+    if not (resume and os.path.exists(config)):
+        save_config(cfg, config)
+
+
+def tokenizer_file(checkpoint: str) -> str:
+    """The tokenizer.json next to a checkpoint (every stage folder holds its model's tokenizer)."""
+    return os.path.join(os.path.dirname(checkpoint), "tokenizer.json")
 
 
 class Stopwatch:

@@ -371,11 +371,12 @@ def read_corpus(path: str | os.PathLike) -> list[str]:
     return documents
 
 
-def read_sft(path: str | os.PathLike) -> list[Messages]:
+def read_sft(path: str | os.PathLike, with_lines: bool = False):
     """SFT conversations as message lists: optional system first, then user/assistant alternating,
-    ending with the assistant. Extra keys on a line are allowed and ignored."""
+    ending with the assistant. Extra keys on a line are allowed and ignored. with_lines=True returns
+    (conversations, their 1-based line numbers in the file), for messages that name the line."""
     name = os.fspath(path)
-    conversations = []
+    conversations, lines = [], []
     for n, obj in read_jsonl(path):
         where = f"{name}:{n}"
         if "messages" in obj:
@@ -396,7 +397,8 @@ def read_sft(path: str | os.PathLike) -> list[Messages]:
                                f"(keys present: {present})")
         _check_turns(messages, names, where, last="assistant")
         conversations.append(messages)
-    return conversations
+        lines.append(n)
+    return (conversations, lines) if with_lines else conversations
 
 
 def _sft_part(obj: dict, key: str, role: str, where: str) -> tuple[Messages, list[str]]:

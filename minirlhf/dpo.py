@@ -63,13 +63,13 @@ from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf import losses as L
 from minirlhf.chat import render_reply
-from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_adamw, resolve_device, reusable,
-                             setup_torch, write_json)
-from minirlhf.config import DPOConfig, fill_from_preset, save_config, stage_dir
+from minirlhf.common import (Stopwatch, autocast, begin_writing, config_key, file_digest, make_adamw, resolve_device,
+                             reusable, setup_torch, write_json)
+from minirlhf.config import DPOConfig, fill_from_preset, stage_dir
 from minirlhf.data import DataError, read_kto, read_preferences_with_report
 from minirlhf.ops import logprobs_from_logits, masked_sum
 from minirlhf.reward import load_pairs, row_where
-from minirlhf.sft import batch_indices, stage_file, stage_tokenizer, world_eval, world_file
+from minirlhf.sft import batch_indices, stage_file, tokenizer_of, world_eval, world_file
 from minirlhf.train_loop import micro_batch_size, train_loop
 
 STAGE = "dpo"
@@ -273,11 +273,14 @@ def run(cfg: DPOConfig) -> dict:
     watch = Stopwatch()
     init = cfg.init or stage_file(cfg, "pretrain" if cfg.loss == "orpo" else "sft", "model.pt")
     ref_path = cfg.reference or stage_file(cfg, "sft", "model.pt")
-    prefs = cfg.prefs or stage_file(cfg, "pairs", "prefs.jsonl")
     eval_prefs = cfg.eval_prefs or world_file(cfg, "prefs_eval.jsonl", "--eval_prefs")
-    sources = [("init", init), ("ref", ref_path), ("prefs", prefs), ("eval", eval_prefs)]
-    if cfg.loss == "kto" and cfg.kto_data:
+    sources = [("init", init), ("ref", ref_path), ("eval", eval_prefs)]
+    if cfg.loss == "kto" and cfg.kto_data:  # KTO on its own data: the pairs file is neither read nor needed
+        prefs = ""
         sources.append(("kto", cfg.kto_data))
+    else:
+        prefs = cfg.prefs or stage_file(cfg, "pairs", "prefs.jsonl")
+        sources.append(("prefs", prefs))
     inputs = {n: file_digest(p) for n, p in sources}
     key = config_key(cfg, inputs)
     if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
@@ -285,15 +288,14 @@ def run(cfg: DPOConfig) -> dict:
         return summary
 
     # 1. data
-    tok = stage_tokenizer(ref_path, out)
+    tok = tokenizer_of(ref_path)
     max_len = ck.load_checkpoint(init)["model_config"]["block_size"] + 1  # the forward pass reads ids[:, :-1]
     if cfg.loss == "kto":
         train, val, skipped = load_kto(tok, cfg, prefs, eval_prefs, max_len)
     else:
         train, val, skipped = load_pairs(tok, prefs, eval_prefs, max_len, cfg.truncate, cfg.loss)
     keys = KTO_KEYS if cfg.loss == "kto" else PAIR_KEYS
-    if dist.is_main():
-        save_config(cfg, os.path.join(out, "config.json"))
+    begin_writing(out, cfg, tokenizer_from=ref_path)  # inputs read and checked: only now is `out` touched
 
     # 2. reference log-probs, precomputed once (or computed on the fly with --precompute_ref=false)
     ref_train = ref_val = ref_model = None

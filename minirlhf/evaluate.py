@@ -389,8 +389,15 @@ def run(cfg) -> dict:
         raise ValueError("--checkpoint is required, e.g. --checkpoint=out/tiny/sft/model.pt")
     judge_fn = load_judge(cfg.gold_judge)  # before any model is loaded: a bad spec fails at once
     seeds = parse_seeds(cfg.seeds) if cfg.seeds else [cfg.seed]
+    output = cfg.output or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "eval.json")
+    if os.path.isdir(output):  # found now, not after the whole evaluation
+        raise ValueError(f"--output={output} is a folder; give a file name, e.g. {os.path.join(output, 'eval.json')}")
     device = resolve_device(cfg.device)
     base = os.path.join(cfg.out_dir, cfg.preset)
+    world_dir = os.path.join(base, "world")
+    if not os.path.exists(os.path.join(world_dir, "eval_prompts.jsonl")):
+        raise FileNotFoundError(f"no evaluation prompts in {world_dir}: is --preset={cfg.preset} the checkpoint's "
+                                f"preset? (else build them: minirlhf world --preset {cfg.preset})")
     policy, _ = load_model(cfg.checkpoint, device)
     tok = tokenizer_for(cfg.checkpoint)
     ref_path = cfg.reference or os.path.join(base, "sft", "model.pt")
@@ -401,7 +408,7 @@ def run(cfg) -> dict:
     ppl_dir = pretrain_dir if os.path.exists(os.path.join(pretrain_dir, "val.bin")) else None
     per_seed, samples = {}, []
     for i, seed in enumerate(seeds):  # perplexity uses fixed windows, not the sampling seed: measured once
-        per_seed[seed], seed_samples = evaluate_policy(policy, tok, os.path.join(base, "world"), reference,
+        per_seed[seed], seed_samples = evaluate_policy(policy, tok, world_dir, reference,
                                                        reward_model, ppl_dir if i == 0 else None, cfg.temperature,
                                                        cfg.max_new_tokens, seed, cfg.n_train, judge_fn=judge_fn)
         samples += seed_samples
@@ -422,7 +429,6 @@ def run(cfg) -> dict:
     print("\nmean gold per prompt category (samples of all seeds pooled)")
     print("\n".join(f"  {k:<30}{v['gold']:>8.3f}{v['samples']:>6}" for k, v in by_category.items()))
     result["gold_by_category"] = by_category
-    output = cfg.output or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "eval.json")
     write_json(output, {**result, "metrics": metrics})
     print(f"metrics written to {output}")
     return metrics

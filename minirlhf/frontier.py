@@ -111,7 +111,7 @@ def run(cfg: FrontierConfig) -> dict:
     from minirlhf.dpo import run as dpo
     from minirlhf.grpo import run as grpo
     from minirlhf.ppo import run as ppo
-    from minirlhf.sft import stage_file, stage_tokenizer
+    from minirlhf.sft import stage_file, tokenizer_of
 
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -125,7 +125,7 @@ def run(cfg: FrontierConfig) -> dict:
     out = stage_dir(cfg, "frontier")
     sft_path = stage_file(cfg, "sft", "model.pt")
     rm_path = stage_file(cfg, "reward", "model.pt")
-    tok = stage_tokenizer(sft_path, out)
+    tok = tokenizer_of(sft_path)
     device = resolve_device(cfg.device)
     sft, _ = load_model(sft_path, device)  # every measured policy is loaded on this device too (`measure`)
     reward_model, _ = load_scalar_model(rm_path, device)

@@ -114,14 +114,14 @@ from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf import ops, rl
 from minirlhf.chat import render_prompt
-from minirlhf.common import MetricsLog, Stopwatch, autocast, check_finite, config_key, file_digest, make_adamw, \
+from minirlhf.common import MetricsLog, Stopwatch, autocast, begin_writing, check_finite, config_key, file_digest, make_adamw, \
     resolve_device, reusable, setup_torch, write_json
-from minirlhf.config import GRPOConfig, fill_from_preset, save_config, stage_dir
+from minirlhf.config import GRPOConfig, fill_from_preset, stage_dir
 from minirlhf.data import prompt_text, read_prompts
 from minirlhf.engine import generate_sharded, response_logprobs
 from minirlhf.losses import grpo_loss
 from minirlhf.ppo import resume_rl, save_rl_checkpoint
-from minirlhf.sft import stage_file, stage_tokenizer, world_eval, world_file
+from minirlhf.sft import stage_file, tokenizer_of, world_eval, world_file
 
 STAGE = "grpo"
 REWARDS = ("rm", "gold")
@@ -465,7 +465,7 @@ def run(cfg: GRPOConfig) -> dict:
     if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
         dist.print0(f"[grpo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
-    tok = stage_tokenizer(init, out)
+    tok = tokenizer_of(init)
     torch.manual_seed(cfg.seed)
     policy, _ = ck.load_model(init, device)  # dropout off in every RL stage
     ref, _ = ck.load_model(init, device)
@@ -495,8 +495,7 @@ def run(cfg: GRPOConfig) -> dict:
     def evaluate_fn(model):
         return world_eval(model, tok, cfg, out, reference=ref, reward_model=reward_model)
 
-    if dist.is_main():
-        save_config(cfg, os.path.join(out, "config.json"))
+    begin_writing(out, cfg, tokenizer_from=init)  # inputs read and checked: only now is `out` touched
     world_dir = os.path.join(cfg.out_dir, cfg.preset, "world")
     category = cfg.prompts if cfg.prompts in CATEGORIES else ""
     have_world = os.path.exists(os.path.join(world_dir, "eval_prompts.jsonl"))

@@ -78,8 +78,8 @@ import torch
 
 from minirlhf import checkpoint as ck
 from minirlhf.chat import render_prompt
-from minirlhf.common import Stopwatch, config_key, file_digest, resolve_device, reusable, write_json
-from minirlhf.config import PairsConfig, fill_from_preset, save_config, stage_dir
+from minirlhf.common import Stopwatch, begin_writing, config_key, file_digest, resolve_device, reusable, write_json
+from minirlhf.config import PairsConfig, fill_from_preset, stage_dir
 from minirlhf.data import read_jsonl, read_prompts, write_jsonl
 from minirlhf.engine import generate
 from minirlhf.sft import stage_file, world_file
@@ -239,8 +239,8 @@ def run(cfg: PairsConfig) -> dict:
     templated = [{**obj, "source": "templated"} for _, obj in read_jsonl(templated_path)] if cfg.mix_templated else []
     rows = on_policy + templated
     rng.shuffle(rows)
+    begin_writing(out, cfg)  # the old summary goes before the new prefs.jsonl is written
     write_jsonl(os.path.join(out, "prefs.jsonl"), rows)
-    save_config(cfg, os.path.join(out, "config.json"))
 
     stats = agreement_stats(on_policy) if on_policy else {}
     summary = {"stage": STAGE, "key": key, "on_policy_pairs": len(on_policy), "templated_pairs": len(templated),

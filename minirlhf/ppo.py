@@ -107,15 +107,15 @@ from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf import ops, rl
 from minirlhf.chat import render_prompt
-from minirlhf.common import MetricsLog, Stopwatch, autocast, check_finite, check_resume, config_key, file_digest, \
+from minirlhf.common import MetricsLog, Stopwatch, autocast, begin_writing, check_finite, check_resume, config_key, file_digest, \
     make_adamw, resolve_device, reusable, rows_up_to, run_record, setup_torch, write_json
-from minirlhf.config import PPOConfig, fill_from_preset, save_config, stage_dir
+from minirlhf.config import PPOConfig, fill_from_preset, stage_dir
 from minirlhf.data import prompt_text, read_jsonl, read_prompts
 from minirlhf.engine import generate_sharded, response_logprobs
 from minirlhf.losses import ppo_policy_loss, ppo_value_loss
 from minirlhf.model import ScalarHead
 from minirlhf.pretrain import get_batch, lm_loss, load_tokens
-from minirlhf.sft import stage_file, stage_tokenizer, world_eval, world_file
+from minirlhf.sft import stage_file, tokenizer_of, world_eval, world_file
 
 STAGE = "ppo"
 
@@ -434,7 +434,7 @@ def run(cfg: PPOConfig) -> dict:
     if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
         dist.print0(f"[ppo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
-    tok = stage_tokenizer(init, out)
+    tok = tokenizer_of(init)
     torch.manual_seed(cfg.seed)
     policy, _ = ck.load_model(init, device)  # dropout off in every RL stage
     ref, _ = ck.load_model(init, device)
@@ -464,8 +464,8 @@ def run(cfg: PPOConfig) -> dict:
     score_fn = reward_model.score if cfg.reward == "rm" else gold_score_fn(
         prompts, [prompt_text(p) for p, _ in rows], tok, load_judge(cfg.gold_judge) or judge)
     samples_path = os.path.join(out, "eval_samples.jsonl")
+    begin_writing(out, cfg, tokenizer_from=init)  # inputs read and checked: only now is `out` touched
     if dist.is_main():
-        save_config(cfg, os.path.join(out, "config.json"))
         if not cfg.resume and os.path.exists(samples_path):
             os.remove(samples_path)  # a previous run's samples
     dist.print0(f"[ppo] {len(prompts)} prompts, reward {cfg.reward}, {cfg.iterations} iterations x {cfg.batch_size} "

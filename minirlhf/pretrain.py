@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
-from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_adamw, resolve_device, reusable,
-                             setup_torch, write_json)
+from minirlhf.common import (Stopwatch, autocast, begin_writing, config_key, file_digest, make_adamw, resolve_device,
+                             reusable, setup_torch, write_json)
 from minirlhf.config import PretrainConfig, WorldConfig, model_config_from, save_config, stage_dir
 from minirlhf.data import read_corpus
 from minirlhf.model import GPT
@@ -208,6 +208,7 @@ def run(cfg: PretrainConfig) -> dict:
     train_docs, val_docs, val_copies = split_documents(docs, cfg.val_fraction, cfg.seed)
 
     # 2-3. tokenizer and token files (rank 0 writes them; the other ranks read them after the barrier)
+    begin_writing(out, cfg)  # options and corpus checked: only now is `out` touched (the old summary goes)
     if dist.is_main():
         tok, tok_path = ensure_tokenizer(cfg, train_docs, digest)
         shutil.copyfile(tok_path, os.path.join(out, "tokenizer.json"))
@@ -224,7 +225,7 @@ def run(cfg: PretrainConfig) -> dict:
             raise ValueError(f"{cpath}: the {name} split has {len(data)} tokens, fewer than one window of "
                              f"block_size+1 = {cfg.block_size + 1}; use a larger corpus or a smaller --block_size")
     entropy = unigram_entropy(train_data, tok.n_vocab)
-    if dist.is_main():
+    if dist.is_main() and not cfg.resume:  # again, now with the tokenizer's vocab_size (a resume keeps its own)
         save_config(cfg, os.path.join(out, "config.json"))
 
     # 4. model and optimiser

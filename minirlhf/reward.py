@@ -45,16 +45,16 @@ import torch
 from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf.chat import render_conversation, render_prompt, render_reply
-from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_adamw, resolve_device, reusable,
-                             setup_torch, write_json)
-from minirlhf.config import RewardConfig, fill_from_preset, save_config, stage_dir
+from minirlhf.common import (Stopwatch, autocast, begin_writing, config_key, file_digest, make_adamw, resolve_device,
+                             reusable, setup_torch, write_json)
+from minirlhf.config import RewardConfig, fill_from_preset, stage_dir
 from minirlhf.data import DataError, read_jsonl, read_preferences_with_report, read_prompts
 from minirlhf.engine import generate
 from minirlhf.evaluate import eval_prompt_rows
 from minirlhf.losses import bradley_terry_loss, length_disentangle_loss
 from minirlhf.model import ScalarHead, ScalarModel, at_last_token
 from minirlhf.ops import pearson_correlation
-from minirlhf.sft import batch_indices, stage_file, stage_tokenizer, world_file
+from minirlhf.sft import batch_indices, stage_file, tokenizer_of, world_file
 from minirlhf.tokenizer import END, Tokenizer
 from minirlhf.train_loop import micro_batch_size, train_loop
 
@@ -452,7 +452,7 @@ def run(cfg: RewardConfig) -> dict:
         return summary
 
     # 1. data
-    tok = stage_tokenizer(init, out)
+    tok = tokenizer_of(init)
     policy, _ = ck.load_model(init, device)  # the SFT model: trunk init, and the calibration policy
     max_len = policy.config.block_size
     train, val, skipped = load_pairs(tok, prefs, eval_prefs, max_len, cfg.truncate, STAGE)
@@ -471,8 +471,7 @@ def run(cfg: RewardConfig) -> dict:
                          f"(--calibration_prompts={cfg.calibration_prompts}) leave room for --max_new_tokens="
                          f"{cfg.max_new_tokens} in the context ({max_len}); normalising the reward model needs "
                          f"at least 2: raise --calibration_prompts, lower --max_new_tokens or use shorter prompts")
-    if dist.is_main():
-        save_config(cfg, os.path.join(out, "config.json"))
+    begin_writing(out, cfg, tokenizer_from=init)  # inputs read and checked: only now is `out` touched
 
     # 2. model: SFT trunk + a fresh scalar head
     torch.manual_seed(cfg.seed)

@@ -33,16 +33,15 @@ per-document attention masks); batches are drawn from a fresh seeded permutation
 from __future__ import annotations
 
 import os
-import shutil
 
 import torch
 
 from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf.chat import render_conversation
-from minirlhf.common import (Stopwatch, autocast, config_key, file_digest, make_adamw, resolve_device, reusable,
-                             setup_torch, write_json)
-from minirlhf.config import SFTConfig, fill_from_preset, save_config, stage_dir
+from minirlhf.common import (Stopwatch, autocast, begin_writing, config_key, file_digest, make_adamw, resolve_device,
+                             reusable, setup_torch, tokenizer_file, write_json)
+from minirlhf.config import SFTConfig, fill_from_preset, stage_dir
 from minirlhf.data import read_sft
 from minirlhf.losses import sft_loss
 from minirlhf.pretrain import get_batch, lm_loss, load_tokens
@@ -71,32 +70,33 @@ def stage_file(cfg, stage: str, name: str) -> str:
     return path
 
 
-def stage_tokenizer(checkpoint: str, out: str) -> Tokenizer:
-    """Load the tokenizer.json that sits next to `checkpoint` and copy it into the stage folder `out`."""
-    src = os.path.join(os.path.dirname(checkpoint), "tokenizer.json")
-    tok = Tokenizer.load(src)
-    if dist.is_main():  # rank 0 alone writes artifacts
-        shutil.copyfile(src, os.path.join(out, "tokenizer.json"))
-    return tok
 
 
-def encode_conversations(tok: Tokenizer, conversations: list, max_len: int, truncate: bool, source: str):
+def tokenizer_of(checkpoint: str) -> Tokenizer:
+    """The tokenizer.json that sits next to `checkpoint` (`begin_writing` copies it into a stage's folder)."""
+    return Tokenizer.load(tokenizer_file(checkpoint))
+
+
+def encode_conversations(tok: Tokenizer, conversations: list, max_len: int, truncate: bool, source: str,
+                         lines: list[int] | None = None):
     """Render conversations to (ids, loss_mask) lists of at most `max_len` tokens.
 
-    A longer conversation is an error naming its record, unless `truncate` (then it is cut on the right
-    and counted). Returns (examples, number truncated).
+    A longer conversation is an error naming its line of `source` (`lines`, from `read_sft(...,
+    with_lines=True)`; else its record number), unless `truncate` (then it is cut on the right and counted).
+    Returns (examples, number truncated).
     """
     examples, n_truncated = [], 0
     for i, messages in enumerate(conversations):
+        where = f"{source}:{lines[i]}:" if lines else f"{source}: record {i + 1}"
         ids, mask = render_conversation(tok, messages)
         if len(ids) > max_len:
             if not truncate:
-                raise ValueError(f"{source}: record {i + 1} renders to {len(ids)} tokens, more than the context "
+                raise ValueError(f"{where} renders to {len(ids)} tokens, more than the context "
                                  f"allows ({max_len}); shorten it or pass --truncate=true")
             ids, mask = ids[:max_len], mask[:max_len]
             n_truncated += 1
         if sum(mask[1:]) == 0:  # nothing left to learn from (only possible after truncation)
-            raise ValueError(f"{source}: record {i + 1} has no assistant tokens inside the context")
+            raise ValueError(f"{where} has no assistant tokens inside the context")
         examples.append((ids, mask))
     return examples, n_truncated
 
@@ -231,17 +231,18 @@ def run(cfg: SFTConfig) -> dict:
         return summary
 
     # 1. data
-    tok = stage_tokenizer(init, out)
+    tok = tokenizer_of(init)
     model, init_ckpt = ck.load_model(init, device, dropout=cfg.dropout)
     if cfg.init_chat_embeddings and init_ckpt.get("stage") == "pretrain":
         init_chat_embeddings(model, tok)
     max_len = model.config.block_size + 1  # inputs are ids[:-1]
-    train, n_trunc = encode_conversations(tok, read_sft(data), max_len, cfg.truncate, data)
-    val, n_trunc_val = encode_conversations(tok, read_sft(eval_data), max_len, cfg.truncate, eval_data)
+    conversations, lines = read_sft(data, with_lines=True)
+    train, n_trunc = encode_conversations(tok, conversations, max_len, cfg.truncate, data, lines)
+    conversations, lines = read_sft(eval_data, with_lines=True)
+    val, n_trunc_val = encode_conversations(tok, conversations, max_len, cfg.truncate, eval_data, lines)
     if n_trunc or n_trunc_val:
         dist.print0(f"[sft] truncated {n_trunc} training and {n_trunc_val} validation conversations to {max_len} tokens")
-    if dist.is_main():
-        save_config(cfg, os.path.join(out, "config.json"))
+    begin_writing(out, cfg, tokenizer_from=init)  # inputs read and checked: only now is `out` touched
     dist.print0(f"[sft] {len(train)} demonstrations ({len(val)} held out), init {init}, device {device}")
 
     # 2-3. train

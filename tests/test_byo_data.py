@@ -226,3 +226,36 @@ def test_bad_seeds_are_a_clear_error(judged, capsys, seeds):
                  f"--seeds={seeds}"]) == 1
     err = capsys.readouterr().err
     assert f"--seeds={seeds!r}" in err
+
+
+def test_eval_paths_are_checked_before_the_evaluation(judged, tmp_path, capsys):
+    """An --output that is a folder, and a --preset whose world is not built, fail at once with a one-line
+    message (not an IsADirectoryError after the whole evaluation, nor a bare missing summary.json)."""
+    common = ["eval", f"--checkpoint={judged['checkpoint']}", f"--out_dir={judged['wout']}", "--device=cpu"]
+    capsys.readouterr()
+    assert main([*common, "--preset=micro", f"--output={tmp_path}"]) == 1
+    assert f"--output={tmp_path} is a folder; give a file name" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # no stray eval.json.tmp
+    assert main([*common, "--preset=tiny"]) == 1
+    assert "is --preset=tiny the checkpoint's preset?" in capsys.readouterr().err
+
+
+def test_a_folder_given_for_a_file_is_a_one_line_error(files, capsys):
+    """`--init=out/micro/pretrain` (the folder, not its model.pt) is a plausible slip: exit 1, no traceback."""
+    capsys.readouterr()
+    folder = os.path.dirname(files["base"])
+    assert main(["sft", *FAST, f"--out_dir={files['out']}", f"--init={folder}", f"--sft-data={files['sft']}",
+                 f"--eval_data={files['sft_eval']}", "--max_steps=1"]) == 1
+    err = capsys.readouterr().err
+    assert f"{folder} is a folder where a file was expected" in err and "Traceback" not in err
+
+
+def test_kto_on_its_own_data_needs_no_pairs_file(files, tmp_path):
+    """--loss=kto --kto_data=FILE reads only FILE (and the validation pairs): no pairs stage needed."""
+    kto = write_jsonl(tmp_path / "kto.jsonl", [{"prompt": q, "completion": a, "label": True} for q, a in QA]
+                      + [{"prompt": q, "completion": "No.", "label": False} for q, _ in QA])
+    out = str(tmp_path / "out")
+    assert not os.path.exists(os.path.join(out, "micro", "pairs", "prefs.jsonl"))
+    assert main(["dpo", *FAST, f"--out_dir={out}", "--loss=kto", f"--kto_data={kto}", f"--init={files['base']}",
+                 f"--reference={files['base']}", f"--eval_prefs={files['prefs']}", "--max_steps=1",
+                 "--batch_size=4"]) == 0

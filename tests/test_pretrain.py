@@ -290,16 +290,32 @@ def test_a_run_stopped_after_writing_model_pt_is_not_reused_by_the_old_config(tm
     assert again["steps"] == 5 and load_checkpoint(model_pt)["step"] == 5
 
 
-def test_reusable_removes_the_summary_it_rejects(tmp_path):
-    from minirlhf.common import reusable, write_json
+def test_reusable_only_reads_and_begin_writing_removes_the_old_summary(tmp_path):
+    """`reusable` decides without touching the folder (a run refused later for bad data loses nothing);
+    `begin_writing`, once the inputs are checked, removes the old summary, copies the tokenizer in and
+    writes config.json; with --resume it leaves whatever is there."""
+    from minirlhf.common import begin_writing, reusable, write_json
+    from minirlhf.config import SFTConfig, make_config
 
     (tmp_path / "model.pt").write_bytes(b"")
     write_json(str(tmp_path / "summary.json"), {"key": "a", "x": 1})
     assert reusable(str(tmp_path), "a", force=False) == {"key": "a", "x": 1}
-    assert (tmp_path / "summary.json").exists()
-    assert reusable(str(tmp_path), "a", force=True) is None and not (tmp_path / "summary.json").exists()
-    write_json(str(tmp_path / "summary.json"), {"key": "a"})
-    assert reusable(str(tmp_path), "b", force=False) is None and not (tmp_path / "summary.json").exists()
+    assert reusable(str(tmp_path), "a", force=True) is None and reusable(str(tmp_path), "b", force=False) is None
+    assert reusable(str(tmp_path), "a", force=False, resume=True) is None
+    assert (tmp_path / "summary.json").exists()  # still there: nothing is removed by deciding
+    src = tmp_path / "init"
+    src.mkdir()
+    (src / "tokenizer.json").write_text("new tokenizer")
+    (tmp_path / "tokenizer.json").write_text("old tokenizer")
+    (tmp_path / "config.json").write_text("old config")
+    resumed = make_config(SFTConfig, "micro", {"resume": True, "lr": 2e-3})
+    begin_writing(str(tmp_path), resumed, tokenizer_from=str(src / "model.pt"))
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "config.json").read_text() == "old config"
+    assert (tmp_path / "tokenizer.json").read_text() == "old tokenizer"
+    fresh = make_config(SFTConfig, "micro", {"lr": 2e-3})
+    begin_writing(str(tmp_path), fresh, tokenizer_from=str(src / "model.pt"))
+    assert not (tmp_path / "summary.json").exists() and (tmp_path / "tokenizer.json").read_text() == "new tokenizer"
+    assert json.loads((tmp_path / "config.json").read_text())["lr"] == 2e-3
 
 
 def test_tokenizer_key_names_kind_seed_and_val_fraction(tmp_path, monkeypatch):

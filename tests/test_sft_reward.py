@@ -90,8 +90,14 @@ def test_sft_overlong_conversation_is_an_error_or_truncated(base, tmp_path):
     long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "hi", "completion": "word " * 200}])
     over = dict(preset="micro", out_dir=str(tmp_path / "o"), init=base["init"], data=long, eval_data=long,
                 max_steps=1, progress=False)
-    with pytest.raises(ValueError, match=r"long.jsonl: record 1 renders to \d+ tokens"):
+    with pytest.raises(ValueError, match=r"long.jsonl:1: renders to \d+ tokens"):
         sft.run(make_config(SFTConfig, overrides=over))
+    # named by its line in the file, blank lines counted (the README promises file:line)
+    spaced = tmp_path / "spaced.jsonl"
+    spaced.write_text(json.dumps({"prompt": "hi", "completion": "ok"}) + "\n\n\n"
+                      + json.dumps({"prompt": "hi", "completion": "word " * 200}) + "\n")
+    with pytest.raises(ValueError, match=r"spaced.jsonl:4: renders to \d+ tokens"):
+        sft.run(make_config(SFTConfig, overrides={**over, "data": str(spaced)}))
     summary = sft.run(make_config(SFTConfig, overrides={**over, "truncate": True}))
     assert summary["truncated"] == 2  # the training and validation copies
 
@@ -470,3 +476,22 @@ def test_reward_stage_checks_the_calibration_prompts_before_training(base, tmp_p
                                                    f"--max_new_tokens={new_tokens}")):
         reward.run(make_config(RewardConfig, overrides=over))
     assert not os.path.exists(os.path.join(str(tmp_path / "out"), "micro", "reward", "metrics.jsonl"))  # no training
+
+
+def test_a_refused_run_leaves_the_finished_stage_folder_as_it_was(base, tmp_path):
+    """Bad data, or a --resume with other settings, is refused before anything in the folder changes: the
+    summary (so the next plain run still reuses the model), config.json and tokenizer.json stay."""
+    over = dict(preset="micro", out_dir=str(tmp_path / "o"), init=base["init"], data=base["sft"],
+                eval_data=base["sft"], max_steps=2, eval_interval=2, progress=False)
+    sft.run(make_config(SFTConfig, overrides=over))
+    folder = tmp_path / "o" / "micro" / "sft"
+    before = {name: (folder / name).read_bytes() for name in ("summary.json", "config.json", "tokenizer.json",
+                                                              "model.pt")}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "completion": "ok"}\n{"prompt": \n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        sft.run(make_config(SFTConfig, overrides={**over, "data": str(bad)}))
+    with pytest.raises(ValueError, match=r"--resume: .* other settings"):
+        sft.run(make_config(SFTConfig, overrides={**over, "resume": True, "lr": 2e-3}))
+    assert {name: (folder / name).read_bytes() for name in before} == before
+    assert sft.run(make_config(SFTConfig, overrides=over))["key"] == json.loads(before["summary.json"])["key"]
