@@ -15,7 +15,9 @@ them. Besides facts the corpus has:
 
 There are no chat tokens anywhere: the chat format appears only in SFT data. A wrong fact is only ever
 said in hedged forum speech ("I think it is Berlin."), never in a cloze form, so the cloze prompts
-have one continuation in the whole corpus.
+have one continuation in the whole corpus. (Known flaws of this world version, see facts.py on why they
+wait: a "wrong" hedged arithmetic answer clipped at 0 can be the right one, "5 minus 5" answered "0", and
+a wrong animal answer with nothing to draw falls back to "I think it is no idea.".)
 
     from minirlhf.world import build_world
     from minirlhf.world.corpus import make_corpus, extract_forum_answer

@@ -32,6 +32,11 @@ SFT model answers 0.31 of the held-out sums with a twin in training correctly an
 GRPO on the gold judge raises the first to 0.53 and leaves the second at 0.15 (8 samples per prompt,
 temperature 1). Splitting on the unordered operand pair fixes it but changes every data set of the
 world, so it waits for the next world version, with every reported number measured again.
+
+A second flaw waits with it: a held-out animal can still be named in training data as another animal's
+food or in a joke, e.g. with tiny seed 7 (rabbit and cow held out) sft.jsonl holds "Eagles eat rabbits."
+and the cow joke. It happens for 4 of the seeds 1-39 on tiny and 11 on small; not for the default seed
+1337 on tiny, whose held-out animals appear in no SFT, preference or RL data.
 """
 
 from __future__ import annotations

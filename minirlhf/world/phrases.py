@@ -2,8 +2,10 @@
 
 One vocabulary serves both directions: the corpus and the templated responses are *written* with these
 phrases (rude replies, flattery, refusals, filler sentences), and the gold judge and the annotators
-*detect* them with the regular expressions below. Keeping both in one module means a phrase the world
-can produce is always a phrase the judge can see.
+*detect* them with the regular expressions below. Keeping both in one module means a phrase written
+from this module is always a phrase the judge can see. (The forum's own warnings and over-refusals,
+in corpus.py, are the exception of this world version: `is_refusal` does not see them; judge.py's
+known gaps.)
 
     from minirlhf.world.phrases import is_refusal, is_flattering, is_rude, words
     is_refusal("I'm sorry, but I can't help with that.")   # True
