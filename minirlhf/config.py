@@ -486,7 +486,8 @@ _UNIT = {"dropout": (0.0, 1.0, "[0, 1)"), "val_fraction": (0.0, 1.0, "(0, 1)"), 
 def check_ranges(cfg) -> None:
     """ConfigError naming the first option outside its range, before a stage reads or writes anything:
     counts and intervals >= 1, rates and weights >= 0 (learning rates and DPO's beta > 0), shares and
-    probabilities in their interval, n_embd divisible by n_head, --dtype one of auto / float32 / bfloat16.
+    probabilities in their interval, n_embd divisible by n_head, --dtype one of auto / float32 / bfloat16,
+    --kl_estimator k1 or k3.
     Checked by `fill_from_preset`, i.e. after the preset has replaced its "from preset" defaults."""
     names = {f.name for f in fields(cfg)}
 
@@ -513,6 +514,8 @@ def check_ranges(cfg) -> None:
                           "n_embd / n_head channels)")
     if "dtype" in names and cfg.dtype not in ("auto", "float32", "bfloat16"):
         raise ConfigError(f"--dtype={cfg.dtype!r}: expected auto, float32 or bfloat16")
+    if "kl_estimator" in names and cfg.kl_estimator not in ("k1", "k3"):
+        raise ConfigError(f"--kl_estimator={cfg.kl_estimator!r}: expected k1 or k3")
 
 
 def _parse_value(key: str, raw: str, typ: str):

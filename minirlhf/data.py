@@ -514,8 +514,17 @@ def read_kto(path: str | os.PathLike, *, tokenizer: Encoder | None = None,
 
 
 def prompt_text(prompt) -> str:
-    """A prompt as the judge reads it: the string itself, or a message list's last user turn."""
+    """A prompt as the world's judge reads it: the string itself, or a message list's last user turn."""
     return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+def judge_prompt(prompt):
+    """A prompt as a user's `--gold-judge` receives it (`evaluate.load_judge`): a string stays a string, a
+    single user turn becomes its string, and a longer conversation (a system turn, earlier turns) stays the
+    message list, so the judge sees what the policy saw."""
+    if isinstance(prompt, str):
+        return prompt
+    return prompt[0]["content"] if len(prompt) == 1 and prompt[0]["role"] == "user" else prompt
 
 
 def read_prompts(path: str | os.PathLike, *, tokenizer: Encoder | None = None,

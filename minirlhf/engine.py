@@ -219,7 +219,8 @@ def response_logprobs(model, tokens, attention_mask, prompt_len: int, temperatur
     """Per-token log-probs of the response part of `tokens` under `model`: (B, P + N) -> (B, N).
 
     `sequence_logprobs` from the prompt length on. With the rollout's temperature this reproduces
-    `Generation.logprobs` exactly (up to float rounding on the fused path).
+    `Generation.logprobs` to float rounding (about 1e-6 in float32: the cached decode and this full forward
+    run different attention kernels), which is why PPO and GRPO recompute pi_old rather than reuse them.
     """
     return sequence_logprobs(model, tokens, attention_mask, prompt_len, temperature, return_entropy, fused)
 

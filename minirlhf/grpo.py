@@ -117,7 +117,7 @@ from minirlhf.chat import render_prompt
 from minirlhf.common import MetricsLog, Stopwatch, autocast, begin_writing, check_finite, config_key, file_digest, make_adamw, \
     resolve_device, reusable, setup_torch, write_json
 from minirlhf.config import GRPOConfig, fill_from_preset, stage_dir
-from minirlhf.data import prompt_text, read_prompts
+from minirlhf.data import judge_prompt, prompt_text, read_prompts
 from minirlhf.engine import generate_sharded, response_logprobs
 from minirlhf.losses import grpo_loss
 from minirlhf.ppo import resume_rl, save_rl_checkpoint
@@ -487,7 +487,9 @@ def run(cfg: GRPOConfig) -> dict:
         def reward_fn(g, prompt_index):
             return reward_model.score(g.tokens, g.attention_mask)  # (B,)
     else:
-        reward_fn = gold_reward_fn(texts, tok, judge_fn)
+        # the world's judge reads the last user turn; a user's judge gets the whole prompt, as in evaluation
+        reward_fn = gold_reward_fn([judge_prompt(r["prompt"]) for r, _ in kept] if cfg.gold_judge else texts,
+                                   tok, judge_fn)
 
     def correct_fn(g, prompt_index):
         return [_correct(judge_terms(texts[i], r)) for i, r in zip(prompt_index, decode_responses(tok, g))]

@@ -23,7 +23,8 @@ Logged metrics (one row per iteration):
   iteration              1, 2, ... (the row's iteration)
   kl_coef                the KL coefficient used in this iteration's shaping (before the controller's update)
   lr                     the learning rate of this iteration
-  objective/kl           mean over responses of the summed k1 = log pi - log pi_ref (the KL in the reward)
+  objective/kl           mean over responses of the summed k1 = log pi - log pi_ref (the reward's KL term with the
+                         default --kl_estimator=k1; the adaptive controller tracks it whichever estimator shapes)
   objective/kl_k3        the same with k3 (never negative; lower variance)
   objective/entropy      mean per-token entropy of the policy on its own samples
   objective/scores       mean reward-model score (after the missing-EOS penalty; never whitened)
@@ -35,7 +36,8 @@ Logged metrics (one row per iteration):
   policy/clipfrac        share of tokens where the clipped branch is active (ratio outside [1 - eps, 1 + eps]
                          on the side the advantage pushes it: zero gradient there), mean over the minibatches
   policy/ratio_mean, policy/ratio_max   the probability ratio pi / pi_old (mean over the minibatches, max)
-  value/clipfrac         share of tokens whose value prediction was clipped, mean over the minibatches
+  value/clipfrac         share of tokens where the clipped squared value error is the larger (the gradient is 0
+                         there), mean over the minibatches
   value/explained_variance   1 - Var(returns - values) / Var(returns) on real tokens
   response/length, response/eos_rate
   seconds                wall time since the loop (re)started
@@ -84,8 +86,8 @@ Under torchrun (N processes; see distributed.py) it is the same algorithm on the
 
 Precision (`--dtype`, as in the supervised stages): "auto" runs the forward passes of the rollout, the
 scoring and the optimisation under bf16 autocast on CUDA and in float32 on the CPU; "bfloat16" asks for
-autocast on the CPU too, "float32" turns it off. Weights, optimizer state, log-probs (always taken from
-float32 logits), values, advantages and losses stay float32. Ratio 1 on the first minibatch needs the
+autocast on the CPU too, "float32" turns it off. Weights, optimizer state, log-probs (a float32
+log-softmax of logits upcast from the autocast dtype), values, advantages and losses stay float32. Ratio 1 on the first minibatch needs the
 scoring pass and the training pass to give the same log-probs: tested on the CPU in float32 and bf16;
 on a GPU, kernels chosen by batch shape may differ in the last bits, which shows as policy/ratio_max a
 hair above 1 in the first iteration.
@@ -110,7 +112,7 @@ from minirlhf.chat import render_prompt
 from minirlhf.common import MetricsLog, Stopwatch, autocast, begin_writing, check_finite, check_resume, config_key, file_digest, \
     make_adamw, resolve_device, reusable, rows_up_to, run_record, setup_torch, write_json
 from minirlhf.config import PPOConfig, fill_from_preset, stage_dir
-from minirlhf.data import prompt_text, read_jsonl, read_prompts
+from minirlhf.data import judge_prompt, prompt_text, read_jsonl, read_prompts
 from minirlhf.engine import generate_sharded, response_logprobs
 from minirlhf.losses import ppo_policy_loss, ppo_value_loss
 from minirlhf.model import ScalarHead
@@ -238,6 +240,9 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
     if cfg.temperature <= 0:
         raise ValueError(f"--temperature={cfg.temperature}: PPO samples its rollouts and trains on their "
                          "log-probs at that temperature, so it must be > 0")
+    if cfg.batch_size > len(prompts):
+        raise ValueError(f"--batch_size={cfg.batch_size}: each iteration draws that many distinct prompts, and "
+                         f"there are {len(prompts)}")
     world, rank, main = dist.world_size(), dist.rank(), dist.is_main()
     shards = cfg.rollout_shards or world  # the rollout batch is sampled in this many seeded shards
     if shards % world or cfg.batch_size % shards:
@@ -459,10 +464,16 @@ def run(cfg: PPOConfig) -> dict:
                          f"{policy.config.block_size}-token context for a response")
     if left_out:
         dist.print0(f"[ppo] left out {left_out} of {len(rendered)} prompts too long for the context")
+    if len(rows) < cfg.batch_size:  # each rollout batch draws batch_size distinct prompts
+        raise ValueError(f"{prompts_path}: {len(rows)} usable prompts ({left_out} left out as too long), fewer "
+                         f"than --batch_size={cfg.batch_size} rollouts per iteration draw; lower --batch_size or "
+                         "add prompts")
     prompts = [ids for _, ids in rows]
     # the reward: the reward model's score, or (--reward=gold) the gold judge on the decoded response
+    # (the world's judge reads the last user turn; a user's judge gets the whole prompt, as in evaluation)
+    judged = [judge_prompt(p) if cfg.gold_judge else prompt_text(p) for p, _ in rows]
     score_fn = reward_model.score if cfg.reward == "rm" else gold_score_fn(
-        prompts, [prompt_text(p) for p, _ in rows], tok, load_judge(cfg.gold_judge) or judge)
+        prompts, judged, tok, load_judge(cfg.gold_judge) or judge)
     samples_path = os.path.join(out, "eval_samples.jsonl")
     begin_writing(out, cfg, tokenizer_from=init)  # inputs read and checked: only now is `out` touched
     if dist.is_main():
