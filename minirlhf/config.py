@@ -185,7 +185,7 @@ class RewardConfig(TrainConfig):
     eval_prefs: str = ""  # held-out pairs for validation accuracy; "" = the world's prefs_eval.jsonl
     prompts: str = ""  # RL prompts whose SFT samples calibrate the scores; "" = the world's rl_prompts.jsonl
     run_name: str = ""  # folder under out/<preset>/ for this run's artifacts; "" = "reward"
-    margin_coef: float = 0.0  # Llama-2-style margin: coef * |logit(annotator p_chosen)| (0 = off)
+    margin_coef: float = 0.0  # Llama-2-style margin: coef * max(0, logit(annotator p_chosen)) (0 = off)
     center_coef: float = 0.0  # reward centering: coef * mean((r_chosen + r_rejected)^2) (0 = off)
     soft_labels: bool = False  # target = the annotator's p_chosen (as many votes would give), not the one label
     length_head_coef: float = 0.0  # ODIN: a second head absorbs length, weight of its disentangling loss (0 = off)
@@ -476,7 +476,8 @@ _AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "eval_interval", "log_
 _NOT_NEGATIVE = ("warmup_steps", "stop_after", "max_minutes", "rollout_shards", "ptx_batch_size", "grad_clip",
                  "weight_decay", "n_train", "cliprange_value", "vf_coef", "margin_coef", "center_coef",
                  "length_head_coef", "rpo_alpha", "samples_per_eval", "calibration_prompts", "missing_eos_penalty",
-                 "kto_desirable_weight", "kto_undesirable_weight", "orpo_lambda", "simpo_gamma", "top_k")
+                 "kto_desirable_weight", "kto_undesirable_weight", "orpo_lambda", "simpo_gamma", "top_k",
+                 "embedding_lr_scale")
 _POSITIVE = ("lr", "tau", "simpo_beta")  # DPOConfig's beta too (GRPO's beta may be 0)
 _UNIT = {"dropout": (0.0, 1.0, "[0, 1)"), "val_fraction": (0.0, 1.0, "(0, 1)"), "beta1": (0.0, 1.0, "[0, 1)"),
          "beta2": (0.0, 1.0, "[0, 1)"), "label_smoothing": (0.0, 0.5, "[0, 0.5)"),

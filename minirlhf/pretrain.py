@@ -140,7 +140,11 @@ def load_tokens(path: str, vocab_size: int) -> np.memmap:
 
 
 def get_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator, device):
-    """Random windows: x (B, T) and y = x shifted by one (B, T)."""
+    """Random windows: x (B, T) and y = x shifted by one (B, T).
+
+    Starts are drawn from [0, len - T - 1): the last possible start, len - T - 1, never is, so the split's
+    final token is never a target (one token in hundreds of thousands on tiny). Kept as it is because
+    moving the bound would change every sampled window, and with it every reported number."""
     starts = torch.randint(0, len(data) - block_size - 1, (batch_size,), generator=generator)
     x = torch.stack([torch.from_numpy(data[s:s + block_size].astype(np.int64)) for s in starts.tolist()])
     y = torch.stack([torch.from_numpy(data[s + 1:s + 1 + block_size].astype(np.int64)) for s in starts.tolist()])
@@ -222,8 +226,9 @@ def run(cfg: PretrainConfig) -> dict:
     cfg.vocab_size = tok.n_vocab  # the model's V is the tokenizer's, special tokens included
     for name, data in (("training", train_data), ("validation", val_data)):
         if len(data) <= cfg.block_size + 1:
-            raise ValueError(f"{cpath}: the {name} split has {len(data)} tokens, fewer than one window of "
-                             f"block_size+1 = {cfg.block_size + 1}; use a larger corpus or a smaller --block_size")
+            raise ValueError(f"{cpath}: the {name} split has {len(data)} tokens; sampling windows of block_size+1 = "
+                             f"{cfg.block_size + 1} needs at least {cfg.block_size + 2}: use a larger corpus or a "
+                             "smaller --block_size")
     entropy = unigram_entropy(train_data, tok.n_vocab)
     if dist.is_main() and not cfg.resume:  # again, now with the tokenizer's vocab_size (a resume keeps its own)
         save_config(cfg, os.path.join(out, "config.json"))

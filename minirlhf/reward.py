@@ -196,11 +196,13 @@ def annotator_probs(pairs: list[dict], option: str, device):
 
 
 def margins_for(pairs: list[dict], coef: float, device):
-    """Llama-2-style margin from the annotator's confidence: coef * |logit(p_chosen)| (None when coef = 0)."""
+    """Llama-2-style margin from the annotator's confidence in the label: coef * max(0, logit(p_chosen))
+    (None when coef = 0). p_chosen below 0.5 means the label went against the annotator's own odds: such
+    a pair gets no margin, not the large one |logit| would give the least trustworthy labels."""
     if coef == 0:
         return None
     p = annotator_probs(pairs, "--margin_coef", device)
-    return coef * torch.log(p / (1 - p)).abs()
+    return coef * torch.log(p / (1 - p)).clamp(min=0)
 
 
 def label_probs_for(pairs: list[dict], soft_labels: bool, device):

@@ -158,6 +158,11 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
                                        "generators": {n: g.get_state() for n, g in generators.items()},
                                        "history": pending, "grad_norms": grad_norms})
 
+    def nan_guard(values: dict) -> None:  # the NaN guard on the steps since the last check
+        terms = {k: v for k, v in values.items() if k.endswith("loss") and k != "loss"}
+        terms[loss_name] = values.get("loss", [])
+        check_finite(terms, stage, first_unchecked + 1, ckpt_path if os.path.exists(ckpt_path) else "")
+
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), resume_step=step if cfg.resume else None, enabled=main)
     if log.dropped:
         dist.print0(f"[{stage}] metrics.jsonl: removed {log.dropped} rows logged after the checkpoint (step {step})")
@@ -210,9 +215,7 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
             values = global_step_means(history)  # every rank gets the same numbers: all take the same branch
             if grad_norms:
                 values["grad_norm"] = grad_norms
-            terms = {k: v for k, v in values.items() if k.endswith("loss") and k != "loss"}
-            terms[loss_name] = values.get("loss", [])
-            check_finite(terms, stage, first_unchecked + 1, ckpt_path if os.path.exists(ckpt_path) else "")
+            nan_guard(values)
             row = {"step": step, "lr": lr, **{k: torch.stack(v).mean().item() for k, v in values.items() if v},
                    "seconds": round(watch.seconds(), 2)}
             history, grad_norms, first_unchecked = [], [], step
@@ -232,6 +235,7 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
             break
         if interrupted and not last:
             if not evaluate_now:  # a checkpoint between evaluations, with the steps not yet logged
+                nan_guard(global_step_means(history))  # never a checkpoint of NaN weights
                 pending = global_history(history)  # every rank takes part in the sum
                 if main:
                     save_ckpt(pending)

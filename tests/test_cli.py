@@ -146,6 +146,8 @@ def test_other_ranks_leave_a_command_that_is_not_data_parallel_without_a_collect
     (["ppo", "--lam=1.5"], "--lam=1.5: must be in [0, 1]"),
     (["pretrain", "--dtype=fp8"], "--dtype='fp8': expected auto, float32 or bfloat16"),
     (["ppo", "--kl_estimator=k2"], "--kl_estimator='k2': expected k1 or k3"),
+    (["sft", "--embedding_lr_scale=-1"], "--embedding_lr_scale=-1.0: must be >= 0"),
+    (["sft", "--embedding_lr_scale=nan"], "--embedding_lr_scale=nan: must be >= 0"),
 ])
 def test_options_out_of_range_fail_before_the_stage_touches_anything(argv, message, capsys, tmp_path):
     """A nonsense value is a one-line error naming the option (exit 2), before any file is read or written

@@ -206,6 +206,24 @@ def test_forced_nan_stops_naming_stage_step_and_term(tmp_path, corpus_file, monk
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
+def test_stop_after_between_rows_never_checkpoints_nan_weights(tmp_path, corpus_file, monkeypatch):
+    """--stop_after at a step that is not a logging step still runs the NaN guard on the steps since the
+    last row before writing ckpt.pt: the error names the step, and the checkpoint on disk stays finite."""
+    real = pretrain.lm_loss
+    calls = {"n": 0}
+
+    def poisoned(model, x, y):
+        calls["n"] += model.training
+        loss = real(model, x, y)
+        return loss * float("nan") if model.training and calls["n"] == 6 else loss
+
+    monkeypatch.setattr(pretrain, "lm_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"pretrain: lm_loss is nan at step 6"):
+        pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=20, eval_interval=5, log_interval=5, stop_after=7))
+    ckpt = load_checkpoint(str(tmp_path / "out" / "micro" / "pretrain" / "ckpt.pt"))
+    assert ckpt["step"] == 5 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
 def test_checkpoint_killed_mid_write_leaves_old_file(tmp_path):
     path = str(tmp_path / "ckpt.pt")
     save_checkpoint(path, {"step": 1, "w": torch.ones(3)})

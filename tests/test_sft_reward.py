@@ -249,6 +249,10 @@ def test_reward_margin_needs_annotator_probability():
         reward.margins_for(pairs, 1.0, "cpu")
     m = reward.margins_for([{"p_chosen": 0.5}, {"p_chosen": 0.8}], 2.0, "cpu")
     assert m[0].item() == 0.0 and abs(m[1].item() - 2 * abs(torch.log(torch.tensor(4.0)).item())) < 1e-6
+    # a label that went against the annotator's own odds (p_chosen 0.2) is the least trustworthy: no margin,
+    # not the margin of a confident one (|logit 0.2| = logit 0.8)
+    m = reward.margins_for([{"p_chosen": 0.2}, {"p_chosen": 0.8}], 1.0, "cpu")
+    assert m[0].item() == 0.0 and m[1].item() == pytest.approx(math.log(4.0), abs=1e-6)
 
 
 def test_reward_soft_labels_use_the_annotator_probability():
