@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
-from minirlhf.common import (Stopwatch, autocast, begin_writing, config_key, file_digest, make_adamw, resolve_device,
-                             reusable, setup_torch, write_json)
-from minirlhf.config import PretrainConfig, WorldConfig, model_config_from, save_config, stage_dir
+from minirlhf.common import (Stopwatch, autocast, begin_writing, check_resume, config_key, file_digest, make_adamw,
+                             resolve_device, reusable, setup_torch, write_json)
+from minirlhf.config import PretrainConfig, WorldConfig, model_config_from, stage_dir
 from minirlhf.data import read_corpus
 from minirlhf.model import GPT
 from minirlhf.tokenizer import Tokenizer
@@ -74,6 +74,9 @@ def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[li
     train_docs = [docs[i] for i in train]
     seen = set(train_docs)
     val_docs = [docs[i] for i in val if docs[i] not in seen]
+    if not val_docs:
+        raise ValueError(f"all {len(val)} validation documents are copies of training documents, so no held-out "
+                         "text is left: use a corpus with more distinct documents or a larger --val_fraction")
     return train_docs, val_docs, len(val) - len(val_docs)
 
 
@@ -86,11 +89,11 @@ def ensure_tokenizer(cfg, train_docs: list[str], corpus_digest: str) -> tuple[To
     error says which files are missing -- nothing is downloaded); it is written to the same folder with
     its own key, so a later `--tokenizer=train` run never mistakes it for a trained one.
     """
+    if cfg.tokenizer not in ("train", "gpt2"):
+        raise ValueError(f"--tokenizer={cfg.tokenizer!r}: expected 'train' or 'gpt2'")
     tdir = stage_dir(cfg, "tokenizer")
     path = os.path.join(tdir, "tokenizer.json")
     key_path = os.path.join(tdir, "key.txt")
-    if cfg.tokenizer not in ("train", "gpt2"):
-        raise ValueError(f"--tokenizer={cfg.tokenizer!r}: expected 'train' or 'gpt2'")
     key = "gpt2" if cfg.tokenizer == "gpt2" else \
         f"train-{corpus_digest}-vocab{cfg.vocab_size}-seed{cfg.seed}-val{cfg.val_fraction!r}"
     if (cfg.tokenizer == "train" and os.path.exists(path) and os.path.exists(key_path)
@@ -111,19 +114,24 @@ def ensure_tokenizer(cfg, train_docs: list[str], corpus_digest: str) -> tuple[To
     return tok, path
 
 
-def tokenize_to_memmap(tok: Tokenizer, docs: list[str], path: str) -> np.memmap:
-    """Encode documents (each followed by <|endoftext|>) into one flat token file."""
-    dtype = np.uint16 if tok.n_vocab <= 65536 else np.uint32
+def encode_documents(tok: Tokenizer, docs: list[str]) -> np.ndarray:
+    """Documents (each followed by <|endoftext|>) as one flat array of token ids (uint16 when they fit)."""
     ids: list[int] = []
     for doc in docs:
         ids.extend(tok.encode(doc))
         ids.append(tok.eot_id)
-    arr = np.memmap(path + ".tmp", dtype=dtype, mode="w+", shape=(len(ids),))
-    arr[:] = np.asarray(ids, dtype=dtype)
+    return np.asarray(ids, dtype=np.uint16 if tok.n_vocab <= 65536 else np.uint32)
+
+
+def write_tokens(ids: np.ndarray, path: str) -> np.memmap:
+    """Write a token array to `path` (atomically: a .tmp file renamed) and return it memory-mapped."""
+    arr = np.memmap(path + ".tmp", dtype=ids.dtype, mode="w+", shape=(len(ids),))
+    arr[:] = ids
     arr.flush()
     del arr
     os.replace(path + ".tmp", path)
-    return np.memmap(path, dtype=dtype, mode="r")
+    return np.memmap(path, dtype=ids.dtype, mode="r")
+
 
 
 def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
@@ -134,7 +142,7 @@ def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
 
 
 def load_tokens(path: str, vocab_size: int) -> np.memmap:
-    """Open a token file written by `tokenize_to_memmap` (its dtype follows from the vocabulary size)."""
+    """Open a token file written by `write_tokens` (its dtype follows from the vocabulary size)."""
     dtype = np.uint16 if vocab_size <= 65536 else np.uint32
     return np.memmap(path, dtype=dtype, mode="r")
 
@@ -211,27 +219,35 @@ def run(cfg: PretrainConfig) -> dict:
     docs = read_corpus(cpath)
     train_docs, val_docs, val_copies = split_documents(docs, cfg.val_fraction, cfg.seed)
 
-    # 2-3. tokenizer and token files (rank 0 writes them; the other ranks read them after the barrier)
-    begin_writing(out, cfg)  # options and corpus checked: only now is `out` touched (the old summary goes)
+    # 2-3. tokenizer and token files. Rank 0 builds them in memory, and every check runs before `begin_writing`
+    # (the split lengths, and with --resume the checkpoint's settings): a refused run leaves `out` as it was,
+    # never a new tokenizer.json next to the old model.pt. The other ranks read the files after the barrier.
     if dist.is_main():
-        tok, tok_path = ensure_tokenizer(cfg, train_docs, digest)
+        tok, tok_path = ensure_tokenizer(cfg, train_docs, digest)  # (its own folder: a keyed cache)
+        cfg.vocab_size = tok.n_vocab  # the model's V is the tokenizer's, special tokens included
+        train_ids, val_ids = encode_documents(tok, train_docs), encode_documents(tok, val_docs)
+        for name, ids in (("training", train_ids), ("validation", val_ids)):
+            if len(ids) <= cfg.block_size + 1:
+                raise ValueError(f"{cpath}: the {name} split has {len(ids)} tokens; sampling windows of "
+                                 f"block_size+1 = {cfg.block_size + 1} needs at least {cfg.block_size + 2}: use a "
+                                 "larger corpus or a smaller --block_size")
+        ckpt_path = os.path.join(out, "ckpt.pt")
+        if cfg.resume:
+            if not os.path.exists(ckpt_path):
+                raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; run without --resume first")
+            check_resume(ckpt_path, ck.load_checkpoint(ckpt_path).get("run"), cfg, inputs)
+        begin_writing(out, cfg)  # only now is `out` touched: the old summary goes, config.json is written
         shutil.copyfile(tok_path, os.path.join(out, "tokenizer.json"))
-        train_data = tokenize_to_memmap(tok, train_docs, os.path.join(out, "train.bin"))
-        val_data = tokenize_to_memmap(tok, val_docs, os.path.join(out, "val.bin"))
+        train_data = write_tokens(train_ids, os.path.join(out, "train.bin"))
+        val_data = write_tokens(val_ids, os.path.join(out, "val.bin"))
+        del train_ids, val_ids
     dist.barrier()
     if not dist.is_main():
         tok = Tokenizer.load(os.path.join(out, "tokenizer.json"))
+        cfg.vocab_size = tok.n_vocab
         train_data = load_tokens(os.path.join(out, "train.bin"), tok.n_vocab)
         val_data = load_tokens(os.path.join(out, "val.bin"), tok.n_vocab)
-    cfg.vocab_size = tok.n_vocab  # the model's V is the tokenizer's, special tokens included
-    for name, data in (("training", train_data), ("validation", val_data)):
-        if len(data) <= cfg.block_size + 1:
-            raise ValueError(f"{cpath}: the {name} split has {len(data)} tokens; sampling windows of block_size+1 = "
-                             f"{cfg.block_size + 1} needs at least {cfg.block_size + 2}: use a larger corpus or a "
-                             "smaller --block_size")
     entropy = unigram_entropy(train_data, tok.n_vocab)
-    if dist.is_main() and not cfg.resume:  # again, now with the tokenizer's vocab_size (a resume keeps its own)
-        save_config(cfg, os.path.join(out, "config.json"))
 
     # 4. model and optimiser
     torch.manual_seed(cfg.seed)

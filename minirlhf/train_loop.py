@@ -235,7 +235,8 @@ def train_loop(stage: str, cfg, model, optimizer, out_dir: str, batch_loss, eval
             break
         if interrupted and not last:
             if not evaluate_now:  # a checkpoint between evaluations, with the steps not yet logged
-                nan_guard(global_step_means(history))  # never a checkpoint of NaN weights
+                if history:  # the steps since the last row (none when this step was one): NaN-free first
+                    nan_guard(global_step_means(history))
                 pending = global_history(history)  # every rank takes part in the sum
                 if main:
                     save_ckpt(pending)

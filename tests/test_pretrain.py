@@ -308,6 +308,29 @@ def test_a_run_stopped_after_writing_model_pt_is_not_reused_by_the_old_config(tm
     assert again["steps"] == 5 and load_checkpoint(model_pt)["step"] == 5
 
 
+def test_a_refused_pretrain_leaves_the_finished_folder_as_it_was(tmp_path, corpus_file):
+    """A split too short for --block_size, a --resume with another vocabulary size, and an unknown --tokenizer
+    are refused before anything in the folder changes: no new tokenizer.json next to the old model.pt (a
+    later stage would pair them), no new token files, and the summary still reuses the finished model."""
+    d = tmp_path / "out" / "micro" / "pretrain"
+    finished = pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=4))
+    names = ("summary.json", "config.json", "tokenizer.json", "train.bin", "val.bin", "model.pt", "ckpt.pt")
+    before = {n: (d / n).read_bytes() for n in names}
+    with pytest.raises(ValueError, match=r"the training split has \d+ tokens; sampling windows of block_size\+1"):
+        pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=4, vocab_size=300, block_size=100_000))
+    with pytest.raises(ValueError, match=r"other settings \(--vocab_size=320 then, 300 now\)"):
+        pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=4, vocab_size=300, resume=True))
+    with pytest.raises(ValueError, match="--tokenizer='foo': expected 'train' or 'gpt2'"):
+        pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=4, tokenizer="foo"))
+    assert {n: (d / n).read_bytes() for n in names} == before
+    assert pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=4)) == finished  # reused
+
+
+def test_a_corpus_whose_validation_documents_are_all_copies_is_a_clear_error():
+    with pytest.raises(ValueError, match="all 3 validation documents are copies of training documents"):
+        pretrain.split_documents(["same text"] * 10, 0.3, seed=0)
+
+
 def test_reusable_only_reads_and_begin_writing_removes_the_old_summary(tmp_path):
     """`reusable` decides without touching the folder (a run refused later for bad data loses nothing);
     `begin_writing`, once the inputs are checked, removes the old summary, copies the tokenizer in and
