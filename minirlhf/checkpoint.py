@@ -94,9 +94,28 @@ def load_model(path: str, device="cpu", dropout: float = 0.0):
         raise RuntimeError(f"{path} is not a minirlhf model checkpoint (keys: {sorted(ckpt)})")
     if any(k.startswith("head.") for k in ckpt["model"]):
         raise RuntimeError(f"{path} holds a reward/value model (trunk + scalar head): use load_scalar_model")
-    model = GPT(ModelConfig(**{**ckpt["model_config"], "dropout": dropout}))
-    model.load_state_dict(ckpt["model"])
+    model = GPT(_model_config(path, ckpt, dropout))
+    _load_weights(path, model, ckpt["model"])
     return model.to(device), ckpt
+
+
+def _model_config(path: str, ckpt: dict, dropout: float) -> ModelConfig:
+    """The checkpoint's ModelConfig, or a RuntimeError naming the file and the keys this version lacks."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(ckpt["model_config"]) - known)
+    if unknown:
+        raise RuntimeError(f"{path}: model_config has keys this version of minirlhf does not know: {unknown}")
+    return ModelConfig(**{**ckpt["model_config"], "dropout": dropout})
+
+
+def _load_weights(path: str, model, state: dict) -> None:
+    """`model.load_state_dict(state)`, or a RuntimeError naming the file and the first mismatches."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1:3] if "\n" in str(e) else [str(e)]
+        raise RuntimeError(f"{path}: the weights do not fit the model its config describes ("
+                           + " ".join(line.strip() for line in first)[:300] + ")") from None
 
 
 def load_scalar_model(path: str, device="cpu"):
@@ -106,6 +125,9 @@ def load_scalar_model(path: str, device="cpu"):
     ckpt = load_checkpoint(path)
     if not any(k.startswith("head.") for k in ckpt.get("model", {})):
         raise RuntimeError(f"{path} is not a reward/value model checkpoint (it has no scalar head)")
-    model = ScalarModel(GPT(ModelConfig(**{**ckpt["model_config"], "dropout": 0.0})))
-    model.load_state_dict(ckpt["model"])
+    if "model_config" not in ckpt:  # e.g. a stage's ckpt.pt (training state) instead of its model.pt
+        raise RuntimeError(f"{path} is not a minirlhf model checkpoint (keys: {sorted(ckpt)}); "
+                           "pass the stage's model.pt")
+    model = ScalarModel(GPT(_model_config(path, ckpt, 0.0)))
+    _load_weights(path, model, ckpt["model"])
     return model.to(device), ckpt

@@ -165,7 +165,8 @@ def file_digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-RESULT_NEUTRAL = ("force", "resume", "progress", "stop_after", "out_dir")  # flags that do not change a stage's result
+# flags that do not change a stage's result (a run cut short by --max_minutes is marked stopped_early instead)
+RESULT_NEUTRAL = ("force", "resume", "progress", "stop_after", "out_dir", "log_interval", "max_minutes")
 
 
 def config_key(cfg, inputs: dict[str, str], ignore=RESULT_NEUTRAL) -> str:
@@ -180,9 +181,8 @@ def config_key(cfg, inputs: dict[str, str], ignore=RESULT_NEUTRAL) -> str:
 
 def run_record(cfg, inputs: dict[str, str] | None) -> dict:
     """What a checkpoint records about the run that wrote it: its settings (minus the flags that do not change
-    the result, and `max_minutes`, which only says when to stop) and its inputs' digests (None: not known)."""
-    ignore = RESULT_NEUTRAL + ("max_minutes",)
-    return {"config": {k: v for k, v in vars(cfg).items() if k not in ignore}, "inputs": inputs}
+    the result) and its inputs' digests (None: not known)."""
+    return {"config": {k: v for k, v in vars(cfg).items() if k not in RESULT_NEUTRAL}, "inputs": inputs}
 
 
 def check_resume(ckpt_path: str, recorded: dict | None, cfg, inputs: dict[str, str] | None) -> None:
@@ -242,8 +242,9 @@ def begin_writing(stage_dir: str, cfg, tokenizer_from: str | None = None) -> Non
     if not resume and os.path.exists(summary):
         os.remove(summary)
     tokenizer, config = os.path.join(stage_dir, "tokenizer.json"), os.path.join(stage_dir, "config.json")
-    if tokenizer_from and not (resume and os.path.exists(tokenizer)):
-        shutil.copyfile(tokenizer_file(tokenizer_from), tokenizer)
+    source = tokenizer_file(tokenizer_from) if tokenizer_from else None
+    if source and os.path.abspath(source) != os.path.abspath(tokenizer) and not (resume and os.path.exists(tokenizer)):
+        shutil.copyfile(source, tokenizer)  # (an --init inside the stage's own folder has it already)
     if not (resume and os.path.exists(config)):
         save_config(cfg, config)
 

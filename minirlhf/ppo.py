@@ -435,6 +435,8 @@ def run(cfg: PPOConfig) -> dict:
     rm_path = cfg.reward_model or stage_file(cfg, "reward", "model.pt")
     prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl", "--prompts")
     inputs = {n: file_digest(p) for n, p in (("init", init), ("rm", rm_path), ("prompts", prompts_path))}
+    if cfg.ptx_coef > 0:  # PPO-ptx reads the pretraining tokens, so they are an input too
+        inputs["ptx"] = file_digest(stage_file(cfg, "pretrain", "train.bin"))
     key = config_key(cfg, inputs)
     if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
         dist.print0(f"[ppo] reusing {out}/model.pt (same config and inputs; --force to retrain)")

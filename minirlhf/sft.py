@@ -70,8 +70,6 @@ def stage_file(cfg, stage: str, name: str) -> str:
     return path
 
 
-
-
 def tokenizer_of(checkpoint: str) -> Tokenizer:
     """The tokenizer.json that sits next to `checkpoint` (`begin_writing` copies it into a stage's folder)."""
     return Tokenizer.load(tokenizer_file(checkpoint))
@@ -224,6 +222,8 @@ def run(cfg: SFTConfig) -> dict:
     data = cfg.data or world_file(cfg, "sft.jsonl", "--sft-data")
     eval_data = cfg.eval_data or world_file(cfg, "sft_eval.jsonl", "--eval_data")
     inputs = {"init": file_digest(init), "data": file_digest(data), "eval": file_digest(eval_data)}
+    if cfg.ptx_coef > 0:  # the pretraining mix reads these tokens, so they are an input too
+        inputs["ptx"] = file_digest(stage_file(cfg, "pretrain", "train.bin"))
     key = config_key(cfg, inputs)
     # --resume trains on from ckpt.pt, so it never reuses (nor removes the summary: see `reusable`)
     if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:

@@ -165,3 +165,28 @@ def test_scalar_head_shape_and_normalisation_buffers():
     head.gain.fill_(2.0)
     head.offset.fill_(-1.0)
     assert torch.allclose(head(h), raw * 2 - 1)
+
+
+def test_bad_checkpoints_are_errors_naming_the_file(tmp_path):
+    """A model.pt whose config has a key this version lacks, or whose weights do not fit its config, and a
+    training-state ckpt.pt passed as a reward model: each a RuntimeError naming the file, no KeyError or
+    TypeError from deep inside."""
+    from minirlhf import checkpoint as ck
+    from minirlhf.model import ScalarModel
+
+    model = make_model()
+    path = str(tmp_path / "model.pt")
+    payload = ck.model_payload(model, "sft")
+    payload["model_config"]["rope"] = True
+    ck.save_checkpoint(path, payload)
+    with pytest.raises(RuntimeError, match=r"model.pt: model_config has keys this version .* \['rope'\]"):
+        ck.load_model(path)
+    payload = ck.model_payload(model, "sft")
+    payload["model_config"]["n_layer"] += 1
+    ck.save_checkpoint(path, payload)
+    with pytest.raises(RuntimeError, match=r"model.pt: the weights do not fit the model its config describes"):
+        ck.load_model(path)
+    state = str(tmp_path / "ckpt.pt")  # what a stage's ckpt.pt holds: no model_config
+    ck.save_checkpoint(state, {"model": ScalarModel(make_model()).state_dict(), "step": 3})
+    with pytest.raises(RuntimeError, match=r"ckpt.pt is not a minirlhf model checkpoint .*pass the stage's model.pt"):
+        ck.load_scalar_model(state)

@@ -326,6 +326,17 @@ def test_a_refused_pretrain_leaves_the_finished_folder_as_it_was(tmp_path, corpu
     assert pretrain.run(cfg_for(tmp_path, corpus_file, max_steps=4)) == finished  # reused
 
 
+def test_logging_and_time_limits_do_not_change_the_reuse_key():
+    """--log_interval (how often rows are written) and --max_minutes (a run it cuts short is marked
+    stopped_early, never reused) change nothing a finished run produced: the same key."""
+    from minirlhf.common import config_key
+    from minirlhf.config import SFTConfig
+
+    plain = config_key(make_config(SFTConfig, "micro"), {"init": "x"})
+    assert config_key(make_config(SFTConfig, "micro", {"log_interval": 5, "max_minutes": 600.0}), {"init": "x"}) == plain
+    assert config_key(make_config(SFTConfig, "micro", {"lr": 1e-4}), {"init": "x"}) != plain
+
+
 def test_a_corpus_whose_validation_documents_are_all_copies_is_a_clear_error():
     with pytest.raises(ValueError, match="all 3 validation documents are copies of training documents"):
         pretrain.split_documents(["same text"] * 10, 0.3, seed=0)

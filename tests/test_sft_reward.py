@@ -499,3 +499,25 @@ def test_a_refused_run_leaves_the_finished_stage_folder_as_it_was(base, tmp_path
         sft.run(make_config(SFTConfig, overrides={**over, "resume": True, "lr": 2e-3}))
     assert {name: (folder / name).read_bytes() for name in before} == before
     assert sft.run(make_config(SFTConfig, overrides=over))["key"] == json.loads(before["summary.json"])["key"]
+
+
+def test_the_ptx_tokens_are_an_input_and_an_init_in_the_stage_folder_works(base, tmp_path):
+    """With a pretraining mix SFT reads pretrain/train.bin: new tokens there mean a new run, not a reuse. And
+    --init=the stage's own model.pt (continue from it) trains instead of failing to copy a file onto itself."""
+    import shutil
+
+    import numpy as np
+
+    root = tmp_path / "o" / "micro"
+    shutil.copytree(os.path.dirname(base["init"]), root / "pretrain")
+    over = dict(preset="micro", out_dir=str(tmp_path / "o"), init=str(root / "pretrain" / "model.pt"),
+                data=base["sft"], eval_data=base["sft"], max_steps=1, ptx_coef=0.5, ptx_batch_size=2,
+                progress=False)
+    first = sft.run(make_config(SFTConfig, overrides=over))
+    assert sft.run(make_config(SFTConfig, overrides=over)) == first  # reused
+    tokens = np.fromfile(root / "pretrain" / "train.bin", dtype=np.uint16)
+    tokens[::-1].tofile(root / "pretrain" / "train.bin")  # other pretraining text, same vocabulary
+    assert sft.run(make_config(SFTConfig, overrides=over))["key"] != first["key"]  # retrained
+    own = str(root / "sft" / "model.pt")
+    again = sft.run(make_config(SFTConfig, overrides={**over, "init": own, "lr": 1e-4}))
+    assert again["key"] != first["key"] and (root / "sft" / "tokenizer.json").exists()
