@@ -30,7 +30,7 @@ from minirlhf.chat import render_conversation, render_prompt
 from minirlhf.checkpoint import load_model
 from minirlhf.config import PretrainConfig, SFTConfig, WorldConfig, make_config
 from minirlhf.engine import generate
-from minirlhf.evaluate import complete, evaluate_policy, forum_eval, forum_prompt_rows
+from minirlhf.evaluate import FORUM_SAMPLES, complete, evaluate_policy, forum_eval, forum_prompt_rows
 from minirlhf.plots import plt
 from minirlhf.pretrain import run as pretrain
 from minirlhf.sample import tokenizer_for
@@ -69,10 +69,13 @@ for q, before, row, m in zip(questions, forum, g.response.tolist(), g.response_m
 
 # %% 4. Measured by the gold judge, on the same questions
 # The base model is asked the forum-eval questions in the forum format; the SFT model the same questions
-# in the chat format. Same prompts, same temperature (1), same judge.
+# in the chat format. Same prompts, same temperature (1), same judge; FORUM_SAMPLES samples per question
+# and the stages' seed, as the pretrain and SFT summaries (and so the README's numbers) measure them.
 world_dir = os.path.join(base, "world")
-forum_metrics, _ = forum_eval(base_model, tok, world_dir, seed=0)
-_, chat_samples = evaluate_policy(sft_model, tok, world_dir, rows=forum_prompt_rows(world_dir), seed=0)
+seed = 1337  # the stages' default --seed
+forum_metrics, _ = forum_eval(base_model, tok, world_dir, seed=seed, samples_per_prompt=FORUM_SAMPLES)
+_, chat_samples = evaluate_policy(sft_model, tok, world_dir, rows=forum_prompt_rows(world_dir, FORUM_SAMPLES),
+                                  seed=seed)
 
 
 def share(key, category):

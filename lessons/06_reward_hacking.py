@@ -152,5 +152,6 @@ print(f"\nplot saved to plots/reward_hacking_{preset}.png")
 #    off the data it was trained on.)
 # 2. Where on the d axis would you stop? (Near the fitted peak d*; the adaptive controller's target KL
 #    plays that role in practice.)
-# 3. What does PPO-ptx buy, and what does it cost? (Step 4: a smaller rise in held-out perplexity; some
-#    gold reward or extra compute per step.)
+# 3. What does PPO-ptx buy, and what does it cost? (Step 4: a lower held-out perplexity -- on tiny even
+#    below SFT's, 1.68 against 1.71 -- at about the same gold; the cost is extra compute per step, and in
+#    general some reward where the pretraining text pulls against it.)

@@ -35,7 +35,7 @@ over-optimised once proxy keeps rising while gold stalls or falls (Gao et al. 20
 What you should see
   1. The points table: for every method, KL grows as its knob loosens (smaller kl_coef, smaller beta,
      larger n). The textbook picture has gold first rising with it, then falling once the proxy is
-     over-optimised. On tiny (measured) gold does not rise: no point beats the SFT model's 0.23, and gold
+     over-optimised. On tiny (measured) gold does not rise: no trained point beats the SFT model's 0.23, and gold
      falls with KL -- best-of-n from 0.23 (n = 1) to -0.01 at KL 1.8 (n = 16), PPO from 0.19 at KL 0.5
      (kl_coef 0.3) to 0.05 at KL 4.5, DPO from 0.22 at KL 0.03 (beta 1) to -0.26 at KL 6.9 (beta 0.03),
      GRPO from 0.14 at KL 0.6 (beta 0.5) to 0.02-0.09 beyond KL 2.2. The reason is measured in lesson 03,

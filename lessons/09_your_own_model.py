@@ -10,7 +10,7 @@ Writes:   out/byo/hf_source/ (the model made here), out/byo/imported/, out/byo/m
 The same steps on the command line:
     minirlhf import-hf path/to/gpt2 --out=out/byo/imported
     minirlhf dpo --init=out/byo/imported/model.pt --reference=out/byo/imported/model.pt \\
-                 --prefs=my_prefs.jsonl --eval_prefs=my_prefs.jsonl --out_dir=out/byo --preset=micro
+                 --prefs=out/byo/my_prefs.jsonl --eval_prefs=out/byo/my_prefs.jsonl --out_dir=out/byo --preset=micro
     minirlhf export-hf out/byo/micro/dpo/model.pt out/byo/exported
 
 What you should see
