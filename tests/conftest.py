@@ -26,3 +26,17 @@ def corpus_file(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("<|endoftext|>".join(english_like_documents()))
     return str(path)
+
+
+@pytest.fixture
+def recording_judge(tmp_path):
+    """A user's gold judge (a file for --gold_judge) that scores 0 and records every prompt it receives:
+    returns (the --gold_judge spec, a function that reads back the prompts received, in order)."""
+    import json
+
+    seen = tmp_path / "judge_received.jsonl"
+    judge = tmp_path / "recording_judge.py"
+    judge.write_text("import json\n\ndef rec(prompt, response):\n"
+                     f"    with open({str(seen)!r}, 'a') as f:\n        f.write(json.dumps(prompt) + '\\n')\n"
+                     "    return 0.0\n")
+    return f"{judge}:rec", lambda: [json.loads(line) for line in seen.read_text().splitlines()]

@@ -291,7 +291,7 @@ def test_stage_stop_resume_and_resume_of_a_finished_run(base, tmp_path):  # noqa
                                 prompts_per_iteration=2, group_size=4, minibatch_size=4)
 
 
-def test_a_users_gold_judge_gets_the_whole_prompt(base, tmp_path):  # noqa: F811
+def test_a_users_gold_judge_gets_the_whole_prompt(base, tmp_path, recording_judge):  # noqa: F811
     """--reward=gold --gold_judge: GRPO's reward gives the user's judge the prompt as evaluation does (the
     message list of a longer conversation), not only its last user turn."""
     import json
@@ -302,17 +302,13 @@ def test_a_users_gold_judge_gets_the_whole_prompt(base, tmp_path):  # noqa: F811
     trunk, _ = ck.load_model(base["init"])
     rm = str(tmp_path / "rm.pt")
     ck.save_checkpoint(rm, ck.model_payload(ScalarModel(trunk), "reward"))
-    seen = tmp_path / "seen.jsonl"
-    judge = tmp_path / "recording_judge.py"
-    judge.write_text("import json\n\ndef rec(prompt, response):\n"
-                     f"    with open({str(seen)!r}, 'a') as f:\n        f.write(json.dumps(prompt) + '\\n')\n"
-                     "    return 0.0\n")
+    judge_spec, judge_received = recording_judge
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 3?"}]
     path = tmp_path / "prompts.jsonl"
     path.write_text(json.dumps({"prompt": conversation}) + "\n" + json.dumps({"prompt": "Hello!"}) + "\n")
     over = dict(preset="micro", out_dir=str(tmp_path / "out"), init=base["init"], reward_model=rm,
                 prompts=str(path), iterations=1, prompts_per_iteration=2, group_size=2, minibatch_size=4,
-                max_new_tokens=4, progress=False, reward="gold", gold_judge=f"{judge}:rec", eval_interval=1000)
+                max_new_tokens=4, progress=False, reward="gold", gold_judge=judge_spec, eval_interval=1000)
     run(make_config(GRPOConfig, overrides=over))
-    received = [json.loads(line) for line in seen.read_text().splitlines()]
+    received = judge_received()
     assert conversation in received and "Hello!" in received

@@ -335,7 +335,8 @@ def test_temperature_at_or_below_zero_is_a_clear_error_before_any_rollout(tmp_pa
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_a_users_gold_judge_gets_the_whole_prompt_and_too_few_prompts_is_an_error(base, tmp_path):  # noqa: F811
+def test_a_users_gold_judge_gets_the_whole_prompt_and_too_few_prompts_is_an_error(base, tmp_path,  # noqa: F811
+                                                                                     recording_judge):
     """--reward=gold --gold_judge: the user's judge receives what evaluation gives it (a string, or the message
     list of a longer conversation), not only the last user turn; --batch_size above the number of prompts
     is an error naming both, before the folder is touched."""
@@ -347,20 +348,16 @@ def test_a_users_gold_judge_gets_the_whole_prompt_and_too_few_prompts_is_an_erro
     trunk, _ = ck.load_model(base["init"])
     rm = str(tmp_path / "rm.pt")
     ck.save_checkpoint(rm, ck.model_payload(ScalarModel(trunk), "reward"))
-    judge = tmp_path / "recording_judge.py"
-    seen = tmp_path / "seen.jsonl"
-    judge.write_text("import json\n\ndef rec(prompt, response):\n"
-                     f"    with open({str(seen)!r}, 'a') as f:\n        f.write(json.dumps(prompt) + '\\n')\n"
-                     "    return 0.0\n")
+    judge_spec, judge_received = recording_judge
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                     {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "What is 2 plus 3?"}]
     path = tmp_path / "prompts.jsonl"
     path.write_text(json.dumps({"prompt": conversation}) + "\n" + json.dumps({"prompt": "Hello!"}) + "\n")
     over = dict(preset="micro", out_dir=str(tmp_path / "out"), init=base["init"], reward_model=rm, prompts=str(path),
                 iterations=1, batch_size=2, minibatch_size=2, max_new_tokens=4, progress=False, reward="gold",
-                gold_judge=f"{judge}:rec", eval_interval=1000)
+                gold_judge=judge_spec, eval_interval=1000)
     run(make_config(PPOConfig, overrides=over))
-    received = [json.loads(line) for line in seen.read_text().splitlines()]
+    received = judge_received()
     assert conversation in received and "Hello!" in received
     with pytest.raises(ValueError, match=r"2 usable prompts .* fewer than --batch_size=4"):
         run(make_config(PPOConfig, overrides={**over, "batch_size": 4, "minibatch_size": 4, "run_name": "few"}))
