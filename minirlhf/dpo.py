@@ -69,7 +69,7 @@ from minirlhf.config import DPOConfig, fill_from_preset, stage_dir
 from minirlhf.data import DataError, read_kto, read_preferences_with_report
 from minirlhf.ops import logprobs_from_logits, masked_sum
 from minirlhf.reward import load_pairs, row_where
-from minirlhf.sft import batch_indices, stage_file, tokenizer_of, world_eval, world_file
+from minirlhf.sft import batch_indices, eval_headline, stage_file, tokenizer_of, world_eval, world_file
 from minirlhf.train_loop import micro_batch_size, train_loop
 
 STAGE = "dpo"
@@ -418,5 +418,5 @@ def run(cfg: DPOConfig) -> dict:
     summary.update(evaluation)
     summary["seconds"] = round(watch.seconds(), 2)
     write_json(os.path.join(out, "summary.json"), summary)
-    print(f"[{cfg.loss}] gold {summary.get('gold')}, KL {summary.get('kl_k1')}; {summary['seconds']:.0f} s")
+    print(f"[{cfg.loss}] {eval_headline(summary)}; {summary['seconds']:.0f} s")
     return dist.share(summary)

@@ -121,7 +121,7 @@ from minirlhf.data import judge_prompt, prompt_text, read_prompts
 from minirlhf.engine import generate_sharded, response_logprobs
 from minirlhf.losses import grpo_loss
 from minirlhf.ppo import resume_rl, save_rl_checkpoint
-from minirlhf.sft import stage_file, tokenizer_of, world_eval, world_file
+from minirlhf.sft import eval_headline, stage_file, tokenizer_of, world_eval, world_file
 
 STAGE = "grpo"
 REWARDS = ("rm", "gold")
@@ -532,8 +532,7 @@ def run(cfg: GRPOConfig) -> dict:
                                 "temperature": cfg.temperature, "before": before, "after": after}
     summary["seconds"] = round(watch.seconds(), 2)
     write_json(os.path.join(out, "summary.json"), summary)
-    print(f"[grpo] gold {summary.get('gold')}, proxy {summary.get('proxy')}, KL {summary.get('kl_k1')}; "
-          f"{summary['seconds']:.0f} s")
+    print(f"[grpo] {eval_headline(summary)}; {summary['seconds']:.0f} s")
     if before:
         b, a = summary["task_eval"]["before"], summary["task_eval"]["after"]
         for name in ("heldout", "train_split", "rl_prompts"):

@@ -117,7 +117,7 @@ from minirlhf.engine import generate_sharded, response_logprobs
 from minirlhf.losses import ppo_policy_loss, ppo_value_loss
 from minirlhf.model import ScalarHead
 from minirlhf.pretrain import get_batch, lm_loss, load_tokens
-from minirlhf.sft import stage_file, tokenizer_of, world_eval, world_file
+from minirlhf.sft import eval_headline, stage_file, tokenizer_of, world_eval, world_file
 
 STAGE = "ppo"
 
@@ -509,6 +509,5 @@ def run(cfg: PPOConfig) -> dict:
                "rollout_tokens_per_second": round(result["rollout_tokens_per_second"], 1),
                "final_kl_coef": result["last_row"]["kl_coef"], "seconds": round(watch.seconds(), 2)}
     write_json(os.path.join(out, "summary.json"), summary)
-    print(f"[ppo] gold {summary.get('gold')}, proxy {summary.get('proxy')}, KL {summary.get('kl_k1')}; "
-          f"{summary['seconds']:.0f} s")
+    print(f"[ppo] {eval_headline(summary)}; {summary['seconds']:.0f} s")
     return dist.share(summary)

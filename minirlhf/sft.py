@@ -305,6 +305,14 @@ def run(cfg: SFTConfig) -> dict:
     return dist.share(summary)
 
 
+def eval_headline(summary: dict) -> str:
+    """A stage's last line: "gold G, proxy P, KL K" from its world evaluation, or why there is none."""
+    if summary.get("gold") is None:
+        return "no gold evaluation (no world built for this preset)"
+    names = (("gold", "gold"), ("proxy", "proxy"), ("kl_k1", "KL"))
+    return ", ".join(f"{name} {summary[key]}" for key, name in names if summary.get(key) is not None)
+
+
 def world_eval(model, tok, cfg, out: str, reference=None, reward_model=None) -> dict:
     """evaluate_policy on the world's prompts (when the world exists); samples go to samples.jsonl.
 

@@ -521,3 +521,10 @@ def test_the_ptx_tokens_are_an_input_and_an_init_in_the_stage_folder_works(base,
     own = str(root / "sft" / "model.pt")
     again = sft.run(make_config(SFTConfig, overrides={**over, "init": own, "lr": 1e-4}))
     assert again["key"] != first["key"] and (root / "sft" / "tokenizer.json").exists()
+
+
+def test_eval_headline_names_the_numbers_or_says_there_are_none():
+    """A stage's last line: no "gold None, KL None" when no world was built (bring-your-own data)."""
+    assert sft.eval_headline({"gold": 0.1, "proxy": -0.3, "kl_k1": 1.2, "seconds": 3}) == "gold 0.1, proxy -0.3, KL 1.2"
+    assert sft.eval_headline({"gold": 0.1, "kl_k1": 0.5}) == "gold 0.1, KL 0.5"
+    assert sft.eval_headline({"seconds": 3}) == "no gold evaluation (no world built for this preset)"
