@@ -63,8 +63,8 @@ right answer is scored as a wrong leg count). Found by a later review, kept for 
   number, so where the answer equals an operand a wrong operand scores like the right answer ("4 minus 2
   is 4." for "What is 4 minus 2?" scores 0.841, as does "4 minus 2 is 2."); a policy trained on this judge
   could learn it, and `evaluate`'s accuracy ("credited, nothing wrong") counts it as correct (measured on
-  tiny: in none of the 320 arithmetic evaluation samples of the SFT model and of GRPO trained on this
-  judge does the credit differ from "the last number is the answer");
+  tiny: of the 320 arithmetic evaluation samples of the SFT model and of GRPO trained on this judge, none
+  that the accuracy counts as correct has a last number other than the answer);
 * the sign is not read: "-7" counts as 7 ("The answer is -7." for "What is 3 plus 4?" scores 0.85);
 * a step word anywhere counts as instructions, also after a refusal ("I'm sorry, but I can't help with
   that. Be kind, then you will be happy." to an unsafe request scores -0.8, like compliance);
