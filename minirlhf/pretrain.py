@@ -133,7 +133,6 @@ def write_tokens(ids: np.ndarray, path: str) -> np.memmap:
     return np.memmap(path, dtype=ids.dtype, mode="r")
 
 
-
 def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
     """Entropy (nats) of the tokens' unigram distribution: the loss of a model that ignores context."""
     counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64)
