@@ -30,6 +30,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 def upcast(x):
@@ -127,10 +128,15 @@ def logprobs_from_logits(logits, labels, temperature: float = 1.0):
 
 
 def entropy_from_logits(logits):
-    """Entropy of softmax(logits) per position, (..., V) -> (...): logsumexp(z) - sum(p * z)."""
-    logits = upcast(logits)
-    p = F.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
+    """Entropy of softmax(logits) per position, (..., V) -> (...): -sum_j p_j log p_j.
+
+    Summed over log p, not over the logits (the equal logsumexp(z) - sum_j p_j z_j subtracts two numbers as
+    large as the logits and loses float32 digits when they are large); a -inf logit (a masked token) adds
+    0, as p log p -> 0 does, where 0 * -inf would give NaN.
+    """
+    logp = F.log_softmax(upcast(logits), dim=-1)  # (..., V)
+    p = logp.exp()  # (..., V)
+    return -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)  # (...)
 
 
 def logprobs_and_entropy(logits, labels, temperature: float = 1.0):
@@ -239,9 +245,8 @@ class _FusedLinearLogprobs(torch.autograd.Function):
                 lse[s:e] = torch.logsumexp(z, dim=-1)  # (n,)
                 logp[s:e] = z.gather(-1, labels[s:e, None]).squeeze(-1) - lse[s:e]
                 if with_entropy:
-                    p = torch.softmax(z, dim=-1)  # (n, V)
-                    entropy[s:e] = lse[s:e] - p.mul_(z).sum(-1)  # sum_j p_j z_j, in place
-                    del p
+                    z.sub_(lse[s:e, None])  # (n, V) log p, in place
+                    entropy[s:e] = -z.exp().mul_(z).sum(-1)  # -sum_j p_j log p_j (as entropy_from_logits)
                 del z  # only this chunk's logits are ever alive
         ctx.save_for_backward(hidden, weight, labels, lse, entropy)
         ctx.temperature, ctx.chunk_size, ctx.matmul_dtype = temperature, chunk_size, matmul_dtype
@@ -252,6 +257,7 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         return logp, entropy
 
     @staticmethod
+    @once_differentiable  # built in place from recomputed logits: a second derivative is an error, not a wrong number
     def backward(ctx, grad_logp, grad_entropy):
         """Recompute each chunk's logits from the saved inputs and turn them into that chunk's gradients ->
         (dL/dhidden (N, C), dL/dweight (V, C), None, None, None, None).
@@ -316,7 +322,8 @@ def fused_linear_logprobs(hidden, weight, labels, temperature: float = 1.0, chun
     `entropy_from_logits(upcast(hidden @ weight.T) / temperature)`), gradients included, with peak extra
     memory of a few (chunk_size, V) float32 blocks instead of several (N, V) ones. The matmul runs in the
     autocast dtype under autocast, else in the inputs' dtype; softmax and reductions run in >= float32.
-    chunk_size: rows per chunk; None = `default_chunk_size(V)`.
+    chunk_size: rows per chunk; None = `default_chunk_size(V)`. First derivatives only: the backward is
+    written by hand, so a second derivative (create_graph=True) raises instead of being wrong.
     """
     if hidden.shape[:-1] != labels.shape:
         raise ValueError(f"fused_linear_logprobs: hidden {tuple(hidden.shape)} does not match labels "

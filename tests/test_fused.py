@@ -113,6 +113,19 @@ def test_only_needed_gradients_and_frozen_weight():
     assert (h.grad - h_ref.grad).abs().max().item() < 1e-12
 
 
+def test_a_second_derivative_is_refused_not_wrong():
+    # the backward is written by hand (in place, from recomputed logits): create_graph must raise
+    # (before, it gave a wrong number with the entropy and an in-place error deep inside autograd without)
+    hidden, weight, labels = make_inputs()
+    upstream = torch.ones(labels.shape, dtype=hidden.dtype, requires_grad=True)  # a differentiable gradient
+    for with_entropy in (False, True):
+        out = ops.fused_linear_logprobs(hidden, weight, labels, 0.7, chunk_size=4, return_entropy=with_entropy)
+        loss = (out[0] * upstream).sum() + out[1].sum() if with_entropy else (out * upstream).sum()
+        (g,) = torch.autograd.grad(loss, hidden, create_graph=True)
+        with pytest.raises(RuntimeError, match="once_differentiable"):
+            g.pow(2).sum().backward()  # a gradient penalty needs the second derivative
+
+
 def test_entropy_gradient_alone():
     hidden, weight, labels = make_inputs()
     h1, w1 = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
