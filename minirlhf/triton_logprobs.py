@@ -84,7 +84,8 @@ if triton is not None:
         row = tl.program_id(0).to(tl.int64)
         row_ptr = logits_ptr + (row // inner) * stride_outer + (row % inner) * stride_inner  # a strided view's row
         cols = tl.arange(0, BLOCK)  # (BLOCK,)
-        m = tl.full((BLOCK,), -1e30, tl.float32)  # per-lane running max (finite, so m_old - m_new is defined)
+        m = tl.full((BLOCK,), -3.4028234663852886e38, tl.float32)  # per-lane running max: float32's lowest, finite
+        # (so m_old - m_new is defined) and no larger than any finite logit (a row of them still has its max)
         s = tl.zeros((BLOCK,), tl.float32)  # per lane: sum of exp(z - m)
         t = tl.zeros((BLOCK,), tl.float32)  # per lane: sum of exp(z - m) (z - m)
         for start in range(0, V, BLOCK):

@@ -10,6 +10,7 @@ The references are the textbook formulas in float64 (log_softmax + gather; H = -
 library's own plain path, so these tests would catch a mistake shared by both.
 """
 
+import math
 import os
 
 import pytest
@@ -94,6 +95,15 @@ def test_large_and_masked_logits_stay_finite(kernel):
     # log-probs of order -1e4: float32 holds them to a few parts in 1e8
     assert torch.allclose(logp.double(), want_logp, rtol=1e-6, atol=1e-5)
     assert torch.allclose(entropy.double(), want_entropy, rtol=1e-6, atol=1e-5)
+
+
+def test_a_row_at_the_lowest_float_is_uniform(kernel):
+    # every logit at float32's lowest value (a "mask everything" fill): equal logits, the uniform distribution
+    V = 40
+    logits = torch.full((2, V), torch.finfo(torch.float32).min)
+    logp, entropy = kernel.logprobs_and_entropy(logits, torch.tensor([0, 7]), temperature=1.0)
+    assert torch.allclose(logp, torch.full((2,), -math.log(V)), atol=1e-6)
+    assert torch.allclose(entropy, torch.full((2,), math.log(V)), atol=1e-5)
 
 
 def test_masked_logits_give_finite_gradients(kernel):
