@@ -224,6 +224,8 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds the context of {self.config.block_size}")
         if kv_cache is not None and start + T > total:
             raise ValueError(f"{start} cached + {T} new tokens exceed the KV cache's {total} columns")
+        if kv_cache is not None and kv_cache.k.size(1) != B:
+            raise ValueError(f"the KV cache holds {kv_cache.k.size(1)} rows but idx has {B}")
         if attention_mask is not None and attention_mask.shape != (B, total):
             raise ValueError(f"attention_mask {tuple(attention_mask.shape)}: expected ({B}, {total}) "
                              + ("(batch, the KV cache's max_len)" if kv_cache is not None else "(batch, tokens)"))
@@ -297,8 +299,15 @@ class ScalarHead(nn.Module):
         return out.squeeze(-1) * self.gain + self.offset  # (B, T)
 
 
-def last_token_index(attention_mask):
-    """Index of the last real token per row, (B, T) -> (B,); right or left padding alike."""
+def last_token_index(attention_mask, where: str = "last_token_index"):
+    """Index of the last real token per row, (B, T) -> (B,); right or left padding alike.
+
+    ValueError naming the rows (and `where`) when a row has no real token: it has no last token to read.
+    """
+    empty = ~attention_mask.bool().any(dim=1)  # (B,)
+    if empty.any():
+        raise ValueError(f"{where}: rows {empty.nonzero().flatten().tolist()} of the attention mask have no "
+                         "real token (an empty sequence has no last token to read)")
     T = attention_mask.size(1)
     positions = torch.arange(T, device=attention_mask.device)  # (T,)
     return (attention_mask.long() * (positions + 1)).argmax(dim=1)  # the largest position whose mask is 1
@@ -306,7 +315,7 @@ def last_token_index(attention_mask):
 
 def at_last_token(values, attention_mask):
     """(B, T) per-position values -> (B,), each row's value at its last real token (a reward model's score)."""
-    return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
+    return values.gather(1, last_token_index(attention_mask, "at_last_token")[:, None]).squeeze(1)
 
 
 class ScalarModel(nn.Module):

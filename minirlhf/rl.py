@@ -44,16 +44,6 @@ from minirlhf.model import last_token_index
 from minirlhf.ops import kl_k1, kl_k3, select, upcast
 
 
-def _last_real_index(mask, where: str):
-    """Index of the last 1 in each row of a (B, N) mask, whatever the padding pattern; (B,) long."""
-    mask = mask.bool()
-    empty = ~mask.any(dim=1)
-    if empty.any():
-        rows = empty.nonzero().flatten().tolist()
-        raise ValueError(f"{where}: mask rows {rows} have no real token (an empty response cannot be scored)")
-    return last_token_index(mask)  # (B,)
-
-
 def shape_rewards(scores, logprobs, ref_logprobs, mask, kl_coef: float, kl_estimator: str = "k1"):
     """Per-token PPO rewards: -kl_coef * KL estimate on every real token, plus the score at the last one.
 
@@ -75,7 +65,7 @@ def shape_rewards(scores, logprobs, ref_logprobs, mask, kl_coef: float, kl_estim
     if scores.shape != mask.shape[:1]:
         raise ValueError(f"shape_rewards: scores has shape {tuple(scores.shape)}, expected ({mask.shape[0]},)")
     mask_f = mask.to(kl.dtype)
-    last = _last_real_index(mask, "shape_rewards")  # (B,)
+    last = last_token_index(mask, "shape_rewards")  # (B,) ValueError for an empty response
     at_last = torch.nn.functional.one_hot(last, mask.shape[1]).to(kl.dtype)  # (B, N)
     return -kl_coef * kl * mask_f + upcast(scores).to(kl.dtype)[:, None] * at_last  # (B, N)
 

@@ -125,6 +125,8 @@ def test_writing_past_the_kv_cache_or_a_mask_of_the_wrong_width_is_a_clear_error
         model(torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 5), kv_cache=cache)
     with pytest.raises(ValueError, match=r"attention_mask \(2, 4\): expected \(2, 5\) \(batch, tokens\)"):
         model(torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match=r"^the KV cache holds 2 rows but idx has 3$"):
+        model(torch.zeros(3, 4, dtype=torch.long), kv_cache=model.new_kv_cache(2, 8))
 
 
 def test_tied_embeddings_and_param_count():

@@ -12,7 +12,7 @@ from minirlhf import checkpoint as ck
 from minirlhf import reward, sft
 from minirlhf.chat import render_conversation
 from minirlhf.config import ModelConfig, PretrainConfig, RewardConfig, SFTConfig, make_config
-from minirlhf.model import GPT, ScalarModel, last_token_index
+from minirlhf.model import GPT, ScalarModel, at_last_token, last_token_index
 from minirlhf.pretrain import run as pretrain
 from minirlhf.tokenizer import Tokenizer
 
@@ -107,6 +107,9 @@ def test_last_token_index_any_padding():
     left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
     assert last_token_index(right).tolist() == [2, 4, 0]
     assert last_token_index(left).tolist() == [4, 4, 4]
+    # a row without a real token has no last token: an error naming the row, not position 0 (a pad)
+    with pytest.raises(ValueError, match=r"^at_last_token: rows \[1\] of the attention mask have no real token"):
+        at_last_token(torch.randn(2, 3), torch.tensor([[1, 0, 0], [0, 0, 0]]))
 
 
 def test_reward_score_at_last_real_token_whatever_the_padding():
