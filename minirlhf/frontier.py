@@ -26,8 +26,8 @@ best-of-n takes its gold and proxy from its own stage on the same held-out promp
 (an upper bound: its points may lie further left than drawn).
 
 Writes out/<preset>/frontier/frontier.json (one row per point: method, knob, kl, gold, proxy, and length:
-the mean response length in tokens on the same held-out prompts, None for best-of-n)
-and plots/frontier_<preset>.png (gold vs KL per method; proxy vs gold per method). Each training run
+the mean response length in tokens on the same held-out prompts, None for best-of-n; `complete` is false
+while points are still being added) and plots/frontier_<preset>.png (gold vs KL per method; proxy vs gold per method). Each training run
 is its own stage folder (out/<preset>/frontier_ppo_kl0.05, ...), reused when it already ran.
 
 Deliberate simplifications: one seed per point; the stages' default budgets (a method that would do
@@ -46,6 +46,11 @@ from minirlhf.config import BestOfNConfig, DPOConfig, FrontierConfig, GRPOConfig
 METHODS = ("ppo", "dpo", "grpo", "bon", "temp")
 LABELS = {"ppo": "PPO (kl_coef)", "dpo": "DPO (beta)", "grpo": "GRPO (beta)", "bon": "best-of-n (n)",
           "temp": "SFT at temperature T"}
+
+
+# what each method's knob may be (the ranges its stage accepts)
+KNOB_RANGES = {"bon": (lambda n: n >= 1 and n == int(n), "a whole number >= 1"), "ppo": (lambda c: c >= 0, ">= 0"),
+               "dpo": (lambda b: b > 0, "> 0"), "grpo": (lambda b: b >= 0, ">= 0"), "temp": (lambda t: t > 0, "> 0")}
 
 
 def parse_floats(spec: str, name: str) -> list[float]:
@@ -102,8 +107,9 @@ def run(cfg: FrontierConfig) -> dict:
     folder and reused by that stage when its config and inputs are unchanged; the tempered SFT points need no training.
     Every point but best-of-n's is measured now with `measure` (nothing of the frontier's own is reused). Writes
     out/<preset>/frontier/frontier.json and <plots_dir>/frontier_<preset>.png and returns {"preset", "points",
-    "seconds"}. Every sweep is checked before anything runs: a ValueError for an unknown method, a list that is not
-    numbers, or a temperature <= 0.
+    "seconds", "complete"}. Every sweep is checked before anything runs: a ValueError for an unknown method, a list that is not
+    numbers, or a knob out of its range (n a whole number >= 1, beta > 0 for DPO, kl_coef and GRPO's beta >= 0,
+    T > 0). frontier.json is rewritten after every point, so a run that fails half-way keeps what it measured.
     """
     from minirlhf.best_of_n import run as best_of_n
     from minirlhf.checkpoint import load_model, load_scalar_model
@@ -115,13 +121,18 @@ def run(cfg: FrontierConfig) -> dict:
 
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"--methods: unknown {', '.join(unknown)}; expected some of {', '.join(METHODS)}")
-    # every sweep is read before any run starts: a typo in the last one must not cost an hour of the others
+    if unknown or not methods:
+        raise ValueError(f"--methods={cfg.methods!r}: expected some of {', '.join(METHODS)}"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    # every sweep is read and checked before any run starts: a typo in the last one must not cost an hour of the others
     knob = {"bon": "bon_ns", "ppo": "ppo_kl_coefs", "dpo": "dpo_betas", "grpo": "grpo_betas", "temp": "temperatures"}
     sweeps = {m: parse_floats(getattr(cfg, knob[m]), knob[m]) for m in methods}
-    if any(not t > 0 for t in sweeps.get("temp", [])):
-        raise ValueError(f"--temperatures={cfg.temperatures!r}: each must be > 0")
+    for m, values in sweeps.items():
+        ok, rule = KNOB_RANGES[m]
+        bad = [v for v in values if not ok(v)]
+        if bad:
+            raise ValueError(f"--{knob[m]}={getattr(cfg, knob[m])!r}: each must be {rule} "
+                             f"({', '.join(f'{v:g}' for v in bad)} is not)")
     out = stage_dir(cfg, "frontier")
     sft_path = stage_file(cfg, "sft", "model.pt")
     rm_path = stage_file(cfg, "reward", "model.pt")
@@ -134,11 +145,19 @@ def run(cfg: FrontierConfig) -> dict:
     points: list[dict] = []
     t0 = time.perf_counter()
 
+    def save(complete: bool) -> dict:
+        """frontier.json with the points so far (atomically, as every stage's JSON)."""
+        result = {"preset": cfg.preset, "points": points, "seconds": round(time.perf_counter() - t0, 1),
+                  "complete": complete}
+        write_json(os.path.join(out, "frontier.json"), result)
+        return result
+
     def add(method: str, knob: float, policy):
         """Measure one point; `policy` is a stage folder (its model.pt is loaded) or a model."""
         policy = os.path.join(policy, "model.pt") if isinstance(policy, str) else policy
         point = {"method": method, "knob": knob, **measure(policy, cfg, sft, tok, reward_model)}
         points.append(point)
+        save(complete=False)
         print(f"[frontier] {method:<5} {knob:<8g} KL {point['kl']:7.3f}  gold {point['gold']:+.3f}  "
               f"proxy {point['proxy']:+.3f}  ({time.perf_counter() - t0:.0f} s)")
 
@@ -153,6 +172,7 @@ def run(cfg: FrontierConfig) -> dict:
                            "proxy": row["proxy"], "length": None})
             print(f"[frontier] bon   {row['n']:<8} KL {row['kl_analytic']:7.3f}  gold {row['gold']:+.3f}  "
                   f"proxy {row['proxy']:+.3f}")
+        save(complete=False)
     if "ppo" in methods:
         for c in sweeps["ppo"]:
             name = f"frontier_ppo_kl{c:g}"
@@ -172,8 +192,7 @@ def run(cfg: FrontierConfig) -> dict:
         for t in sweeps["temp"]:
             add("temp", t, tempered(sft, t))
 
-    result = {"preset": cfg.preset, "points": points, "seconds": round(time.perf_counter() - t0, 1)}
-    write_json(os.path.join(out, "frontier.json"), result)  # atomically, as every stage's JSON
+    result = save(complete=True)
     png = plot_frontier(points, cfg.preset, os.path.join(cfg.plots_dir, f"frontier_{cfg.preset}.png"), cfg.caption)
     print(f"[frontier] {len(points)} points in {result['seconds']:.0f} s; plot {png}")
     return result

@@ -37,6 +37,16 @@ def test_bad_sweep_is_a_clear_error():
         run(FrontierConfig(preset="micro", out_dir="/nonexistent", methods="temp", temperatures="0.7,0"))
     with pytest.raises(ValueError, match="--grpo_betas='x'"):  # the last sweep, caught before the first runs
         run(FrontierConfig(preset="micro", out_dir="/nonexistent", methods="bon,ppo,grpo", grpo_betas="x"))
+    # every knob's range too, before the first run, under the sweep's own name
+    for methods, sweep, value, rule in (("bon", "bon_ns", "1,2.5", "a whole number >= 1"),
+                                        ("bon", "bon_ns", "0", "a whole number >= 1"),
+                                        ("bon,ppo", "ppo_kl_coefs", "0.1,-0.1", ">= 0"),
+                                        ("bon,dpo", "dpo_betas", "-1", "> 0"),
+                                        ("bon,grpo", "grpo_betas", "-0.5", ">= 0")):
+        with pytest.raises(ValueError, match=rf"^--{sweep}='{value}': each must be {rule} "):
+            run(FrontierConfig(preset="micro", out_dir="/nonexistent", methods=methods, **{sweep: value}))
+    with pytest.raises(ValueError, match="--methods='': expected some of"):
+        run(FrontierConfig(preset="micro", out_dir="/nonexistent", methods=""))
 
 
 def test_tempered_copy_is_the_model_at_that_temperature():
