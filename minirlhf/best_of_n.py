@@ -22,7 +22,7 @@ out/<preset>/best_of_n/summary.json:
 
 and `rm_pairwise_gold_accuracy`: over every pair of one prompt's N samples with different gold scores,
 how often the reward model orders them as the gold judge does (0.5 = chance; selection can only gain
-gold where this is well above 0.5).
+gold where this is well above 0.5; None when no such pair was drawn).
 
 The KL of best-of-n to the sampling policy is the analytic formula quoted by Stiennon et al. 2020
 (summarisation from human feedback) and used by Gao et al. 2023 ("Scaling Laws for Reward Model
@@ -57,8 +57,8 @@ import torch
 
 from minirlhf import checkpoint as ck
 from minirlhf.chat import render_prompt
-from minirlhf.common import (Stopwatch, begin_writing, config_key, file_digest, resolve_device, reusable, setup_torch,
-                             write_json)
+from minirlhf.common import (Stopwatch, begin_writing, check_same_tokenizer, config_key, file_digest, resolve_device,
+                             reusable, setup_torch, write_json)
 from minirlhf.config import BestOfNConfig, fill_from_preset, stage_dir
 from minirlhf.engine import generate
 from minirlhf.grpo import decode_responses
@@ -162,7 +162,7 @@ def run(cfg: BestOfNConfig) -> dict:
     temperature <= 0; FileNotFoundError when an input is missing.
     """
     from minirlhf.data import write_jsonl
-    from minirlhf.evaluate import eval_prompt_rows, load_judge
+    from minirlhf.evaluate import eval_prompt_rows, judge_inputs, load_judge
     from minirlhf.world import judge
 
     fill_from_preset(cfg)
@@ -176,7 +176,8 @@ def run(cfg: BestOfNConfig) -> dict:
     if not os.path.exists(prompts_path):
         raise FileNotFoundError(f"{prompts_path} does not exist: run `minirlhf world --preset {cfg.preset}` first")
     out = stage_dir(cfg, STAGE)
-    key = config_key(cfg, {"init": file_digest(init), "rm": file_digest(rm_path), "prompts": file_digest(prompts_path)})
+    key = config_key(cfg, {"init": file_digest(init), "rm": file_digest(rm_path), "prompts": file_digest(prompts_path),
+                           **judge_inputs(cfg)})
     if (summary := reusable(out, key, cfg.force, artifact="summary.json")) is not None:
         print(f"[best-of-n] reusing {out}/summary.json (same config and inputs; --force to resample)")
         return summary
@@ -184,6 +185,7 @@ def run(cfg: BestOfNConfig) -> dict:
     setup_torch(device)
     watch = Stopwatch()
     tok = tokenizer_of(init)
+    check_same_tokenizer(init, rm_path, "--reward_model")
     policy, _ = ck.load_model(init, device)
     rm, _ = ck.load_scalar_model(rm_path, device)
     policy.eval()
@@ -204,14 +206,17 @@ def run(cfg: BestOfNConfig) -> dict:
     hits, pairs = pairwise_gold_accuracy(pool.proxy.tolist(), gold.tolist())  # why selection helps or hurts
     summary = {"stage": STAGE, "key": key, "prompts": len(rows), "samples_per_prompt": N,
                "temperature": cfg.temperature, "rows": table,
-               "rm_pairwise_gold_accuracy": round(hits / max(pairs, 1), 4), "rm_pairwise_pairs": pairs,
+               "rm_pairwise_gold_accuracy": round(hits / pairs, 4) if pairs else None, "rm_pairwise_pairs": pairs,
                "seconds": round(watch.seconds(), 2)}
     write_json(os.path.join(out, "summary.json"), summary)
     print(f"{'n':>4} {'gold':>8} {'proxy':>8} {'oracle':>8} {'KL':>7}")
     for r in table:
         print(f"{r['n']:>4} {r['gold']:>8.3f} {r['proxy']:>8.3f} {r['gold_oracle']:>8.3f} {r['kl_analytic']:>7.3f}")
-    print(f"[best-of-n] the reward model orders {summary['rm_pairwise_gold_accuracy']:.3f} of the {pairs} pairs of "
-          f"samples with different gold scores as the gold judge does (0.5 = chance)")
+    if pairs:
+        print(f"[best-of-n] the reward model orders {summary['rm_pairwise_gold_accuracy']:.3f} of the {pairs} pairs of "
+              f"samples with different gold scores as the gold judge does (0.5 = chance)")
+    else:
+        print("[best-of-n] no two samples of one prompt differ in gold score: no pairwise accuracy (try more samples)")
     if cfg.temperature != 1:
         print(f"[best-of-n] note: KL is to the SFT model sampled at T = {cfg.temperature:g}, not to the SFT model "
               "itself, so these rows are not on the frontier's axis (which runs best-of-n at T = 1)")

@@ -173,8 +173,14 @@ def config_key(cfg, inputs: dict[str, str], ignore=RESULT_NEUTRAL) -> str:
     """A digest of the config (minus flags that do not change the result) and the inputs' digests.
 
     `out_dir` is left out: where the artifacts live does not change them (the inputs are digested by
-    content), so a moved or copied out/ folder is still reused."""
+    content), so a moved or copied out/ folder is still reused. `device` and `dtype` count as what they resolve
+    to, not as written: without CUDA, "auto", "cpu" and "float32" are one setting and reuse one another's runs."""
     d = {k: v for k, v in vars(cfg).items() if k not in ignore}
+    if "device" in d:
+        device = resolve_device(d["device"])
+        d["device"] = device.type  # (this process's GPU or another one: the same setting)
+        if d.get("dtype") == "auto":  # `autocast`'s rule
+            d["dtype"] = "bfloat16" if device.type == "cuda" else "float32"
     blob = json.dumps({"config": d, "inputs": inputs}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -252,6 +258,25 @@ def begin_writing(stage_dir: str, cfg, tokenizer_from: str | None = None) -> Non
 def tokenizer_file(checkpoint: str) -> str:
     """The tokenizer.json next to a checkpoint (every stage folder holds its model's tokenizer)."""
     return os.path.join(os.path.dirname(checkpoint), "tokenizer.json")
+
+
+def same_tokenizer(a: str, b: str) -> bool:
+    """Whether the checkpoints `a` and `b` read token ids alike: identical tokenizer.json files next to them."""
+    ta, tb = tokenizer_file(a), tokenizer_file(b)
+    return os.path.exists(ta) and os.path.exists(tb) and file_digest(ta) == file_digest(tb)
+
+
+def check_same_tokenizer(policy: str, other: str, flag: str) -> None:
+    """ValueError unless the model `other` (a reward, value or reference model, given by option `flag`) reads
+    token ids as the policy `policy` does (`same_tokenizer`). Another tokenizer's ids would be scored without any
+    error, and every number would be meaningless."""
+    mine, theirs = tokenizer_file(policy), tokenizer_file(other)
+    for path, what in ((mine, policy), (theirs, other)):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} does not exist: every checkpoint needs its tokenizer next to it ({what})")
+    if not same_tokenizer(policy, other):
+        raise ValueError(f"{flag}={other}: its tokenizer ({theirs}) is not the one of {policy} ({mine}); the two "
+                         "models would read the same token ids as different text")
 
 
 class Stopwatch:

@@ -63,8 +63,8 @@ from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf import losses as L
 from minirlhf.chat import render_reply
-from minirlhf.common import (Stopwatch, autocast, begin_writing, config_key, file_digest, make_adamw, resolve_device,
-                             reusable, setup_torch, write_json)
+from minirlhf.common import (Stopwatch, autocast, begin_writing, check_same_tokenizer, config_key, file_digest,
+                             make_adamw, resolve_device, reusable, same_tokenizer, setup_torch, write_json)
 from minirlhf.config import DPOConfig, fill_from_preset, stage_dir
 from minirlhf.data import DataError, read_kto, read_preferences_with_report
 from minirlhf.ops import logprobs_from_logits, masked_sum
@@ -256,6 +256,8 @@ def run(cfg: DPOConfig) -> dict:
     without model.pt or summary. ValueError for an unknown --loss, a bad --rpo_alpha, or KTO micro-batches of fewer
     than 2 examples.
     """
+    from minirlhf.evaluate import judge_inputs
+
     fill_from_preset(cfg)
     if cfg.loss not in LOSSES:
         raise ValueError(f"--loss={cfg.loss!r}: expected one of {', '.join(LOSSES)}")
@@ -281,7 +283,7 @@ def run(cfg: DPOConfig) -> dict:
     else:
         prefs = cfg.prefs or stage_file(cfg, "pairs", "prefs.jsonl")
         sources.append(("prefs", prefs))
-    inputs = {n: file_digest(p) for n, p in sources}
+    inputs = {**{n: file_digest(p) for n, p in sources}, **judge_inputs(cfg)}
     key = config_key(cfg, inputs)
     if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
         dist.print0(f"[{cfg.loss}] reusing {out}/model.pt (same config and inputs; --force to retrain)")
@@ -289,6 +291,7 @@ def run(cfg: DPOConfig) -> dict:
 
     # 1. data
     tok = tokenizer_of(ref_path)
+    check_same_tokenizer(ref_path, init, "--init")
     max_len = ck.load_checkpoint(init)["model_config"]["block_size"] + 1  # the forward pass reads ids[:, :-1]
     if cfg.loss == "kto":
         train, val, skipped = load_kto(tok, cfg, prefs, eval_prefs, max_len)
@@ -404,7 +407,10 @@ def run(cfg: DPOConfig) -> dict:
     optimizer = ref_model = None  # free them before the evaluation loads the reference again
     reference, _ = ck.load_model(ref_path, device)
     rm_path = os.path.join(cfg.out_dir, cfg.preset, "reward", "model.pt")  # the proxy column, when there is one
-    reward_model = ck.load_scalar_model(rm_path, device)[0] if os.path.exists(rm_path) else None
+    if os.path.exists(rm_path) and not same_tokenizer(ref_path, rm_path):
+        dist.print0(f"[{cfg.loss}] no proxy reward: {rm_path} reads another tokenizer than this policy")
+        rm_path = ""
+    reward_model = ck.load_scalar_model(rm_path, device)[0] if rm_path and os.path.exists(rm_path) else None
     evaluation = world_eval(model, tok, cfg, out, reference=reference, reward_model=reward_model)
     if not dist.is_main():
         return dist.share()  # rank 0 alone writes the artifacts; its summary comes back

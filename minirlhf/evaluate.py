@@ -337,7 +337,28 @@ def load_judge(spec: str):
             raise ValueError(f"--gold_judge={spec!r} returned {type(score).__name__} {score!r}, expected a float")
         return float(score)
 
+    judge_fn.source_file = getattr(module, "__file__", None)  # what `judge_inputs` digests
     return judge_fn
+
+
+def judge_inputs(cfg) -> dict[str, str]:
+    """What a stage's gold-judge numbers depend on besides its models and data, for its reuse key
+    (`common.config_key`): the world package's source (the judge, the annotators, the prompt templates), the
+    world's evaluation prompt files once built, and the file a --gold_judge comes from. So a stage whose judge
+    changed is measured again, not reused with the numbers the old judge gave."""
+    from minirlhf.common import file_digest
+    from minirlhf.world.build import source_digest
+
+    inputs = {"world_source": source_digest()}
+    world_dir = os.path.join(cfg.out_dir, cfg.preset, "world")
+    for name in ("eval_prompts.jsonl", "forum_eval.jsonl"):
+        if os.path.exists(os.path.join(world_dir, name)):
+            inputs[name] = file_digest(os.path.join(world_dir, name))
+    spec = getattr(cfg, "gold_judge", "")
+    if spec:
+        source = load_judge(spec).source_file
+        inputs["gold_judge"] = file_digest(source) if source else spec
+    return inputs
 
 
 def format_table(results: dict[str, dict], keys: list[str] | None = None) -> str:
@@ -382,7 +403,7 @@ def mean_and_std(runs: list[dict]) -> tuple[dict, dict]:
 def run(cfg) -> dict:
     """`minirlhf eval`: load the policy (and the reference and reward model if present), print the table."""
     from minirlhf.checkpoint import load_model, load_scalar_model
-    from minirlhf.common import resolve_device, write_json
+    from minirlhf.common import check_same_tokenizer, resolve_device, same_tokenizer, write_json
     from minirlhf.sample import tokenizer_for
 
     if not cfg.checkpoint:
@@ -392,6 +413,8 @@ def run(cfg) -> dict:
     output = cfg.output or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "eval.json")
     if os.path.isdir(output):  # found now, not after the whole evaluation
         raise ValueError(f"--output={output} is a folder; give a file name, e.g. {os.path.join(output, 'eval.json')}")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        raise FileNotFoundError(f"--output={output}: the folder {os.path.dirname(os.path.abspath(output))} does not exist")
     device = resolve_device(cfg.device)
     base = os.path.join(cfg.out_dir, cfg.preset)
     world_dir = os.path.join(base, "world")
@@ -400,12 +423,29 @@ def run(cfg) -> dict:
                                 f"preset? (else build them: minirlhf world --preset {cfg.preset})")
     policy, _ = load_model(cfg.checkpoint, device)
     tok = tokenizer_for(cfg.checkpoint)
-    ref_path = cfg.reference or os.path.join(base, "sft", "model.pt")
-    rm_path = cfg.reward_model or os.path.join(base, "reward", "model.pt")
-    reference = load_model(ref_path, device)[0] if os.path.exists(ref_path) else None
-    reward_model = load_scalar_model(rm_path, device)[0] if os.path.exists(rm_path) else None
-    pretrain_dir = os.path.join(base, "pretrain")
+
+    def companion(given: str, default: str, flag: str) -> str:
+        """The model to measure against ("" = none): one given by `flag` must exist and read the policy's tokens;
+        the preset's `default` is taken when it exists and does, else left out with a note."""
+        if given:
+            if not os.path.exists(given):
+                raise FileNotFoundError(f"{flag}={given} does not exist")
+            check_same_tokenizer(cfg.checkpoint, given, flag)
+            return given
+        if os.path.exists(default) and not same_tokenizer(cfg.checkpoint, default):
+            print(f"[eval] {default} reads another tokenizer than {cfg.checkpoint}: left out (choose one with {flag})")
+            return ""
+        return default if os.path.exists(default) else ""
+
+    ref_path = companion(cfg.reference, os.path.join(base, "sft", "model.pt"), "--reference")
+    rm_path = companion(cfg.reward_model, os.path.join(base, "reward", "model.pt"), "--reward_model")
+    reference = load_model(ref_path, device)[0] if ref_path else None
+    reward_model = load_scalar_model(rm_path, device)[0] if rm_path else None
+    pretrain_dir = os.path.join(base, "pretrain")  # held-out perplexity on its val.bin: the base model's tokens
     ppl_dir = pretrain_dir if os.path.exists(os.path.join(pretrain_dir, "val.bin")) else None
+    if ppl_dir and not same_tokenizer(cfg.checkpoint, os.path.join(pretrain_dir, "model.pt")):
+        print(f"[eval] no held-out perplexity: {pretrain_dir}/val.bin holds another tokenizer's ids")
+        ppl_dir = None
     per_seed, samples = {}, []
     for i, seed in enumerate(seeds):  # perplexity uses fixed windows, not the sampling seed: measured once
         per_seed[seed], seed_samples = evaluate_policy(policy, tok, world_dir, reference,

@@ -114,8 +114,8 @@ from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf import ops, rl
 from minirlhf.chat import render_prompt
-from minirlhf.common import MetricsLog, Stopwatch, autocast, begin_writing, check_finite, config_key, file_digest, make_adamw, \
-    resolve_device, reusable, setup_torch, write_json
+from minirlhf.common import (MetricsLog, Stopwatch, autocast, begin_writing, check_finite, check_same_tokenizer,
+                             config_key, file_digest, make_adamw, resolve_device, reusable, setup_torch, write_json)
 from minirlhf.config import GRPOConfig, fill_from_preset, stage_dir
 from minirlhf.data import judge_prompt, prompt_text, read_prompts
 from minirlhf.engine import generate_sharded, response_logprobs
@@ -441,7 +441,7 @@ def run(cfg: GRPOConfig) -> dict:
     config and inputs is reused (not with --force or --resume); --stop_after before the end returns {"stage",
     "iterations", "interrupted": True} without model.pt or summary.
     """
-    from minirlhf.evaluate import _correct, load_judge
+    from minirlhf.evaluate import _correct, judge_inputs, load_judge
     from minirlhf.world import CATEGORIES, judge, judge_terms
 
     fill_from_preset(cfg)
@@ -458,7 +458,7 @@ def run(cfg: GRPOConfig) -> dict:
     device = resolve_device(cfg.device)
     setup_torch(device)
     watch = Stopwatch()
-    inputs = {"init": file_digest(init), "prompts": file_digest(prompts_path)}
+    inputs = {"init": file_digest(init), "prompts": file_digest(prompts_path), **judge_inputs(cfg)}
     if rm_path:
         inputs["rm"] = file_digest(rm_path)
     key = config_key(cfg, inputs)
@@ -466,6 +466,8 @@ def run(cfg: GRPOConfig) -> dict:
         dist.print0(f"[grpo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
     tok = tokenizer_of(init)
+    if rm_path:
+        check_same_tokenizer(init, rm_path, "--reward_model")
     torch.manual_seed(cfg.seed)
     policy, _ = ck.load_model(init, device)  # dropout off in every RL stage
     ref, _ = ck.load_model(init, device)

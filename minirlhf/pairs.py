@@ -199,6 +199,7 @@ def run(cfg: PairsConfig) -> dict:
     on the on-policy pairs, `seconds`. prefs.jsonl made from the same config and inputs is reused (--force rebuilds).
     ValueError for a bad --pairing, --n_prompts < 0, --samples_per_prompt < 2, or a config that gives no pairs.
     """
+    from minirlhf.evaluate import judge_inputs
     from minirlhf.world import agreement_stats
 
     fill_from_preset(cfg)
@@ -217,8 +218,9 @@ def run(cfg: PairsConfig) -> dict:
     init = cfg.init or stage_file(cfg, "sft", "model.pt")
     prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl", "--prompts")
     templated_path = cfg.templated or world_file(cfg, "prefs.jsonl", "--templated")
-    key = config_key(cfg, {n: file_digest(p) for n, p in
-                           (("init", init), ("prompts", prompts_path), ("templated", templated_path))})
+    key = config_key(cfg, {**{n: file_digest(p) for n, p in
+                              (("init", init), ("prompts", prompts_path), ("templated", templated_path))},
+                           **judge_inputs(cfg)})  # the annotators who label the pairs are the world's code
     if (summary := reusable(out, key, cfg.force, artifact="prefs.jsonl")) is not None:
         print(f"[pairs] reusing {out}/prefs.jsonl (same config and inputs; --force to rebuild)")
         return summary

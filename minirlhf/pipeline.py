@@ -1,6 +1,6 @@
 """`minirlhf pipeline`: the main job. Every stage in order, then a report and the plots.
 
-    minirlhf pipeline                    # tiny on CPU (about 11 minutes on 2 cores), small on CUDA
+    minirlhf pipeline                    # tiny on CPU (11 to 21 minutes on 2 cores, by machine), small on CUDA
     minirlhf pipeline --preset micro     # seconds: what the tests run
     minirlhf pipeline --force            # rerun every stage even if its inputs are unchanged
     minirlhf pipeline --dtype=bfloat16   # the training stages under bf16 autocast (the default on CUDA) on any device
@@ -154,8 +154,8 @@ REPORT_KEYS = {
     "sft": ["val_loss", "truncated", "gold", "fact_acc_train", "fact_acc_heldout", "refusal_sft_unsafe", "refusal_heldout_unsafe",
             "over_refusal", "eos_rate", "heldout_ppl"],
     "pairs": ["on_policy_pairs", "templated_pairs", "on_policy_agreement"],
-    "ppo": ["gold", "proxy", "kl_k1", "length", "iterations_per_second", "rollout_tokens_per_second"],
-    "dpo": ["gold", "kl_k1", "val_rewards/accuracies", "length"],
+    "ppo": ["gold", "proxy", "kl_k1_heldout", "kl_k1", "length", "iterations_per_second", "rollout_tokens_per_second"],
+    "dpo": ["gold", "kl_k1_heldout", "kl_k1", "val_rewards/accuracies", "length"],
     "reward": ["dropped_pairs", "val_accuracy", "val_gold_accuracy", "annotator_gold_agreement",
                "label_ceiling_gold_accuracy", "on_policy_gold_accuracy_heldout", "on_policy_gold_accuracy_train",
                "corr_score_length", "raw_mean", "raw_std"],
@@ -175,7 +175,8 @@ COMPARISON = [("gold reward, the forum-eval questions", "forum_gold", "forum_pro
               ("flattery rate", None, "flattery_rate"),
               ("EOS rate", None, "eos_rate"),
               ("proxy (reward-model) reward, held-out prompts", None, "proxy"),
-              ("KL to the SFT model (nats per response)", None, "kl_k1"),
+              ("KL to the SFT model, held-out prompts (nats per response)", None, "kl_k1_heldout"),
+              ("KL to the SFT model, all evaluation prompts", None, "kl_k1"),
               ("response length (tokens)", None, "length"),
               ("held-out perplexity (alignment tax)", "heldout_ppl", "heldout_ppl")]
 

@@ -109,8 +109,9 @@ from minirlhf import checkpoint as ck
 from minirlhf import distributed as dist
 from minirlhf import ops, rl
 from minirlhf.chat import render_prompt
-from minirlhf.common import MetricsLog, Stopwatch, autocast, begin_writing, check_finite, check_resume, config_key, file_digest, \
-    make_adamw, resolve_device, reusable, rows_up_to, run_record, setup_torch, write_json
+from minirlhf.common import (MetricsLog, Stopwatch, autocast, begin_writing, check_finite, check_resume,
+                             check_same_tokenizer, config_key, file_digest, make_adamw, resolve_device, reusable,
+                             rows_up_to, run_record, setup_torch, write_json)
 from minirlhf.config import PPOConfig, fill_from_preset, stage_dir
 from minirlhf.data import judge_prompt, prompt_text, read_jsonl, read_prompts
 from minirlhf.engine import generate_sharded, response_logprobs
@@ -421,7 +422,7 @@ def run(cfg: PPOConfig) -> dict:
     config and inputs is reused (not with --force or --resume); --stop_after before the end returns {"stage",
     "iterations", "interrupted": True} without model.pt or summary. ValueError for a bad --reward or --value_model.
     """
-    from minirlhf.evaluate import load_judge
+    from minirlhf.evaluate import judge_inputs, load_judge
     from minirlhf.world import judge
 
     fill_from_preset(cfg)
@@ -434,7 +435,8 @@ def run(cfg: PPOConfig) -> dict:
     init = cfg.init or stage_file(cfg, "sft", "model.pt")
     rm_path = cfg.reward_model or stage_file(cfg, "reward", "model.pt")
     prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl", "--prompts")
-    inputs = {n: file_digest(p) for n, p in (("init", init), ("rm", rm_path), ("prompts", prompts_path))}
+    inputs = {**{n: file_digest(p) for n, p in (("init", init), ("rm", rm_path), ("prompts", prompts_path))},
+              **judge_inputs(cfg)}
     if cfg.ptx_coef > 0:  # PPO-ptx reads the pretraining tokens, so they are an input too
         inputs["ptx"] = file_digest(stage_file(cfg, "pretrain", "train.bin"))
     key = config_key(cfg, inputs)
@@ -442,6 +444,9 @@ def run(cfg: PPOConfig) -> dict:
         dist.print0(f"[ppo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
         return summary
     tok = tokenizer_of(init)
+    check_same_tokenizer(init, rm_path, "--reward_model")
+    if cfg.value_init:
+        check_same_tokenizer(init, cfg.value_init, "--value_init")
     torch.manual_seed(cfg.seed)
     policy, _ = ck.load_model(init, device)  # dropout off in every RL stage
     ref, _ = ck.load_model(init, device)

@@ -209,7 +209,8 @@ def run(cfg: PretrainConfig) -> dict:
     # 1. corpus
     cpath = dist.on_main(corpus_path, cfg)  # rank 0 builds the world if it is missing; the others wait
     digest = file_digest(cpath)
-    inputs = {"corpus": digest}
+    from minirlhf.evaluate import judge_inputs
+    inputs = {"corpus": digest, **judge_inputs(cfg)}  # the base model's forum and cloze evaluations read the world
     key = config_key(cfg, inputs)
     # --resume trains on from ckpt.pt, so it never reuses (nor removes the summary: see `reusable`)
     if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:

@@ -50,7 +50,7 @@ from minirlhf.common import (Stopwatch, autocast, begin_writing, config_key, fil
 from minirlhf.config import RewardConfig, fill_from_preset, stage_dir
 from minirlhf.data import DataError, read_jsonl, read_preferences_with_report, read_prompts
 from minirlhf.engine import generate
-from minirlhf.evaluate import eval_prompt_rows
+from minirlhf.evaluate import eval_prompt_rows, judge_inputs
 from minirlhf.losses import bradley_terry_loss, length_disentangle_loss
 from minirlhf.model import ScalarHead, ScalarModel, at_last_token
 from minirlhf.ops import pearson_correlation
@@ -446,8 +446,9 @@ def run(cfg: RewardConfig) -> dict:
     prefs = cfg.prefs or stage_file(cfg, "pairs", "prefs.jsonl")
     eval_prefs = cfg.eval_prefs or world_file(cfg, "prefs_eval.jsonl", "--eval_prefs")
     prompts_path = cfg.prompts or world_file(cfg, "rl_prompts.jsonl", "--prompts")
-    inputs = {n: file_digest(p) for n, p in
-              (("init", init), ("prefs", prefs), ("eval", eval_prefs), ("prompts", prompts_path))}
+    inputs = {**{n: file_digest(p) for n, p in
+                 (("init", init), ("prefs", prefs), ("eval", eval_prefs), ("prompts", prompts_path))},
+              **judge_inputs(cfg)}  # its flattery and on-policy numbers are scored by the gold judge
     key = config_key(cfg, inputs)
     if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
         dist.print0(f"[reward] reusing {out}/model.pt (same config and inputs; --force to retrain)")

@@ -211,6 +211,8 @@ def run(cfg: SFTConfig) -> dict:
     run with the same config and inputs is reused (not with --force or --resume); --stop_after before the end returns
     {"stage", "steps", "interrupted": True} without model.pt or summary. ValueError for --ptx_coef < 0.
     """
+    from minirlhf.evaluate import judge_inputs
+
     fill_from_preset(cfg)
     if cfg.ptx_coef < 0:
         raise ValueError(f"--ptx_coef={cfg.ptx_coef:g}: expected >= 0 (0 = no pretraining mix; -1 = the preset's)")
@@ -221,7 +223,7 @@ def run(cfg: SFTConfig) -> dict:
     init = cfg.init or stage_file(cfg, "pretrain", "model.pt")
     data = cfg.data or world_file(cfg, "sft.jsonl", "--sft-data")
     eval_data = cfg.eval_data or world_file(cfg, "sft_eval.jsonl", "--eval_data")
-    inputs = {"init": file_digest(init), "data": file_digest(data), "eval": file_digest(eval_data)}
+    inputs = {"init": file_digest(init), "data": file_digest(data), "eval": file_digest(eval_data), **judge_inputs(cfg)}
     if cfg.ptx_coef > 0:  # the pretraining mix reads these tokens, so they are an input too
         inputs["ptx"] = file_digest(stage_file(cfg, "pretrain", "train.bin"))
     key = config_key(cfg, inputs)

@@ -63,12 +63,10 @@ def check_stage_stop_and_resume(run, config_class, name: str, base: dict, tmp_pa
     summary's `summary_key` of an uninterrupted run, and --resume of the finished run reproduces them."""
     from minirlhf import checkpoint as ck
     from minirlhf.config import make_config
-    from minirlhf.model import ScalarModel
+    from test_sft_reward import untrained_reward_model
 
-    trunk, _ = ck.load_model(base["init"])
     torch.manual_seed(0)
-    rm = str(tmp_path / "rm.pt")
-    ck.save_checkpoint(rm, ck.model_payload(ScalarModel(trunk), "reward"))
+    rm = untrained_reward_model(base, tmp_path)
     over = dict(preset="micro", out_dir=str(tmp_path / "out"), init=base["init"], reward_model=rm,
                 prompts=base["prompts"], iterations=3, max_new_tokens=8, progress=False, **sizes)
     out_root = tmp_path / "out" / "micro"

@@ -17,7 +17,7 @@ from minirlhf.world import judge
 from minirlhf.model import GPT
 from resume_check import check_stage_stop_and_resume, check_stop_and_resume, rows
 from test_ppo import documented_metrics
-from test_sft_reward import base  # noqa: F401  (the shared micro fixture: a pretrained micro model, prompts)
+from test_sft_reward import base, untrained_reward_model  # noqa: F401  (the shared micro fixture: a pretrained micro model, prompts)
 
 V, END, PAD, P = 64, 62, 63, 6
 TOK = SimpleNamespace(end_id=END, pad_id=PAD)
@@ -296,12 +296,7 @@ def test_a_users_gold_judge_gets_the_whole_prompt(base, tmp_path, recording_judg
     message list of a longer conversation), not only its last user turn."""
     import json
 
-    from minirlhf import checkpoint as ck
-    from minirlhf.model import ScalarModel
-
-    trunk, _ = ck.load_model(base["init"])
-    rm = str(tmp_path / "rm.pt")
-    ck.save_checkpoint(rm, ck.model_payload(ScalarModel(trunk), "reward"))
+    rm = untrained_reward_model(base, tmp_path)
     judge_spec, judge_received = recording_judge
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 3?"}]
     path = tmp_path / "prompts.jsonl"

@@ -6,11 +6,12 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from minirlhf.cli import main
 
 
-def test_micro_pipeline_end_to_end(tmp_path, capsys):
+def test_micro_pipeline_end_to_end(tmp_path, capsys, monkeypatch):
     out, plots = str(tmp_path / "out"), str(tmp_path / "plots")
     args = ["pipeline", "--preset=micro", f"--out_dir={out}", f"--plots_dir={plots}", "--progress=false"]
     assert main(args) == 0
@@ -53,6 +54,41 @@ def test_micro_pipeline_end_to_end(tmp_path, capsys):
     for stage in ("pretrain", "sft", "pairs", "reward", "ppo", "dpo"):
         assert f"[{stage}] reusing" in printed, stage
 
+    # a device or dtype written out as what "auto" gives on this machine is the same run: reused
+    if not torch.cuda.is_available():
+        assert main([*args, "--device=cpu", "--dtype=float32"]) == 0
+        printed = capsys.readouterr().out
+        for stage in ("pretrain", "sft", "pairs", "reward", "ppo", "dpo"):
+            assert f"[{stage}] reusing" in printed, stage
+
+    # a changed gold judge (the world's code) measures a stage again instead of reusing the old judge's numbers
+    with monkeypatch.context() as m:
+        m.setattr("minirlhf.world.build.source_digest", lambda: "an edited judge")
+        assert main(["dpo", "--preset=micro", f"--out_dir={moved}", "--progress=false"]) == 0
+        assert "[dpo] reusing" not in capsys.readouterr().out
+
+    # best-of-n at n = 1 has no two samples of a prompt to compare: no pairwise accuracy, not 0
+    assert main(["best-of-n", "--preset=micro", f"--out_dir={moved}", "--ns=1"]) == 0
+    assert json.load(open(os.path.join(moved, "micro", "best_of_n", "summary.json")))["rm_pairwise_gold_accuracy"] is None
+    assert "no pairwise accuracy" in capsys.readouterr().out
+
+    # a reward model that reads another tokenizer is refused by name before any sampling
+    other = os.path.join(moved, "micro", "reward_other")
+    shutil.copytree(os.path.join(moved, "micro", "reward"), other)
+    with open(os.path.join(other, "tokenizer.json"), "a") as f:
+        f.write(" ")  # another file: another tokenizer, as far as the check can tell
+    for stage in ("best-of-n", "ppo"):
+        assert main([stage, "--preset=micro", f"--out_dir={moved}", f"--reward_model={other}/model.pt"]) == 1, stage
+        assert f"--reward_model={other}/model.pt: its tokenizer" in capsys.readouterr().err, stage
+    # and `eval` refuses a --reference that does not exist, or an --output in a missing folder, before evaluating
+    sft_model = os.path.join(moved, "micro", "sft", "model.pt")
+    assert main(["eval", "--preset=micro", f"--out_dir={moved}", f"--checkpoint={sft_model}",
+                 f"--reference={moved}/nothing.pt"]) == 1
+    assert f"--reference={moved}/nothing.pt does not exist" in capsys.readouterr().err
+    assert main(["eval", "--preset=micro", f"--out_dir={moved}", f"--checkpoint={sft_model}",
+                 f"--output={moved}/no/e.json"]) == 1
+    assert f"the folder {moved}/no does not exist" in capsys.readouterr().err
+
     # `pairs --n_prompts=0`: the templated pairs alone (0 is a setting here, not "from the preset")
     assert main(["pairs", "--preset=micro", f"--out_dir={moved}"]) == 0
     assert "[pairs] reusing" in capsys.readouterr().out
@@ -75,6 +111,31 @@ def test_micro_pipeline_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["pairs", "--preset=micro", f"--out_dir={moved}", "--n_prompts=0", "--mix_templated=false"]) == 1
     assert "leaves no pairs" in capsys.readouterr().err
+
+
+def test_judge_inputs_follow_the_judge_and_the_prompt_files(tmp_path, monkeypatch):
+    """What a stage's gold numbers depend on is part of its reuse key: the world's code (the judge), the
+    evaluation prompt files and a user's judge file, each by content."""
+    from minirlhf.config import PPOConfig, make_config
+    from minirlhf.evaluate import judge_inputs
+
+    cfg = make_config(PPOConfig, "micro", {"out_dir": str(tmp_path)})
+    before = judge_inputs(cfg)
+    assert set(before) == {"world_source"}  # no world built: no prompt files to read
+    world = tmp_path / "micro" / "world"
+    world.mkdir(parents=True)
+    (world / "eval_prompts.jsonl").write_text('{"prompt": "a"}\n')
+    first = judge_inputs(cfg)["eval_prompts.jsonl"]
+    (world / "eval_prompts.jsonl").write_text('{"prompt": "b"}\n')
+    assert judge_inputs(cfg)["eval_prompts.jsonl"] != first
+    monkeypatch.setattr("minirlhf.world.build.source_digest", lambda: "an edited judge")
+    assert judge_inputs(cfg)["world_source"] == "an edited judge" != before["world_source"]
+    mine = tmp_path / "my_judge.py"
+    mine.write_text("def score(prompt, response):\n    return 1.0\n")
+    cfg.gold_judge = f"{mine}:score"
+    one = judge_inputs(cfg)["gold_judge"]
+    mine.write_text("def score(prompt, response):\n    return -1.0\n")  # the same spec, another judge
+    assert judge_inputs(cfg)["gold_judge"] != one
 
 
 def test_micro_pipeline_under_bf16_autocast_the_gpu_precision(tmp_path):

@@ -15,7 +15,7 @@ from minirlhf.config import ModelConfig, PPOConfig, make_config
 from minirlhf.model import GPT, ScalarModel
 from minirlhf.ppo import train_ppo
 from resume_check import Crash, check_stage_stop_and_resume, check_stop_and_resume, rows
-from test_sft_reward import base  # noqa: F401  (the shared micro fixture: a pretrained micro model, prompts)
+from test_sft_reward import base, untrained_reward_model  # noqa: F401  (the shared micro fixture: a pretrained micro model, prompts)
 
 V, END, PAD, P = 64, 62, 63, 6
 TOK = SimpleNamespace(end_id=END, pad_id=PAD)
@@ -305,10 +305,8 @@ def test_prompts_too_long_for_the_context_are_left_out_and_counted(base, tmp_pat
     from minirlhf import checkpoint as ck
     from minirlhf.ppo import run
 
-    trunk, _ = ck.load_model(base["init"])
-    rm = str(tmp_path / "rm.pt")
-    ck.save_checkpoint(rm, ck.model_payload(ScalarModel(trunk), "reward"))
-    long_prompt = " ".join(["tell me about the capital"] * trunk.config.block_size)
+    rm = untrained_reward_model(base, tmp_path)
+    long_prompt = " ".join(["tell me about the capital"] * ck.load_model(base["init"])[0].config.block_size)
     prompts = [json.loads(line)["prompt"] for line in open(base["prompts"])][:6]
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts + [long_prompt]))
@@ -342,12 +340,9 @@ def test_a_users_gold_judge_gets_the_whole_prompt_and_too_few_prompts_is_an_erro
     is an error naming both, before the folder is touched."""
     import json
 
-    from minirlhf import checkpoint as ck
     from minirlhf.ppo import run
 
-    trunk, _ = ck.load_model(base["init"])
-    rm = str(tmp_path / "rm.pt")
-    ck.save_checkpoint(rm, ck.model_payload(ScalarModel(trunk), "reward"))
+    rm = untrained_reward_model(base, tmp_path)
     judge_spec, judge_received = recording_judge
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                     {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "What is 2 plus 3?"}]

@@ -53,6 +53,20 @@ def base(tmp_path_factory):
     }
 
 
+def untrained_reward_model(base, folder) -> str:
+    """<folder>/rm.pt: a scalar head on the micro base model's trunk, with that model's tokenizer.json beside it
+    (as every stage writes it: the stages check that a reward model reads the policy's tokens)."""
+    import shutil
+
+    from minirlhf import checkpoint as ck
+
+    trunk, _ = ck.load_model(base["init"])
+    rm = os.path.join(str(folder), "rm.pt")
+    ck.save_checkpoint(rm, ck.model_payload(ScalarModel(trunk), "reward"))
+    shutil.copy(os.path.join(os.path.dirname(base["init"]), "tokenizer.json"), str(folder))
+    return rm
+
+
 def test_sft_loss_mask_is_exactly_assistant_tokens_and_end(base):
     tok = base["tok"]
     messages = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello friend"}]

@@ -275,7 +275,7 @@ def summarise(world: World, data: dict[str, list[dict]], corpus_docs: list[str],
 # Writing
 
 
-def _source_digest() -> str:
+def source_digest() -> str:
     """sha256 of the world package's source: a code change invalidates built worlds."""
     h = hashlib.sha256()
     for path in sorted(Path(__file__).parent.glob("*.py")):
@@ -286,7 +286,7 @@ def _source_digest() -> str:
 def world_key(preset: str, seed: int) -> str:
     """A digest of the preset, the seed, WORLD_VERSION and the world package's source: a built world is reused
     only under the same key."""
-    blob = json.dumps({"preset": preset, "seed": seed, "version": WORLD_VERSION, "source": _source_digest()},
+    blob = json.dumps({"preset": preset, "seed": seed, "version": WORLD_VERSION, "source": source_digest()},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
