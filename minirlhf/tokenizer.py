@@ -261,7 +261,9 @@ class Tokenizer:
 
     ``mergeable_ranks`` maps token bytes to ids; the special tokens get the given ids (by default the
     ids right after the largest rank, in ``SPECIAL_TOKENS`` order). Together they must use every id
-    0..n_vocab-1 exactly once (tiktoken cannot decode an id that no token has).
+    0..n_vocab-1 exactly once (tiktoken cannot decode an id that no token has). ``mergeable_ranks`` must
+    hold all 256 single bytes and no empty token, and ``pattern`` must not match the empty string (tiktoken
+    would accept them and then panic at encode, or silently encode differently); anything else is refused.
     """
 
     def __init__(
@@ -271,6 +273,16 @@ class Tokenizer:
         mergeable_ranks: dict[bytes, int],
         special_tokens: dict[str, int] | None = None,
     ):
+        # checked here because tiktoken accepts both, then panics (a Rust PanicException, not an error) at the
+        # first encode that needs a missing byte, or silently changes the encoding around an empty token
+        no_byte = [b for b in range(256) if bytes([b]) not in mergeable_ranks]
+        if no_byte:
+            raise ValueError(f"tokenizer {name!r}: mergeable_ranks has no token for the single bytes "
+                             f"{no_byte[:8]}{'...' if len(no_byte) > 8 else ''}; a byte-level BPE needs all 256 "
+                             "so that any text can be encoded")
+        if b"" in mergeable_ranks:
+            raise ValueError(f"tokenizer {name!r}: mergeable_ranks holds an empty token (0 bytes, rank "
+                             f"{mergeable_ranks[b'']}); every token must have at least one byte")
         if special_tokens is None:
             first = max(mergeable_ranks.values()) + 1
             special_tokens = {s: first + i for i, s in enumerate(SPECIAL_TOKENS)}
@@ -297,6 +309,10 @@ class Tokenizer:
         self.enc = tiktoken.Encoding(
             name=name, pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=self.special_tokens
         )
+        # after tiktoken has checked the syntax: a pre-token that may be empty makes tiktoken panic at encode
+        if _compile(pattern).fullmatch("") is not None:
+            raise ValueError(f"tokenizer {name!r}: the pre-tokenisation pattern {pattern!r} matches the empty "
+                             "string; every pre-token must hold at least one character")
         self.eot_id = self.special_tokens[ENDOFTEXT]
         self.user_id = self.special_tokens[USER]
         self.assistant_id = self.special_tokens[ASSISTANT]
@@ -391,6 +407,8 @@ class Tokenizer:
                     raise TypeError("rank is not an int")
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{path}: mergeable_ranks[{k}] = {entry!r} is malformed ({e})") from None
+            if not token:
+                raise ValueError(f"{path}: mergeable_ranks[{k}] = {entry!r}: the token is empty (0 bytes)")
             if token in ranks:
                 raise ValueError(f"{path}: mergeable_ranks[{k}]: token {token!r} appears twice")
             ranks[token] = rank

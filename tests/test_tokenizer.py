@@ -7,6 +7,7 @@ Every tokenizer here is trained in-process on a few kB of text, so the file runs
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -412,6 +413,32 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match=r"tokenizer.json: .*must be the ids 0\.\.\d+, each once; "
                                          r"no token has id \[300\]"):
         Tokenizer.load(path)
+
+
+def test_load_refuses_what_tiktoken_would_panic_on_or_encode_differently(tmp_path):
+    """tiktoken builds an Encoding from these, then panics at the first encode (a missing single byte, a
+    pattern that matches "") or silently splits text around an empty token; each is refused at load."""
+    path = sample_tok().save(tmp_path / "tokenizer.json")
+    good = json.loads(path.read_text())
+    assert base64.b64decode(good["mergeable_ranks"][97][0]) == b"a" and good["mergeable_ranks"][300][1] == 300
+    cases = [(lambda p: p["mergeable_ranks"][97].__setitem__(0, base64.b64encode(b"\xfe\xfe\xfe").decode()),
+              r"tokenizer.json: .*no token for the single bytes \[97\]"),
+             (lambda p: p.__setitem__("pattern", ""), r"tokenizer.json: .*pattern '' matches the empty string"),
+             (lambda p: p.__setitem__("pattern", r"\s*"), r"tokenizer.json: .*pattern '\\\\s\*' matches the empty"),
+             (lambda p: p["mergeable_ranks"][300].__setitem__(0, ""),
+              r"tokenizer.json: mergeable_ranks\[300\] = \['', 300\]: the token is empty")]
+    for change, message in cases:
+        payload = json.loads(json.dumps(good))
+        change(payload)
+        path.write_text(json.dumps(payload))
+        with pytest.raises(ValueError, match=message):
+            Tokenizer.load(path)
+    ranks = {bytes([b]): b for b in range(256)}  # the constructor itself refuses them too
+    with pytest.raises(ValueError, match=r"empty token \(0 bytes, rank 256\)"):
+        Tokenizer("t", GPT2_SPLIT_PATTERN, {**ranks, b"": 256})
+    del ranks[b"\x00"], ranks[b"\xff"]
+    with pytest.raises(ValueError, match=r"no token for the single bytes \[0, 255\]"):
+        Tokenizer("t", GPT2_SPLIT_PATTERN, ranks)
 
 
 def test_hf_vocabulary_with_an_unused_id_is_refused_at_import(tmp_path):
