@@ -331,6 +331,59 @@ def _added_tokens(path: str) -> dict[str, int]:
     return added
 
 
+def _read_tokenizer_json(tj: str) -> dict:
+    """A tokenizer.json as a dict. Not JSON, not one object, or a key read here of the wrong shape
+    ('model' and 'pre_tokenizer' objects, 'added_tokens' a list of {"content": str, "id": int >= 0}) is an
+    error naming the file and the key."""
+    try:
+        with open(tj, encoding="utf-8") as f:
+            payload = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{tj}: not a valid JSON file ({e})") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{tj}: expected one JSON object, got {type(payload).__name__}")
+    for key in ("model", "pre_tokenizer"):
+        if not isinstance(payload.get(key) or {}, dict):
+            raise ValueError(f"{tj}: key {key!r} must be an object, got {payload[key]!r}")
+    added = payload.get("added_tokens") or []
+    if not isinstance(added, list):
+        raise ValueError(f"{tj}: key 'added_tokens' must be a list, got {type(added).__name__}")
+    seen: dict[str, int] = {}  # content -> index in added_tokens
+    for k, entry in enumerate(added):
+        if not (isinstance(entry, dict) and isinstance(entry.get("content"), str) and isinstance(entry.get("id"), int)
+                and not isinstance(entry["id"], bool) and entry["id"] >= 0):
+            raise ValueError(f"{tj}: added_tokens[{k}] = {entry!r}; expected an object with a string 'content' and "
+                             "an int 'id' >= 0")
+        text = entry["content"]
+        if text in seen:
+            raise ValueError(f"{tj}: added_tokens[{k}] ({text!r}) repeats added_tokens[{seen[text]}]")
+        seen[text] = k
+    return payload
+
+
+def _tokenizer_json_bpe(tj: str, model: dict) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """model.vocab (token -> int id >= 0) and model.merges of a tokenizer.json BPE; a merge is either
+    "left right" (one space) or ["left", "right"], as transformers writes them (older / newer versions).
+    A malformed entry is an error naming it (`<tj>: model.merges[k]`)."""
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict):
+        raise ValueError(f"{tj}: key 'model.vocab' missing or not an object mapping each token to its id")
+    for text, i in vocab.items():
+        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+            raise ValueError(f"{tj}: model.vocab[{text!r}] = {i!r}; an id must be an int >= 0")
+    raw = model.get("merges", [])
+    if not isinstance(raw, list):
+        raise ValueError(f"{tj}: key 'model.merges' must be a list, got {type(raw).__name__}")
+    merges = []
+    for k, merge in enumerate(raw):
+        parts = merge.split(" ") if isinstance(merge, str) else merge
+        if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(p, str) and p for p in parts)):
+            raise ValueError(f"{tj}: model.merges[{k}] = {merge!r}; expected two tokens, as \"left right\" (one "
+                             'space) or ["left", "right"]')
+        merges.append((parts[0], parts[1]))
+    return vocab, merges
+
+
 def load_hf_tokenizer(path: str, tokenizer: str = "auto", vocab_size: int | None = None) -> Tokenizer:
     """The folder's tokenizer as our Tokenizer (chat tokens it lacks get the next ids).
 
@@ -347,8 +400,7 @@ def load_hf_tokenizer(path: str, tokenizer: str = "auto", vocab_size: int | None
     tj = os.path.join(path, "tokenizer.json")
     payload = None
     if os.path.isfile(tj):
-        with open(tj, encoding="utf-8") as f:
-            payload = json.load(f)
+        payload = _read_tokenizer_json(tj)
         if payload.get("format") == "minirlhf-tokenizer":
             return Tokenizer.load(tj)
     _refuse_encoding_options(path, payload)
@@ -360,10 +412,10 @@ def load_hf_tokenizer(path: str, tokenizer: str = "auto", vocab_size: int | None
         if model.get("type") != "BPE" or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
             raise ValueError(f"{tj}: not a GPT-2-style byte-level BPE (model {model.get('type')!r}, "
                              f"pre_tokenizer {pre.get('type')!r})")
-        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
-        added = {t["content"]: t["id"] for t in payload.get("added_tokens", [])}
+        vocab, merges = _tokenizer_json_bpe(tj, model)
+        added = {t["content"]: t["id"] for t in payload.get("added_tokens") or []}
         merge_where = [f"{tj}: model.merges[{k}]" for k in range(len(merges))]
-        return Tokenizer.from_hf_bpe(model.get("vocab", {}), merges, added, name, tj, merge_where)
+        return Tokenizer.from_hf_bpe(vocab, merges, added, name, tj, merge_where)
     if vocab_size == 50257:
         return Tokenizer.gpt2()
     raise FileNotFoundError(f"{path}: no tokenizer files (vocab.json + merges.txt, or tokenizer.json); "

@@ -379,6 +379,58 @@ def test_hf_settings_that_change_the_encoding_are_refused(trained_files, tmp_pat
             hf.load_hf_tokenizer(str(saved))
 
 
+def saved_tokenizer_json(trained_files, folder):
+    """transformers' own tokenizer.json of `trained_files` (vocab.json / merges.txt removed) and its payload."""
+    transformers.GPT2Tokenizer.from_pretrained(str(trained_files)).save_pretrained(str(folder))
+    for name in ("vocab.json", "merges.txt"):
+        (folder / name).unlink(missing_ok=True)
+    return json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+
+
+def test_malformed_tokenizer_json_is_a_clear_error(trained_files, tmp_path):
+    saved = tmp_path / "saved"
+    payload = saved_tokenizer_json(trained_files, saved)
+    ours = Tokenizer.from_vocab_merges(trained_files / "vocab.json", trained_files / "merges.txt")
+    sample = " The kalo is 123.\nne  ne"
+    # both spellings of a merge that transformers writes load alike: ["left", "right"] and "left right"
+    pairs = [m if isinstance(m, list) else m.split(" ") for m in payload["model"]["merges"]]
+    for merges in (pairs, [" ".join(m) for m in pairs]):
+        payload["model"]["merges"] = merges
+        (saved / "tokenizer.json").write_text(json.dumps(payload), encoding="utf-8")
+        assert hf.load_hf_tokenizer(str(saved)).encode(sample) == ours.encode(sample)
+
+    def model(key, value):
+        return lambda p: p["model"].__setitem__(key, value)
+
+    def merge(value):
+        return lambda p: p["model"]["merges"].__setitem__(5, value)
+
+    pair = r"expected two tokens, as \"left right\" \(one space\) or \[\"left\", \"right\"\]"
+    cases = [(merge(["a", "b", "c"]), r"model.merges\[5\] = \['a', 'b', 'c'\]; " + pair),
+             (merge(["ab"]), r"model.merges\[5\] = \['ab'\]; " + pair),
+             (merge("a b c"), r"model.merges\[5\] = 'a b c'; " + pair),
+             (merge("ab"), r"model.merges\[5\] = 'ab'; " + pair),
+             (model("merges", "a b"), r"key 'model.merges' must be a list, got str"),
+             (lambda p: p["model"]["vocab"].__setitem__("a", "97"), r"model.vocab\['a'\] = '97'; an id must be an int"),
+             (lambda p: p["model"].pop("vocab"), r"key 'model.vocab' missing or not an object"),
+             (lambda p: p.__setitem__("model", "BPE"), r"key 'model' must be an object, got 'BPE'"),
+             (lambda p: p["added_tokens"][0].__setitem__("id", str(p["added_tokens"][0]["id"])),
+              r"added_tokens\[0\] = \{.*\}; expected an object with a string 'content' and an int 'id' >= 0"),
+             (lambda p: p["added_tokens"].append(dict(p["added_tokens"][0])),
+              r"added_tokens\[\d+\] \('<\|endoftext\|>'\) repeats added_tokens\[0\]")]
+    for change, message in cases:
+        changed = json.loads(json.dumps(payload))
+        change(changed)
+        (saved / "tokenizer.json").write_text(json.dumps(changed), encoding="utf-8")
+        with pytest.raises(ValueError, match="tokenizer.json: " + message):
+            hf.load_hf_tokenizer(str(saved))
+    for text, message in [("{bad", r"not a valid JSON file \(Expecting property name"),
+                          ("[]", "expected one JSON object, got list")]:
+        (saved / "tokenizer.json").write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError, match="tokenizer.json: " + message):
+            hf.load_hf_tokenizer(str(saved))
+
+
 # ----------------------------------------------------------------------------------------------------
 # bad checkpoints
 
