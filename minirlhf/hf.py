@@ -29,7 +29,7 @@ Tokenizer. The folder's `vocab.json` + `merges.txt` (or a Hugging Face `tokenize
 ranks with unchanged ids (see `Tokenizer.from_hf_bpe`); with `--tokenizer=gpt2`, or when the folder
 has no tokenizer files and 50257 tokens, tiktoken's own GPT-2 encoding from its local cache is used.
 Settings with which transformers would encode text differently (`add_prefix_space: true`, a
-`normalizer`, an added token that is not `"special": true`) are refused, not ignored.
+`normalizer`, BPE dropout, an added token that is not `"special": true`) are refused, not ignored.
 
 Chat tokens. Our chat template needs `<|user|>`, `<|assistant|>`, `<|end|>`, `<|pad|>` (and
 `<|endoftext|>`). Those the vocabulary lacks get the next ids, and the embedding matrix (tied to the
@@ -245,10 +245,13 @@ def _refuse_encoding_options(path: str, tokenizer_json: dict | None) -> None:
     """Refuse the Hugging Face tokenizer settings with which transformers would encode text differently from
     our tiktoken encoding of the same vocabulary; GPT-2's own files set none of them. They are
     `add_prefix_space: true` in tokenizer_config.json or in tokenizer.json's pre_tokenizer (a
-    space is put before the text), a tokenizer.json `normalizer` (the text is rewritten first), and an
-    added token not marked `"special": true` in tokenizer_config.json's added_tokens_decoder or tokenizer.json's
-    added_tokens, or listed in the legacy added_tokens.json without being marked special (transformers finds it in plain text as an ordinary word; our encoder never emits an
-    added token: they are our control tokens, which enter a sequence only through the chat template)."""
+    space is put before the text), a tokenizer.json `normalizer` (the text is rewritten first), a BPE
+    `model.dropout` (merges skipped at random) or non-empty `model.continuing_subword_prefix` /
+    `model.end_of_word_suffix` (affixes our byte-level BPE does not have), and an added token not marked
+    `"special": true` in tokenizer_config.json's added_tokens_decoder or tokenizer.json's added_tokens, or
+    listed in the legacy added_tokens.json without being marked special (transformers finds it in plain text
+    as an ordinary word; our encoder never emits an added token: they are our control tokens, which enter a
+    sequence only through the chat template)."""
     not_special = ("transformers finds a non-special added token in plain text as an ordinary word, our encoder "
                    'never does; only "special": true added tokens are supported')
     tc = os.path.join(path, "tokenizer_config.json")
@@ -281,6 +284,14 @@ def _refuse_encoding_options(path: str, tokenizer_json: dict | None) -> None:
         if (tokenizer_json.get("pre_tokenizer") or {}).get("add_prefix_space"):
             raise ValueError(f"{tj}: key 'pre_tokenizer.add_prefix_space' is true; transformers would put a space "
                              "before the text, which our encoder does not (set it to false)")
+        model = tokenizer_json.get("model") or {}
+        if model.get("dropout") is not None:
+            raise ValueError(f"{tj}: key 'model.dropout' is {model['dropout']!r}; with BPE dropout transformers skips "
+                             "merges at random, which our encoder never does (set it to null)")
+        for key in ("continuing_subword_prefix", "end_of_word_suffix"):
+            if model.get(key):
+                raise ValueError(f"{tj}: key 'model.{key}' is {model[key]!r}; transformers would mark word pieces "
+                                 "with it, which our byte-level BPE does not (set it to null or \"\")")
         for k, entry in enumerate(tokenizer_json.get("added_tokens") or []):
             if entry.get("special") is not True:
                 raise ValueError(f"{tj}: added_tokens[{k}] ({entry.get('content')!r}) is not "

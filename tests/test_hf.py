@@ -13,6 +13,7 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install -e '.[test]')")
 pytest.importorskip("safetensors", reason="safetensors is not installed (pip install -e '.[test]')")
+tokenizers = pytest.importorskip("tokenizers", reason="tokenizers is not installed (pip install -e '.[test]')")
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -366,7 +367,15 @@ def test_hf_settings_that_change_the_encoding_are_refused(trained_files, tmp_pat
     payload = json.loads((saved / "tokenizer.json").read_text(encoding="utf-8"))
     changes = [(("normalizer",), {"type": "NFKC"}, r"key 'normalizer' is set \(type 'NFKC'\)"),
                (("pre_tokenizer", "add_prefix_space"), True, r"key 'pre_tokenizer.add_prefix_space' is true"),
-               (("added_tokens", 0, "special"), False, r"added_tokens\[0\] \('<\|endoftext\|>'\) is not \"special\"")]
+               (("added_tokens", 0, "special"), False, r"added_tokens\[0\] \('<\|endoftext\|>'\) is not \"special\""),
+               (("model", "dropout"), 0.5, r"key 'model.dropout' is 0.5; with BPE dropout transformers skips merges"),
+               (("model", "continuing_subword_prefix"), "##", r"key 'model.continuing_subword_prefix' is '##'"),
+               (("model", "end_of_word_suffix"), "</w>", r"key 'model.end_of_word_suffix' is '</w>'")]
+    # dropout 1.0 skips every merge: transformers encodes byte by byte, where our encoder merges
+    dropped = json.loads(json.dumps(payload))
+    dropped["model"]["dropout"] = 1.0
+    theirs = tokenizers.Tokenizer.from_str(json.dumps(dropped))
+    assert theirs.encode(sample).ids == list(sample.encode("utf-8")) != ours.encode(sample)
     for keys, value, message in changes:
         changed = json.loads(json.dumps(payload))
         *parents, last = keys
