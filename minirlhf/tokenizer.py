@@ -493,7 +493,9 @@ class Tokenizer:
         many new embedding rows (``minirlhf.hf`` adds them). The ids must then run 0..n-1 without a gap
         (checked by ``Tokenizer``; an error names ``source``).
         """
-        ranks, specials = hf_bpe_to_ranks(vocab, merges, source, merge_where)
+        # our control tokens and the given added tokens may be specials spelled in the byte alphabet
+        declared = {*SPECIAL_TOKENS, *(added_tokens or {})}
+        ranks, specials = hf_bpe_to_ranks(vocab, merges, source, merge_where, declared)
         owner = {i: text for text, i in vocab.items()}
         for text, i in (added_tokens or {}).items():
             if text in vocab and (vocab[text] != i or text not in specials):

@@ -279,6 +279,28 @@ def write_merges(folder, merges):
     return folder
 
 
+def test_token_no_merge_creates_is_refused_unless_declared_special(tmp_path):
+    # "Ġthe" with its merges missing (a merges.txt cut short): transformers reads it as the bytes " the",
+    # an ordinary token; it used to become a special token decoding to the literal "Ġthe"
+    folder = write_merges(tmp_path / "files", [("a", "b")])  # ab = 256, <|endoftext|> = 257
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    vocab["Ġthe"] = 258
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    assert transformers.GPT2Tokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).decode([258]) == " the"
+    with pytest.raises(ValueError, match=r"vocab.json: token 'Ġthe' \(id 258\) stands for the bytes b' the' but no "
+                                         r"merge creates it .* not declared special"):
+        Tokenizer.from_vocab_merges(folder / "vocab.json", folder / "merges.txt")
+    # declared as a special added token it is one; so is an entry with a character outside the byte alphabet
+    # (a space), and <|endoftext|> (one of our control tokens) needs no declaration
+    tok = Tokenizer.from_vocab_merges(folder / "vocab.json", folder / "merges.txt", {"Ġthe": 258})
+    assert tok.special_tokens["Ġthe"] == 258 and tok.eot_id == 257 and tok.encode(" the") == [32, 116, 104, 101]
+    del vocab["Ġthe"]
+    vocab["<extra 0>"] = 258
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    tok = Tokenizer.from_vocab_merges(folder / "vocab.json", folder / "merges.txt")
+    assert tok.special_tokens["<extra 0>"] == 258 and tok.decode([258]) == "<extra 0>"
+
+
 def test_merges_that_tiktoken_would_not_make_are_refused(tmp_path):
     # ids increase down the file, yet tiktoken, which merges any adjacent pair that forms a token, turns
     # "abc" into ab + c and then into the token abc; transformers merges only listed pairs and stops at ab c
