@@ -181,8 +181,13 @@ def read_hf_bpe(vocab_path: str | os.PathLike, merges_path: str | os.PathLike
     if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
                                               for i in vocab.values()):
         raise ValueError(f"{vocab_path}: expected one JSON object mapping each token to its id (an int >= 0)")
+    try:
+        merges_text = merges_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = merges_path.read_bytes().count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{merges_path}:{line}: not UTF-8 text ({e})") from None
     merges, merge_where = [], []
-    for n, line in enumerate(merges_path.read_text(encoding="utf-8").split("\n"), start=1):
+    for n, line in enumerate(merges_text.split("\n"), start=1):
         line = line.removesuffix("\r")
         if not line or (n == 1 and line.startswith("#version")):
             continue

@@ -257,6 +257,9 @@ def test_bad_tokenizer_files_are_clear_errors(tmp_path, handwritten_files):
     (tmp_path / "merges.txt").write_text("#version: 0.2\nĠ k\nal\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"merges.txt:3: expected two tokens separated by one space"):
         Tokenizer.from_vocab_merges(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    (tmp_path / "merges.txt").write_bytes("#version: 0.2\nĠ k\n".encode("utf-8") + b"a \xff\n")  # Latin-1, not UTF-8
+    with pytest.raises(ValueError, match=r"merges.txt:3: not UTF-8 text \('utf-8' codec can't decode byte 0xff"):
+        Tokenizer.from_vocab_merges(tmp_path / "vocab.json", tmp_path / "merges.txt")
     (tmp_path / "merges.txt").write_text("a l\nĠ k\n", encoding="utf-8")  # ids 258 then 257: out of order
     with pytest.raises(ValueError, match=r"merges.txt:2 \(Ġ k\): .*not above the previous merge's id"):
         Tokenizer.from_vocab_merges(tmp_path / "vocab.json", tmp_path / "merges.txt")
