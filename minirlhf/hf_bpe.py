@@ -88,8 +88,11 @@ def hf_bpe_to_ranks(vocab: dict[str, int], merges: Sequence[tuple[str, str]], so
             raise ValueError(f"{source}: token {text!r} has the character {e.args[0]!r}, outside GPT-2's byte "
                              "alphabet: not a byte-level BPE vocabulary") from None
 
-    if len(set(vocab.values())) != len(vocab):
-        raise ValueError(f"{source}: two tokens share an id; every id must appear once")
+    owner: dict[int, str] = {}  # id -> token
+    for text, i in vocab.items():
+        if i in owner:
+            raise ValueError(f"{source}: tokens {owner[i]!r} and {text!r} share the id {i}; every id must appear once")
+        owner[i] = text
     missing = [b for b, c in bytes_to_unicode().items() if c not in vocab]
     if missing:
         raise ValueError(f"{source}: no token for the single bytes {missing[:8]}{'...' if len(missing) > 8 else ''}; "

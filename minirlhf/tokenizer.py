@@ -498,9 +498,12 @@ class Tokenizer:
         ranks, specials = hf_bpe_to_ranks(vocab, merges, source, merge_where, declared)
         owner = {i: text for text, i in vocab.items()}
         for text, i in (added_tokens or {}).items():
-            if text in vocab and (vocab[text] != i or text not in specials):
-                raise ValueError(f"{source}: added token {text!r} (id {i}) is an ordinary BPE token with id "
+            if text in vocab and text not in specials:
+                raise ValueError(f"{source}: added token {text!r} (id {i!r}) is an ordinary BPE token with id "
                                  f"{vocab[text]} in the vocabulary")
+            if text in vocab and vocab[text] != i:
+                raise ValueError(f"{source}: added token {text!r} has id {i!r}, but the vocabulary gives it id "
+                                 f"{vocab[text]}")
             if text not in vocab and i in owner:
                 raise ValueError(f"{source}: added token {text!r} has id {i}, which belongs to {owner[i]!r}")
             specials[text] = i

@@ -454,6 +454,24 @@ def test_hf_vocabulary_with_an_unused_id_is_refused_at_import(tmp_path):
     assert Tokenizer.load(tok.save(tmp_path / "tokenizer.json")).special_tokens == tok.special_tokens
 
 
+def test_hf_import_errors_name_the_tokens_and_ids():
+    u = bytes_to_unicode()
+    vocab = {u[b]: b for b in range(256)}
+    vocab["ab"] = 256
+    vocab[ENDOFTEXT] = 257  # a special entry of the vocabulary, not made by a merge
+    with pytest.raises(ValueError, match=r"vocab.json: added token '<\|endoftext\|>' has id 300, but the "
+                                         r"vocabulary gives it id 257$"):
+        Tokenizer.from_hf_bpe(vocab, [("a", "b")], {ENDOFTEXT: 300})
+    with pytest.raises(ValueError, match=r"added token '<\|endoftext\|>' has id '257', but the vocabulary gives it "
+                                         r"id 257$"):
+        Tokenizer.from_hf_bpe(vocab, [("a", "b")], {ENDOFTEXT: "257"})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match=r"added token 'ab' \(id 256\) is an ordinary BPE token with id 256"):
+        Tokenizer.from_hf_bpe(vocab, [("a", "b")], {"ab": 256})  # made by the merge a b
+    with pytest.raises(ValueError, match=r"vocab.json: tokens 'ab' and 'x y' share the id 256; every id must appear "
+                                         r"once"):
+        Tokenizer.from_hf_bpe({**vocab, "x y": 256}, [("a", "b")])
+
+
 # ---------------------------------------------------------------------------------------------------
 # GPT-2
 
