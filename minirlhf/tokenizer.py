@@ -104,6 +104,15 @@ def _compile(pattern: str) -> regex.Pattern:
 
 
 _SPECIAL_SPLIT = re.compile("|".join(re.escape(s) for s in SPECIAL_TOKENS))
+_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: no UTF-8 bytes
+
+
+def _refuse_surrogates(text: str, where: str) -> None:
+    """A lone surrogate (json.loads makes one from "\\ud83d") has no UTF-8 bytes: an error naming its index."""
+    found = _SURROGATE.search(text)
+    if found:
+        raise ValueError(f"{where}: text[{found.start()}] is {found.group()!r}, a lone surrogate (half of a UTF-16 "
+                         "pair), which has no UTF-8 encoding")
 
 
 def _count_pretokens(text: str, pattern: str) -> Counter[bytes]:
@@ -135,10 +144,12 @@ def train_bpe(text: str, n_merges: int, pattern: str = GPT2_SPLIT_PATTERN) -> li
     Sennrich et al. 2016, Algorithm 1, on unique pre-tokens weighted by their frequency. Each step
     merges the most frequent adjacent pair (ties: smallest ``(left, right)`` bytes) into a new token.
     Fewer merges are returned only if the corpus runs out of pairs. Special-token strings in ``text``
-    (e.g. ``<|endoftext|>`` between documents) are treated as boundaries and never learned.
+    (e.g. ``<|endoftext|>`` between documents) are treated as boundaries and never learned. A lone
+    surrogate in ``text`` is a ValueError naming its index.
     """
     if not isinstance(text, str):
         raise TypeError(f"train_bpe: text must be str, got {type(text).__name__}")
+    _refuse_surrogates(text, "train_bpe")
     if n_merges < 0:
         raise ValueError(f"train_bpe: n_merges must be >= 0, got {n_merges}")
 
@@ -335,9 +346,11 @@ class Tokenizer:
     # --- encode / decode ---------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        """Plain text -> ids. Special-token strings in ``text`` are encoded as ordinary bytes."""
+        """Plain text -> ids. Special-token strings in ``text`` are encoded as ordinary bytes. A lone
+        surrogate is a ValueError naming its index (tiktoken would silently encode U+FFFD instead)."""
         if not isinstance(text, str):
             raise TypeError(f"Tokenizer.encode: expected str, got {type(text).__name__}")
+        _refuse_surrogates(text, "Tokenizer.encode")
         return self.enc.encode_ordinary(text)
 
     def decode(self, ids: Iterable[int]) -> str:

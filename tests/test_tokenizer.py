@@ -280,6 +280,19 @@ def test_vocab_size_errors():
         Tokenizer.train("tiny text", 400)
 
 
+def test_lone_surrogate_is_an_error_naming_its_index():
+    tok = sample_tok()
+    text = json.loads('"caf\\u00e9 \\ud83d!"')  # JSON's escape for half of 🙂 gives a lone surrogate
+    assert text == "café \ud83d!"
+    message = r"text\[5\] is '\\ud83d', a lone surrogate \(half of a UTF-16 pair\), which has no UTF-8 encoding"
+    with pytest.raises(ValueError, match=r"Tokenizer.encode: " + message):
+        tok.encode(text)  # tiktoken alone encodes U+FFFD there, so decode(encode(text)) != text
+    with pytest.raises(ValueError, match=r"train_bpe: text\[11\] is '\\ud83d'"):
+        train_bpe("ab " * 2 + text, 3)  # 6 characters before "café "
+    whole = json.loads('"\\ud83d\\ude42"')  # both halves: json.loads joins them into one character
+    assert whole == "🙂" and tok.decode(tok.encode(whole)) == whole
+
+
 def test_decode_rejects_out_of_range():
     tok = sample_tok()
     with pytest.raises(ValueError, match="outside"):
