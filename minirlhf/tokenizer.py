@@ -59,6 +59,7 @@ from typing import Iterable, Sequence
 import regex
 import tiktoken
 
+from minirlhf.data import write_bytes_atomic
 from minirlhf.hf_bpe import hf_bpe_to_ranks, ranks_to_hf_bpe, read_hf_bpe
 
 # ----------------------------------------------------------------------------------------------------
@@ -381,15 +382,7 @@ class Tokenizer:
             "special_tokens": self.special_tokens,
             "mergeable_ranks": [[base64.b64encode(tok).decode("ascii"), rank] for tok, rank in ranks],
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(payload, f)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_bytes_atomic(path, json.dumps(payload).encode("utf-8"))
         return path
 
     @classmethod

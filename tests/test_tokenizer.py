@@ -404,6 +404,18 @@ def test_save_load_round_trip(tmp_path):
     assert ids == render_conversation(tok, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}])[0]
 
 
+def test_save_gives_the_mode_open_gives(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = sample_tok().save(tmp_path / "tokenizer.json")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    modes = [os.stat(p).st_mode & 0o777 for p in (path, tmp_path / "plain.txt")]
+    assert modes == [0o640, 0o640]  # 0o666 less the umask, not mkstemp's private 0o600
+    assert sorted(os.listdir(tmp_path)) == ["plain.txt", "tokenizer.json"]  # no temp file left over
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.json"):
         Tokenizer.load(tmp_path / "missing.json")
