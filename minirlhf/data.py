@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Iterable, Protocol
 
 ENDOFTEXT = "<|endoftext|>"  # same string as minirlhf.tokenizer.ENDOFTEXT; documents' separator
@@ -339,7 +338,24 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
             raise DataError(f"{name}:{i + 1}: cannot write row as JSON ({e})") from None
     data = "".join(line + "\n" for line in lines).encode("utf-8")
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(name) + ".", suffix=".tmp")
+    write_bytes_atomic(name, data)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically: a temp file in the same folder, fsync, then rename over `path`.
+
+    The file gets the mode open() would give it (0o666 less the umask), not tempfile.mkstemp's private
+    0o600. The folder must exist; on any error the temp file is removed and `path` is left as it was.
+    """
+    name = os.fspath(path)
+    prefix = os.path.join(os.path.dirname(os.path.abspath(name)), "." + os.path.basename(name) + ".")
+    while True:  # a fresh name created exclusively, as mkstemp does, but with open()'s mode
+        tmp = prefix + os.urandom(4).hex() + ".tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

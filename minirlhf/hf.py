@@ -29,7 +29,7 @@ Tokenizer. The folder's `vocab.json` + `merges.txt` (or a Hugging Face `tokenize
 ranks with unchanged ids (see `Tokenizer.from_hf_bpe`); with `--tokenizer=gpt2`, or when the folder
 has no tokenizer files and 50257 tokens, tiktoken's own GPT-2 encoding from its local cache is used.
 Settings with which transformers would encode text differently (`add_prefix_space: true`, a
-`normalizer`, an added token that is not `"special": true`) are refused, not ignored.
+`normalizer`, BPE dropout, an added token that is not `"special": true`) are refused, not ignored.
 
 Chat tokens. Our chat template needs `<|user|>`, `<|assistant|>`, `<|end|>`, `<|pad|>` (and
 `<|endoftext|>`). Those the vocabulary lacks get the next ids, and the embedding matrix (tied to the
@@ -245,10 +245,13 @@ def _refuse_encoding_options(path: str, tokenizer_json: dict | None) -> None:
     """Refuse the Hugging Face tokenizer settings with which transformers would encode text differently from
     our tiktoken encoding of the same vocabulary; GPT-2's own files set none of them. They are
     `add_prefix_space: true` in tokenizer_config.json or in tokenizer.json's pre_tokenizer (a
-    space is put before the text), a tokenizer.json `normalizer` (the text is rewritten first), and an
-    added token not marked `"special": true` in tokenizer_config.json's added_tokens_decoder or tokenizer.json's
-    added_tokens, or listed in the legacy added_tokens.json without being marked special (transformers finds it in plain text as an ordinary word; our encoder never emits an
-    added token: they are our control tokens, which enter a sequence only through the chat template)."""
+    space is put before the text), a tokenizer.json `normalizer` (the text is rewritten first), a BPE
+    `model.dropout` (merges skipped at random) or non-empty `model.continuing_subword_prefix` /
+    `model.end_of_word_suffix` (affixes our byte-level BPE does not have), and an added token not marked
+    `"special": true` in tokenizer_config.json's added_tokens_decoder or tokenizer.json's added_tokens, or
+    listed in the legacy added_tokens.json without being marked special (transformers finds it in plain text
+    as an ordinary word; our encoder never emits an added token: they are our control tokens, which enter a
+    sequence only through the chat template)."""
     not_special = ("transformers finds a non-special added token in plain text as an ordinary word, our encoder "
                    'never does; only "special": true added tokens are supported')
     tc = os.path.join(path, "tokenizer_config.json")
@@ -281,6 +284,14 @@ def _refuse_encoding_options(path: str, tokenizer_json: dict | None) -> None:
         if (tokenizer_json.get("pre_tokenizer") or {}).get("add_prefix_space"):
             raise ValueError(f"{tj}: key 'pre_tokenizer.add_prefix_space' is true; transformers would put a space "
                              "before the text, which our encoder does not (set it to false)")
+        model = tokenizer_json.get("model") or {}
+        if model.get("dropout") is not None:
+            raise ValueError(f"{tj}: key 'model.dropout' is {model['dropout']!r}; with BPE dropout transformers skips "
+                             "merges at random, which our encoder never does (set it to null)")
+        for key in ("continuing_subword_prefix", "end_of_word_suffix"):
+            if model.get(key):
+                raise ValueError(f"{tj}: key 'model.{key}' is {model[key]!r}; transformers would mark word pieces "
+                                 "with it, which our byte-level BPE does not (set it to null or \"\")")
         for k, entry in enumerate(tokenizer_json.get("added_tokens") or []):
             if entry.get("special") is not True:
                 raise ValueError(f"{tj}: added_tokens[{k}] ({entry.get('content')!r}) is not "
@@ -331,6 +342,59 @@ def _added_tokens(path: str) -> dict[str, int]:
     return added
 
 
+def _read_tokenizer_json(tj: str) -> dict:
+    """A tokenizer.json as a dict. Not JSON, not one object, or a key read here of the wrong shape
+    ('model' and 'pre_tokenizer' objects, 'added_tokens' a list of {"content": str, "id": int >= 0}) is an
+    error naming the file and the key."""
+    try:
+        with open(tj, encoding="utf-8") as f:
+            payload = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{tj}: not a valid JSON file ({e})") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{tj}: expected one JSON object, got {type(payload).__name__}")
+    for key in ("model", "pre_tokenizer"):
+        if not isinstance(payload.get(key) or {}, dict):
+            raise ValueError(f"{tj}: key {key!r} must be an object, got {payload[key]!r}")
+    added = payload.get("added_tokens") or []
+    if not isinstance(added, list):
+        raise ValueError(f"{tj}: key 'added_tokens' must be a list, got {type(added).__name__}")
+    seen: dict[str, int] = {}  # content -> index in added_tokens
+    for k, entry in enumerate(added):
+        if not (isinstance(entry, dict) and isinstance(entry.get("content"), str) and isinstance(entry.get("id"), int)
+                and not isinstance(entry["id"], bool) and entry["id"] >= 0):
+            raise ValueError(f"{tj}: added_tokens[{k}] = {entry!r}; expected an object with a string 'content' and "
+                             "an int 'id' >= 0")
+        text = entry["content"]
+        if text in seen:
+            raise ValueError(f"{tj}: added_tokens[{k}] ({text!r}) repeats added_tokens[{seen[text]}]")
+        seen[text] = k
+    return payload
+
+
+def _tokenizer_json_bpe(tj: str, model: dict) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """model.vocab (token -> int id >= 0) and model.merges of a tokenizer.json BPE; a merge is either
+    "left right" (one space) or ["left", "right"], as transformers writes them (older / newer versions).
+    A malformed entry is an error naming it (`<tj>: model.merges[k]`)."""
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict):
+        raise ValueError(f"{tj}: key 'model.vocab' missing or not an object mapping each token to its id")
+    for text, i in vocab.items():
+        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+            raise ValueError(f"{tj}: model.vocab[{text!r}] = {i!r}; an id must be an int >= 0")
+    raw = model.get("merges", [])
+    if not isinstance(raw, list):
+        raise ValueError(f"{tj}: key 'model.merges' must be a list, got {type(raw).__name__}")
+    merges = []
+    for k, merge in enumerate(raw):
+        parts = merge.split(" ") if isinstance(merge, str) else merge
+        if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(p, str) and p for p in parts)):
+            raise ValueError(f"{tj}: model.merges[{k}] = {merge!r}; expected two tokens, as \"left right\" (one "
+                             'space) or ["left", "right"]')
+        merges.append((parts[0], parts[1]))
+    return vocab, merges
+
+
 def load_hf_tokenizer(path: str, tokenizer: str = "auto", vocab_size: int | None = None) -> Tokenizer:
     """The folder's tokenizer as our Tokenizer (chat tokens it lacks get the next ids).
 
@@ -347,8 +411,7 @@ def load_hf_tokenizer(path: str, tokenizer: str = "auto", vocab_size: int | None
     tj = os.path.join(path, "tokenizer.json")
     payload = None
     if os.path.isfile(tj):
-        with open(tj, encoding="utf-8") as f:
-            payload = json.load(f)
+        payload = _read_tokenizer_json(tj)
         if payload.get("format") == "minirlhf-tokenizer":
             return Tokenizer.load(tj)
     _refuse_encoding_options(path, payload)
@@ -360,10 +423,10 @@ def load_hf_tokenizer(path: str, tokenizer: str = "auto", vocab_size: int | None
         if model.get("type") != "BPE" or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
             raise ValueError(f"{tj}: not a GPT-2-style byte-level BPE (model {model.get('type')!r}, "
                              f"pre_tokenizer {pre.get('type')!r})")
-        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
-        added = {t["content"]: t["id"] for t in payload.get("added_tokens", [])}
+        vocab, merges = _tokenizer_json_bpe(tj, model)
+        added = {t["content"]: t["id"] for t in payload.get("added_tokens") or []}
         merge_where = [f"{tj}: model.merges[{k}]" for k in range(len(merges))]
-        return Tokenizer.from_hf_bpe(model.get("vocab", {}), merges, added, name, tj, merge_where)
+        return Tokenizer.from_hf_bpe(vocab, merges, added, name, tj, merge_where)
     if vocab_size == 50257:
         return Tokenizer.gpt2()
     raise FileNotFoundError(f"{path}: no tokenizer files (vocab.json + merges.txt, or tokenizer.json); "

@@ -8,7 +8,7 @@ visible characters through GPT-2's ``bytes_to_unicode`` map.
 
 How to use it (normally through ``Tokenizer.from_vocab_merges`` / ``Tokenizer.save_vocab_merges``):
     vocab, merges, merge_where = read_hf_bpe("gpt2/vocab.json", "gpt2/merges.txt")
-    ranks, specials = hf_bpe_to_ranks(vocab, merges, "gpt2/vocab.json", merge_where)
+    ranks, specials = hf_bpe_to_ranks(vocab, merges, "gpt2/vocab.json", merge_where, {"<|endoftext|>"})
     vocab_again, merges_again = ranks_to_hf_bpe(ranks, specials)
 
 Deliberate simplifications: byte-level BPE only (no WordPiece, no SentencePiece); a file that tiktoken
@@ -22,7 +22,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 
 @lru_cache(maxsize=1)
@@ -58,7 +58,8 @@ def _bpe_split(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[byt
 
 
 def hf_bpe_to_ranks(vocab: dict[str, int], merges: Sequence[tuple[str, str]], source: str = "vocab.json",
-                    merge_where: Sequence[str] | None = None) -> tuple[dict[bytes, int], dict[str, int]]:
+                    merge_where: Sequence[str] | None = None, declared_specials: Collection[str] = ()
+                    ) -> tuple[dict[bytes, int], dict[str, int]]:
     """A Hugging Face byte-level BPE (vocab.json + merges.txt) -> (tiktoken mergeable ranks, special tokens).
 
     Ids never change: a token's tiktoken rank IS its vocab.json id (the model's embedding row). tiktoken
@@ -71,8 +72,11 @@ def hf_bpe_to_ranks(vocab: dict[str, int], merges: Sequence[tuple[str, str]], so
     naming where it was read (``merge_where[i]``, e.g. "merges.txt:5"; default "<source>: merge <i + 1>")
     rather than a tokenizer that silently differs. E.g. merges ``a b``, ``b c``, ``a bc`` break (2):
     tiktoken builds "abc" as ``ab`` + ``c``, a pair Hugging Face never merges.
-    Entries that are neither single bytes nor made by a merge (e.g. ``<|endoftext|>``) become special
-    tokens under their own string.
+    Entries that are neither single bytes nor made by a merge become special tokens under their own string
+    if they are in ``declared_specials`` (e.g. ``<|endoftext|>``, or added tokens marked special) or have a
+    character outside the byte alphabet. Any other such entry is an error naming it: transformers reads it
+    as the bytes its characters stand for (``Ġthe`` is " the"), an ordinary token that no merge reaches,
+    e.g. because merges.txt was cut short, so it cannot be a special token under its literal text.
     """
     to_text = bytes_to_unicode()
     char_to_byte = {c: b for b, c in to_text.items()}
@@ -84,8 +88,11 @@ def hf_bpe_to_ranks(vocab: dict[str, int], merges: Sequence[tuple[str, str]], so
             raise ValueError(f"{source}: token {text!r} has the character {e.args[0]!r}, outside GPT-2's byte "
                              "alphabet: not a byte-level BPE vocabulary") from None
 
-    if len(set(vocab.values())) != len(vocab):
-        raise ValueError(f"{source}: two tokens share an id; every id must appear once")
+    owner: dict[int, str] = {}  # id -> token
+    for text, i in vocab.items():
+        if i in owner:
+            raise ValueError(f"{source}: tokens {owner[i]!r} and {text!r} share the id {i}; every id must appear once")
+        owner[i] = text
     missing = [b for b, c in bytes_to_unicode().items() if c not in vocab]
     if missing:
         raise ValueError(f"{source}: no token for the single bytes {missing[:8]}{'...' if len(missing) > 8 else ''}; "
@@ -122,7 +129,15 @@ def hf_bpe_to_ranks(vocab: dict[str, int], merges: Sequence[tuple[str, str]], so
                              f"{left} {right}; tiktoken merges any adjacent pair that forms a token, Hugging Face "
                              "only the listed pairs, so the two would encode text containing it differently")
     byte_chars = set(bytes_to_unicode().values())
-    specials = {text: i for text, i in vocab.items() if text not in made and text not in byte_chars}
+    specials = {}
+    for text, i in vocab.items():
+        if text in made or text in byte_chars:
+            continue
+        if text not in declared_specials and set(text) <= byte_chars:
+            raise ValueError(f"{source}: token {text!r} (id {i}) stands for the bytes {to_bytes(text)!r} but no merge "
+                             "creates it (merges cut short?) and it is not declared special; a special token must be "
+                             "an added token marked special or have a character outside GPT-2's byte alphabet")
+        specials[text] = i
     return ranks, specials
 
 
@@ -169,8 +184,13 @@ def read_hf_bpe(vocab_path: str | os.PathLike, merges_path: str | os.PathLike
     if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
                                               for i in vocab.values()):
         raise ValueError(f"{vocab_path}: expected one JSON object mapping each token to its id (an int >= 0)")
+    try:
+        merges_text = merges_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = merges_path.read_bytes().count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{merges_path}:{line}: not UTF-8 text ({e})") from None
     merges, merge_where = [], []
-    for n, line in enumerate(merges_path.read_text(encoding="utf-8").split("\n"), start=1):
+    for n, line in enumerate(merges_text.split("\n"), start=1):
         line = line.removesuffix("\r")
         if not line or (n == 1 and line.startswith("#version")):
             continue

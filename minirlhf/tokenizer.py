@@ -59,6 +59,7 @@ from typing import Iterable, Sequence
 import regex
 import tiktoken
 
+from minirlhf.data import write_bytes_atomic
 from minirlhf.hf_bpe import hf_bpe_to_ranks, ranks_to_hf_bpe, read_hf_bpe
 
 # ----------------------------------------------------------------------------------------------------
@@ -104,6 +105,15 @@ def _compile(pattern: str) -> regex.Pattern:
 
 
 _SPECIAL_SPLIT = re.compile("|".join(re.escape(s) for s in SPECIAL_TOKENS))
+_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: no UTF-8 bytes
+
+
+def _refuse_surrogates(text: str, where: str) -> None:
+    """A lone surrogate (json.loads makes one from "\\ud83d") has no UTF-8 bytes: an error naming its index."""
+    found = _SURROGATE.search(text)
+    if found:
+        raise ValueError(f"{where}: text[{found.start()}] is {found.group()!r}, a lone surrogate (half of a UTF-16 "
+                         "pair), which has no UTF-8 encoding")
 
 
 def _count_pretokens(text: str, pattern: str) -> Counter[bytes]:
@@ -135,10 +145,12 @@ def train_bpe(text: str, n_merges: int, pattern: str = GPT2_SPLIT_PATTERN) -> li
     Sennrich et al. 2016, Algorithm 1, on unique pre-tokens weighted by their frequency. Each step
     merges the most frequent adjacent pair (ties: smallest ``(left, right)`` bytes) into a new token.
     Fewer merges are returned only if the corpus runs out of pairs. Special-token strings in ``text``
-    (e.g. ``<|endoftext|>`` between documents) are treated as boundaries and never learned.
+    (e.g. ``<|endoftext|>`` between documents) are treated as boundaries and never learned. A lone
+    surrogate in ``text`` is a ValueError naming its index.
     """
     if not isinstance(text, str):
         raise TypeError(f"train_bpe: text must be str, got {type(text).__name__}")
+    _refuse_surrogates(text, "train_bpe")
     if n_merges < 0:
         raise ValueError(f"train_bpe: n_merges must be >= 0, got {n_merges}")
 
@@ -261,7 +273,9 @@ class Tokenizer:
 
     ``mergeable_ranks`` maps token bytes to ids; the special tokens get the given ids (by default the
     ids right after the largest rank, in ``SPECIAL_TOKENS`` order). Together they must use every id
-    0..n_vocab-1 exactly once (tiktoken cannot decode an id that no token has).
+    0..n_vocab-1 exactly once (tiktoken cannot decode an id that no token has). ``mergeable_ranks`` must
+    hold all 256 single bytes and no empty token, and ``pattern`` must not match the empty string (tiktoken
+    would accept them and then panic at encode, or silently encode differently); anything else is refused.
     """
 
     def __init__(
@@ -271,6 +285,16 @@ class Tokenizer:
         mergeable_ranks: dict[bytes, int],
         special_tokens: dict[str, int] | None = None,
     ):
+        # checked here because tiktoken accepts both, then panics (a Rust PanicException, not an error) at the
+        # first encode that needs a missing byte, or silently changes the encoding around an empty token
+        no_byte = [b for b in range(256) if bytes([b]) not in mergeable_ranks]
+        if no_byte:
+            raise ValueError(f"tokenizer {name!r}: mergeable_ranks has no token for the single bytes "
+                             f"{no_byte[:8]}{'...' if len(no_byte) > 8 else ''}; a byte-level BPE needs all 256 "
+                             "so that any text can be encoded")
+        if b"" in mergeable_ranks:
+            raise ValueError(f"tokenizer {name!r}: mergeable_ranks holds an empty token (0 bytes, rank "
+                             f"{mergeable_ranks[b'']}); every token must have at least one byte")
         if special_tokens is None:
             first = max(mergeable_ranks.values()) + 1
             special_tokens = {s: first + i for i, s in enumerate(SPECIAL_TOKENS)}
@@ -297,6 +321,10 @@ class Tokenizer:
         self.enc = tiktoken.Encoding(
             name=name, pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=self.special_tokens
         )
+        # after tiktoken has checked the syntax: a pre-token that may be empty makes tiktoken panic at encode
+        if _compile(pattern).fullmatch("") is not None:
+            raise ValueError(f"tokenizer {name!r}: the pre-tokenisation pattern {pattern!r} matches the empty "
+                             "string; every pre-token must hold at least one character")
         self.eot_id = self.special_tokens[ENDOFTEXT]
         self.user_id = self.special_tokens[USER]
         self.assistant_id = self.special_tokens[ASSISTANT]
@@ -319,9 +347,11 @@ class Tokenizer:
     # --- encode / decode ---------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        """Plain text -> ids. Special-token strings in ``text`` are encoded as ordinary bytes."""
+        """Plain text -> ids. Special-token strings in ``text`` are encoded as ordinary bytes. A lone
+        surrogate is a ValueError naming its index (tiktoken would silently encode U+FFFD instead)."""
         if not isinstance(text, str):
             raise TypeError(f"Tokenizer.encode: expected str, got {type(text).__name__}")
+        _refuse_surrogates(text, "Tokenizer.encode")
         return self.enc.encode_ordinary(text)
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -352,15 +382,7 @@ class Tokenizer:
             "special_tokens": self.special_tokens,
             "mergeable_ranks": [[base64.b64encode(tok).decode("ascii"), rank] for tok, rank in ranks],
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(payload, f)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_bytes_atomic(path, json.dumps(payload).encode("utf-8"))
         return path
 
     @classmethod
@@ -391,6 +413,8 @@ class Tokenizer:
                     raise TypeError("rank is not an int")
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{path}: mergeable_ranks[{k}] = {entry!r} is malformed ({e})") from None
+            if not token:
+                raise ValueError(f"{path}: mergeable_ranks[{k}] = {entry!r}: the token is empty (0 bytes)")
             if token in ranks:
                 raise ValueError(f"{path}: mergeable_ranks[{k}]: token {token!r} appears twice")
             ranks[token] = rank
@@ -475,12 +499,17 @@ class Tokenizer:
         many new embedding rows (``minirlhf.hf`` adds them). The ids must then run 0..n-1 without a gap
         (checked by ``Tokenizer``; an error names ``source``).
         """
-        ranks, specials = hf_bpe_to_ranks(vocab, merges, source, merge_where)
+        # our control tokens and the given added tokens may be specials spelled in the byte alphabet
+        declared = {*SPECIAL_TOKENS, *(added_tokens or {})}
+        ranks, specials = hf_bpe_to_ranks(vocab, merges, source, merge_where, declared)
         owner = {i: text for text, i in vocab.items()}
         for text, i in (added_tokens or {}).items():
-            if text in vocab and (vocab[text] != i or text not in specials):
-                raise ValueError(f"{source}: added token {text!r} (id {i}) is an ordinary BPE token with id "
+            if text in vocab and text not in specials:
+                raise ValueError(f"{source}: added token {text!r} (id {i!r}) is an ordinary BPE token with id "
                                  f"{vocab[text]} in the vocabulary")
+            if text in vocab and vocab[text] != i:
+                raise ValueError(f"{source}: added token {text!r} has id {i!r}, but the vocabulary gives it id "
+                                 f"{vocab[text]}")
             if text not in vocab and i in owner:
                 raise ValueError(f"{source}: added token {text!r} has id {i}, which belongs to {owner[i]!r}")
             specials[text] = i

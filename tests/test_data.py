@@ -121,6 +121,17 @@ def test_write_jsonl_exact_bytes_and_round_trip(tmp_path):
     assert os.listdir(path.parent) == ["out.jsonl"]  # no temp file left behind
 
 
+def test_write_jsonl_gives_the_mode_open_gives(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_jsonl(tmp_path / "out.jsonl", [{"a": 1}])
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    modes = [os.stat(tmp_path / name).st_mode & 0o777 for name in ("out.jsonl", "plain.txt")]
+    assert modes == [0o640, 0o640]  # 0o666 less the umask, not mkstemp's private 0o600
+
+
 def test_write_jsonl_failure_leaves_old_file_untouched(tmp_path):
     path = tmp_path / "out.jsonl"
     write_jsonl(path, [{"a": 1}])

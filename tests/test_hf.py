@@ -13,6 +13,7 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install -e '.[test]')")
 pytest.importorskip("safetensors", reason="safetensors is not installed (pip install -e '.[test]')")
+tokenizers = pytest.importorskip("tokenizers", reason="tokenizers is not installed (pip install -e '.[test]')")
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -256,6 +257,9 @@ def test_bad_tokenizer_files_are_clear_errors(tmp_path, handwritten_files):
     (tmp_path / "merges.txt").write_text("#version: 0.2\nĠ k\nal\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"merges.txt:3: expected two tokens separated by one space"):
         Tokenizer.from_vocab_merges(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    (tmp_path / "merges.txt").write_bytes("#version: 0.2\nĠ k\n".encode("utf-8") + b"a \xff\n")  # Latin-1, not UTF-8
+    with pytest.raises(ValueError, match=r"merges.txt:3: not UTF-8 text \('utf-8' codec can't decode byte 0xff"):
+        Tokenizer.from_vocab_merges(tmp_path / "vocab.json", tmp_path / "merges.txt")
     (tmp_path / "merges.txt").write_text("a l\nĠ k\n", encoding="utf-8")  # ids 258 then 257: out of order
     with pytest.raises(ValueError, match=r"merges.txt:2 \(Ġ k\): .*not above the previous merge's id"):
         Tokenizer.from_vocab_merges(tmp_path / "vocab.json", tmp_path / "merges.txt")
@@ -276,6 +280,28 @@ def write_merges(folder, merges):
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
     return folder
+
+
+def test_token_no_merge_creates_is_refused_unless_declared_special(tmp_path):
+    # "Ġthe" with its merges missing (a merges.txt cut short): transformers reads it as the bytes " the",
+    # an ordinary token; it used to become a special token decoding to the literal "Ġthe"
+    folder = write_merges(tmp_path / "files", [("a", "b")])  # ab = 256, <|endoftext|> = 257
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    vocab["Ġthe"] = 258
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    assert transformers.GPT2Tokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).decode([258]) == " the"
+    with pytest.raises(ValueError, match=r"vocab.json: token 'Ġthe' \(id 258\) stands for the bytes b' the' but no "
+                                         r"merge creates it .* not declared special"):
+        Tokenizer.from_vocab_merges(folder / "vocab.json", folder / "merges.txt")
+    # declared as a special added token it is one; so is an entry with a character outside the byte alphabet
+    # (a space), and <|endoftext|> (one of our control tokens) needs no declaration
+    tok = Tokenizer.from_vocab_merges(folder / "vocab.json", folder / "merges.txt", {"Ġthe": 258})
+    assert tok.special_tokens["Ġthe"] == 258 and tok.eot_id == 257 and tok.encode(" the") == [32, 116, 104, 101]
+    del vocab["Ġthe"]
+    vocab["<extra 0>"] = 258
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    tok = Tokenizer.from_vocab_merges(folder / "vocab.json", folder / "merges.txt")
+    assert tok.special_tokens["<extra 0>"] == 258 and tok.decode([258]) == "<extra 0>"
 
 
 def test_merges_that_tiktoken_would_not_make_are_refused(tmp_path):
@@ -366,7 +392,15 @@ def test_hf_settings_that_change_the_encoding_are_refused(trained_files, tmp_pat
     payload = json.loads((saved / "tokenizer.json").read_text(encoding="utf-8"))
     changes = [(("normalizer",), {"type": "NFKC"}, r"key 'normalizer' is set \(type 'NFKC'\)"),
                (("pre_tokenizer", "add_prefix_space"), True, r"key 'pre_tokenizer.add_prefix_space' is true"),
-               (("added_tokens", 0, "special"), False, r"added_tokens\[0\] \('<\|endoftext\|>'\) is not \"special\"")]
+               (("added_tokens", 0, "special"), False, r"added_tokens\[0\] \('<\|endoftext\|>'\) is not \"special\""),
+               (("model", "dropout"), 0.5, r"key 'model.dropout' is 0.5; with BPE dropout transformers skips merges"),
+               (("model", "continuing_subword_prefix"), "##", r"key 'model.continuing_subword_prefix' is '##'"),
+               (("model", "end_of_word_suffix"), "</w>", r"key 'model.end_of_word_suffix' is '</w>'")]
+    # dropout 1.0 skips every merge: transformers encodes byte by byte, where our encoder merges
+    dropped = json.loads(json.dumps(payload))
+    dropped["model"]["dropout"] = 1.0
+    theirs = tokenizers.Tokenizer.from_str(json.dumps(dropped))
+    assert theirs.encode(sample).ids == list(sample.encode("utf-8")) != ours.encode(sample)
     for keys, value, message in changes:
         changed = json.loads(json.dumps(payload))
         *parents, last = keys
@@ -375,6 +409,58 @@ def test_hf_settings_that_change_the_encoding_are_refused(trained_files, tmp_pat
             target = target[key]
         target[last] = value
         (saved / "tokenizer.json").write_text(json.dumps(changed), encoding="utf-8")
+        with pytest.raises(ValueError, match="tokenizer.json: " + message):
+            hf.load_hf_tokenizer(str(saved))
+
+
+def saved_tokenizer_json(trained_files, folder):
+    """transformers' own tokenizer.json of `trained_files` (vocab.json / merges.txt removed) and its payload."""
+    transformers.GPT2Tokenizer.from_pretrained(str(trained_files)).save_pretrained(str(folder))
+    for name in ("vocab.json", "merges.txt"):
+        (folder / name).unlink(missing_ok=True)
+    return json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+
+
+def test_malformed_tokenizer_json_is_a_clear_error(trained_files, tmp_path):
+    saved = tmp_path / "saved"
+    payload = saved_tokenizer_json(trained_files, saved)
+    ours = Tokenizer.from_vocab_merges(trained_files / "vocab.json", trained_files / "merges.txt")
+    sample = " The kalo is 123.\nne  ne"
+    # both spellings of a merge that transformers writes load alike: ["left", "right"] and "left right"
+    pairs = [m if isinstance(m, list) else m.split(" ") for m in payload["model"]["merges"]]
+    for merges in (pairs, [" ".join(m) for m in pairs]):
+        payload["model"]["merges"] = merges
+        (saved / "tokenizer.json").write_text(json.dumps(payload), encoding="utf-8")
+        assert hf.load_hf_tokenizer(str(saved)).encode(sample) == ours.encode(sample)
+
+    def model(key, value):
+        return lambda p: p["model"].__setitem__(key, value)
+
+    def merge(value):
+        return lambda p: p["model"]["merges"].__setitem__(5, value)
+
+    pair = r"expected two tokens, as \"left right\" \(one space\) or \[\"left\", \"right\"\]"
+    cases = [(merge(["a", "b", "c"]), r"model.merges\[5\] = \['a', 'b', 'c'\]; " + pair),
+             (merge(["ab"]), r"model.merges\[5\] = \['ab'\]; " + pair),
+             (merge("a b c"), r"model.merges\[5\] = 'a b c'; " + pair),
+             (merge("ab"), r"model.merges\[5\] = 'ab'; " + pair),
+             (model("merges", "a b"), r"key 'model.merges' must be a list, got str"),
+             (lambda p: p["model"]["vocab"].__setitem__("a", "97"), r"model.vocab\['a'\] = '97'; an id must be an int"),
+             (lambda p: p["model"].pop("vocab"), r"key 'model.vocab' missing or not an object"),
+             (lambda p: p.__setitem__("model", "BPE"), r"key 'model' must be an object, got 'BPE'"),
+             (lambda p: p["added_tokens"][0].__setitem__("id", str(p["added_tokens"][0]["id"])),
+              r"added_tokens\[0\] = \{.*\}; expected an object with a string 'content' and an int 'id' >= 0"),
+             (lambda p: p["added_tokens"].append(dict(p["added_tokens"][0])),
+              r"added_tokens\[\d+\] \('<\|endoftext\|>'\) repeats added_tokens\[0\]")]
+    for change, message in cases:
+        changed = json.loads(json.dumps(payload))
+        change(changed)
+        (saved / "tokenizer.json").write_text(json.dumps(changed), encoding="utf-8")
+        with pytest.raises(ValueError, match="tokenizer.json: " + message):
+            hf.load_hf_tokenizer(str(saved))
+    for text, message in [("{bad", r"not a valid JSON file \(Expecting property name"),
+                          ("[]", "expected one JSON object, got list")]:
+        (saved / "tokenizer.json").write_text(text, encoding="utf-8")
         with pytest.raises(ValueError, match="tokenizer.json: " + message):
             hf.load_hf_tokenizer(str(saved))
 

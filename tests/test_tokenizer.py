@@ -7,6 +7,7 @@ Every tokenizer here is trained in-process on a few kB of text, so the file runs
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -279,6 +280,19 @@ def test_vocab_size_errors():
         Tokenizer.train("tiny text", 400)
 
 
+def test_lone_surrogate_is_an_error_naming_its_index():
+    tok = sample_tok()
+    text = json.loads('"caf\\u00e9 \\ud83d!"')  # JSON's escape for half of 🙂 gives a lone surrogate
+    assert text == "café \ud83d!"
+    message = r"text\[5\] is '\\ud83d', a lone surrogate \(half of a UTF-16 pair\), which has no UTF-8 encoding"
+    with pytest.raises(ValueError, match=r"Tokenizer.encode: " + message):
+        tok.encode(text)  # tiktoken alone encodes U+FFFD there, so decode(encode(text)) != text
+    with pytest.raises(ValueError, match=r"train_bpe: text\[11\] is '\\ud83d'"):
+        train_bpe("ab " * 2 + text, 3)  # 6 characters before "café "
+    whole = json.loads('"\\ud83d\\ude42"')  # both halves: json.loads joins them into one character
+    assert whole == "🙂" and tok.decode(tok.encode(whole)) == whole
+
+
 def test_decode_rejects_out_of_range():
     tok = sample_tok()
     with pytest.raises(ValueError, match="outside"):
@@ -390,6 +404,18 @@ def test_save_load_round_trip(tmp_path):
     assert ids == render_conversation(tok, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}])[0]
 
 
+def test_save_gives_the_mode_open_gives(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = sample_tok().save(tmp_path / "tokenizer.json")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    modes = [os.stat(p).st_mode & 0o777 for p in (path, tmp_path / "plain.txt")]
+    assert modes == [0o640, 0o640]  # 0o666 less the umask, not mkstemp's private 0o600
+    assert sorted(os.listdir(tmp_path)) == ["plain.txt", "tokenizer.json"]  # no temp file left over
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.json"):
         Tokenizer.load(tmp_path / "missing.json")
@@ -414,6 +440,32 @@ def test_load_errors(tmp_path):
         Tokenizer.load(path)
 
 
+def test_load_refuses_what_tiktoken_would_panic_on_or_encode_differently(tmp_path):
+    """tiktoken builds an Encoding from these, then panics at the first encode (a missing single byte, a
+    pattern that matches "") or silently splits text around an empty token; each is refused at load."""
+    path = sample_tok().save(tmp_path / "tokenizer.json")
+    good = json.loads(path.read_text())
+    assert base64.b64decode(good["mergeable_ranks"][97][0]) == b"a" and good["mergeable_ranks"][300][1] == 300
+    cases = [(lambda p: p["mergeable_ranks"][97].__setitem__(0, base64.b64encode(b"\xfe\xfe\xfe").decode()),
+              r"tokenizer.json: .*no token for the single bytes \[97\]"),
+             (lambda p: p.__setitem__("pattern", ""), r"tokenizer.json: .*pattern '' matches the empty string"),
+             (lambda p: p.__setitem__("pattern", r"\s*"), r"tokenizer.json: .*pattern '\\\\s\*' matches the empty"),
+             (lambda p: p["mergeable_ranks"][300].__setitem__(0, ""),
+              r"tokenizer.json: mergeable_ranks\[300\] = \['', 300\]: the token is empty")]
+    for change, message in cases:
+        payload = json.loads(json.dumps(good))
+        change(payload)
+        path.write_text(json.dumps(payload))
+        with pytest.raises(ValueError, match=message):
+            Tokenizer.load(path)
+    ranks = {bytes([b]): b for b in range(256)}  # the constructor itself refuses them too
+    with pytest.raises(ValueError, match=r"empty token \(0 bytes, rank 256\)"):
+        Tokenizer("t", GPT2_SPLIT_PATTERN, {**ranks, b"": 256})
+    del ranks[b"\x00"], ranks[b"\xff"]
+    with pytest.raises(ValueError, match=r"no token for the single bytes \[0, 255\]"):
+        Tokenizer("t", GPT2_SPLIT_PATTERN, ranks)
+
+
 def test_hf_vocabulary_with_an_unused_id_is_refused_at_import(tmp_path):
     u = bytes_to_unicode()
     vocab = {u[b]: b for b in range(256)}
@@ -425,6 +477,24 @@ def test_hf_vocabulary_with_an_unused_id_is_refused_at_import(tmp_path):
     tok = Tokenizer.from_hf_bpe(vocab, [("a", "b")])
     assert tok.n_vocab == 262 and tok.encode("cab") == [ord("c"), 256]
     assert Tokenizer.load(tok.save(tmp_path / "tokenizer.json")).special_tokens == tok.special_tokens
+
+
+def test_hf_import_errors_name_the_tokens_and_ids():
+    u = bytes_to_unicode()
+    vocab = {u[b]: b for b in range(256)}
+    vocab["ab"] = 256
+    vocab[ENDOFTEXT] = 257  # a special entry of the vocabulary, not made by a merge
+    with pytest.raises(ValueError, match=r"vocab.json: added token '<\|endoftext\|>' has id 300, but the "
+                                         r"vocabulary gives it id 257$"):
+        Tokenizer.from_hf_bpe(vocab, [("a", "b")], {ENDOFTEXT: 300})
+    with pytest.raises(ValueError, match=r"added token '<\|endoftext\|>' has id '257', but the vocabulary gives it "
+                                         r"id 257$"):
+        Tokenizer.from_hf_bpe(vocab, [("a", "b")], {ENDOFTEXT: "257"})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match=r"added token 'ab' \(id 256\) is an ordinary BPE token with id 256"):
+        Tokenizer.from_hf_bpe(vocab, [("a", "b")], {"ab": 256})  # made by the merge a b
+    with pytest.raises(ValueError, match=r"vocab.json: tokens 'ab' and 'x y' share the id 256; every id must appear "
+                                         r"once"):
+        Tokenizer.from_hf_bpe({**vocab, "x y": 256}, [("a", "b")])
 
 
 # ---------------------------------------------------------------------------------------------------
