@@ -279,7 +279,7 @@ class EvalConfig:
     out_dir: str = "out"  # where the preset's stage folders are
     reference: str = ""  # model.pt to measure KL against; "" = out/<preset>/sft/model.pt if it exists
     reward_model: str = ""  # reward model.pt for the proxy reward; "" = out/<preset>/reward/model.pt if it exists
-    temperature: float = 1.0  # sampling temperature (1 = the policy itself); KL is of the policy as sampled
+    temperature: float = 1.0  # sampling temperature (1 = the policy itself, 0 = greedy); KL is of the policy as sampled
     max_new_tokens: int = 48  # response budget in tokens
     n_train: int = 120  # RL prompts evaluated besides eval_prompts.jsonl (whose third are training-split too)
     seed: int = 0  # sampling seed: same seed, same numbers
@@ -471,40 +471,49 @@ def fill_from_preset(cfg):
 
 # The ranges `check_ranges` enforces once the preset has filled its fields (so 0 / -1 "from preset" is gone).
 _AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "eval_interval", "log_interval", "eval_batches",
-                 "n_layer", "n_head", "n_embd", "block_size", "iterations", "minibatch_size", "ppo_epochs",
-                 "max_new_tokens", "num_samples", "kl_horizon", "prompts_per_iteration", "task_eval_samples")
+                 "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "iterations", "minibatch_size",
+                 "ppo_epochs", "max_new_tokens", "num_samples", "kl_horizon", "prompts_per_iteration",
+                 "task_eval_samples")
+_AT_LEAST_TWO = ("samples_per_prompt",)  # an on-policy pair is two responses to one prompt (GRPO's group_size: grpo.py)
 _NOT_NEGATIVE = ("warmup_steps", "stop_after", "max_minutes", "rollout_shards", "ptx_batch_size", "grad_clip",
                  "weight_decay", "n_train", "cliprange_value", "vf_coef", "margin_coef", "center_coef",
                  "length_head_coef", "rpo_alpha", "samples_per_eval", "calibration_prompts", "missing_eos_penalty",
                  "kto_desirable_weight", "kto_undesirable_weight", "orpo_lambda", "simpo_gamma", "top_k",
-                 "embedding_lr_scale")
-_POSITIVE = ("lr", "tau", "simpo_beta")  # DPOConfig's beta too (GRPO's beta may be 0)
+                 "embedding_lr_scale", "kl_coef", "ptx_coef", "n_prompts")
+# > 0, and so is DPO's beta (GRPO's may be 0); a temperature is >= 0 in `sample` and `eval`, where 0 is greedy decoding
+_POSITIVE = ("lr", "tau", "simpo_beta", "cliprange", "kl_target", "temperature")
 _UNIT = {"dropout": (0.0, 1.0, "[0, 1)"), "val_fraction": (0.0, 1.0, "(0, 1)"), "beta1": (0.0, 1.0, "[0, 1)"),
          "beta2": (0.0, 1.0, "[0, 1)"), "label_smoothing": (0.0, 0.5, "[0, 0.5)"),
-         "min_lr_ratio": (0.0, 1.0, "[0, 1]"), "lam": (0.0, 1.0, "[0, 1]"), "gamma": (0.0, 1.0, "[0, 1]")}
+         "min_lr_ratio": (0.0, 1.0, "[0, 1]"), "lam": (0.0, 1.0, "[0, 1]"), "gamma": (0.0, 1.0, "[0, 1]"),
+         "epsilon": (0.0, 1.0, "(0, 1)"), "top_p": (0.0, 1.0, "(0, 1]")}
 
 
 def check_ranges(cfg) -> None:
     """ConfigError naming the first option outside its range, before a stage reads or writes anything:
-    counts and intervals >= 1, rates and weights >= 0 (learning rates and DPO's beta > 0), shares and
-    probabilities in their interval, n_embd divisible by n_head, --dtype one of auto / float32 / bfloat16,
-    --kl_estimator k1 or k3.
+    counts and intervals >= 1 (pairs' samples_per_prompt >= 2), rates and weights >= 0 (learning rates, DPO's beta,
+    PPO's cliprange and kl_target > 0), shares and probabilities in their interval, n_embd divisible by n_head,
+    --dtype one of auto / float32 / bfloat16, --kl_estimator k1 or k3. A temperature is > 0 in the stages that
+    sample to learn or to choose (pairs, reward calibration, PPO, GRPO, best-of-n) and >= 0 in `sample` and
+    `eval`, where 0 is greedy decoding. NaN is outside every range.
     Checked by `fill_from_preset`, i.e. after the preset has replaced its "from preset" defaults."""
     names = {f.name for f in fields(cfg)}
 
     def bad(name, rule):
         raise ConfigError(f"--{name}={getattr(cfg, name)}: must be {rule}")
 
-    for name in names:
-        value = getattr(cfg, name)
+    for f in fields(cfg):  # in the order of the fields: the same option is named first on every run
+        name, value = f.name, getattr(cfg, f.name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        if name in _AT_LEAST_ONE and value < 1:
+        greedy = name == "temperature" and isinstance(cfg, (SampleConfig, EvalConfig))  # 0 = greedy decoding
+        if name in _AT_LEAST_ONE and not value >= 1:
             bad(name, ">= 1")
-        if name in _NOT_NEGATIVE and not value >= 0:
-            bad(name, ">= 0")
-        if (name in _POSITIVE or (name == "beta" and isinstance(cfg, DPOConfig))) and not value > 0:
+        if name in _AT_LEAST_TWO and not value >= 2:
+            bad(name, ">= 2")
+        if ((name in _POSITIVE and not greedy) or (name == "beta" and isinstance(cfg, DPOConfig))) and not value > 0:
             bad(name, "> 0")
+        if (name in _NOT_NEGATIVE or greedy) and not value >= 0:
+            bad(name, ">= 0")
         if name in _UNIT:
             low, high, text = _UNIT[name]
             closed_low, closed_high = text[0] == "[", text[-1] == "]"

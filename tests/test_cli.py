@@ -68,23 +68,6 @@ def test_zero_is_kept_where_it_is_a_setting():
     assert make_config(SFTConfig, preset="micro").ptx_coef == 0.0
 
 
-def test_negative_ptx_coef_is_a_clear_error(capsys):
-    assert main(["sft", "--preset=micro", "--ptx_coef=-0.5", "--out_dir=/nonexistent/minirlhf"]) == 1
-    assert "--ptx_coef=-0.5: expected >= 0" in capsys.readouterr().err
-
-
-def test_negative_n_prompts_is_a_clear_error(capsys):
-    assert main(["pairs", "--preset=micro", "--n_prompts=-3", "--out_dir=/nonexistent/minirlhf"]) == 1
-    assert "--n_prompts=-3: expected >= 0" in capsys.readouterr().err
-
-
-def test_samples_per_prompt_below_two_is_a_clear_error(capsys):
-    """One response per prompt makes no on-policy pair: an error naming the option, not an empty pair set."""
-    for k in (1, 0):
-        assert main(["pairs", "--preset=micro", f"--samples_per_prompt={k}", "--out_dir=/nonexistent/minirlhf"]) == 1
-        assert f"--samples_per_prompt={k}: expected >= 2" in capsys.readouterr().err
-
-
 def test_sample_filter_out_of_range_is_a_clear_error(capsys):
     """`minirlhf sample --top_p=0` fails naming the option before any checkpoint is read (this one does not exist)."""
     assert main(["sample", "--checkpoint=/nonexistent/minirlhf/model.pt", "--top_p=0"]) == 1
@@ -148,6 +131,24 @@ def test_other_ranks_leave_a_command_that_is_not_data_parallel_without_a_collect
     (["ppo", "--kl_estimator=k2"], "--kl_estimator='k2': expected k1 or k3"),
     (["sft", "--embedding_lr_scale=-1"], "--embedding_lr_scale=-1.0: must be >= 0"),
     (["sft", "--embedding_lr_scale=nan"], "--embedding_lr_scale=nan: must be >= 0"),
+    (["ppo", "--cliprange=0"], "--cliprange=0.0: must be > 0"),
+    (["ppo", "--cliprange=nan"], "--cliprange=nan: must be > 0"),
+    (["ppo", "--kl_coef=-0.1"], "--kl_coef=-0.1: must be >= 0"),
+    (["ppo", "--kl_target=0"], "--kl_target=0.0: must be > 0"),
+    (["ppo", "--ptx_coef=-1"], "--ptx_coef=-1.0: must be >= 0"),  # PPO's -1 is not "from preset" (SFT's is)
+    (["sft", "--ptx_coef=-0.5"], "--ptx_coef=-0.5: must be >= 0"),
+    (["ppo", "--temperature=0"], "--temperature=0.0: must be > 0"),
+    (["grpo", "--temperature=-1"], "--temperature=-1.0: must be > 0"),
+    (["best-of-n", "--temperature=-1"], "--temperature=-1.0: must be > 0"),
+    (["pairs", "--temperature=-0.5"], "--temperature=-0.5: must be > 0"),
+    (["reward", "--temperature=0"], "--temperature=0.0: must be > 0"),
+    (["eval", "--temperature=-1"], "--temperature=-1.0: must be >= 0"),
+    (["eval", "--temperature=nan"], "--temperature=nan: must be >= 0"),
+    (["grpo", "--epsilon=1"], "--epsilon=1.0: must be in (0, 1)"),
+    (["pairs", "--samples_per_prompt=1"], "--samples_per_prompt=1: must be >= 2"),
+    (["pairs", "--samples_per_prompt=0"], "--samples_per_prompt=0: must be >= 2"),
+    (["pairs", "--n_prompts=-3"], "--n_prompts=-3: must be >= 0"),
+    (["pretrain", "--vocab_size=-5"], "--vocab_size=-5: must be >= 1"),
 ])
 def test_options_out_of_range_fail_before_the_stage_touches_anything(argv, message, capsys, tmp_path):
     """A nonsense value is a one-line error naming the option (exit 2), before any file is read or written
@@ -159,9 +160,13 @@ def test_options_out_of_range_fail_before_the_stage_touches_anything(argv, messa
 
 
 def test_range_checks_keep_the_settings_that_are_zero_on_purpose():
-    """GRPO's beta 0 (no KL term), grad_clip 0 (off) and a preset's own values all pass."""
-    from minirlhf.config import GRPOConfig, check_ranges
+    """GRPO's beta 0 (no KL term), grad_clip 0 (off), PPO's fixed KL coefficient 0 and ptx_coef 0, greedy
+    evaluation (temperature 0) and a preset's own values all pass."""
+    from minirlhf.config import EvalConfig, GRPOConfig, PPOConfig, check_ranges
 
     cfg = make_config(GRPOConfig, "micro", {"beta": 0.0, "grad_clip": 0.0, "rollout_shards": 0})
     check_ranges(cfg)
     assert cfg.beta == 0.0
+    ppo = make_config(PPOConfig, "micro", {"kl_coef": 0.0, "ptx_coef": 0.0, "cliprange_value": 0.0})
+    assert (ppo.kl_coef, ppo.ptx_coef, ppo.cliprange_value) == (0.0, 0.0, 0.0)
+    assert make_config(EvalConfig, "micro", {"temperature": 0.0}).temperature == 0.0
