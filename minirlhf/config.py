@@ -495,7 +495,8 @@ def check_ranges(cfg) -> None:
     --dtype one of auto / float32 / bfloat16, --kl_estimator k1 or k3. A temperature is > 0 in the stages that
     sample to learn or to choose (pairs, reward calibration, PPO, GRPO, best-of-n) and >= 0 in `sample` and
     `eval`, where 0 is greedy decoding. NaN is outside every range.
-    Checked by `fill_from_preset`, i.e. after the preset has replaced its "from preset" defaults."""
+    Checked by `fill_from_preset`, after the preset has replaced its "from preset" defaults, and by `make_config`
+    for a config without a preset."""
     names = {f.name for f in fields(cfg)}
 
     def bad(name, rule):
@@ -590,14 +591,17 @@ def apply_overrides(cfg, overrides: list[str] | dict):
 
 
 def make_config(cls, preset: str | None = None, overrides: list[str] | dict | None = None):
-    """Build a stage config: defaults, then `preset`, then overrides, then preset fill-in."""
+    """Build a stage config: defaults, then `preset`, then overrides, then preset fill-in, then `check_ranges`
+    (every config, with a preset or without one: sample, import-hf, export-hf, a pipeline's "" = by device)."""
     cfg = cls()
     if overrides:
         apply_overrides(cfg, overrides)
     if preset is not None:
         cfg.preset = preset
     if hasattr(cfg, "preset") and cfg.preset:
-        fill_from_preset(cfg)
+        fill_from_preset(cfg)  # which checks the ranges
+    else:
+        check_ranges(cfg)
     return cfg
 
 

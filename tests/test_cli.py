@@ -68,15 +68,20 @@ def test_zero_is_kept_where_it_is_a_setting():
     assert make_config(SFTConfig, preset="micro").ptx_coef == 0.0
 
 
-def test_sample_filter_out_of_range_is_a_clear_error(capsys):
-    """`minirlhf sample --top_p=0` fails naming the option before any checkpoint is read (this one does not exist)."""
-    assert main(["sample", "--checkpoint=/nonexistent/minirlhf/model.pt", "--top_p=0"]) == 1
-    assert "top_p=0.0: expected a number in (0, 1]" in capsys.readouterr().err
-    assert main(["sample", "--checkpoint=/nonexistent/minirlhf/model.pt", "--top_k=-3"]) == 1
-    assert "top_k=-3: expected an integer >= 0" in capsys.readouterr().err
-    for n in (0, -1):  # not "the prompt fills the context"
-        assert main(["sample", "--checkpoint=/nonexistent/minirlhf/model.pt", f"--max_new_tokens={n}"]) == 1
-        assert f"--max_new_tokens={n}: must be >= 1" in capsys.readouterr().err
+@pytest.mark.parametrize("option, message", [
+    ("--top_p=0", "--top_p=0.0: must be in (0, 1]"),
+    ("--top_k=-3", "--top_k=-3: must be >= 0"),
+    ("--max_new_tokens=0", "--max_new_tokens=0: must be >= 1"),  # not "the prompt fills the context"
+    ("--max_new_tokens=-1", "--max_new_tokens=-1: must be >= 1"),
+    ("--num_samples=0", "--num_samples=0: must be >= 1"),  # not "no prompts to generate from"
+    ("--temperature=-1", "--temperature=-1.0: must be >= 0"),  # not greedy in silence
+    ("--temperature=nan", "--temperature=nan: must be >= 0"),  # not torch's "probability tensor contains nan"
+])
+def test_sample_options_out_of_range_fail_before_the_checkpoint_is_read(option, message, capsys):
+    """`minirlhf sample` has no preset, and its options are range-checked all the same: exit 2 naming the
+    option, before any checkpoint is read (this one does not exist)."""
+    assert main(["sample", "--checkpoint=/nonexistent/minirlhf/model.pt", option]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_mistyped_bare_flag_is_an_unknown_option(capsys):
@@ -162,7 +167,7 @@ def test_options_out_of_range_fail_before_the_stage_touches_anything(argv, messa
 def test_range_checks_keep_the_settings_that_are_zero_on_purpose():
     """GRPO's beta 0 (no KL term), grad_clip 0 (off), PPO's fixed KL coefficient 0 and ptx_coef 0, greedy
     evaluation (temperature 0) and a preset's own values all pass."""
-    from minirlhf.config import EvalConfig, GRPOConfig, PPOConfig, check_ranges
+    from minirlhf.config import EvalConfig, GRPOConfig, PPOConfig, SampleConfig, check_ranges
 
     cfg = make_config(GRPOConfig, "micro", {"beta": 0.0, "grad_clip": 0.0, "rollout_shards": 0})
     check_ranges(cfg)
@@ -170,3 +175,4 @@ def test_range_checks_keep_the_settings_that_are_zero_on_purpose():
     ppo = make_config(PPOConfig, "micro", {"kl_coef": 0.0, "ptx_coef": 0.0, "cliprange_value": 0.0})
     assert (ppo.kl_coef, ppo.ptx_coef, ppo.cliprange_value) == (0.0, 0.0, 0.0)
     assert make_config(EvalConfig, "micro", {"temperature": 0.0}).temperature == 0.0
+    assert make_config(SampleConfig, overrides={"temperature": 0.0}).temperature == 0.0
