@@ -130,7 +130,6 @@ class TrainConfig:
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
     eval_interval: int = 200  # steps between validation evaluations (and checkpoints)
     log_interval: int = 10  # steps between metrics.jsonl lines
-    compile: bool = False  # torch.compile the model (CUDA only)
     dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "float32", "bfloat16"
     progress: bool = True  # show a tqdm progress bar
     max_minutes: float = 0.0  # stop after this many minutes, keeping the model, not reused as finished (0 = no limit)
@@ -152,6 +151,7 @@ class PretrainConfig(TrainConfig):
     dropout: float = 0.0  # dropout during pretraining
     val_fraction: float = 0.05  # share of documents held out for validation loss
     eval_batches: int = 8  # batches averaged for one validation loss
+    compile: bool = False  # torch.compile the model (CUDA only)
 
 
 @dataclass
@@ -173,6 +173,7 @@ class SFTConfig(TrainConfig):
     gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
     warmup_steps: int = 20  # linear warm-up steps
     eval_interval: int = 100  # steps between validation evaluations (and checkpoints)
+    compile: bool = False  # torch.compile the model (CUDA only)
 
 
 @dataclass

@@ -176,3 +176,19 @@ def test_range_checks_keep_the_settings_that_are_zero_on_purpose():
     assert (ppo.kl_coef, ppo.ptx_coef, ppo.cliprange_value) == (0.0, 0.0, 0.0)
     assert make_config(EvalConfig, "micro", {"temperature": 0.0}).temperature == 0.0
     assert make_config(SampleConfig, overrides={"temperature": 0.0}).temperature == 0.0
+
+
+def test_compile_is_an_option_only_of_the_stages_that_compile(capsys):
+    """pretrain and SFT torch.compile the model with --compile; reward and DPO never read it, so there it is an
+    unknown option (it used to be listed by their --help and accepted without effect)."""
+    for name, config in (("reward", "RewardConfig"), ("dpo", "DPOConfig")):
+        assert main([name, "--compile", "--out_dir=/nonexistent/minirlhf"]) == 2
+        assert f"unknown option --compile for {config}; valid options:" in capsys.readouterr().err
+        assert main([name, "--help"]) == 0
+        assert "--compile" not in capsys.readouterr().out
+    for name in ("pretrain", "sft"):
+        assert main([name, "--help"]) == 0
+        assert "--compile          (bool, default False) torch.compile the model (CUDA only)" in capsys.readouterr().out
+    from minirlhf.config import SFTConfig
+
+    assert make_config(SFTConfig, "micro", ["--compile"]).compile is True
