@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     0 after the command, or after printing help (no arguments, -h/--help/help, or `<command> --help`); 2 for an
     unknown command or a bad option (one line on stderr, before anything runs; a --gold_judge is loaded here to
     check it); 1 when the stage raises ValueError, FileNotFoundError or RuntimeError (printed without a traceback);
-    130 on Ctrl-C. Under torchrun it first joins the process group: a data-parallel command runs on every rank,
+    130 on Ctrl-C (saying how to continue where a command can: --resume, or the pipeline run again). Under torchrun it first joins the process group: a data-parallel command runs on every rank,
     any other on rank 0 alone (the other ranks return 0 at once), and a failing rank ends its process there
     (`distributed.abort`) instead of returning. Any other exception propagates in one process.
     """
@@ -164,8 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         dist.abort(1)  # distributed: end this process now, which ends the job (no hang in a collective)
         return 1
     except KeyboardInterrupt:
-        print(f"\nminirlhf {name}: interrupted; the last checkpoint is kept (continue with --resume)",
-              file=sys.stderr)
+        if hasattr(cfg, "resume"):
+            hint = "; the last checkpoint is kept (continue with --resume)"
+        elif cls is C.PipelineConfig:
+            hint = "; run the same command again to continue (finished stages are reused)"
+        else:
+            hint = ""  # nothing to continue from: sample, eval, pairs, best-of-n, ... start over
+        print(f"\nminirlhf {name}: interrupted{hint}", file=sys.stderr)
         dist.abort(130)
         return 130
     except BaseException:

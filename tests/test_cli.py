@@ -192,3 +192,29 @@ def test_compile_is_an_option_only_of_the_stages_that_compile(capsys):
     from minirlhf.config import SFTConfig
 
     assert make_config(SFTConfig, "micro", ["--compile"]).compile is True
+
+
+@pytest.mark.parametrize("name, message", [
+    ("sft", "minirlhf sft: interrupted; the last checkpoint is kept (continue with --resume)"),
+    ("ppo", "minirlhf ppo: interrupted; the last checkpoint is kept (continue with --resume)"),
+    ("pipeline", "minirlhf pipeline: interrupted; run the same command again to continue (finished stages are reused)"),
+    ("sample", "minirlhf sample: interrupted"),
+    ("pairs", "minirlhf pairs: interrupted"),
+    ("export-hf", "minirlhf export-hf: interrupted"),
+])
+def test_ctrl_c_says_how_to_continue_only_where_a_command_can(name, message, monkeypatch, capsys):
+    """Ctrl-C: exit 130, and the --resume hint only for a command that has --resume (sample, pairs, ... have none)."""
+    import sys
+    import types
+
+    from minirlhf import cli
+    from minirlhf import distributed as dist
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "fake_stage", types.SimpleNamespace(run=interrupted))
+    monkeypatch.setitem(cli.COMMANDS, name, (cli.COMMANDS[name][0], "fake_stage:run", "test"))
+    monkeypatch.setattr(dist, "init", lambda: None)
+    assert main([name]) == 130
+    assert capsys.readouterr().err == f"\n{message}\n"
