@@ -7,8 +7,9 @@
     minirlhf pretrain --help               # every option with its type, default and meaning
     minirlhf import-hf path/to/gpt2 --out=out/hf/gpt2    # positional arguments where a command names them
 
-Options are `--key=value` (or `--key value`), checked against the stage's config dataclass: an unknown key
-or a value of the wrong type is one line of error that lists what is valid, never a traceback.
+Options are `--key=value` (or `--key value`), checked against the stage's config dataclass: an unknown key,
+a value of the wrong type or out of range, or an option given twice is one line of error that says what is
+valid, never a traceback.
 
 Under torchrun (`torchrun --nproc_per_node=N -m minirlhf <command> ...`) the command joins the process
 group first (distributed.init). The training stages and the pipeline run data-parallel on every process.
@@ -99,7 +100,8 @@ def normalise_args(args: list[str]) -> list[str]:
 
 
 def positional_args(name: str, args: list[str]) -> list[str]:
-    """`minirlhf export-hf A B` -> ["--checkpoint=A", "--out=B"]; options pass through unchanged."""
+    """`minirlhf export-hf A B` -> ["--checkpoint=A", "--out=B"]; options pass through unchanged. A field given
+    both ways (`export-hf A B --out=C`) is a ConfigError."""
     names = POSITIONAL.get(name, ())
     options = [a for a in args if a.startswith("--")]
     values = [a for a in args if not a.startswith("--")]
@@ -107,6 +109,11 @@ def positional_args(name: str, args: list[str]) -> list[str]:
         expected = " ".join(n.upper() for n in names) or "no positional arguments"
         raise C.ConfigError(f"unexpected argument {values[len(names)]!r} (expected {expected}; "
                             "options look like --key=value)")
+    for field, value in zip(names, values):
+        for option in options:
+            if option[2:].partition("=")[0].replace("-", "_") == field:
+                raise C.ConfigError(f"--{field} given twice (as {field.upper()} {value!r} and as {option}); "
+                                    "give it once")
     return options + [f"--{n}={v}" for n, v in zip(names, values)]
 
 

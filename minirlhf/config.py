@@ -554,12 +554,13 @@ def apply_overrides(cfg, overrides: list[str] | dict):
 
     `--flag` alone sets a bool field to True. Dashes and underscores in keys are interchangeable. A config
     class may declare `aliases` (a ClassVar dict alias -> field name), e.g. `--sft-data` for `--data`.
+    An option given twice (an alias and its field count as one) is a ConfigError, not the last one winning.
     """
     by_name = {f.name: f for f in fields(cfg)}
     aliases = getattr(type(cfg), "aliases", {})  # e.g. SFTConfig: --sft-data is --data
-    items: list[tuple[str, object]] = []
+    items: list[tuple[str, object, str]] = []  # (key, value, the option as written)
     if isinstance(overrides, dict):
-        items = list(overrides.items())
+        items = [(key, raw, f"{key}={raw!r}") for key, raw in overrides.items()]
     else:
         for arg in overrides:
             if not arg.startswith("--"):
@@ -571,13 +572,17 @@ def apply_overrides(cfg, overrides: list[str] | dict):
                 if by_name[key].type not in ("bool", bool):
                     raise ConfigError(f"{arg!r}: expected --{key}=value")
                 raw = "true"
-            items.append((key, raw))
-    for key, raw in items:
+            items.append((key, raw, arg))
+    given: dict[str, str] = {}  # key -> the option that set it
+    for key, raw, written in items:
         key = key.replace("-", "_")
         key = aliases.get(key, key)
         if key not in by_name:
             valid = ", ".join(f"--{n}" for n in by_name)
             raise ConfigError(f"unknown option --{key} for {type(cfg).__name__}; valid options: {valid}")
+        if key in given:
+            raise ConfigError(f"--{key} given twice ({given[key]} and {written}); give it once")
+        given[key] = written
         typ = by_name[key].type
         typ_name = typ if isinstance(typ, str) else typ.__name__
         if isinstance(raw, str):

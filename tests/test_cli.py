@@ -218,3 +218,25 @@ def test_ctrl_c_says_how_to_continue_only_where_a_command_can(name, message, mon
     monkeypatch.setattr(dist, "init", lambda: None)
     assert main([name]) == 130
     assert capsys.readouterr().err == f"\n{message}\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--seed=1", "--seed=2"], "--seed given twice (--seed=1 and --seed=2); give it once"),
+    (["sample", "--seed", "1", "--seed=1"], "--seed given twice (--seed=1 and --seed=1); give it once"),
+    (["pretrain", "--max-steps=5", "--max_steps=6"], "--max_steps given twice (--max-steps=5 and --max_steps=6)"),
+    (["sft", "--sft-data=a.jsonl", "--data=b.jsonl"], "--data given twice (--sft-data=a.jsonl and --data=b.jsonl)"),
+    (["ppo", "--force", "--force=false"], "--force given twice (--force and --force=false)"),
+    (["export-hf", "a.pt", "b", "--out=c"], "--out given twice (as OUT 'b' and as --out=c); give it once"),
+    (["import-hf", "folder", "--path=other"], "--path given twice (as PATH 'folder' and as --path=other)"),
+])
+def test_an_option_given_twice_is_an_error_not_the_last_one_winning(argv, message, capsys):
+    """Spelled the same, with dashes, through an alias or as a positional argument: exit 2 before anything runs."""
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_dict_of_overrides_setting_a_field_twice_through_an_alias_is_an_error():
+    from minirlhf.config import SFTConfig
+
+    with pytest.raises(ConfigError, match=r"^--data given twice \(sft_data='a' and data='b'\); give it once$"):
+        apply_overrides(SFTConfig(), {"sft_data": "a", "data": "b"})
