@@ -240,3 +240,34 @@ def test_a_dict_of_overrides_setting_a_field_twice_through_an_alias_is_an_error(
 
     with pytest.raises(ConfigError, match=r"^--data given twice \(sft_data='a' and data='b'\); give it once$"):
         apply_overrides(SFTConfig(), {"sft_data": "a", "data": "b"})
+
+
+def test_a_file_that_is_not_a_policy_checkpoint_is_one_line_saying_what_to_pass(tmp_path, capsys):
+    """A JSON file, a text file or a reward model as `sample --checkpoint`: one line naming the file and what to
+    pass instead (not torch's weights_only advice, "pop from empty list", or a Python function to call)."""
+    import torch
+
+    from minirlhf import checkpoint as ck
+    from minirlhf.config import ModelConfig
+    from minirlhf.model import GPT, ScalarModel
+
+    (tmp_path / "config.json").write_text('{"n_layer": 2}\n')
+    (tmp_path / "notes.txt").write_text("hello\n")
+    torch.save([1, 2, 3], tmp_path / "list.pt")  # a torch file, but no checkpoint dict
+    expected = "(expected a stage's model.pt, e.g. out/tiny/sft/model.pt)"
+    for name in ("config.json", "notes.txt", "list.pt"):
+        path = tmp_path / name
+        assert main(["sample", f"--checkpoint={path}"]) == 1
+        assert capsys.readouterr().err == f"minirlhf sample: error: {path} is not a checkpoint written by minirlhf " \
+            f"{expected}\n"
+    rm = str(tmp_path / "reward" / "model.pt")
+    ck.save_checkpoint(rm, ck.model_payload(ScalarModel(GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8,
+                                                                        vocab_size=300))), "reward"))
+    assert main(["sample", f"--checkpoint={rm}"]) == 1
+    assert capsys.readouterr().err == (f"minirlhf sample: error: {rm} is a reward/value model (trunk + scalar head); "
+                                       "pass a policy model.pt, e.g. out/tiny/sft/model.pt\n")
+    state = tmp_path / "ckpt.pt"  # a damaged training state: the message says what --resume expected there
+    state.write_text("hello\n")
+    with pytest.raises(RuntimeError, match=r"^.*ckpt.pt is not a checkpoint written by minirlhf \(expected the "
+                                           r"training state a stage writes for --resume\)$"):
+        ck.load_checkpoint(str(state))
