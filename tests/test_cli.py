@@ -271,3 +271,53 @@ def test_a_file_that_is_not_a_policy_checkpoint_is_one_line_saying_what_to_pass(
     with pytest.raises(RuntimeError, match=r"^.*ckpt.pt is not a checkpoint written by minirlhf \(expected the "
                                            r"training state a stage writes for --resume\)$"):
         ck.load_checkpoint(str(state))
+
+
+def scripted_checkpoint(folder, switch_at: int) -> str:
+    """A model.pt (+ tokenizer.json) whose greedy next token depends only on the position: "x" at positions
+    < switch_at, <|end|> from there on. One byte per token (no merges), so token counts are character counts.
+    Every block adds 0 to the residual (zero weights); the position embedding decides the final layer norm's
+    sign between the two channels that the tied embedding rows of "x" and <|end|> read."""
+    import torch
+
+    from minirlhf import checkpoint as ck
+    from minirlhf.config import ModelConfig
+    from minirlhf.model import GPT
+    from minirlhf.tokenizer import Tokenizer
+
+    tok = Tokenizer.train("no merges needed", vocab_size=261)
+    model = GPT(ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=32, vocab_size=tok.n_vocab))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.transformer.ln_f.weight.fill_(1.0)
+        wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight
+        wte[tok.encode("x")[0], 0] = wte[tok.end_id, 1] = 1.0
+        wpe[:switch_at, 0], wpe[:switch_at, 1] = 10.0, -10.0
+        wpe[switch_at:, 0], wpe[switch_at:, 1] = -10.0, 10.0
+    path = str(folder / "model.pt")
+    ck.save_checkpoint(path, ck.model_payload(model, "sft"))
+    tok.save(folder / "tokenizer.json")
+    return path
+
+
+def test_sample_prints_each_continuation_and_a_chat_reply_stops_at_end(tmp_path, capsys):
+    """`minirlhf sample` on a model whose greedy output is known: a plain prompt printed with its continuation
+    (which runs past <|end|> to --max_new_tokens), a chat reply alone and cut at its first <|end|>; a prompt
+    leaving less room than --max_new_tokens gets the shorter continuation and a note saying so."""
+    # chat prompt "hi" = <|user|> h i <|end|> <|assistant|>: 5 tokens, so positions 4 and 5 predict "x", 6 <|end|>
+    path = scripted_checkpoint(tmp_path, switch_at=6)
+    common = ["sample", f"--checkpoint={path}", "--prompt=hi", "--temperature=0", "--max_new_tokens=8"]
+    assert main([*common, "--chat", "--num_samples=2"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "--- sample 1 ---\nxx<|end|>\n--- sample 2 ---\nxx<|end|>\n" and err == ""
+    assert main([*common, "--num_samples=1"]) == 0  # plain "hi": positions 1-5 predict "x", 6-8 <|end|>
+    out, err = capsys.readouterr()
+    assert out == "--- sample 1 ---\nhixxxxx<|end|><|end|><|end|>\n" and err == ""
+    long = "a" * 28  # 28 of the 32 positions: room for 4 new tokens
+    assert main(["sample", f"--checkpoint={path}", f"--prompt={long}", "--temperature=0", "--max_new_tokens=8",
+                 "--num_samples=1"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"--- sample 1 ---\n{long}" + "<|end|>" * 4 + "\n"
+    assert err == ("[sample] note: the prompt has 28 tokens, which leaves room for 4 new tokens in the context of 32, "
+                   "not --max_new_tokens=8\n")
