@@ -120,14 +120,17 @@ def positional_args(name: str, args: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run one `minirlhf` command line (`argv`, default sys.argv[1:]) -> its exit status.
 
-    0 after the command, or after printing help (no arguments, -h/--help/help, or `<command> --help`); 2 for an
-    unknown command or a bad option (one line on stderr, before anything runs; a --gold_judge is loaded here to
-    check it); 1 when the stage raises ValueError, FileNotFoundError or RuntimeError (printed without a traceback);
-    130 on Ctrl-C (saying how to continue where a command can: --resume, or the pipeline run again). Under torchrun it first joins the process group: a data-parallel command runs on every rank,
-    any other on rank 0 alone (the other ranks return 0 at once), and a failing rank ends its process there
-    (`distributed.abort`) instead of returning. Any other exception propagates in one process.
+    0 after the command, or after printing help (no arguments, -h/--help/help, `help <command>` or `<command> --help`);
+    2 for an unknown command or a bad option (one line on stderr, before anything runs; a --gold_judge is loaded here
+    to check it); 1 when the stage raises ValueError, FileNotFoundError or RuntimeError (printed without a
+    traceback); 130 on Ctrl-C (saying how to continue where a command can: --resume, or the pipeline run again).
+    Under torchrun it first joins the process group: a data-parallel command runs on every rank, any other on rank 0
+    alone (the other ranks return 0 at once), and a failing rank ends its process there (`distributed.abort`)
+    instead of returning. Any other exception propagates in one process.
     """
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["help"] and len(argv) > 1:  # `minirlhf help sample` is `minirlhf sample --help`
+        argv = [argv[1], "--help"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0

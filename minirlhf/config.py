@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
@@ -487,15 +488,18 @@ _UNIT = {"dropout": (0.0, 1.0, "[0, 1)"), "val_fraction": (0.0, 1.0, "(0, 1)"), 
          "beta2": (0.0, 1.0, "[0, 1)"), "label_smoothing": (0.0, 0.5, "[0, 0.5)"),
          "min_lr_ratio": (0.0, 1.0, "[0, 1]"), "lam": (0.0, 1.0, "[0, 1]"), "gamma": (0.0, 1.0, "[0, 1]"),
          "epsilon": (0.0, 1.0, "(0, 1)"), "top_p": (0.0, 1.0, "(0, 1]")}
+# Stages seed generators with about seed * 10**9 + step, and torch takes seeds up to 2**64 - 1.
+SEED_MAX = 2**32 - 1
 
 
 def check_ranges(cfg) -> None:
     """ConfigError naming the first option outside its range, before a stage reads or writes anything:
     counts and intervals >= 1 (pairs' samples_per_prompt >= 2), rates and weights >= 0 (learning rates, DPO's beta,
     PPO's cliprange and kl_target > 0), shares and probabilities in their interval, n_embd divisible by n_head,
-    --dtype one of auto / float32 / bfloat16, --kl_estimator k1 or k3. A temperature is > 0 in the stages that
-    sample to learn or to choose (pairs, reward calibration, PPO, GRPO, best-of-n) and >= 0 in `sample` and
-    `eval`, where 0 is greedy decoding. NaN is outside every range.
+    --seed in [0, SEED_MAX], --device auto / cpu / cuda / cuda:N, --dtype auto / float32 / bfloat16,
+    --kl_estimator k1 or k3, a --prompt that is UTF-8 text. A temperature is > 0 in the stages that sample to
+    learn or to choose (pairs, reward calibration, PPO, GRPO, best-of-n) and >= 0 in `sample` and `eval`,
+    where 0 is greedy decoding. NaN is outside every range.
     Checked by `fill_from_preset`, after the preset has replaced its "from preset" defaults, and by `make_config`
     for a config without a preset."""
     names = {f.name for f in fields(cfg)}
@@ -516,6 +520,8 @@ def check_ranges(cfg) -> None:
             bad(name, "> 0")
         if (name in _NOT_NEGATIVE or greedy) and not value >= 0:
             bad(name, ">= 0")
+        if name == "seed" and not 0 <= value <= SEED_MAX:
+            bad(name, f"in [0, {SEED_MAX}]")
         if name in _UNIT:
             low, high, text = _UNIT[name]
             closed_low, closed_high = text[0] == "[", text[-1] == "]"
@@ -524,10 +530,18 @@ def check_ranges(cfg) -> None:
     if {"n_embd", "n_head"} <= names and cfg.n_head >= 1 and cfg.n_embd % cfg.n_head:
         raise ConfigError(f"--n_embd={cfg.n_embd} is not divisible by --n_head={cfg.n_head} (each head has "
                           "n_embd / n_head channels)")
+    if "device" in names and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        raise ConfigError(f"--device={cfg.device!r}: expected auto, cpu, cuda or cuda:N (e.g. cuda:1)")
     if "dtype" in names and cfg.dtype not in ("auto", "float32", "bfloat16"):
         raise ConfigError(f"--dtype={cfg.dtype!r}: expected auto, float32 or bfloat16")
     if "kl_estimator" in names and cfg.kl_estimator not in ("k1", "k3"):
         raise ConfigError(f"--kl_estimator={cfg.kl_estimator!r}: expected k1 or k3")
+    if "prompt" in names:
+        try:
+            cfg.prompt.encode("utf-8")
+        except UnicodeEncodeError as e:  # a command-line byte that is not UTF-8 arrives as U+DC80..U+DCFF
+            raise ConfigError(f"--prompt={cfg.prompt!r}: not UTF-8 text (character {e.start}); give the prompt "
+                              "in UTF-8") from None
 
 
 def _parse_value(key: str, raw: str, typ: str):

@@ -76,6 +76,11 @@ def test_zero_is_kept_where_it_is_a_setting():
     ("--num_samples=0", "--num_samples=0: must be >= 1"),  # not "no prompts to generate from"
     ("--temperature=-1", "--temperature=-1.0: must be >= 0"),  # not greedy in silence
     ("--temperature=nan", "--temperature=nan: must be >= 0"),  # not torch's "probability tensor contains nan"
+    ("--device=foo", "--device='foo': expected auto, cpu, cuda or cuda:N (e.g. cuda:1)"),  # not torch's device list
+    ("--seed=99999999999999999999", "--seed=99999999999999999999: must be in [0, 4294967295]"),  # not "Overflow"
+    ("--seed=-1", "--seed=-1: must be in [0, 4294967295]"),
+    # a byte of the command line that is not UTF-8 (here 0xe9, Latin-1's é) reaches Python as U+DCE9
+    ("--prompt=caf\udce9", "--prompt='caf\\udce9': not UTF-8 text (character 3); give the prompt in UTF-8"),
 ])
 def test_sample_options_out_of_range_fail_before_the_checkpoint_is_read(option, message, capsys):
     """`minirlhf sample` has no preset, and its options are range-checked all the same: exit 2 naming the
@@ -154,6 +159,9 @@ def test_other_ranks_leave_a_command_that_is_not_data_parallel_without_a_collect
     (["pairs", "--samples_per_prompt=0"], "--samples_per_prompt=0: must be >= 2"),
     (["pairs", "--n_prompts=-3"], "--n_prompts=-3: must be >= 0"),
     (["pretrain", "--vocab_size=-5"], "--vocab_size=-5: must be >= 1"),
+    (["ppo", "--device=gpu"], "--device='gpu': expected auto, cpu, cuda or cuda:N (e.g. cuda:1)"),
+    (["sft", "--seed=4294967296"], "--seed=4294967296: must be in [0, 4294967295]"),  # sft seeds with ~seed * 1e9
+    (["world", "--seed=-1"], "--seed=-1: must be in [0, 4294967295]"),
 ])
 def test_options_out_of_range_fail_before_the_stage_touches_anything(argv, message, capsys, tmp_path):
     """A nonsense value is a one-line error naming the option (exit 2), before any file is read or written
@@ -178,11 +186,11 @@ def test_range_checks_keep_the_settings_that_are_zero_on_purpose():
     assert make_config(SampleConfig, overrides={"temperature": 0.0}).temperature == 0.0
 
 
-def test_compile_is_an_option_only_of_the_stages_that_compile(capsys):
+def test_compile_is_an_option_only_of_the_stages_that_compile(capsys, tmp_path):
     """pretrain and SFT torch.compile the model with --compile; reward and DPO never read it, so there it is an
     unknown option (it used to be listed by their --help and accepted without effect)."""
     for name, config in (("reward", "RewardConfig"), ("dpo", "DPOConfig")):
-        assert main([name, "--compile", "--out_dir=/nonexistent/minirlhf"]) == 2
+        assert main([name, "--compile", "--preset=micro", f"--out_dir={tmp_path}"]) == 2
         assert f"unknown option --compile for {config}; valid options:" in capsys.readouterr().err
         assert main([name, "--help"]) == 0
         assert "--compile" not in capsys.readouterr().out
@@ -223,16 +231,20 @@ def test_ctrl_c_says_how_to_continue_only_where_a_command_can(name, message, mon
 @pytest.mark.parametrize("argv, message", [
     (["sample", "--seed=1", "--seed=2"], "--seed given twice (--seed=1 and --seed=2); give it once"),
     (["sample", "--seed", "1", "--seed=1"], "--seed given twice (--seed=1 and --seed=1); give it once"),
-    (["pretrain", "--max-steps=5", "--max_steps=6"], "--max_steps given twice (--max-steps=5 and --max_steps=6)"),
-    (["sft", "--sft-data=a.jsonl", "--data=b.jsonl"], "--data given twice (--sft-data=a.jsonl and --data=b.jsonl)"),
-    (["ppo", "--force", "--force=false"], "--force given twice (--force and --force=false)"),
+    (["pretrain", "--max-steps=5", "--max_steps=6", "--out_dir={out}"],
+     "--max_steps given twice (--max-steps=5 and --max_steps=6)"),
+    (["sft", "--sft-data=a.jsonl", "--data=b.jsonl", "--out_dir={out}"],
+     "--data given twice (--sft-data=a.jsonl and --data=b.jsonl)"),
+    (["ppo", "--force", "--force=false", "--out_dir={out}"], "--force given twice (--force and --force=false)"),
     (["export-hf", "a.pt", "b", "--out=c"], "--out given twice (as OUT 'b' and as --out=c); give it once"),
     (["import-hf", "folder", "--path=other"], "--path given twice (as PATH 'folder' and as --path=other)"),
 ])
-def test_an_option_given_twice_is_an_error_not_the_last_one_winning(argv, message, capsys):
+def test_an_option_given_twice_is_an_error_not_the_last_one_winning(argv, message, capsys, tmp_path):
     """Spelled the same, with dashes, through an alias or as a positional argument: exit 2 before anything runs."""
-    assert main(argv) == 2
+    out = tmp_path / "out"
+    assert main([a.format(out=out) for a in argv]) == 2
     assert message in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_a_dict_of_overrides_setting_a_field_twice_through_an_alias_is_an_error():
@@ -321,3 +333,21 @@ def test_sample_prints_each_continuation_and_a_chat_reply_stops_at_end(tmp_path,
     assert out == f"--- sample 1 ---\n{long}" + "<|end|>" * 4 + "\n"
     assert err == ("[sample] note: the prompt has 28 tokens, which leaves room for 4 new tokens in the context of 32, "
                    "not --max_new_tokens=8\n")
+
+
+def test_help_command_prints_that_commands_options(capsys):
+    """`minirlhf help sample` is `minirlhf sample --help`, not the top-level usage; `help fly` is an unknown command."""
+    assert main(["sample", "--help"]) == 0
+    expected = capsys.readouterr().out
+    assert expected.startswith("minirlhf sample: print continuations of a prompt from a checkpoint\n")
+    assert main(["help", "sample"]) == 0
+    assert capsys.readouterr().out == expected
+    assert main(["help", "fly"]) == 2
+    assert "unknown command 'fly'" in capsys.readouterr().err
+
+
+def test_a_cuda_device_with_an_index_is_a_valid_option():
+    from minirlhf.config import SampleConfig
+
+    assert make_config(SampleConfig, overrides=["--device=cuda:1"]).device == "cuda:1"
+    assert make_config(SampleConfig, overrides=["--seed=4294967295"]).seed == 4294967295
