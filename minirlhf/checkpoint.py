@@ -37,15 +37,21 @@ def save_checkpoint(path: str, state: dict) -> None:
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """`torch.load(path, weights_only=True)` onto `map_location` -> the checkpoint dict.
 
-    FileNotFoundError when there is no file; a RuntimeError naming the file when torch cannot load it (a
-    truncated file, not a torch checkpoint, or objects that `weights_only` refuses).
+    FileNotFoundError when there is no file; a one-line RuntimeError naming the file and what was expected when
+    torch cannot load it (a JSON or text file, a truncated file, objects that `weights_only` refuses) or it holds
+    no dict. (torch's own message is kept as the cause: it advises weights_only=False, never right here.)
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
+    expected = ("the training state a stage writes for --resume" if os.path.basename(path) == "ckpt.pt"
+                else "a stage's model.pt, e.g. out/tiny/sft/model.pt")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which file, not a pickle traceback
-        raise RuntimeError(f"could not load checkpoint {path}: {e}") from e
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"{path} is not a checkpoint written by minirlhf (expected {expected})") from e
+    if not isinstance(state, dict):
+        raise RuntimeError(f"{path} is not a checkpoint written by minirlhf (expected {expected})")
+    return state
 
 
 def rng_state() -> dict:
@@ -93,7 +99,8 @@ def load_model(path: str, device="cpu", dropout: float = 0.0):
     if "model" not in ckpt or "model_config" not in ckpt:
         raise RuntimeError(f"{path} is not a minirlhf model checkpoint (keys: {sorted(ckpt)})")
     if any(k.startswith("head.") for k in ckpt["model"]):
-        raise RuntimeError(f"{path} holds a reward/value model (trunk + scalar head): use load_scalar_model")
+        raise RuntimeError(f"{path} is a reward/value model (trunk + scalar head); pass a policy model.pt, "
+                           "e.g. out/tiny/sft/model.pt")
     model = GPT(_model_config(path, ckpt, dropout))
     _load_weights(path, model, ckpt["model"])
     return model.to(device), ckpt

@@ -7,8 +7,9 @@
     minirlhf pretrain --help               # every option with its type, default and meaning
     minirlhf import-hf path/to/gpt2 --out=out/hf/gpt2    # positional arguments where a command names them
 
-Options are `--key=value` (or `--key value`), checked against the stage's config dataclass: an unknown key
-or a value of the wrong type is one line of error that lists what is valid, never a traceback.
+Options are `--key=value` (or `--key value`), checked against the stage's config dataclass: an unknown key,
+a value of the wrong type or out of range, or an option given twice is one line of error that says what is
+valid, never a traceback.
 
 Under torchrun (`torchrun --nproc_per_node=N -m minirlhf <command> ...`) the command joins the process
 group first (distributed.init). The training stages and the pipeline run data-parallel on every process.
@@ -99,7 +100,8 @@ def normalise_args(args: list[str]) -> list[str]:
 
 
 def positional_args(name: str, args: list[str]) -> list[str]:
-    """`minirlhf export-hf A B` -> ["--checkpoint=A", "--out=B"]; options pass through unchanged."""
+    """`minirlhf export-hf A B` -> ["--checkpoint=A", "--out=B"]; options pass through unchanged. A field given
+    both ways (`export-hf A B --out=C`) is a ConfigError."""
     names = POSITIONAL.get(name, ())
     options = [a for a in args if a.startswith("--")]
     values = [a for a in args if not a.startswith("--")]
@@ -107,20 +109,28 @@ def positional_args(name: str, args: list[str]) -> list[str]:
         expected = " ".join(n.upper() for n in names) or "no positional arguments"
         raise C.ConfigError(f"unexpected argument {values[len(names)]!r} (expected {expected}; "
                             "options look like --key=value)")
+    for field, value in zip(names, values):
+        for option in options:
+            if option[2:].partition("=")[0].replace("-", "_") == field:
+                raise C.ConfigError(f"--{field} given twice (as {field.upper()} {value!r} and as {option}); "
+                                    "give it once")
     return options + [f"--{n}={v}" for n, v in zip(names, values)]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one `minirlhf` command line (`argv`, default sys.argv[1:]) -> its exit status.
 
-    0 after the command, or after printing help (no arguments, -h/--help/help, or `<command> --help`); 2 for an
-    unknown command or a bad option (one line on stderr, before anything runs; a --gold_judge is loaded here to
-    check it); 1 when the stage raises ValueError, FileNotFoundError or RuntimeError (printed without a traceback);
-    130 on Ctrl-C. Under torchrun it first joins the process group: a data-parallel command runs on every rank,
-    any other on rank 0 alone (the other ranks return 0 at once), and a failing rank ends its process there
-    (`distributed.abort`) instead of returning. Any other exception propagates in one process.
+    0 after the command, or after printing help (no arguments, -h/--help/help, `help <command>` or `<command> --help`);
+    2 for an unknown command or a bad option (one line on stderr, before anything runs; a --gold_judge is loaded here
+    to check it); 1 when the stage raises ValueError, FileNotFoundError or RuntimeError (printed without a
+    traceback); 130 on Ctrl-C (saying how to continue where a command can: --resume, or the pipeline run again).
+    Under torchrun it first joins the process group: a data-parallel command runs on every rank, any other on rank 0
+    alone (the other ranks return 0 at once), and a failing rank ends its process there (`distributed.abort`)
+    instead of returning. Any other exception propagates in one process.
     """
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["help"] and len(argv) > 1:  # `minirlhf help sample` is `minirlhf sample --help`
+        argv = [argv[1], "--help"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -164,8 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         dist.abort(1)  # distributed: end this process now, which ends the job (no hang in a collective)
         return 1
     except KeyboardInterrupt:
-        print(f"\nminirlhf {name}: interrupted; the last checkpoint is kept (continue with --resume)",
-              file=sys.stderr)
+        if hasattr(cfg, "resume"):
+            hint = "; the last checkpoint is kept (continue with --resume)"
+        elif cls is C.PipelineConfig:
+            hint = "; run the same command again to continue (finished stages are reused)"
+        else:
+            hint = ""  # nothing to continue from: sample, eval, pairs, best-of-n, ... start over
+        print(f"\nminirlhf {name}: interrupted{hint}", file=sys.stderr)
         dist.abort(130)
         return 130
     except BaseException:

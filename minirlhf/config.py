@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
@@ -130,7 +131,6 @@ class TrainConfig:
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
     eval_interval: int = 200  # steps between validation evaluations (and checkpoints)
     log_interval: int = 10  # steps between metrics.jsonl lines
-    compile: bool = False  # torch.compile the model (CUDA only)
     dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "float32", "bfloat16"
     progress: bool = True  # show a tqdm progress bar
     max_minutes: float = 0.0  # stop after this many minutes, keeping the model, not reused as finished (0 = no limit)
@@ -152,6 +152,7 @@ class PretrainConfig(TrainConfig):
     dropout: float = 0.0  # dropout during pretraining
     val_fraction: float = 0.05  # share of documents held out for validation loss
     eval_batches: int = 8  # batches averaged for one validation loss
+    compile: bool = False  # torch.compile the model (CUDA only)
 
 
 @dataclass
@@ -173,6 +174,7 @@ class SFTConfig(TrainConfig):
     gold_judge: str = ""  # "module:function" (or "file.py:function") scoring (prompt, response) -> float; "" = the world's judge
     warmup_steps: int = 20  # linear warm-up steps
     eval_interval: int = 100  # steps between validation evaluations (and checkpoints)
+    compile: bool = False  # torch.compile the model (CUDA only)
 
 
 @dataclass
@@ -279,7 +281,7 @@ class EvalConfig:
     out_dir: str = "out"  # where the preset's stage folders are
     reference: str = ""  # model.pt to measure KL against; "" = out/<preset>/sft/model.pt if it exists
     reward_model: str = ""  # reward model.pt for the proxy reward; "" = out/<preset>/reward/model.pt if it exists
-    temperature: float = 1.0  # sampling temperature (1 = the policy itself); KL is of the policy as sampled
+    temperature: float = 1.0  # sampling temperature (1 = the policy itself, 0 = greedy); KL is of the policy as sampled
     max_new_tokens: int = 48  # response budget in tokens
     n_train: int = 120  # RL prompts evaluated besides eval_prompts.jsonl (whose third are training-split too)
     seed: int = 0  # sampling seed: same seed, same numbers
@@ -471,40 +473,55 @@ def fill_from_preset(cfg):
 
 # The ranges `check_ranges` enforces once the preset has filled its fields (so 0 / -1 "from preset" is gone).
 _AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "eval_interval", "log_interval", "eval_batches",
-                 "n_layer", "n_head", "n_embd", "block_size", "iterations", "minibatch_size", "ppo_epochs",
-                 "max_new_tokens", "num_samples", "kl_horizon", "prompts_per_iteration", "task_eval_samples")
+                 "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "iterations", "minibatch_size",
+                 "ppo_epochs", "max_new_tokens", "num_samples", "kl_horizon", "prompts_per_iteration",
+                 "task_eval_samples")
+_AT_LEAST_TWO = ("samples_per_prompt",)  # an on-policy pair is two responses to one prompt (GRPO's group_size: grpo.py)
 _NOT_NEGATIVE = ("warmup_steps", "stop_after", "max_minutes", "rollout_shards", "ptx_batch_size", "grad_clip",
                  "weight_decay", "n_train", "cliprange_value", "vf_coef", "margin_coef", "center_coef",
                  "length_head_coef", "rpo_alpha", "samples_per_eval", "calibration_prompts", "missing_eos_penalty",
                  "kto_desirable_weight", "kto_undesirable_weight", "orpo_lambda", "simpo_gamma", "top_k",
-                 "embedding_lr_scale")
-_POSITIVE = ("lr", "tau", "simpo_beta")  # DPOConfig's beta too (GRPO's beta may be 0)
+                 "embedding_lr_scale", "kl_coef", "ptx_coef", "n_prompts")
+# > 0, and so is DPO's beta (GRPO's may be 0); a temperature is >= 0 in `sample` and `eval`, where 0 is greedy decoding
+_POSITIVE = ("lr", "tau", "simpo_beta", "cliprange", "kl_target", "temperature")
 _UNIT = {"dropout": (0.0, 1.0, "[0, 1)"), "val_fraction": (0.0, 1.0, "(0, 1)"), "beta1": (0.0, 1.0, "[0, 1)"),
          "beta2": (0.0, 1.0, "[0, 1)"), "label_smoothing": (0.0, 0.5, "[0, 0.5)"),
-         "min_lr_ratio": (0.0, 1.0, "[0, 1]"), "lam": (0.0, 1.0, "[0, 1]"), "gamma": (0.0, 1.0, "[0, 1]")}
+         "min_lr_ratio": (0.0, 1.0, "[0, 1]"), "lam": (0.0, 1.0, "[0, 1]"), "gamma": (0.0, 1.0, "[0, 1]"),
+         "epsilon": (0.0, 1.0, "(0, 1)"), "top_p": (0.0, 1.0, "(0, 1]")}
+# Stages seed generators with about seed * 10**9 + step, and torch takes seeds up to 2**64 - 1.
+SEED_MAX = 2**32 - 1
 
 
 def check_ranges(cfg) -> None:
     """ConfigError naming the first option outside its range, before a stage reads or writes anything:
-    counts and intervals >= 1, rates and weights >= 0 (learning rates and DPO's beta > 0), shares and
-    probabilities in their interval, n_embd divisible by n_head, --dtype one of auto / float32 / bfloat16,
-    --kl_estimator k1 or k3.
-    Checked by `fill_from_preset`, i.e. after the preset has replaced its "from preset" defaults."""
+    counts and intervals >= 1 (pairs' samples_per_prompt >= 2), rates and weights >= 0 (learning rates, DPO's beta,
+    PPO's cliprange and kl_target > 0), shares and probabilities in their interval, n_embd divisible by n_head,
+    --seed in [0, SEED_MAX], --device auto / cpu / cuda / cuda:N, --dtype auto / float32 / bfloat16,
+    --kl_estimator k1 or k3, a --prompt that is UTF-8 text. A temperature is > 0 in the stages that sample to
+    learn or to choose (pairs, reward calibration, PPO, GRPO, best-of-n) and >= 0 in `sample` and `eval`,
+    where 0 is greedy decoding. NaN is outside every range.
+    Checked by `fill_from_preset`, after the preset has replaced its "from preset" defaults, and by `make_config`
+    for a config without a preset."""
     names = {f.name for f in fields(cfg)}
 
     def bad(name, rule):
         raise ConfigError(f"--{name}={getattr(cfg, name)}: must be {rule}")
 
-    for name in names:
-        value = getattr(cfg, name)
+    for f in fields(cfg):  # in the order of the fields: the same option is named first on every run
+        name, value = f.name, getattr(cfg, f.name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        if name in _AT_LEAST_ONE and value < 1:
+        greedy = name == "temperature" and isinstance(cfg, (SampleConfig, EvalConfig))  # 0 = greedy decoding
+        if name in _AT_LEAST_ONE and not value >= 1:
             bad(name, ">= 1")
-        if name in _NOT_NEGATIVE and not value >= 0:
-            bad(name, ">= 0")
-        if (name in _POSITIVE or (name == "beta" and isinstance(cfg, DPOConfig))) and not value > 0:
+        if name in _AT_LEAST_TWO and not value >= 2:
+            bad(name, ">= 2")
+        if ((name in _POSITIVE and not greedy) or (name == "beta" and isinstance(cfg, DPOConfig))) and not value > 0:
             bad(name, "> 0")
+        if (name in _NOT_NEGATIVE or greedy) and not value >= 0:
+            bad(name, ">= 0")
+        if name == "seed" and not 0 <= value <= SEED_MAX:
+            bad(name, f"in [0, {SEED_MAX}]")
         if name in _UNIT:
             low, high, text = _UNIT[name]
             closed_low, closed_high = text[0] == "[", text[-1] == "]"
@@ -513,10 +530,18 @@ def check_ranges(cfg) -> None:
     if {"n_embd", "n_head"} <= names and cfg.n_head >= 1 and cfg.n_embd % cfg.n_head:
         raise ConfigError(f"--n_embd={cfg.n_embd} is not divisible by --n_head={cfg.n_head} (each head has "
                           "n_embd / n_head channels)")
+    if "device" in names and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        raise ConfigError(f"--device={cfg.device!r}: expected auto, cpu, cuda or cuda:N (e.g. cuda:1)")
     if "dtype" in names and cfg.dtype not in ("auto", "float32", "bfloat16"):
         raise ConfigError(f"--dtype={cfg.dtype!r}: expected auto, float32 or bfloat16")
     if "kl_estimator" in names and cfg.kl_estimator not in ("k1", "k3"):
         raise ConfigError(f"--kl_estimator={cfg.kl_estimator!r}: expected k1 or k3")
+    if "prompt" in names:
+        try:
+            cfg.prompt.encode("utf-8")
+        except UnicodeEncodeError as e:  # a command-line byte that is not UTF-8 arrives as U+DC80..U+DCFF
+            raise ConfigError(f"--prompt={cfg.prompt!r}: not UTF-8 text (character {e.start}); give the prompt "
+                              "in UTF-8") from None
 
 
 def _parse_value(key: str, raw: str, typ: str):
@@ -543,12 +568,13 @@ def apply_overrides(cfg, overrides: list[str] | dict):
 
     `--flag` alone sets a bool field to True. Dashes and underscores in keys are interchangeable. A config
     class may declare `aliases` (a ClassVar dict alias -> field name), e.g. `--sft-data` for `--data`.
+    An option given twice (an alias and its field count as one) is a ConfigError, not the last one winning.
     """
     by_name = {f.name: f for f in fields(cfg)}
     aliases = getattr(type(cfg), "aliases", {})  # e.g. SFTConfig: --sft-data is --data
-    items: list[tuple[str, object]] = []
+    items: list[tuple[str, object, str]] = []  # (key, value, the option as written)
     if isinstance(overrides, dict):
-        items = list(overrides.items())
+        items = [(key, raw, f"{key}={raw!r}") for key, raw in overrides.items()]
     else:
         for arg in overrides:
             if not arg.startswith("--"):
@@ -560,13 +586,17 @@ def apply_overrides(cfg, overrides: list[str] | dict):
                 if by_name[key].type not in ("bool", bool):
                     raise ConfigError(f"{arg!r}: expected --{key}=value")
                 raw = "true"
-            items.append((key, raw))
-    for key, raw in items:
+            items.append((key, raw, arg))
+    given: dict[str, str] = {}  # key -> the option that set it
+    for key, raw, written in items:
         key = key.replace("-", "_")
         key = aliases.get(key, key)
         if key not in by_name:
             valid = ", ".join(f"--{n}" for n in by_name)
             raise ConfigError(f"unknown option --{key} for {type(cfg).__name__}; valid options: {valid}")
+        if key in given:
+            raise ConfigError(f"--{key} given twice ({given[key]} and {written}); give it once")
+        given[key] = written
         typ = by_name[key].type
         typ_name = typ if isinstance(typ, str) else typ.__name__
         if isinstance(raw, str):
@@ -581,14 +611,17 @@ def apply_overrides(cfg, overrides: list[str] | dict):
 
 
 def make_config(cls, preset: str | None = None, overrides: list[str] | dict | None = None):
-    """Build a stage config: defaults, then `preset`, then overrides, then preset fill-in."""
+    """Build a stage config: defaults, then `preset`, then overrides, then preset fill-in, then `check_ranges`
+    (every config, with a preset or without one: sample, import-hf, export-hf, a pipeline's "" = by device)."""
     cfg = cls()
     if overrides:
         apply_overrides(cfg, overrides)
     if preset is not None:
         cfg.preset = preset
     if hasattr(cfg, "preset") and cfg.preset:
-        fill_from_preset(cfg)
+        fill_from_preset(cfg)  # which checks the ranges
+    else:
+        check_ranges(cfg)
     return cfg
 
 

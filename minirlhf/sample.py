@@ -11,6 +11,7 @@ turn and stops at `<|end|>`.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -35,8 +36,8 @@ def run(cfg: SampleConfig) -> list[str]:
 
     A plain prompt is continued up to <|endoftext|>; with --chat it is rendered as a user turn and the reply stops at
     <|end|> (the stop token is part of the returned text when it was emitted). At most max_new_tokens, fewer when
-    the prompt leaves less room in the context; one generator seeded `seed`. Writes nothing. ValueError without
-    --checkpoint, for a bad top_k / top_p, or when the prompt fills the context.
+    the prompt leaves less room in the context (a note on stderr says so); one generator seeded `seed`. Writes
+    nothing. ValueError without --checkpoint, for a bad top_k / top_p, or when the prompt fills the context.
     """
     if not cfg.checkpoint:
         raise ValueError("--checkpoint is required, e.g. --checkpoint=out/tiny/pretrain/model.pt")
@@ -51,6 +52,9 @@ def run(cfg: SampleConfig) -> list[str]:
     budget = min(cfg.max_new_tokens, model.config.block_size - len(ids))
     if budget < 1:
         raise ValueError(f"the prompt has {len(ids)} tokens: no room left in the context of {model.config.block_size}")
+    if budget < cfg.max_new_tokens:
+        print(f"[sample] note: the prompt has {len(ids)} tokens, which leaves room for {budget} new tokens in the "
+              f"context of {model.config.block_size}, not --max_new_tokens={cfg.max_new_tokens}", file=sys.stderr)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     out = generate(model, [ids] * cfg.num_samples, budget, eos_id=stop, pad_id=tok.pad_id,
                    temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=gen)
