@@ -328,8 +328,12 @@ def test_eval_interval_below_one_is_a_clear_error(tmp_path):
 
 def test_temperature_at_or_below_zero_is_a_clear_error_before_any_rollout(tmp_path):
     policy, ref, value, prompts = setup()
+    with pytest.raises(ValueError, match=r"^--temperature=0.0: must be > 0$"):  # the command line's config
+        cfg(tmp_path, temperature=0.0)
+    config = cfg(tmp_path)
+    config.temperature = 0.0  # a config built in Python without the range checks: train_ppo's own check
     with pytest.raises(ValueError, match="--temperature=0.0: PPO samples its rollouts"):
-        train_ppo(policy, ref, value, low_token_share, prompts, TOK, cfg(tmp_path, temperature=0.0), str(tmp_path))
+        train_ppo(policy, ref, value, low_token_share, prompts, TOK, config, str(tmp_path))
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
