@@ -27,8 +27,7 @@ def sft_loss(logits, labels, loss_mask):
     """
     nll = F.cross_entropy(upcast(logits).flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)  # (B, T)
     loss = masked_mean(nll, loss_mask)
-    return loss, {"nll_per_example": masked_mean(nll, loss_mask, dim=1).detach(),
-                  "tokens": loss_mask.sum().detach()}
+    return loss, {"tokens": loss_mask.sum().detach()}
 
 
 def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None, center_coef: float = 0.0, label_prob=None):
@@ -144,7 +143,7 @@ def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
     `cliprange_value=None` or `float("inf")` disables clipping (plain 0.5 * masked MSE).
 
     Metrics: `clipfrac` (fraction of real tokens where the clipped error is strictly larger, so the
-    gradient is 0 there), `vpred_mean` (masked mean of the predicted values).
+    gradient is 0 there).
     """
     _check_same_shape("ppo_value_loss", values=values, old_values=old_values, returns=returns, mask=mask)
     values, old_values, returns = upcast(values), upcast(old_values), upcast(returns)
@@ -158,7 +157,7 @@ def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
         err_clipped = (v_clipped - returns) ** 2  # (B, N)
         loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
         clipfrac = masked_mean((err_clipped > err).to(mask.dtype), mask)
-    return loss, {"clipfrac": clipfrac.detach(), "vpred_mean": masked_mean(values, mask).detach()}
+    return loss, {"clipfrac": clipfrac.detach()}
 
 
 # ---------------------------------------------------------------------------------------------------

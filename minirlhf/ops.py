@@ -5,7 +5,8 @@
     kl = ops.masked_mean(ops.kl_k3(logp, ref_logp), mask)                          # scalar
 
 Conventions (where RLHF code usually goes wrong):
-  * every masked reduction goes through `masked_sum` / `masked_mean` (mask is float or bool, 1 = keep);
+  * every masked reduction goes through `masked_sum` / `masked_mean` (mask is float or bool; it selects, never
+    weights: any non-zero entry keeps its element, 0 drops it);
   * variance is unbiased (Bessel-corrected) over the unmasked elements;
   * log-probs come from `log_softmax` + `gather` (never `log(softmax)`), at the sampling temperature;
   * KL estimators per token with `log_ratio = logp - ref_logp` (Schulman 2020, "Approximating KL
@@ -51,14 +52,16 @@ def masked_sum(x, mask, dim=None):
 
 
 def masked_mean(x, mask, dim=None):
-    """Mean of x over the positions where mask is 1 (over `dim`, or everything)."""
-    count = mask.to(x.dtype).sum() if dim is None else mask.to(x.dtype).sum(dim)
+    """Mean of x over the positions where mask is non-zero (over `dim`, or everything): a selection, not a
+    weighting (a mask of 0.5s keeps its elements as 1s would)."""
+    keep = mask.bool().to(x.dtype)
+    count = keep.sum() if dim is None else keep.sum(dim)
     return masked_sum(x, mask, dim) / count.clamp(min=1)
 
 
 def masked_var(x, mask, unbiased: bool = True):
-    """Variance of x over the unmasked elements; unbiased (divides by n - 1) by default."""
-    mask = mask.to(x.dtype)
+    """Variance of x over the unmasked (non-zero mask) elements; unbiased (divides by n - 1) by default."""
+    mask = mask.bool().to(x.dtype)
     mean = masked_mean(x, mask)
     n = mask.sum()
     var = masked_sum((x - mean) ** 2, mask)

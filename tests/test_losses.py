@@ -20,6 +20,12 @@ def test_sft_loss_only_counts_masked_tokens():
     changed = logits.clone()
     changed[0, 0] = torch.randn(4, dtype=torch.float64)  # an unmasked position cannot change the loss
     assert sft_loss(changed, labels, mask)[0].item() == pytest.approx(expected)
+    # two sequences of 1 and 3 supervised tokens: every token counts once (a per-sequence mean would weigh
+    # the lone token as much as the other three together: (log 2 + log 4) / 2 = 1.0397)
+    logits = torch.zeros(2, 3, 4, dtype=torch.float64)
+    logits[0, 0, 0] = math.log(3.0)  # p(label 0) = 3/6 = 1/2
+    loss, m = sft_loss(logits, torch.zeros(2, 3, dtype=torch.long), torch.tensor([[1, 0, 0], [1, 1, 1]]))
+    assert loss.item() == pytest.approx((math.log(2) + 3 * math.log(4)) / 4) and m["tokens"].item() == 4
 
 
 def test_bradley_terry_by_hand():
@@ -32,7 +38,10 @@ def test_bradley_terry_by_hand():
     assert m["accuracy"].item() == pytest.approx(1 / 3)  # the tie counts as wrong
     margin = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)
     expected_m = -(math.log(sig(0.5)) + math.log(sig(-0.5)) + math.log(sig(-2.5))) / 3
-    assert bradley_terry_loss(c, r, margin=margin)[0].item() == pytest.approx(expected_m)
+    loss_m, m_m = bradley_terry_loss(c, r, margin=margin)
+    assert loss_m.item() == pytest.approx(expected_m)
+    # the logged margins and accuracy are of the rewards themselves, r_chosen - r_rejected, margin or not
+    assert m_m["margins"].tolist() == [1.0, 0.0, -2.0] and m_m["accuracy"].item() == pytest.approx(1 / 3)
     centered = bradley_terry_loss(c, r, center_coef=0.01)[0].item()
     assert centered == pytest.approx(expected + 0.01 * (9 + 0 + 16) / 3)
 

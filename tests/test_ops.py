@@ -18,6 +18,23 @@ def test_masked_mean_sum_by_hand():
     assert ops.masked_mean(X, M.bool()).item() == pytest.approx(2.5)  # bool masks too
 
 
+def test_a_mask_selects_it_never_weights():
+    # any non-zero entry keeps its element (as `select` does), so a mask of 0.5s gives the 0/1 mask's mean
+    x = torch.tensor([2.0, 4.0, 100.0], dtype=torch.float64)
+    half = torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64)
+    assert ops.masked_mean(x, half).item() == 3.0 == ops.masked_mean(x, half.bool()).item()
+    assert ops.masked_var(x, half).item() == pytest.approx(2.0)  # (1 + 1) / (2 - 1)
+
+
+def test_log_probs_are_float32_at_least():
+    # bf16 logits: the log-softmax runs in float32 (bf16 keeps 8 bits, too few for PPO's ratios)
+    logits = torch.randn(3, 10, generator=torch.Generator().manual_seed(0)).bfloat16()
+    labels = torch.tensor([1, 2, 3])
+    logp = ops.logprobs_from_logits(logits, labels)
+    assert logp.dtype == torch.float32
+    assert torch.equal(logp, torch.log_softmax(logits.float(), -1).gather(-1, labels[:, None]).squeeze(-1))
+
+
 def test_masked_values_never_leak_not_even_inf_or_nan():
     # x * 0 would turn an inf or NaN under the mask into NaN; selecting keeps them out, gradient included
     for bad in (float("inf"), float("-inf"), float("nan")):

@@ -1,5 +1,6 @@
 """PPO/GRPO building blocks (minirlhf.rl) and the PPO losses against hand-computed values and references."""
 
+import dataclasses
 import math
 import re
 
@@ -217,6 +218,9 @@ def test_group_advantages_by_hand():
     expected = [-1 / 1.0001, 0.0, 1 / 1.0001, -2 / (s2 + 1e-4), -2 / (s2 + 1e-4), 4 / (s2 + 1e-4)]
     assert adv.tolist() == pytest.approx(expected)
     assert group_advantages(r, 3, scale=False).tolist() == pytest.approx([-1, 0, 1, -2, -2, 4])
+    # groups with other means (4 and -1): each is centred on its own mean, not the batch's (1.5)
+    assert group_advantages(t(3.0, 4.0, 5.0, -3.0, -3.0, 3.0), 3, scale=False).tolist() == \
+        pytest.approx([-1, 0, 1, -2, -2, 4])
 
 
 def test_group_advantages_equal_rewards_give_zero_not_nan():
@@ -249,8 +253,11 @@ def test_rollout_minibatch_indexes_every_tensor():
                  scores=torch.arange(b, dtype=torch.float32))
     mb = ro.minibatch(torch.tensor([2, 0]))
     assert mb.scores.tolist() == [2.0, 0.0]
-    assert torch.equal(mb.query, ro.query[[2, 0]]) and torch.equal(mb.values, ro.values[[2, 0]])
-    assert mb.advantages is None
+    assert mb.advantages is None and mb.returns is None and mb.rewards is None  # not filled yet: stay None
+    ro.rewards, ro.advantages, ro.returns = torch.randn(b, n), torch.randn(b, n), torch.randn(b, n)
+    mb = ro.minibatch(torch.tensor([2, 0]))
+    for f in dataclasses.fields(Rollout):  # every field, the episodes 2 and 0 in that order
+        assert torch.equal(getattr(mb, f.name), getattr(ro, f.name)[[2, 0]]), f.name
 
 
 # ----------------------------------------------------------------------------------------- PPO losses
@@ -278,6 +285,9 @@ def test_ppo_policy_loss_by_hand():
     assert m["approx_kl"].item() == pytest.approx((2 * k3(1.5) + 2 * k3(0.5) + k3(1.1)) / 5)
     assert m["ratio_mean"].item() == pytest.approx((1.5 + 0.5 + 0.5 + 1.5 + 1.1) / 5)
     assert m["ratio_max"].item() == pytest.approx(1.5)  # the masked ratio of 10 is ignored
+    # every real ratio below 1: the max is the real tokens' (0.8), not a padded token's ratio
+    low = old + torch.log(t([0.5, 0.8, 0.6, 0.7, 0.5, 1.0]))
+    assert ppo_policy_loss(low, old, adv, mask, cliprange=0.2)[1]["ratio_max"].item() == pytest.approx(0.8)
     loss.backward()
     # d/dlogp of -A r is -A r on unclipped tokens, 0 where the clipped branch is active or masked
     expected_grad = [0.0, 0.0, -0.5 / 5, 1.5 / 5, -2.2 / 5, 0.0]
