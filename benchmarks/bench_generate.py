@@ -9,9 +9,11 @@ batch of random prompts (all of `--prompt-len` tokens, so no padding), plain sam
 (no top-k, no top-p), and no EOS stopping: `engine.generate` gets `sync_every=0` and an EOS id it
 never checks, `transformers` gets `eos_token_id=None` and `min_new_tokens = max_new_tokens`; so both
 produce exactly batch x new-tokens tokens. tokens/s = batch * new_tokens / seconds of the whole call
-(prefill included: it is part of a rollout). Every row runs once untimed first (warm-up, and the
-compilation for compiled rows), then rows run in interleaved rounds and each keeps its best round; the
-table is printed after every round. A row that raises is reported as failed with the error's message.
+(prefill included: it is part of a rollout). The eager rows go first: each runs once untimed (warm-up),
+then they run in interleaved rounds, each keeps its best round, and their table is printed; only then
+are the compiled rows warmed up (the compilation) and timed the same way, and the whole table printed
+again. So a run killed during a long compile keeps the eager table. A row that raises is reported as
+failed with the error's message.
 
 Rows: `engine.generate` (eager; and with `compile=True`, CUDA graphs, on CUDA or with --compile on),
 `engine.generate_kv_reference` (the same loop through `GPT.forward` + `KVCache`), `generate_naive` (no
@@ -22,8 +24,9 @@ decode step itself; on CPU, where it does not, the script wraps the model's forw
 
 Ratios: every row against transformers' default (eager, dynamic cache), and against transformers in the
 same mode -- a compiled row against the static-cache compiled transformers row (`--hf-static`; "n/a"
-without it), an eager row against the eager one. A greedy check prints whether the engine and
-transformers produce the same tokens; on CUDA the script says if inductor skipped CUDA graphs.
+without it), an eager row against the eager one. Before any timing, a greedy check prints whether the
+engine and transformers produce the same tokens (min(16, --new-tokens) of them); on CUDA the script says
+if inductor skipped CUDA graphs.
 
 Deliberate simplifications: random weights and prompts (speed does not depend on them, except that
 no row may stop early, which is why EOS is off); one prompt length.
@@ -74,6 +77,11 @@ def main() -> None:
     naive_n = args.naive_tokens or (N if cuda else 8)
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     compile_rows = args.compile == "on" or (args.compile == "auto" and cuda)
+    longest = max(N, naive_n)
+    if P + longest > cfg.block_size:  # checked here: generate would quietly stop at the context's end
+        raise SystemExit(f"bench_generate: {P} prompt tokens + {longest} new tokens = {P + longest} do not fit "
+                         f"the {args.preset} preset's context of {cfg.block_size} tokens; lower --prompt-len, "
+                         f"--new-tokens or --naive-tokens")
 
     torch.manual_seed(args.seed)
     ours = GPT(cfg).eval()
@@ -98,16 +106,17 @@ def main() -> None:
                                    max_new_tokens=N, min_new_tokens=N, eos_token_id=None, pad_token_id=0, **kw)
         return run
 
-    rows = [("engine.generate", "eager", N, engine_row(generate, N, sync_every=0))]
+    # (name, mode, new tokens, run, compiled): the eager rows are measured first, the compiled ones after them
+    rows = [("engine.generate", "eager", N, engine_row(generate, N, sync_every=0), False)]
     if compile_rows:
         rows.append(("engine.generate", "compile=True (CUDA graphs)" if cuda else "compile=True (inductor)", N,
-                     engine_row(generate, N, sync_every=0, compile=True)))
+                     engine_row(generate, N, sync_every=0, compile=True), True))
     rows.append(("engine.generate_kv_reference", "eager, GPT.forward + KVCache", N,
-                 engine_row(generate_kv_reference, N, sync_every=0)))
+                 engine_row(generate_kv_reference, N, sync_every=0), False))
     if naive_n > 0:
         rows.append(("engine.generate_naive", f"eager, no cache, {naive_n} new tokens", naive_n,
-                     engine_row(generate_naive, naive_n)))
-    rows.append(("transformers generate", "dynamic cache (default)", N, hf_row(hf)))
+                     engine_row(generate_naive, naive_n), False))
+    rows.append(("transformers generate", "dynamic cache (default)", N, hf_row(hf), False))
     if args.hf_static:  # a second copy, so that nothing compiled leaks into the row above
         hf_static = copy.deepcopy(hf)
         if cuda:
@@ -116,89 +125,103 @@ def main() -> None:
             # own torch.compile would also compile the prefill (where the static cache is created) and
             # the cache tensors would not be marked as static inputs, so CUDA graphs would be skipped.
             rows.append(("transformers generate", "static cache, generate's own compile (CUDA graphs)", N,
-                         hf_row(hf_static, cache_implementation="static")))
+                         hf_row(hf_static, cache_implementation="static"), True))
         else:  # transformers does not auto-compile on CPU, so compile its forward here
             hf_static.forward = torch.compile(hf_static.forward, fullgraph=True)
             rows.append(("transformers generate", "static cache + torch.compile(forward)", N,
-                         hf_row(hf_static, cache_implementation="static")))
+                         hf_row(hf_static, cache_implementation="static"), True))
 
     print(environment(device))
     print(f"config: preset {args.preset} (n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}, "
           f"vocab={cfg.vocab_size}); batch {B}; prompt {P} tokens; {N} new tokens; {str(dtype)[6:]} weights; "
           f"sampling at temperature 1, no top-k/top-p, no EOS stop; best of {args.repeats} rounds after a warm-up")
 
+    # a sanity check that the fast path is also right, before any timing: greedy tokens of the engine
+    # equal transformers' (on at most 16 new tokens, as many as the timed rows generate if fewer)
+    k, n_check = min(B, 4), min(16, N)
+    ours_greedy = generate(ours, (prompt[:k], mask[:k]), n_check, eos_id=never, pad_id=0, temperature=0, sync_every=0)
+    with torch.no_grad():
+        hf_greedy = hf.generate(prompt[:k], attention_mask=mask[:k], do_sample=False, max_new_tokens=n_check,
+                                min_new_tokens=n_check, eos_token_id=None, pad_token_id=0)[:, P:]
+    print(f"greedy check: engine.generate and transformers give the same {n_check} tokens on {k} prompts: "
+          f"{torch.equal(ours_greedy.response.cpu(), hf_greedy.cpu())}")
+
     def failure(e: Exception) -> str:
         lines = str(e).splitlines() or [""]
         return f"failed: {type(e).__name__}: {lines[0][:80]}"
 
-    # One broken row (a compile backend missing, a wrong token count) is reported as failed; the others go on.
-    first, failed, best = {}, {}, {}
-    for name, mode, n, run in rows:  # warm-up (and compile) once, and check the token count
-        t0 = time.perf_counter()
-        try:
-            out = run()
-            sync(device)
-            tokens = out.response.numel() if hasattr(out, "response") else out[:, P:].numel()
-            if tokens != B * n:
-                raise RuntimeError(f"produced {tokens} tokens, expected {B * n}")
-        except Exception as e:
-            failed[(name, mode)] = failure(e)
-            continue
-        first[(name, mode)] = time.perf_counter() - t0
-    if args.hf_static and cuda and not hasattr(hf_static, "_compiled_call"):
-        print("note: transformers did not auto-compile the static-cache row (it ran eagerly)")
-    if cuda and compile_rows:  # a row labelled "CUDA graphs" must really have run as one
-        from torch._dynamo.utils import counters
-        skips = counters["inductor"].get("cudagraph_skips", 0)
-        if skips:
-            print(f"note: inductor skipped CUDA graphs {skips} time(s): a compiled row ran without them")
-
-    # a sanity check that the fast path is also right: greedy tokens of the engine equal transformers'
-    k = min(B, 4)
-    ours_greedy = generate(ours, (prompt[:k], mask[:k]), 16, eos_id=never, pad_id=0, temperature=0, sync_every=0)
-    with torch.no_grad():
-        hf_greedy = hf.generate(prompt[:k], attention_mask=mask[:k], do_sample=False, max_new_tokens=16,
-                                min_new_tokens=16, eos_token_id=None, pad_token_id=0)[:, P:]
-    print(f"greedy check: engine.generate and transformers give the same 16 tokens on {k} prompts: "
-          f"{torch.equal(ours_greedy.response.cpu(), hf_greedy.cpu())}")
-
     # each of our rows against transformers in the same mode: eager against its default (eager, dynamic cache),
     # compiled against its static cache compiled (a compiled row against eager transformers would flatter us)
     hf_eager = ("transformers generate", "dynamic cache (default)")
-    hf_compiled = next(((name, mode) for name, mode, _, _ in rows if name == "transformers generate"
-                        and mode.startswith("static")), None)
+    hf_compiled = next(((name, mode) for name, mode, _, _, compiled in rows
+                        if name == "transformers generate" and compiled), None)
 
-    def report(done: int) -> None:  # printed after every round, so a run killed by a time limit keeps its rows
+    # One broken row (a compile backend missing, a wrong token count) is reported as failed; the others go on.
+    first, failed, best = {}, {}, {}
+
+    def warm_up(phase) -> None:  # each row once, untimed (the compilation for compiled rows); checks the token count
+        for name, mode, n, run, _ in phase:
+            t0 = time.perf_counter()
+            try:
+                out = run()
+                sync(device)
+                tokens = out.response.numel() if hasattr(out, "response") else out[:, P:].numel()
+                if tokens != B * n:
+                    raise RuntimeError(f"produced {tokens} tokens, expected {B * n}")
+            except Exception as e:
+                failed[(name, mode)] = failure(e)
+                continue
+            first[(name, mode)] = time.perf_counter() - t0
+
+    def timed_rounds(phase) -> None:  # interleaved rounds; each row keeps its best
+        for _ in range(args.repeats):
+            for name, mode, _, run, _ in phase:
+                if (name, mode) in failed:
+                    continue
+                try:
+                    sync(device)
+                    t0 = time.perf_counter()
+                    run()
+                    sync(device)
+                except Exception as e:
+                    failed[(name, mode)] = failure(e)
+                    continue
+                best[(name, mode)] = min(best.get((name, mode), float("inf")), time.perf_counter() - t0)
+
+    def report(shown, title: str) -> None:
         table = []
-        for name, mode, n, _ in rows:
+        for name, mode, n, _, compiled in shown:
             key = (name, mode)
-            same_mode = hf_compiled if "compile" in mode else hf_eager
+            same_mode = hf_compiled if compiled else hf_eager
             if key in failed:
                 table.append([name, mode, failed[key], "", f"{first[key]:.1f}" if key in first else "", "", ""])
             elif key in best:
                 s = best[key]
                 ratios = [f"{best[ref] / N * n / s:.2f}x" if ref in best else "n/a" for ref in (hf_eager, same_mode)]
                 table.append([name, mode, f"{B * n / s:,.0f}", f"{s:.2f}", f"{first[key]:.1f}", *ratios])
-        print(f"\nafter {done} of {args.repeats} timed rounds:")
+        print(f"\n{title}:")
         print_table(["generator", "mode", "tokens/s", "seconds", "first call s", "vs transformers (dynamic)",
                      "vs transformers (same mode)"], table)
 
-    for r in range(args.repeats):
-        for name, mode, n, run in rows:
-            if (name, mode) in failed:
-                continue
-            try:
-                sync(device)
-                t0 = time.perf_counter()
-                run()
-                sync(device)
-            except Exception as e:
-                failed[(name, mode)] = failure(e)
-                continue
-            best[(name, mode)] = min(best.get((name, mode), float("inf")), time.perf_counter() - t0)
-        report(r + 1)
-    if args.repeats < 1:
-        report(0)
+    eager_rows = [row for row in rows if not row[4]]
+    compiled_rows = [row for row in rows if row[4]]
+    warm_up(eager_rows)
+    timed_rounds(eager_rows)
+    report(eager_rows, f"eager rows, best of {args.repeats} timed rounds"
+           + (" (the compiled rows follow)" if compiled_rows else ""))
+    if not compiled_rows:
+        return
+    warm_up(compiled_rows)
+    if args.hf_static and cuda and not hasattr(hf_static, "_compiled_call"):
+        print("note: transformers did not auto-compile the static-cache row (it ran eagerly)")
+    if cuda:  # a row labelled "CUDA graphs" must really have run as one
+        from torch._dynamo.utils import counters
+        skips = counters["inductor"].get("cudagraph_skips", 0)
+        if skips:
+            print(f"note: inductor skipped CUDA graphs {skips} time(s): a compiled row ran without them")
+    timed_rounds(compiled_rows)
+    report(rows, f"all rows, best of {args.repeats} timed rounds (compiled rows timed after the eager ones)")
+
 
 if __name__ == "__main__":
     main()

@@ -34,6 +34,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -159,17 +160,19 @@ def main() -> None:
           f"{'bf16 autocast' if cuda else 'float32'}; forward + backward with a random upstream gradient; "
           f"time = best of {args.repeats} after one warm-up")
     results = {}
+    tmp = tempfile.TemporaryDirectory(prefix="bench_logprobs_")  # the CPU children's tensors, for the check
     for variant in ("naive", "fused"):
         if cuda:
             results[variant] = measure(variant, B, T, args.V, args.C, device, args.chunk_size, args.repeats)
             torch.cuda.empty_cache()
         else:  # a fresh process per variant, so each one's resident-set high-water mark is its own
-            out_file = f"/tmp/bench_logprobs_{variant}.pt"
+            out_file = os.path.join(tmp.name, f"{variant}.pt")
             cmd = [sys.executable, __file__, f"--child={variant}", f"--child-out={out_file}", f"--B={B}", f"--T={T}",
                    f"--V={args.V}", f"--C={args.C}", f"--chunk-size={args.chunk_size}", f"--repeats={args.repeats}",
                    f"--threads={torch.get_num_threads()}"]
             line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             results[variant] = {**json.loads(line), **torch.load(out_file)}
+    tmp.cleanup()
     n, f = results["naive"], results["fused"]
     diffs = {k: (n[k] - f[k]).abs().max().item() for k in ("logp", "dh", "dw")}
     logits_mb = B * T * args.V * 4 / 2**20

@@ -13,7 +13,9 @@ and their ratio. Both use the same seeds; their rollouts are identical token for
 checks the two generators agree), so the difference is the generator's: the rollout tokens/s column is
 the generator alone, the s / iteration ratio the whole iteration (scoring and optimising included).
 
-Rows run in interleaved rounds (the order alternates) and each keeps its best round.
+Rows run in interleaved rounds (the order alternates) and each keeps its best round. The first run of
+the process also pays for cold starts (allocator, kernels, caches); with `--rounds 1` that charges them
+to the first row alone, so the script says so under the table (use at least 2).
 
 Deliberate simplifications: the first iteration is included (no separate warm-up); no evaluation.
 """
@@ -74,6 +76,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (order alternates); best kept")
     args = ap.parse_args()
+    if args.rounds < 1:
+        raise SystemExit("bench_ppo_iteration: --rounds must be at least 1 (2 or more for a fair comparison)")
     if args.threads:
         torch.set_num_threads(args.threads)
     fns = {"engine.generate (static cache, default)": engine.generate,
@@ -91,6 +95,9 @@ def main() -> None:
     for name, r in rows.items():
         print(f"| {name} | {r['s_per_iteration']:.2f} | {r['rollout_tokens_per_s']:.0f} | "
               f"{before / r['s_per_iteration']:.2f}x |")
+    if args.rounds == 1:
+        print(f"note: one round only, so the first row ({next(iter(fns))}) also paid for the process's cold start; "
+              f"its time is pessimistic: use --rounds 2 or more to compare")
 
 
 if __name__ == "__main__":

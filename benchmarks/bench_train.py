@@ -3,10 +3,16 @@
 Run:  python benchmarks/bench_train.py [--preset small|gpt2|tiny] [--batch 8] [--block 256] [--steps 5]
                                       [--device auto|cpu|cuda] [--compile auto|on|off] [--threads N]
 
-Both models get the same shape (n_layer, n_head, n_embd, vocab, block), random init, dropout 0, the same
-batch of random token ids, the same loss (cross-entropy of next tokens computed from the returned logits),
+Both models get the same shape (n_layer, n_head, n_embd, vocab, block), the same random weights (ours,
+copied into transformers' layout with `minirlhf.hf.hf_state_from_gpt`), dropout 0, the same batch of random
+token ids, the same loss (cross-entropy of next tokens computed from the returned logits),
 the same optimiser (AdamW, fused on CUDA), and the same precision (bf16 autocast on CUDA, float32 on
 CPU). One training step = forward, loss, backward, clip the gradient norm to 1, AdamW step, zero grads.
+Before any timing, the two models' first-step losses must agree (relative difference at most 1e-4 in
+float32, 1e-3 under bf16 autocast), or the script stops: they would not be computing the same thing. (With
+the same weights they agree to about 1e-5 on the micro and tiny shapes on the CPU, bf16 autocast included;
+two independently initialised models differ by 2e-3 on micro. Near initialisation every loss is close to
+ln(vocab), so this is a coarse check: it catches unequal weights or a gross difference, not a subtle one.)
 tokens/s = batch * block * steps / seconds, timed after `--warmup` untimed steps, with a device sync
 at each end of the timed interval and none inside; the two models run in interleaved rounds and each
 keeps its best round (robust to other work on a shared machine). On CUDA each model is also timed under
@@ -28,6 +34,7 @@ import torch.nn.functional as F
 
 from minirlhf.common import autocast, make_adamw, resolve_device, setup_torch
 from minirlhf.config import PRESETS, ModelConfig
+from minirlhf.hf import hf_state_from_gpt
 from minirlhf.model import GPT
 
 
@@ -87,7 +94,8 @@ def logits_of(model, x):
 
 
 def training_step(model, x, y, device, dtype: str):
-    """A function running one full training step of `model` on (x, y) (no host sync inside)."""
+    """A function running one full training step of `model` on (x, y) and returning the loss (a tensor:
+    no host sync inside)."""
     model.train()
     opt = make_adamw([p for p in model.parameters() if p.requires_grad], 3e-4, (0.9, 0.95), device)
 
@@ -99,6 +107,7 @@ def training_step(model, x, y, device, dtype: str):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss.detach()
 
     return step
 
@@ -118,7 +127,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0, help="sequences per step; 0 = 8 on CPU, 32 (16 for gpt2) on CUDA")
     ap.add_argument("--block", type=int, default=0, help="tokens per sequence; 0 = the preset's context")
     ap.add_argument("--steps", type=int, default=0, help="timed steps; 0 = 4 on CPU, 20 on CUDA")
-    ap.add_argument("--warmup", type=int, default=-1, help="untimed steps first; -1 = 1 on CPU, 5 on CUDA")
+    ap.add_argument("--warmup", type=int, default=-1, help="untimed steps first (at least 1: the first one checks "
+                    "that both models give the same loss); -1 = 1 on CPU, 5 on CUDA")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", help="auto = bf16 autocast on CUDA, float32 on CPU")
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="auto = also time torch.compile on CUDA")
@@ -136,7 +146,7 @@ def main() -> None:
     B = args.batch or (8 if not cuda else (16 if args.preset == "gpt2" else 32))
     T = cfg.block_size
     steps = args.steps or (20 if cuda else 4)
-    warmup = args.warmup if args.warmup >= 0 else (5 if cuda else 1)
+    warmup = max(1, args.warmup if args.warmup >= 0 else (5 if cuda else 1))
     modes = [False] + ([True] if (args.compile == "on" or (args.compile == "auto" and cuda)) else [])
 
     g = torch.Generator().manual_seed(args.seed)
@@ -145,18 +155,29 @@ def main() -> None:
 
     print(environment(device))
     precision = "bf16 autocast" if (cuda and args.dtype == "auto") or args.dtype == "bfloat16" else "float32"
+    rtol = 1e-3 if precision == "bf16 autocast" else 1e-4  # allowed relative difference of the first-step losses
     print(f"config: preset {args.preset} (n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}, "
           f"vocab={cfg.vocab_size}, block={T}); batch {B}; {precision}; AdamW (fused={cuda}); "
           f"best of {args.repeats} interleaved rounds of {steps} steps, after {warmup} warm-up steps")
     header = ["model", "mode", "tokens/s", "ms/step", "vs transformers (same mode)"]
     for compiled in modes:  # one table per mode, printed as soon as it is measured
-        steps_fn = {}
-        for name in ("minirlhf", "transformers"):
-            torch.manual_seed(args.seed)
-            model = (GPT(cfg) if name == "minirlhf" else hf_gpt2(cfg)).to(device)
+        torch.manual_seed(args.seed)
+        ours, hf = GPT(cfg), hf_gpt2(cfg)
+        hf.load_state_dict(hf_state_from_gpt(ours), strict=False)  # the same weights (lm_head: tied to wte)
+        steps_fn, first_loss = {}, {}
+        for name, model in (("minirlhf", ours.to(device)), ("transformers", hf.to(device))):
             steps_fn[name] = training_step(torch.compile(model) if compiled else model, x, y, device, args.dtype)
-            for _ in range(warmup):
+            first_loss[name] = steps_fn[name]().item()  # the first warm-up step
+            for _ in range(warmup - 1):
                 steps_fn[name]()
+        del ours, hf, model
+        a, b = first_loss["minirlhf"], first_loss["transformers"]
+        if not abs(a - b) <= rtol * abs(b):  # (a NaN fails too)
+            raise SystemExit(f"bench_train: the first-step losses differ ({a:.6f} minirlhf vs {b:.6f} transformers, "
+                             f"{'torch.compile' if compiled else 'eager'}; allowed relative difference {rtol:g}): "
+                             f"the two models do not compute the same thing, so nothing is timed")
+        print(f"first-step loss, same weights and batch: {a:.6f} minirlhf, {b:.6f} transformers "
+              f"({'torch.compile' if compiled else 'eager'}; agree within {rtol:g} relative)")
         # interleave the two models `repeats` times and keep each one's best round: other work on the
         # machine slows some rounds down, and the best round is the least disturbed one
         best = {name: float("inf") for name in steps_fn}

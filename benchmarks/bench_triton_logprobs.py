@@ -19,7 +19,9 @@ upstream gradient on both outputs (what PPO's and GRPO's losses give), three way
 Time = best of `--repeats` calls after two warm-ups (the compile happens in the warm-up). Peak memory
 = `torch.cuda.max_memory_allocated()` during one call minus the memory held before (the inputs; the
 logits' gradient, which every variant allocates, is counted).
-The values and gradients are compared with the plain path (max abs difference).
+The values and gradients are compared with the plain path (max abs difference). The compiled row is
+measured last, after the table of the other two is printed, so a compile that fails or is killed at a
+time limit loses only its own row (a failure is reported in the table).
 
 Deliberate simplifications: random logits; one shape per run; CUDA only, except the interpreter smoke run.
 """
@@ -104,26 +106,45 @@ def main() -> None:
     print(f"config: B={B}, T={T}, V={V} (N = {B * T} rows), bf16 logits, temperature {args.temperature}; "
           f"forward + backward of log-probs and entropy; time = best of {args.repeats} after two warm-ups")
 
-    variants = [("plain", plain)]
-    if not args.no_compile and device.type == "cuda":
-        variants.append(("compiled", torch.compile(plain)))
-    variants.append(("triton", triton_logprobs.logprobs_and_entropy))
-    results = {}
-    for name, fn in variants:
-        results[name] = measure(name, fn, logits, labels, args.temperature, g_logp, g_entropy, device, args.repeats)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    ref_values, ref_peak, ref_seconds = results["plain"]
-    rows = []
-    for name, (values, peak, seconds) in results.items():
-        diff = max((a - b).abs().max().item() for a, b in zip(values[:2], ref_values[:2]))  # logp, entropy
-        grad_diff = ((values[2] - ref_values[2]).abs().max() / ref_values[2].abs().max()).item()
-        rows.append([name, f"{peak / 2**20:,.0f}", f"{peak / ref_peak:.3f}" if ref_peak else "-",
-                     f"{1e3 * seconds:.2f}", f"{ref_seconds / seconds:.2f}x", f"{diff:.1e}", f"{grad_diff:.1e}"])
-    print_table(["variant", "peak extra MiB", "memory vs plain", "ms fwd+bwd", "speed vs plain",
-                 "max |diff| logp, H", "d logits diff / max"], rows)
+    def report(results) -> None:
+        ref_values, ref_peak, ref_seconds = results["plain"]
+        rows = []
+        for name, result in results.items():
+            if isinstance(result, str):  # the variant failed
+                rows.append([name, result, "", "", "", "", ""])
+                continue
+            values, peak, seconds = result
+            diff = max((a - b).abs().max().item() for a, b in zip(values[:2], ref_values[:2]))  # logp, entropy
+            grad_diff = ((values[2] - ref_values[2]).abs().max() / ref_values[2].abs().max()).item()
+            rows.append([name, f"{peak / 2**20:,.0f}", f"{peak / ref_peak:.3f}" if ref_peak else "-",
+                         f"{1e3 * seconds:.2f}", f"{ref_seconds / seconds:.2f}x", f"{diff:.1e}", f"{grad_diff:.1e}"])
+        print_table(["variant", "peak extra MiB", "memory vs plain", "ms fwd+bwd", "speed vs plain",
+                     "max |diff| logp, H", "d logits diff / max"], rows)
+
+    def attempt(name, fn):  # the measurement, or the reason it failed (a Triton or compile problem costs one row)
+        try:
+            return measure(name, fn, logits, labels, args.temperature, g_logp, g_entropy, device, args.repeats)
+        except Exception as e:
+            return f"failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]}"
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    # the reference first (no try: without it there is nothing to compare), then the kernel
+    results = {"plain": measure("plain", plain, logits, labels, args.temperature, g_logp, g_entropy, device,
+                                args.repeats)}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    results["triton"] = attempt("triton", triton_logprobs.logprobs_and_entropy)
+    report(results)
     print(f"(the bf16 logits are {B * T * V * 2 / 2**20:,.0f} MiB, one float32 copy {B * T * V * 4 / 2**20:,.0f} MiB; "
           f"d logits is stored in bf16 by every variant, so its differences are bf16 roundings, ~4e-3 relative)")
+    if args.no_compile or device.type != "cuda":
+        return
+    # last: if its compile is killed at a time limit, the table above has been printed already
+    results["compiled"] = attempt("compiled", torch.compile(plain))
+    print("\nwith the torch.compile row:")
+    report(results)
 
 
 if __name__ == "__main__":
