@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from minirlhf.data import (
     DataError,
+    judge_prompt,
+    prompt_text,
     prompt_token_count,
     read_corpus,
     read_jsonl,
@@ -24,6 +26,13 @@ from minirlhf.data import (
     truncate_prompt,
     write_jsonl,
 )
+
+
+class CharTokenizer:
+    """Fake tokenizer: one token per character, whitespace included."""
+
+    def encode(self, text: str) -> list[int]:
+        return [0] * len(text)
 
 
 class SpaceTokenizer:
@@ -422,3 +431,24 @@ def test_length_arguments_are_checked(tmp_path):
         read_prompts(path, max_prompt_tokens=5)
     with pytest.raises(ValueError, match="truncate=True needs max_prompt_tokens"):
         read_kto(path, truncate=True)
+
+
+def test_truncation_to_a_whitespace_tail_is_none():
+    # the last word alone does not fit, only the whitespace after it: an empty prompt is no prompt
+    assert truncate_prompt(CharTokenizer(), [user("abc  ")], 3 + 2) is None  # 2 tokens of content: "  "
+    assert truncate_prompt(CharTokenizer(), [user("abc d")], 3 + 2) == [user(" d")]  # a word in it is kept
+
+
+def test_prompt_text_is_the_last_user_turn():
+    # the world's judge reads the question being answered, not a system turn or an earlier question
+    assert prompt_text("Q?") == "Q?"
+    assert prompt_text([system("Be brief."), user("What is two plus three?")]) == "What is two plus three?"
+    assert prompt_text([user("Hi."), assistant("Hello!"), user("And cats?")]) == "And cats?"
+
+
+def test_judge_prompt_keeps_a_conversation_as_its_messages():
+    # a user's judge sees what the policy saw: a lone user turn as its string, anything longer as the list
+    assert judge_prompt("Q?") == "Q?"
+    assert judge_prompt([user("Q?")]) == "Q?"
+    for prompt in ([system("Be brief."), user("Q?")], [user("Hi."), assistant("Hello!"), user("Q?")]):
+        assert judge_prompt(prompt) == prompt
