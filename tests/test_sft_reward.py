@@ -10,8 +10,10 @@ import torch
 
 from minirlhf import checkpoint as ck
 from minirlhf import reward, sft
-from minirlhf.chat import render_conversation
+from minirlhf.chat import render_conversation, render_prompt, render_reply
 from minirlhf.config import ModelConfig, PretrainConfig, RewardConfig, SFTConfig, make_config
+from minirlhf.data import DataError
+from minirlhf.engine import Generation, left_pad
 from minirlhf.model import GPT, ScalarModel, at_last_token, last_token_index
 from minirlhf.pretrain import run as pretrain
 from minirlhf.tokenizer import Tokenizer
@@ -272,6 +274,21 @@ def test_reward_margin_needs_annotator_probability():
     assert m[0].item() == 0.0 and m[1].item() == pytest.approx(math.log(4.0), abs=1e-6)
 
 
+def test_margin_of_a_certain_label_is_finite():
+    # p_chosen = 1 (the annotator was sure) is clamped to 1 - 1e-6 before the logit: a large finite margin,
+    # coef * logit(1 - 1e-6) = coef * 13.8155 (float32 rounding of 1 - 1e-6 moves it by ~0.01), not inf
+    m = reward.margins_for([{"p_chosen": 1.0}, {"p_chosen": 0.0}], 2.0, "cpu")
+    assert m[0].item() == pytest.approx(2 * math.log((1 - 1e-6) / 1e-6), abs=0.05) and m[1].item() == 0.0
+
+
+def test_p_chosen_0_and_1_are_accepted(base):
+    # p_chosen is a probability in the closed interval [0, 1]: both ends are valid annotations
+    rows = [{"prompt": [{"role": "user", "content": "Q?"}], "chosen": "Yes.", "rejected": "No.",
+             "extra": {"p_chosen": p}} for p in (0, 1.0)]
+    pairs, _ = reward.encode_pairs(base["tok"], rows, 64, False, "x")
+    assert [p["p_chosen"] for p in pairs] == [0.0, 1.0]
+
+
 def test_reward_soft_labels_use_the_annotator_probability():
     pairs = [{"p_chosen": 0.8}, {"p_chosen": 0.5}]
     rc, rr = torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([0.0, 2.0], dtype=torch.float64)
@@ -322,6 +339,12 @@ def test_pairwise_gold_accuracy_by_hand():
     hits, pairs = reward.pairwise_gold_accuracy([[1, 2, 3], [5, 5, 0], [4, 4]],
                                                 [[0, 1, 0.5], [0.2, 0.2, 0.9], [0, 1]])
     assert (hits, pairs) == (2, 6)
+
+
+def test_decisive_pairs_include_a_gold_gap_of_exactly_the_minimum():
+    # gold 0 and 0.5 differ by exactly DECISIVE_GAP: decisive (>= the gap); the pairs 0.25 apart are not
+    assert reward.DECISIVE_GAP == 0.5
+    assert reward.pairwise_gold_accuracy([[0.0, 1.0, 2.0]], [[0.0, 0.5, 0.25]], reward.DECISIVE_GAP) == (1, 1)
 
 
 def test_on_policy_stats_by_hand():
@@ -545,3 +568,88 @@ def test_eval_headline_names_the_numbers_or_says_there_are_none():
     assert sft.eval_headline({"gold": 0.1, "proxy": -0.3, "kl_k1": 1.2, "seconds": 3}) == "gold 0.1, proxy -0.3, KL 1.2"
     assert sft.eval_headline({"gold": 0.1, "kl_k1": 0.5}) == "gold 0.1, KL 0.5"
     assert sft.eval_headline({"seconds": 3}) == "no gold evaluation (no world built for this preset)"
+
+
+class LastTokenId(torch.nn.Module):
+    """A stand-in reward model: a sequence's score is the id of its last real token (not constant)."""
+
+    def forward(self, ids, mask):
+        return ids.float()
+
+
+def test_val_margin_and_gold_accuracy_by_hand():
+    # scores 5 vs 2, 3 vs 4, 6 vs 9: margins +3, -1, -3, val_margin their signed mean -1/3; the second pair is
+    # a gold tie (no gold ordering), so the gold accuracy is over the other two: 1 hit of 2
+    pairs = [{"chosen": [1, 5], "rejected": [1, 2], "gold_chosen": 0.9, "gold_rejected": -0.5},
+             {"chosen": [1, 2, 3], "rejected": [1, 4], "gold_chosen": 0.3, "gold_rejected": 0.3},
+             {"chosen": [6], "rejected": [8, 9], "gold_chosen": 0.8, "gold_rejected": 0.2}]
+    out = reward.pair_accuracy(LastTokenId(), pairs, 0, 2, torch.device("cpu"), "float32")
+    assert out["val_accuracy"] == pytest.approx(1 / 3) and out["val_margin"] == pytest.approx(-1 / 3)
+    assert out["val_gold_accuracy"] == 0.5
+
+
+def test_encode_pairs_accepts_a_pair_that_fills_the_context_exactly(base):
+    # a pair whose longer side is exactly max_len tokens fits; with one token less of context it is refused
+    tok = base["tok"]
+    row = {"prompt": [{"role": "user", "content": "Q?"}], "chosen": "Yes, it is the capital.", "rejected": "No."}
+    n = len(render_reply(tok, row["prompt"], row["chosen"])[0])
+    assert n > len(render_reply(tok, row["prompt"], row["rejected"])[0])
+    pairs, dropped = reward.encode_pairs(tok, [row], n, False, "x")
+    assert len(pairs) == 1 and dropped == 0
+    with pytest.raises(DataError, match=rf"the pair renders to {n} tokens, more than the context \({n - 1}\)"):
+        reward.encode_pairs(tok, [row], n - 1, False, "x")
+
+
+def test_score_responses_batched_equals_one_by_one(base):
+    # responses of different lengths share a padded batch: each is still scored at its own <|end|>, not at a pad
+    model, tok, _ = float64_model_and_pairs(base)
+    prompts, responses = [q for q, _ in QA], ["Yes.", "Two plus three is five, as anyone can check.", "No.", "Sure."]
+    together = reward.score_responses(model, tok, prompts, responses)
+    for p, r, score in zip(prompts, responses, together):
+        ids = torch.tensor([render_conversation(tok, [{"role": "user", "content": p},
+                                                     {"role": "assistant", "content": r}])[0]])
+        with torch.no_grad():
+            alone = model.score(ids, torch.ones_like(ids)).item()
+        assert abs(score - alone) < 1e-6  # score_responses gives float32 scores
+
+
+def scripted_generation(tok, prompts, replies):
+    """The Generation `engine.generate` returns for these prompts (token ids) and reply texts, each reply closed
+    by <|end|>: prompts left-padded, replies right-padded."""
+    ids = [tok.encode(r) + [tok.end_id] for r in replies]
+    response = torch.full((len(ids), max(map(len, ids))), tok.pad_id)  # (B, N)
+    mask = torch.zeros_like(response)
+    for i, r in enumerate(ids):
+        response[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+    return Generation(*left_pad(prompts, tok.pad_id), response, torch.zeros(response.shape), mask)
+
+
+def test_normalise_uses_each_sample_scored_alone(base, monkeypatch):
+    # calibration samples that end at different lengths, and a head that starts with a gain and an offset: the
+    # raw mean / std are those of each sample scored alone (at its <|end|>, not at a pad), after normalising those
+    # scores have mean 0 and std 1, and corr_score_length is Pearson's r of them with the lengths (<|end|> counted)
+    tok = base["tok"]
+    replies = ["Yes.", "Paris is the capital of France.", "No.", "Cats are small animals that like to sleep."]
+    monkeypatch.setattr(reward, "generate", lambda policy, prompts, *args, **kwargs:
+                        scripted_generation(tok, prompts, replies[:len(prompts)]))
+    model, _, _ = float64_model_and_pairs(base)
+    with torch.no_grad():
+        model.head.gain.fill_(2.0)
+        model.head.offset.fill_(0.7)
+    prompts = [render_prompt(tok, q) for q, _ in QA]
+    seqs = [torch.tensor([p + tok.encode(r) + [tok.end_id]]) for p, r in zip(prompts, replies)]
+
+    def scores_alone():
+        with torch.no_grad():
+            return torch.cat([model.score(s, torch.ones_like(s)) for s in seqs])
+
+    raw = scores_alone()
+    stats = reward.normalise(model, None, tok, prompts, 16, 1.0, 0, torch.device("cpu"))
+    assert stats["calibration_samples"] == 4
+    assert stats["raw_mean"] == pytest.approx(raw.mean().item(), abs=1e-9)
+    assert stats["raw_std"] == pytest.approx(raw.std().item(), abs=1e-9)
+    new = scores_alone()
+    assert abs(new.mean().item()) < 1e-9 and abs(new.std().item() - 1) < 1e-9
+    lengths = torch.tensor([len(tok.encode(r)) + 1 for r in replies], dtype=torch.float64)
+    s, n = raw - raw.mean(), lengths - lengths.mean()
+    assert stats["corr_score_length"] == pytest.approx(((s * n).sum() / (s.norm() * n.norm())).item(), abs=1e-6)
