@@ -152,6 +152,20 @@ def float64_model_and_pairs(base):
     return model, base["tok"], pairs
 
 
+REPLIES = ["Yes.", "Paris is the capital of France.", "No.", "Cats are small animals that like to sleep."]
+
+
+def scripted_generation(tok, prompts, replies):
+    """The Generation `engine.generate` returns for these prompts (token ids) and reply texts, each reply closed
+    by <|end|>: prompts left-padded, replies right-padded."""
+    ids = [tok.encode(r) + [tok.end_id] for r in replies]
+    response = torch.full((len(ids), max(map(len, ids))), tok.pad_id)  # (B, N)
+    mask = torch.zeros_like(response)
+    for i, r in enumerate(ids):
+        response[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+    return Generation(*left_pad(prompts, tok.pad_id), response, torch.zeros(response.shape), mask)
+
+
 def test_chosen_rejected_batched_equals_one_by_one(base):
     model, tok, pairs = float64_model_and_pairs(base)
     rc, rr = reward.score_pairs(model, pairs, tok.pad_id, "cpu")
@@ -160,41 +174,31 @@ def test_chosen_rejected_batched_equals_one_by_one(base):
         assert abs(c1.item() - rc[i].item()) < 1e-10 and abs(r1.item() - rr[i].item()) < 1e-10
 
 
-def test_reward_stage_learns_pairs_and_normalises(base):
+def test_reward_stage_learns_pairs_and_normalises(base, monkeypatch):
+    # the stage ranks its pairs, and the model.pt it saves is normalised on the calibration samples: the first
+    # calibration_prompts prompts with (scripted) replies of different lengths, each scored alone by the saved
+    # model, have mean 0 and std 1
     sft_over = dict(preset="micro", out_dir=base["out"], init=base["init"], data=base["sft"], eval_data=base["sft"],
                     max_steps=5, progress=False)
     sft.run(make_config(SFTConfig, overrides=sft_over))
+    tok, seen = base["tok"], []
+
+    def scripted(policy, prompts, *args, **kwargs):
+        seen.extend(prompts)
+        return scripted_generation(tok, prompts, [REPLIES[i % len(REPLIES)] for i in range(len(prompts))])
+
+    monkeypatch.setattr(reward, "generate", scripted)
     over = dict(preset="micro", out_dir=base["out"], prefs=base["prefs"], eval_prefs=base["prefs"],
                 prompts=base["prompts"], max_steps=30, lr=3e-3, warmup_steps=2, eval_interval=30,
-                calibration_prompts=12, max_new_tokens=8, progress=False)
+                calibration_prompts=6, max_new_tokens=32, progress=False, force=True)
     summary = reward.run(make_config(RewardConfig, overrides=over))
     assert summary["val_accuracy"] == 1.0 and summary["val_gold_accuracy"] == 1.0
+    assert seen == [render_prompt(tok, q) for q, _ in (QA * 3)[:6]] and summary["calibration_samples"] == 6
     model, _ = ck.load_scalar_model(os.path.join(base["out"], "micro", "reward", "model.pt"))
-    tok = base["tok"]
-    policy, _ = ck.load_model(os.path.join(base["out"], "micro", "sft", "model.pt"))
-    # re-draw the calibration samples with the same seed: their normalised scores have mean 0, std 1
-    raw_gain, raw_offset = model.head.gain.clone(), model.head.offset.clone()
-    model.head.gain.fill_(1.0)
-    model.head.offset.fill_(0.0)
-    from minirlhf.data import read_prompts
-    from minirlhf.chat import render_prompt
-    prompts = [render_prompt(tok, p) for p in read_prompts(base["prompts"])[:12]]
-    stats = reward.normalise(model, policy, tok, prompts, 8, 1.0, 1337, torch.device("cpu"))
-    assert abs(stats["raw_mean"] - summary["raw_mean"]) < 1e-4
-    assert torch.allclose(model.head.gain, raw_gain) and torch.allclose(model.head.offset, raw_offset)
-    from minirlhf.engine import generate
-    g = generate(policy, prompts, 8, tok.end_id, tok.pad_id, temperature=1.0,
-                 generator=torch.Generator().manual_seed(1337))
+    seqs = [torch.tensor([p + tok.encode(REPLIES[i % len(REPLIES)]) + [tok.end_id]]) for i, p in enumerate(seen)]
     with torch.no_grad():
-        scores = model.score(g.tokens, g.attention_mask)
+        scores = torch.cat([model.score(x, torch.ones_like(x)) for x in seqs]).double()
     assert abs(scores.mean().item()) < 1e-5 and abs(scores.std().item() - 1) < 1e-5
-    # the correlation with length survives the affine normalisation: recompute it from the same samples
-    lengths = g.response_mask.sum(1).double()
-    sc, lc = scores.double() - scores.double().mean(), lengths - lengths.mean()
-    if lc.norm() == 0:  # every sample ran to the token budget: a constant length correlates with nothing
-        assert stats["corr_score_length"] == 0.0
-    else:
-        assert abs(stats["corr_score_length"] - ((sc * lc).sum() / (sc.norm() * lc.norm())).item()) < 1e-5
 
 
 def test_reward_run_name_writes_next_to_the_default(base):
@@ -613,23 +617,11 @@ def test_score_responses_batched_equals_one_by_one(base):
         assert abs(score - alone) < 1e-6  # score_responses gives float32 scores
 
 
-def scripted_generation(tok, prompts, replies):
-    """The Generation `engine.generate` returns for these prompts (token ids) and reply texts, each reply closed
-    by <|end|>: prompts left-padded, replies right-padded."""
-    ids = [tok.encode(r) + [tok.end_id] for r in replies]
-    response = torch.full((len(ids), max(map(len, ids))), tok.pad_id)  # (B, N)
-    mask = torch.zeros_like(response)
-    for i, r in enumerate(ids):
-        response[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
-    return Generation(*left_pad(prompts, tok.pad_id), response, torch.zeros(response.shape), mask)
-
-
 def test_normalise_uses_each_sample_scored_alone(base, monkeypatch):
     # calibration samples that end at different lengths, and a head that starts with a gain and an offset: the
     # raw mean / std are those of each sample scored alone (at its <|end|>, not at a pad), after normalising those
     # scores have mean 0 and std 1, and corr_score_length is Pearson's r of them with the lengths (<|end|> counted)
-    tok = base["tok"]
-    replies = ["Yes.", "Paris is the capital of France.", "No.", "Cats are small animals that like to sleep."]
+    tok, replies = base["tok"], REPLIES
     monkeypatch.setattr(reward, "generate", lambda policy, prompts, *args, **kwargs:
                         scripted_generation(tok, prompts, replies[:len(prompts)]))
     model, _, _ = float64_model_and_pairs(base)
@@ -644,7 +636,7 @@ def test_normalise_uses_each_sample_scored_alone(base, monkeypatch):
             return torch.cat([model.score(s, torch.ones_like(s)) for s in seqs])
 
     raw = scores_alone()
-    stats = reward.normalise(model, None, tok, prompts, 16, 1.0, 0, torch.device("cpu"))
+    stats = reward.normalise(model, None, tok, prompts, 32, 1.0, 0, torch.device("cpu"))
     assert stats["calibration_samples"] == 4
     assert stats["raw_mean"] == pytest.approx(raw.mean().item(), abs=1e-9)
     assert stats["raw_std"] == pytest.approx(raw.std().item(), abs=1e-9)
