@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from minirlhf import checkpoint as ck
 from minirlhf import reward, sft
@@ -89,17 +90,62 @@ def test_sft_collate_pads_without_supervising_pads(base):
     assert (x[0, n:] == tok.pad_id).all() and m[0, n:].sum() == 0
 
 
+def supervised_token_loss(model, examples) -> float:
+    """By hand: the mean cross-entropy over every supervised token of `examples`, one unpadded example at a time."""
+    total, count = 0.0, 0
+    for ids, mask in examples:
+        keep = torch.tensor(mask[1:]).bool()  # the mask of each predicted token
+        with torch.no_grad():
+            nll = F.cross_entropy(model(torch.tensor([ids[:-1]]))[0].double(), torch.tensor(ids[1:]), reduction="none")
+        total, count = total + nll[keep].sum().item(), count + int(keep.sum())
+    return total / count
+
+
+def qa_examples(tok):
+    """The QA conversations rendered as SFT examples (ids, loss mask); they have different token counts."""
+    conversations = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA]
+    return sft.encode_conversations(tok, conversations, 65, False, "x")[0]
+
+
 def test_sft_stage_trains_and_lowers_validation_loss(base):
+    # the reported val_loss is the saved model's mean loss over the validation set's supervised tokens (the QA
+    # set, repeated), computed by hand, and it is below the base model's
     over = dict(preset="micro", out_dir=base["out"], init=base["init"], data=base["sft"], eval_data=base["sft"],
                 max_steps=25, lr=3e-3, warmup_steps=2, eval_interval=25, progress=False)
-    before = sft.sft_validation_loss(ck.load_model(base["init"])[0],
-                                     sft.encode_conversations(base["tok"], [[{"role": "user", "content": q},
-                                                                             {"role": "assistant", "content": a}]
-                                                                            for q, a in QA], 65, False, "x")[0],
-                                     base["tok"].pad_id, 8, torch.device("cpu"), "float32")
+    examples = qa_examples(base["tok"])
     summary = sft.run(make_config(SFTConfig, overrides=over))
-    assert summary["val_loss"] < before
+    trained = ck.load_model(os.path.join(base["out"], "micro", "sft", "model.pt"))[0].eval()
+    assert summary["val_loss"] == pytest.approx(supervised_token_loss(trained, examples), abs=2e-4)
+    assert summary["val_loss"] < supervised_token_loss(ck.load_model(base["init"])[0].eval(), examples)
     assert os.path.exists(os.path.join(base["out"], "micro", "sft", "tokenizer.json"))
+
+
+def test_sft_validation_loss_is_a_mean_over_supervised_tokens(base):
+    # examples with different numbers of supervised tokens: whatever the batch size, the loss is the mean over
+    # all their tokens (by hand), not a mean of batch means
+    model = ck.load_model(base["init"])[0]
+    examples = qa_examples(base["tok"])
+    assert len({sum(m[1:]) for _, m in examples}) > 1
+    by_hand = supervised_token_loss(model.eval(), examples)
+    for batch_size in (1, 3, 4):
+        loss = sft.sft_validation_loss(model, examples, base["tok"].pad_id, batch_size, torch.device("cpu"), "float32")
+        assert loss == pytest.approx(by_hand, abs=1e-5), batch_size
+
+
+def test_sft_truncation_keeps_the_start_of_the_conversation(base):
+    # --truncate cuts on the right: the prompt and the start of the reply stay, the end of the reply goes
+    tok = base["tok"]
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * 40}]
+    ids, mask = render_conversation(tok, messages)
+    assert len(ids) > 20
+    kept, n = sft.encode_conversations(tok, [messages], 20, True, "x")
+    assert n == 1 and kept == [(ids[:20], mask[:20])]
+
+
+def test_sft_batches_reshuffle_every_epoch():
+    # each epoch is a fresh permutation of the examples: one batch per epoch here, so steps 0 and 1 differ
+    first, second = (sft.batch_indices(8, 8, step, seed=3) for step in (0, 1))
+    assert sorted(first) == sorted(second) == list(range(8)) and first != second
 
 
 def test_sft_overlong_conversation_is_an_error_or_truncated(base, tmp_path):
