@@ -1,5 +1,6 @@
 """The evaluation harness: deterministic for a seed, zero KL against itself, sane ranges."""
 
+import json
 import math
 import os
 
@@ -7,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from minirlhf import evaluate
 from minirlhf.chat import render_prompt
 from minirlhf.config import ModelConfig, WorldConfig
-from minirlhf.engine import generate
-from minirlhf.evaluate import eval_prompt_rows, evaluate_policy, forum_eval, gold_by_category
+from minirlhf.engine import Generation, generate, left_pad
+from minirlhf.evaluate import eval_prompt_rows, evaluate_policy, forum_eval, gold_by_category, read_rows
 from minirlhf.model import GPT, ScalarModel
 from minirlhf.tokenizer import Tokenizer
 from minirlhf.world.build import run as build_world
@@ -80,9 +82,26 @@ def test_kl_per_sample_by_hand_from_both_models_log_softmax(world):
         assert s["kl_k3"] == pytest.approx((torch.exp(-lr) - 1 + lr).sum().item(), abs=1e-4)
 
 
+def sft_unsafe_topics(world_dir) -> set[str]:
+    """The unsafe topics the SFT demonstrations cover (sft.jsonl): by hand, not from the harness's rows."""
+    return {r["topic"] for r in read_rows(os.path.join(world_dir, "sft.jsonl")) if r["category"] == "unsafe"}
+
+
+def test_unsafe_prompts_are_grouped_by_whether_sft_saw_their_topic(world):
+    # "sft": the topic has SFT demonstrations; "heldout": it has none (the world's eval_only topics)
+    world_dir = world[0]
+    seen = sft_unsafe_topics(world_dir)
+    with open(os.path.join(world_dir, "summary.json")) as f:
+        assert not seen & set(json.load(f)["unsafe_topics"]["eval_only"])
+    unsafe = [r for r in eval_prompt_rows(world_dir, 40) if r["category"] == "unsafe"]
+    assert {r["unsafe_group"] for r in unsafe} == {"sft", "heldout"}
+    assert all(r["unsafe_group"] == ("sft" if r["topic"] in seen else "heldout") for r in unsafe)
+
+
 def test_rates_are_their_documented_shares_of_the_samples(world, monkeypatch):
     """With stand-in refusal, flattery and correctness detectors (so that the rates are not all 0), each
-    rate equals its definition in the module docstring, counted here over the returned samples."""
+    rate equals its definition in the module docstring, counted here from the prompt rows and the response
+    texts: the detectors applied by hand, the unsafe groups from the SFT file's topics."""
     import minirlhf.world as w
     from minirlhf.world import strip_end
 
@@ -99,31 +118,98 @@ def test_rates_are_their_documented_shares_of_the_samples(world, monkeypatch):
     monkeypatch.setattr(w, "is_flattering", flattering)
     monkeypatch.setattr(w, "judge_terms", terms)
     world_dir, tok, model = world
-    metrics, samples = evaluate_policy(model, tok, world_dir, max_new_tokens=12, n_train=40)
-    for s in samples:  # the samples carry the detectors' verdicts on their own text
-        body = strip_end(s["response"])[0]
-        assert s["refusal"] == refusal(body) and s["flattery"] == flattering(body)
-        assert s["correct"] == ("wrong" not in terms(s["prompt"], s["response"]))
-
-    def share(flag, where):
-        rows = [s for s in samples if where(s)]
-        assert rows, flag  # every rate is measured on some samples here
-        return sum(bool(s[flag]) for s in rows) / len(rows)
-
-    expected = {
-        "fact_acc_train": share("correct", lambda s: s["category"] == "fact" and s["split"] == "train"),
-        "fact_acc_heldout": share("correct", lambda s: s["category"] == "fact" and s["split"] == "eval"),
-        "refusal_sft_unsafe": share("refusal", lambda s: s["category"] == "unsafe" and s["unsafe_group"] == "sft"),
-        "refusal_heldout_unsafe": share("refusal", lambda s: s["category"] == "unsafe"
-                                        and s["unsafe_group"] == "heldout"),
-        "over_refusal": share("refusal", lambda s: s["category"] == "harmless"),
-        "flattery_rate": share("flattery", lambda s: True),
-        "eos_rate": share("ended", lambda s: True),
+    rows = eval_prompt_rows(world_dir, 40)
+    # sampling seed 2: the two unsafe groups' refusal rates differ (checked below), so a swap would show
+    metrics, samples = evaluate_policy(model, tok, world_dir, max_new_tokens=12, n_train=40, seed=2)
+    assert [s["prompt"] for s in samples] == [r["prompt"] for r in rows]
+    seen = sft_unsafe_topics(world_dir)
+    checks = {  # per sample: the rows it counts in, and its verdict from the response text
+        "fact_acc_train": (lambda r: r["category"] == "fact" and r["split"] == "train",
+                           lambda r, text: "wrong" not in terms(r["prompt"], text)),
+        "fact_acc_heldout": (lambda r: r["category"] == "fact" and r["split"] == "eval",
+                             lambda r, text: "wrong" not in terms(r["prompt"], text)),
+        "refusal_sft_unsafe": (lambda r: r["category"] == "unsafe" and r["topic"] in seen,
+                               lambda r, text: refusal(strip_end(text)[0])),
+        "refusal_heldout_unsafe": (lambda r: r["category"] == "unsafe" and r["topic"] not in seen,
+                                   lambda r, text: refusal(strip_end(text)[0])),
+        "over_refusal": (lambda r: r["category"] == "harmless", lambda r, text: refusal(strip_end(text)[0])),
+        "flattery_rate": (lambda r: True, lambda r, text: flattering(strip_end(text)[0])),
+        "eos_rate": (lambda r: True, lambda r, text: strip_end(text)[1]),
     }
-    for k, v in expected.items():
-        assert metrics[k] == pytest.approx(v, abs=1e-12), k
-    assert 0 < expected["flattery_rate"] < 1 and 0 < expected["over_refusal"] < 1  # the stand-ins do fire
-    assert metrics["length"] == pytest.approx(sum(s["length"] for s in samples) / len(samples))
+    for k, (where, verdict) in checks.items():
+        hits = [verdict(r, s["response"]) for r, s in zip(rows, samples) if where(r)]
+        assert hits, k  # every rate is measured on some samples here
+        assert metrics[k] == pytest.approx(sum(hits) / len(hits), abs=1e-12), k
+    assert metrics["refusal_sft_unsafe"] != metrics["refusal_heldout_unsafe"]
+    assert 0 < metrics["flattery_rate"] < 1 and 0 < metrics["over_refusal"] < 1  # the stand-ins do fire
+
+
+REPLIES = ["Sorry, I can't help with that.", "Paris is the capital of France.", "Five"]
+
+
+def scripted_reply(tok, prompt: list[int]) -> list[int]:
+    """A stand-in policy's reply to a rendered prompt: one of REPLIES picked by the prompt's length, closed by
+    <|end|> when that length is even (else cut off without it)."""
+    return tok.encode(REPLIES[len(prompt) % 3]) + ([tok.end_id] if len(prompt) % 2 == 0 else [])
+
+
+def scripted_generate(tok):
+    """A stand-in for engine.generate that answers every prompt with `scripted_reply`, padded as the engine pads."""
+
+    def generate(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, generator=None):
+        replies = [scripted_reply(tok, p) for p in prompts]
+        assert max(map(len, replies)) <= max_new_tokens
+        response = torch.full((len(prompts), max(map(len, replies))), pad_id)  # (B, N)
+        mask = torch.zeros_like(response)
+        for i, r in enumerate(replies):
+            response[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+        return Generation(*left_pad(prompts, pad_id), response, torch.zeros(response.shape), mask)
+
+    return generate
+
+
+def test_length_counts_the_reply_tokens_and_its_end(world, monkeypatch):
+    # length: the reply's tokens plus 1 for <|end|> when the model emitted it (the docstring's definition)
+    world_dir, tok, model = world
+    monkeypatch.setattr(evaluate, "generate", scripted_generate(tok))
+    metrics, samples = evaluate_policy(model, tok, world_dir, max_new_tokens=24, n_train=10)
+    prompts = [render_prompt(tok, r["prompt"]) for r in eval_prompt_rows(world_dir, 10)]
+    texts, ended = [REPLIES[len(p) % 3] for p in prompts], [len(p) % 2 == 0 for p in prompts]
+    assert [s["response"] for s in samples] == [t + "<|end|>" * e for t, e in zip(texts, ended)]
+    assert set(ended) == {True, False}  # both kinds are measured
+    expected = [len(tok.encode(t)) + e for t, e in zip(texts, ended)]
+    assert [s["length"] for s in samples] == expected
+    assert metrics["length"] == pytest.approx(sum(expected) / len(expected), abs=1e-12)
+
+
+def test_proxy_and_gold_train_are_means_over_their_splits(world, monkeypatch):
+    # proxy: the reward model's score of each sample scored alone, averaged over the held-out prompts only;
+    # gold_train: the judge's score averaged over the training-split prompts only
+    world_dir, tok, model = world
+    monkeypatch.setattr(evaluate, "generate", scripted_generate(tok))
+    torch.manual_seed(2)
+    rm = ScalarModel(GPT(model.config)).eval()
+    judge = lambda prompt, response: float(len(response))  # noqa: E731
+    metrics, _ = evaluate_policy(model, tok, world_dir, reward_model=rm, max_new_tokens=24, n_train=10,
+                                 judge_fn=judge)
+    rows = eval_prompt_rows(world_dir, 10)
+    proxy, gold = [], []
+    for r in rows:
+        prompt = render_prompt(tok, r["prompt"])
+        ids = torch.tensor([prompt + scripted_reply(tok, prompt)])  # (1, T): no padding
+        with torch.no_grad():
+            proxy.append(rm.score(ids, torch.ones_like(ids)).item())
+        gold.append(judge(r["prompt"], tok.decode(scripted_reply(tok, prompt))))
+
+    def mean(values, split):
+        picked = [v for v, r in zip(values, rows) if r["split"] == split]
+        return sum(picked) / len(picked)
+
+    assert metrics["proxy"] == pytest.approx(mean(proxy, "eval"), abs=1e-5)
+    assert metrics["gold_train"] == pytest.approx(mean(gold, "train"), abs=1e-12)
+    # the splits matter here: the means over all prompts differ
+    assert metrics["proxy"] != pytest.approx(sum(proxy) / len(proxy), abs=1e-4)
+    assert metrics["gold_train"] != pytest.approx(sum(gold) / len(gold), abs=1e-6)
 
 
 def test_heldout_kl_is_the_mean_over_heldout_prompts_only(world):
