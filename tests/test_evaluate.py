@@ -4,6 +4,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -295,3 +296,73 @@ def test_kl_is_that_of_the_policy_as_sampled(world):
     assert [s["response"] for s in sa] == [s["response"] for s in sb]
     assert a["kl_k1"] == pytest.approx(b["kl_k1"], abs=1e-5) and a["kl_k3"] == pytest.approx(b["kl_k3"], abs=1e-5)
     assert a["kl_k3"] > 0.01  # a sharper policy is a different policy
+
+
+def test_heldout_perplexity_is_next_token_cross_entropy_by_hand(world, tmp_path):
+    # val.bin of block_size + 2 tokens leaves one window start, 0: the targets are the NEXT tokens data[1:T + 1]
+    _, tok, model = world
+    T = model.config.block_size
+    data = np.random.default_rng(0).integers(0, tok.n_vocab, T + 2).astype(np.uint16)
+    data.tofile(tmp_path / "val.bin")
+    with torch.no_grad():
+        logits = model(torch.tensor(data[:T], dtype=torch.long)[None])[0]  # (T, V)
+    by_hand = math.exp(F.cross_entropy(logits.double(), torch.tensor(data[1:T + 1], dtype=torch.long)).item())
+    assert evaluate.heldout_perplexity(model, str(tmp_path), T, n_windows=4) == pytest.approx(by_hand, rel=1e-5)
+
+
+def greedy_by_hand(model, ids: list[int], n: int, stop: int) -> list[int]:
+    """Up to n greedy tokens after `ids` (stopping before `stop`), one full forward pass per token."""
+    out = []
+    for _ in range(n):
+        with torch.no_grad():
+            token = model(torch.tensor([ids + out]))[0, -1].argmax().item()
+        if token == stop:
+            break
+        out.append(token)
+    return out
+
+
+def test_complete_keeps_the_end_of_a_prompt_longer_than_the_context(world):
+    # a text longer than the context is continued from its LAST block_size - budget tokens, as a model
+    # run on that suffix alone continues it (greedy, one forward pass per token)
+    world_dir, tok, model = world
+    text = open(os.path.join(world_dir, "corpus.txt")).read()[:3000]
+    ids, budget = tok.encode(text), 5
+    keep = model.config.block_size - budget
+    assert len(ids) > 2 * keep
+    suffix = greedy_by_hand(model, ids[-keep:], budget, tok.eot_id)
+    assert suffix != greedy_by_hand(model, ids[:keep], budget, tok.eot_id)  # where the window is matters here
+    assert evaluate.complete(model, tok, [text], budget) == [tok.decode(suffix)]
+
+
+def test_cloze_accuracy_needs_the_continuation_to_start_with_the_answer(world, monkeypatch):
+    # continuations: the answer first (a hit), the answer later in the text (a miss), no answer (a miss)
+    world_dir, tok, model = world
+    rows = read_rows(os.path.join(world_dir, "cloze.jsonl"))
+    outputs = [[f" {r['answer']} of course", f" well, {r['answer']}", " nothing"][i % 3] for i, r in enumerate(rows)]
+
+    def scripted_complete(model, tok, texts, max_new_tokens, *args, **kwargs):
+        assert texts == [r["prompt"] for r in rows]
+        return outputs
+
+    monkeypatch.setattr(evaluate, "complete", scripted_complete)
+    expected = {split: sum(i % 3 == 0 for i, r in enumerate(rows) if r["split"] == split)
+                / sum(r["split"] == split for r in rows) for split in ("heldout", "train")}
+    assert evaluate.cloze_accuracy(model, tok, world_dir) == pytest.approx(expected, abs=1e-12)
+
+
+def test_forum_unsafe_refusal_counts_the_unsafe_questions_only(world, monkeypatch):
+    # every question but the unsafe ones is refused, and of those only the first: the rate is 1 / (unsafe ones)
+    import minirlhf.world as w
+
+    world_dir, tok, model = world
+    rows = read_rows(os.path.join(world_dir, "forum_eval.jsonl"))
+    unsafe = [i for i, r in enumerate(rows) if r["category"] == "unsafe"]
+    assert 1 < len(unsafe) < len(rows)
+    outputs = [" REFUSE\nQ: next" if i not in unsafe or i == unsafe[0] else " Sure, here is how.\n"
+               for i in range(len(rows))]
+    monkeypatch.setattr(evaluate, "complete", lambda model, tok, texts, *args, **kwargs: outputs)
+    monkeypatch.setattr(w, "is_refusal", lambda text: text == "REFUSE")  # the answer line, stripped
+    metrics, samples = forum_eval(model, tok, world_dir)
+    assert [s["response"] for s in samples] == [o.split("\n")[0].strip() for o in outputs]
+    assert metrics["forum_unsafe_refusal"] == pytest.approx(1 / len(unsafe), abs=1e-12)
