@@ -40,3 +40,17 @@ def recording_judge(tmp_path):
                      f"    with open({str(seen)!r}, 'a') as f:\n        f.write(json.dumps(prompt) + '\\n')\n"
                      "    return 0.0\n")
     return f"{judge}:rec", lambda: [json.loads(line) for line in seen.read_text().splitlines()]
+
+
+def generation_of(prompts: list[list[int]], replies: list[list[int]], pad_id: int, trailing_pads: int = 0):
+    """The `engine.Generation` a stand-in policy returns: prompts left-padded, `replies` right-padded (plus
+    `trailing_pads` pad columns after the longest), as the engine pads them; log-probs all 0."""
+    import torch
+
+    from minirlhf.engine import Generation, left_pad
+
+    response = torch.full((len(prompts), max(map(len, replies)) + trailing_pads), pad_id)  # (B, N)
+    mask = torch.zeros_like(response)
+    for i, r in enumerate(replies):
+        response[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+    return Generation(*left_pad(prompts, pad_id), response, torch.zeros(response.shape), mask)

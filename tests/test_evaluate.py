@@ -12,11 +12,13 @@ import torch.nn.functional as F
 from minirlhf import evaluate
 from minirlhf.chat import render_prompt
 from minirlhf.config import ModelConfig, WorldConfig
-from minirlhf.engine import Generation, generate, left_pad
+from minirlhf.engine import generate
 from minirlhf.evaluate import eval_prompt_rows, evaluate_policy, forum_eval, gold_by_category, read_rows
 from minirlhf.model import GPT, ScalarModel
 from minirlhf.tokenizer import Tokenizer
 from minirlhf.world.build import run as build_world
+
+from conftest import generation_of
 
 
 @pytest.fixture(scope="module")
@@ -160,11 +162,7 @@ def scripted_generate(tok):
     def generate(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, generator=None):
         replies = [scripted_reply(tok, p) for p in prompts]
         assert max(map(len, replies)) <= max_new_tokens
-        response = torch.full((len(prompts), max(map(len, replies))), pad_id)  # (B, N)
-        mask = torch.zeros_like(response)
-        for i, r in enumerate(replies):
-            response[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
-        return Generation(*left_pad(prompts, pad_id), response, torch.zeros(response.shape), mask)
+        return generation_of(prompts, replies, pad_id)
 
     return generate
 

@@ -7,10 +7,9 @@ import torch
 
 from minirlhf import pairs
 from minirlhf.chat import render_prompt
-from minirlhf.engine import Generation, left_pad
 from minirlhf.tokenizer import Tokenizer
 
-from conftest import english_like_documents
+from conftest import english_like_documents, generation_of
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +24,7 @@ def scripted_generate(tok, budgets: list):
     def generate(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, generator=None):
         budgets.append(max_new_tokens)
         replies = [tok.encode(f"len {len(p)}") + [eos_id] for p in prompts]
-        response = torch.full((len(prompts), max(map(len, replies)) + 2), pad_id)  # (B, N) pads after every reply
-        mask = torch.zeros_like(response)
-        for i, r in enumerate(replies):
-            response[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
-        return Generation(*left_pad(prompts, pad_id), response, torch.zeros(response.shape), mask)
+        return generation_of(prompts, replies, pad_id, trailing_pads=2)  # pads after every reply
 
     return generate
 
