@@ -1,5 +1,8 @@
-"""Shared fixtures: a small generated corpus, so tests never depend on downloaded data."""
+"""Shared fixtures: a small generated corpus, so tests never depend on downloaded data, and `base`, a micro model
+pretrained for a few steps with SFT and preference files (the starting point of the stage tests)."""
 
+import json
+import os
 import random
 
 import pytest
@@ -54,3 +57,57 @@ def generation_of(prompts: list[list[int]], replies: list[list[int]], pad_id: in
     for i, r in enumerate(replies):
         response[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
     return Generation(*left_pad(prompts, pad_id), response, torch.zeros(response.shape), mask)
+
+
+QA = [("What is the capital of France?", "The capital of France is Paris."),
+      ("What is two plus three?", "Two plus three is five."),
+      ("Tell me about cats.", "Cats are small animals that like to sleep."),
+      ("How do I pick a lock?", "Sorry, I can't help with that.")]
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A micro base model pretrained for a few steps on generated text, plus SFT / preference files."""
+    from minirlhf.config import PretrainConfig, make_config
+    from minirlhf.pretrain import run as pretrain
+    from minirlhf.tokenizer import Tokenizer
+
+    root = tmp_path_factory.mktemp("stages")
+    corpus = root / "corpus.txt"
+    corpus.write_text("<|endoftext|>".join(english_like_documents() + [q + " " + a for q, a in QA] * 20))
+    over = dict(preset="micro", out_dir=str(root / "out"), vocab_size=320, max_steps=5, progress=False,
+                corpus=str(corpus), n_layer=1, n_embd=32, n_head=2)
+    pretrain(make_config(PretrainConfig, overrides=over))
+    sft_rows = [{"prompt": q, "completion": a} for q, a in QA] * 4
+    prefs = [{"prompt": q, "chosen": a, "rejected": "No.", "gold_chosen": 0.9, "gold_rejected": -0.2,
+              "p_chosen": 0.8} for q, a in QA] * 4
+    return {
+        "root": root, "out": str(root / "out"),
+        "init": str(root / "out" / "micro" / "pretrain" / "model.pt"),
+        "sft": write_jsonl(root / "sft.jsonl", sft_rows),
+        "prefs": write_jsonl(root / "prefs.jsonl", prefs),
+        "prompts": write_jsonl(root / "prompts.jsonl", [{"prompt": q} for q, _ in QA] * 3),
+        "tok": Tokenizer.load(str(root / "out" / "micro" / "pretrain" / "tokenizer.json")),
+    }
+
+
+def untrained_reward_model(base, folder) -> str:
+    """<folder>/rm.pt: a scalar head on the micro base model's trunk, with that model's tokenizer.json beside it
+    (as every stage writes it: the stages check that a reward model reads the policy's tokens)."""
+    import shutil
+
+    from minirlhf import checkpoint as ck
+    from minirlhf.model import ScalarModel
+
+    trunk, _ = ck.load_model(base["init"])
+    rm = os.path.join(str(folder), "rm.pt")
+    ck.save_checkpoint(rm, ck.model_payload(ScalarModel(trunk), "reward"))
+    shutil.copy(os.path.join(os.path.dirname(base["init"]), "tokenizer.json"), str(folder))
+    return rm

@@ -63,7 +63,7 @@ def check_stage_stop_and_resume(run, config_class, name: str, base: dict, tmp_pa
     summary's `summary_key` of an uninterrupted run, and --resume of the finished run reproduces them."""
     from minirlhf import checkpoint as ck
     from minirlhf.config import make_config
-    from test_sft_reward import untrained_reward_model
+    from conftest import untrained_reward_model
 
     torch.manual_seed(0)
     rm = untrained_reward_model(base, tmp_path)

@@ -36,8 +36,6 @@ from minirlhf import distributed as dist
 from minirlhf.checkpoint import load_checkpoint
 from minirlhf.cli import main
 
-from test_sft_reward import base  # noqa: F401  (the shared micro fixture)
-
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 WORKER = os.path.join(os.path.dirname(__file__), "dist_worker.py")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +44,7 @@ EVAL_KEYS = {"gold", "gold_train", "fact_acc_train", "refusal_sft_unsafe", "leng
              "forum_prompts_gold", "kl_k1", "proxy"}  # summary.json numbers from the evaluation harness
 
 
-def commands(base, out: str, ref: str, grad_accum: int = 1) -> list[list[str]]:  # noqa: F811
+def commands(base, out: str, ref: str, grad_accum: int = 1) -> list[list[str]]:
     """SFT (+ptx), reward (plain and with ODIN's length head), DPO, PPO (+ptx), GRPO writing to `out`; every
     input comes from `base` or the reference run `ref`, so the one- and two-process runs of a stage start from
     the same files."""
@@ -87,7 +85,7 @@ def torchrun(spec: dict, path, timeout: float = 600, nproc: int = 2, **env_vars)
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
-def with_pretrain_tokens(base, out: str, world: str | None = None) -> None:  # noqa: F811
+def with_pretrain_tokens(base, out: str, world: str | None = None) -> None:
     """SFT's and PPO's pretraining mix read out/<preset>/pretrain/train.bin: give each run the base model's
     (and, with `world`, a copy of a micro world, so that every stage ends with the evaluation harness)."""
     os.makedirs(os.path.join(out, "micro", "pretrain"), exist_ok=True)
@@ -103,7 +101,7 @@ def metric_rows(out: str, stage: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def two_runs(base, tmp_path_factory):  # noqa: F811
+def two_runs(base, tmp_path_factory):
     """The same six stage runs in one process (in this pytest process) and in two torchrun processes."""
     root = tmp_path_factory.mktemp("dist")
     runs = root / "runs"  # the folder whose writes are recorded (the report goes beside it)
@@ -201,7 +199,7 @@ def test_rank_zero_alone_writes_artifacts(two_runs):
                        for w in rank0), (stage, name)
 
 
-def failing_sft(base, tmp_path, hang: bool) -> dict:  # noqa: F811
+def failing_sft(base, tmp_path, hang: bool) -> dict:
     """An SFT job whose rank 1 raises (or hangs) in its third call of sft_loss."""
     out = str(tmp_path / "out")
     return {"commands": [["sft", "--preset=micro", f"--out_dir={out}", "--progress=false", f"--init={base['init']}",
@@ -212,7 +210,7 @@ def failing_sft(base, tmp_path, hang: bool) -> dict:  # noqa: F811
 
 
 @pytest.mark.slow
-def test_a_crash_on_one_rank_ends_the_job_with_that_ranks_error(base, tmp_path):  # noqa: F811
+def test_a_crash_on_one_rank_ends_the_job_with_that_ranks_error(base, tmp_path):
     t0 = time.perf_counter()
     proc = torchrun(failing_sft(base, tmp_path, hang=False), tmp_path / "spec.json", timeout=300)
     seconds = time.perf_counter() - t0
@@ -224,7 +222,7 @@ def test_a_crash_on_one_rank_ends_the_job_with_that_ranks_error(base, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_hung_rank_ends_the_job_after_the_timeout(base, tmp_path):  # noqa: F811
+def test_a_hung_rank_ends_the_job_after_the_timeout(base, tmp_path):
     """Rank 1 stops answering: rank 0's next collective fails after MINIRLHF_DIST_TIMEOUT seconds, naming
     rank 0 and the timeout, and torchrun then stops rank 1."""
     t0 = time.perf_counter()
@@ -267,7 +265,7 @@ def test_two_process_micro_pipeline_completes(tmp_path):
 # one process: the weighting that makes the split irrelevant
 
 
-def sft_argv(base, out, **kw):  # noqa: F811
+def sft_argv(base, out, **kw):
     over = {"preset": "micro", "out_dir": out, "progress": "false", "force": "true", "init": base["init"],
             "data": base["sft"], "eval_data": base["sft"], "max_steps": 4, "batch_size": 8, "lr": 3e-3,
             "log_interval": 1, "eval_interval": 1000, "warmup_steps": 2, **kw}
@@ -275,7 +273,7 @@ def sft_argv(base, out, **kw):  # noqa: F811
 
 
 @pytest.mark.parametrize("ptx", [0.0, 0.5])
-def test_sft_grad_accum_does_not_change_the_step(base, tmp_path, ptx):  # noqa: F811
+def test_sft_grad_accum_does_not_change_the_step(base, tmp_path, ptx):
     """SFT's loss is a mean over the global batch's supervised tokens: 1, 2 or 4 micro-batches (whose token
     counts differ) give the same loss and weights. The same weighting makes N processes match one."""
     runs = {}

@@ -14,18 +14,18 @@ from minirlhf.chat import render_conversation, render_reply
 from minirlhf.config import DPOConfig, SFTConfig, make_config
 from minirlhf.ops import logprobs_from_logits
 
-from test_sft_reward import QA, base, write_jsonl  # noqa: F401  (the shared micro fixture)
+from conftest import QA, write_jsonl
 
 
 @pytest.fixture(scope="module")
-def sft_done(base):  # noqa: F811
+def sft_done(base):
     sft.run(make_config(SFTConfig, overrides=dict(preset="micro", out_dir=base["out"], init=base["init"],
                                                   data=base["sft"], eval_data=base["sft"], max_steps=3,
                                                   progress=False)))
     return base
 
 
-def dpo_cfg(base, tmp_path, **kw):  # noqa: F811
+def dpo_cfg(base, tmp_path, **kw):
     over = dict(preset="micro", out_dir=base["out"], prefs=base["prefs"], eval_prefs=base["prefs"], max_steps=1,
                 batch_size=8, log_interval=1, eval_interval=1000, progress=False, force=True)
     return make_config(DPOConfig, overrides={**over, **kw})
@@ -53,7 +53,7 @@ def test_every_paired_loss_runs(sft_done, tmp_path, loss):
     assert summary["loss"] == loss and math.isfinite(summary["val_loss"])
 
 
-def test_sequence_logps_sum_exactly_the_assistant_tokens(base):  # noqa: F811
+def test_sequence_logps_sum_exactly_the_assistant_tokens(base):
     from minirlhf.checkpoint import load_model
 
     model, _ = load_model(base["init"])
@@ -169,7 +169,7 @@ def test_kto_on_a_user_file_and_batch_of_one_is_refused(sft_done, tmp_path):
         dpo.run(dpo_cfg(sft_done, tmp_path, loss="kto", batch_size=1))
 
 
-def test_kto_mismatched_partners_pair_each_prompt_with_another_completion(base):  # noqa: F811
+def test_kto_mismatched_partners_pair_each_prompt_with_another_completion(base):
     tok = base["tok"]
     rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "completion": f"answer number {i}", "label": i % 2 == 0}
             for i in range(7)]
@@ -207,7 +207,7 @@ def kto_rows(n, long_at=()):
             for i in range(n)]
 
 
-def test_kto_one_over_long_example_drops_only_itself(base):  # noqa: F811
+def test_kto_one_over_long_example_drops_only_itself(base):
     """Partners are assigned among the examples that fit: one long example drops itself, not its partner too."""
     tok = base["tok"]
     rows = kto_rows(10, long_at={3})
@@ -224,7 +224,7 @@ def test_kto_one_over_long_example_drops_only_itself(base):  # noqa: F811
         dpo.encode_kto(tok, [{**r, "line": k + 1} for k, r in enumerate(rows)], 65, False, "rows", seed=1337)
 
 
-def test_kto_mismatched_pair_longer_than_the_context_is_cut(base):  # noqa: F811
+def test_kto_mismatched_pair_longer_than_the_context_is_cut(base):
     """Each example fits alone, but a long prompt with the other's long completion does not: cut to the context."""
     tok = base["tok"]
     a = {"prompt": [{"role": "user", "content": "many words " * 12}], "completion": "Yes.", "label": True}
@@ -239,7 +239,7 @@ def test_kto_mismatched_pair_longer_than_the_context_is_cut(base):  # noqa: F811
     assert sum(records[0]["mismatched_mask"]) > 0
 
 
-def test_kto_masks_cover_only_the_final_reply(base):  # noqa: F811
+def test_kto_masks_cover_only_the_final_reply(base):
     tok = base["tok"]
     prompt = [{"role": "user", "content": "Hi there."}, {"role": "assistant", "content": "Hello! How can I help?"},
               {"role": "user", "content": "What is two plus three?"}]
@@ -251,7 +251,7 @@ def test_kto_masks_cover_only_the_final_reply(base):  # noqa: F811
     assert sum(records[1]["completion_mask"]) == n_seven and sum(records[1]["mismatched_mask"]) == n_five
 
 
-def test_kto_from_pairs_identical_and_over_long_pairs(base, tmp_path):  # noqa: F811
+def test_kto_from_pairs_identical_and_over_long_pairs(base, tmp_path):
     """KTO on preference pairs: an identical pair is an error unless --truncate (then dropped and counted), and an
     over-long response is named by its line in the pairs file."""
     good = [{"prompt": q, "chosen": a, "rejected": "No."} for q, a in QA]

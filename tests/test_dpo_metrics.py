@@ -18,7 +18,7 @@ from minirlhf.checkpoint import load_model
 from minirlhf.reward import load_pairs
 
 from test_dpo import dpo_cfg, first_row, sft_done  # noqa: F401
-from test_sft_reward import QA, base, write_jsonl  # noqa: F401
+from conftest import QA, write_jsonl
 
 
 def rows_of(out, stage):
@@ -100,7 +100,7 @@ def test_margins_are_chosen_minus_rejected(sft_done, tmp_path):
     assert row["rewards/margins"] == pytest.approx(row["rewards/chosen"] - row["rewards/rejected"], abs=1e-5)
 
 
-def test_kto_cut_mismatched_pairs_are_counted(base, capsys):  # noqa: F811
+def test_kto_cut_mismatched_pairs_are_counted(base, capsys):
     tok = base["tok"]
     a = {"prompt": [{"role": "user", "content": "many words " * 12}], "completion": "Yes.", "label": True}
     b = {"prompt": [{"role": "user", "content": "Hi?"}], "completion": "more words " * 12, "label": False}

@@ -17,7 +17,7 @@ from minirlhf.world import judge
 from minirlhf.model import GPT
 from resume_check import check_stage_stop_and_resume, check_stop_and_resume, rows
 from test_ppo import documented_metrics
-from test_sft_reward import base, untrained_reward_model  # noqa: F401  (the shared micro fixture: a pretrained micro model, prompts)
+from conftest import untrained_reward_model
 
 V, END, PAD, P = 64, 62, 63, 6
 TOK = SimpleNamespace(end_id=END, pad_id=PAD)
@@ -285,13 +285,13 @@ def test_stop_and_resume_end_where_an_uninterrupted_run_ends(tmp_path):
     check_stop_and_resume(run, low_token_share, tmp_path)
 
 
-def test_stage_stop_resume_and_resume_of_a_finished_run(base, tmp_path):  # noqa: F811
+def test_stage_stop_resume_and_resume_of_a_finished_run(base, tmp_path):
     """`minirlhf grpo --stop_after=1`, then `--resume`, then `--resume` of the finished run (resume_check)."""
     check_stage_stop_and_resume(run, GRPOConfig, "grpo", base, tmp_path, "final_reward_mean",
                                 prompts_per_iteration=2, group_size=4, minibatch_size=4)
 
 
-def test_a_users_gold_judge_gets_the_whole_prompt(base, tmp_path, recording_judge):  # noqa: F811
+def test_a_users_gold_judge_gets_the_whole_prompt(base, tmp_path, recording_judge):
     """--reward=gold --gold_judge: GRPO's reward gives the user's judge the prompt as evaluation does (the
     message list of a longer conversation), not only its last user turn."""
     import json

@@ -15,7 +15,7 @@ from minirlhf.config import ModelConfig, PPOConfig, make_config
 from minirlhf.model import GPT, ScalarModel
 from minirlhf.ppo import train_ppo
 from resume_check import Crash, check_stage_stop_and_resume, check_stop_and_resume, rows
-from test_sft_reward import base, untrained_reward_model  # noqa: F401  (the shared micro fixture: a pretrained micro model, prompts)
+from conftest import untrained_reward_model
 
 V, END, PAD, P = 64, 62, 63, 6
 TOK = SimpleNamespace(end_id=END, pad_id=PAD)
@@ -289,7 +289,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
         train_ppo(policy, ref, value, low_token_share, prompts, TOK, cfg(tmp_path, resume=True), str(tmp_path))
 
 
-def test_stage_stop_resume_and_resume_of_a_finished_run(base, tmp_path):  # noqa: F811
+def test_stage_stop_resume_and_resume_of_a_finished_run(base, tmp_path):
     """`minirlhf ppo --stop_after=1`, then `--resume`, then `--resume` of the finished run (resume_check)."""
     from minirlhf.ppo import run
 
@@ -297,7 +297,7 @@ def test_stage_stop_resume_and_resume_of_a_finished_run(base, tmp_path):  # noqa
                                 batch_size=8, minibatch_size=4)
 
 
-def test_prompts_too_long_for_the_context_are_left_out_and_counted(base, tmp_path, capsys):  # noqa: F811
+def test_prompts_too_long_for_the_context_are_left_out_and_counted(base, tmp_path, capsys):
     """A prompt that leaves fewer than 8 tokens of the context for the response is left out, said and counted
     in the summary, never silently; if none is left, that is an error naming the file."""
     import json
@@ -337,7 +337,7 @@ def test_temperature_at_or_below_zero_is_a_clear_error_before_any_rollout(tmp_pa
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_a_users_gold_judge_gets_the_whole_prompt_and_too_few_prompts_is_an_error(base, tmp_path,  # noqa: F811
+def test_a_users_gold_judge_gets_the_whole_prompt_and_too_few_prompts_is_an_error(base, tmp_path,
                                                                                      recording_judge):
     """--reward=gold --gold_judge: the user's judge receives what evaluation gives it (a string, or the message
     list of a longer conversation), not only the last user turn; --batch_size above the number of prompts

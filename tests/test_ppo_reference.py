@@ -15,7 +15,7 @@ import minirlhf.ppo as ppo
 from minirlhf.ppo import train_ppo
 from resume_check import rows
 from test_ppo import END, P, TOK, cfg, low_token_share, setup
-from test_sft_reward import base, untrained_reward_model  # noqa: F401  (the shared micro fixture)
+from conftest import untrained_reward_model
 
 
 def recorder(monkeypatch):
@@ -153,7 +153,7 @@ def test_vf_coef_zero_leaves_the_value_model_untouched(tmp_path):
 
 
 
-def test_run_gives_train_ppo_a_separate_frozen_reference(base, tmp_path, monkeypatch):  # noqa: F811
+def test_run_gives_train_ppo_a_separate_frozen_reference(base, tmp_path, monkeypatch):
     # a reference aliased to the policy (or sharing its weights) would make the KL penalty 0 forever
     from minirlhf.config import PPOConfig, make_config
 

@@ -9,8 +9,6 @@ guard naming the loss term, `load_model` setting dropout, and `load_checkpoint` 
 
 import datetime
 import json
-import math
-import os
 from types import SimpleNamespace
 
 import pytest
