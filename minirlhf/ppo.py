@@ -9,7 +9,7 @@ Each iteration (InstructGPT, Ouyang et al. 2022 §3.5; Ziegler et al. 2019; Clea
   2. SCORE     reward-model score at the last real token, minus `missing_eos_penalty` when the response
                never emitted <|end|>; log-probs of the policy (recomputed at the same T) and of the frozen
                reference (SFT) model; values from the separate value model (trunk + ScalarHead,
-               initialised from the reward model);
+               initialised from the reward model); the batch is one `rl.Rollout` record from here on;
   3. SHAPE     per-token reward = -kl_coef * KL estimate, plus the score at the last real token;
   4. GAE       advantages and returns (gamma, lam); advantages whitened over real tokens;
   5. OPTIMISE  ppo_epochs x shuffled minibatches: clipped policy loss + vf_coef * clipped value loss,
@@ -303,21 +303,24 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
             tokens, attn, mask, ended, scores, logprobs, values, ref_logprobs, entropy_sum = (
                 dist.all_gather_rows(x) for x in
                 (tokens, attn, mask, ended.float(), scores, logprobs, values, ref_logprobs, entropy_sum))
-            response, ended = tokens[:, P:], ended.bool()  # (B, N), (B,)
+            ended = ended.bool()  # (B,)
             entropy = entropy_sum.sum() / mask.sum()  # mean per-token entropy over the batch's response tokens
+        ro = rl.Rollout(query=tokens[:, :P], query_mask=attn[:, :P], response=tokens[:, P:], response_mask=mask,
+                        logprobs=logprobs, ref_logprobs=ref_logprobs, values=values, scores=scores)  # (B, ...)
         # what the shaping adds at the last token: the scores, or (--whiten_rewards) the scores whitened over
         # the batch; the logged objective/scores and rlhf_reward stay the raw scores
         shaped_scores = ops.masked_whiten(scores, torch.ones_like(scores)) if cfg.whiten_rewards else scores  # (B,)
 
-        rollout_tokens += int(mask.sum())  # the whole batch's response tokens
+        rollout_tokens += int(ro.response_mask.sum())  # the whole batch's response tokens
 
         # ---------------------------------------------------------------- 3. SHAPE
         kl_coef = kl_ctl.value
-        rewards = rl.shape_rewards(shaped_scores, logprobs, ref_logprobs, mask, kl_coef, cfg.kl_estimator)  # (B, N)
+        ro.rewards = rl.shape_rewards(shaped_scores, ro.logprobs, ro.ref_logprobs, ro.response_mask, kl_coef,
+                                      cfg.kl_estimator)  # (B, N)
 
         # ---------------------------------------------------------------- 4. GAE
-        advantages, returns = rl.compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)  # (B, N) each
-        advantages = ops.masked_whiten(advantages, mask)
+        advantages, ro.returns = rl.compute_gae(ro.rewards, ro.values, ro.response_mask, cfg.gamma, cfg.lam)  # (B, N)
+        ro.advantages = ops.masked_whiten(advantages, ro.response_mask)  # (B, N)
 
         # ---------------------------------------------------------------- 5. OPTIMISE
         policy.train()
@@ -332,13 +335,14 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
                 rows = perm[start:start + cfg.minibatch_size]  # the minibatch (the same on every rank)
                 mb = rows[rank * len(rows) // world:(rank + 1) * len(rows) // world].to(device)  # this rank's part
                 # the losses are means over the minibatch's response tokens: this part weighs its share of them
-                share = mask[mb].sum() / mask[rows.to(device)].sum()
+                share = ro.response_mask[mb].sum() / ro.response_mask[rows.to(device)].sum()
+                m = ro.minibatch(mb)  # (b, ...)
                 with autocast(device, cfg.dtype):
-                    new_logits, new_values = actor_critic(tokens[mb], attn[mb], P)  # (b, N, V), (b, N)
+                    new_logits, new_values = actor_critic(m.tokens, m.attention_mask, P)  # (b, N, V), (b, N)
                 new_values = new_values.float()  # (b, N)
-                new_logprobs = ops.logprobs_from_logits(new_logits, response[mb], cfg.temperature)  # (b, N), float32
-                pg_loss, pg = ppo_policy_loss(new_logprobs, logprobs[mb], advantages[mb], mask[mb], cfg.cliprange)
-                vf_loss, vf = ppo_value_loss(new_values, values[mb], returns[mb], mask[mb],
+                new_logprobs = ops.logprobs_from_logits(new_logits, m.response, cfg.temperature)  # (b, N), float32
+                pg_loss, pg = ppo_policy_loss(new_logprobs, m.logprobs, m.advantages, m.response_mask, cfg.cliprange)
+                vf_loss, vf = ppo_value_loss(new_values, m.values, m.returns, m.response_mask,
                                              cfg.cliprange_value if cfg.cliprange_value > 0 else None)
                 loss = (pg_loss + cfg.vf_coef * vf_loss) * share
                 if cfg.ptx_coef > 0:  # PPO-ptx: keep the pretraining distribution's likelihood up
@@ -367,18 +371,18 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
                      it * steps_per_iteration + 1, ckpt_path if os.path.exists(ckpt_path) else "")
 
         # ---------------------------------------------------------------- 6. LOG
-        seq_kl = ops.masked_sum(ops.kl_k1(logprobs, ref_logprobs), mask, dim=1)  # (B,)
-        seq_kl3 = ops.masked_sum(ops.kl_k3(logprobs, ref_logprobs), mask, dim=1)  # (B,)
-        non_score = ops.masked_sum(-kl_coef * ops.kl_k1(logprobs, ref_logprobs), mask, dim=1) if \
+        seq_kl = ops.masked_sum(ops.kl_k1(ro.logprobs, ro.ref_logprobs), ro.response_mask, dim=1)  # (B,)
+        seq_kl3 = ops.masked_sum(ops.kl_k3(ro.logprobs, ro.ref_logprobs), ro.response_mask, dim=1)  # (B,)
+        non_score = ops.masked_sum(-kl_coef * ops.kl_k1(ro.logprobs, ro.ref_logprobs), ro.response_mask, dim=1) if \
             cfg.kl_estimator == "k1" else -kl_coef * seq_kl3
         kl_ctl.update(seq_kl.mean().item(), cfg.batch_size)
         row = {"iteration": it + 1, "kl_coef": kl_coef, "lr": lr,
                "objective/kl": seq_kl.mean().item(), "objective/kl_k3": seq_kl3.mean().item(),
-               "objective/entropy": entropy.item(), "objective/scores": scores.mean().item(),
+               "objective/entropy": entropy.item(), "objective/scores": ro.scores.mean().item(),
                "objective/non_score_reward": non_score.mean().item(),
-               "objective/rlhf_reward": (scores + non_score).mean().item(),
-               "value/explained_variance": explained_variance(values, returns, mask).item(),
-               "response/length": mask.sum(1).mean().item(),
+               "objective/rlhf_reward": (ro.scores + non_score).mean().item(),
+               "value/explained_variance": explained_variance(ro.values, ro.returns, ro.response_mask).item(),
+               "response/length": ro.response_mask.sum(1).mean().item(),
                "response/eos_rate": ended.float().mean().item(),
                "policy/ratio_max": torch.stack(stats.pop("policy/ratio_max")).max().item(),
                **{k: torch.stack(v).mean().item() for k, v in stats.items()},

@@ -167,15 +167,16 @@ def group_advantages(rewards, group_size: int, scale: bool = True, eps: float = 
 class Rollout:
     """The tensors one PPO batch carries (B episodes, P prompt tokens, N response tokens).
 
-    Filled in algorithm order: generation fills the ids and masks, scoring the log-probs, values and
-    scores, `shape_rewards` the rewards, `compute_gae` the advantages and returns. Prompts are left-padded
-    (so every response starts at column P); responses are right-padded after `<|end|>`.
+    Filled in algorithm order (the PPO stage makes one per iteration): generation gives the ids and masks,
+    scoring the log-probs, values and scores, `shape_rewards` the rewards, `compute_gae` the advantages and
+    returns; each optimiser step then takes a `minibatch` of episodes. Prompts are left-padded (so every
+    response starts at column P); responses are right-padded after `<|end|>`.
     """
 
     query: torch.Tensor  # (B, P) prompt token ids, left-padded
     query_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
     response: torch.Tensor  # (B, N) sampled response token ids, right-padded after <|end|>
-    response_mask: torch.Tensor  # (B, N) 1 on real response tokens (including <|end|>)
+    response_mask: torch.Tensor  # (B, N) 1.0 on real response tokens (including <|end|>), 0.0 on pads
     logprobs: torch.Tensor  # (B, N) log pi_old(y_t) at sampling time (the PPO ratio's denominator)
     ref_logprobs: torch.Tensor  # (B, N) log pi_ref(y_t) under the frozen reference (SFT) policy
     values: torch.Tensor  # (B, N) V_old(s_t) from the value head at sampling time
@@ -183,6 +184,16 @@ class Rollout:
     rewards: torch.Tensor | None = None  # (B, N) shaped per-token rewards (shape_rewards)
     advantages: torch.Tensor | None = None  # (B, N) GAE advantages (compute_gae), maybe whitened
     returns: torch.Tensor | None = None  # (B, N) value targets = advantages + values (compute_gae)
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """Prompt and response side by side, (B, P + N): what the policy and value model read."""
+        return torch.cat([self.query, self.response], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(B, P + N) 1 on every real token of prompt and response, in the prompt mask's dtype."""
+        return torch.cat([self.query_mask, self.response_mask.to(self.query_mask.dtype)], dim=1)
 
     def minibatch(self, idx) -> "Rollout":
         """The same record restricted to the episodes `idx` (a (b,) index tensor, list or slice)."""
