@@ -415,16 +415,19 @@ def train_ppo(policy, ref, value_model, score_fn, prompts: list[list[int]], tok,
 def run(cfg: PPOConfig) -> dict:
     """`minirlhf ppo`: PPO from the SFT model against the reward model or (--reward=gold) the gold judge.
 
-    Reads the initial policy, also the frozen reference (--init, default out/<preset>/sft/model.pt), the reward model
-    (--reward_model, default out/<preset>/reward/model.pt; loaded with --reward=gold too, for the evaluation's proxy
-    column), the value model's init (--value_init, default the reward model; none with --value_model=shared), the
-    prompts (--prompts, default the world's rl_prompts.jsonl; those that leave fewer than 8 tokens of the context are
-    left out, counted in the summary's `prompts_left_out`, an error if none is left) and, with --ptx_coef > 0, out/<preset>/pretrain/train.bin. Writes under out/<preset>/ppo/ (ppo_gold with
-    the gold judge, or --run_name) tokenizer.json, config.json, metrics.jsonl, samples.jsonl, eval_samples.jsonl (a few
-    held-out samples of every evaluation), ckpt.pt, model.pt and summary.json, and returns the summary (the prompts
-    used and left out, the last evaluation, speeds, the final KL coefficient, `seconds`); on every rank under torchrun. A finished run with the same
-    config and inputs is reused (not with --force or --resume); --stop_after before the end returns {"stage",
-    "iterations", "interrupted": True} without model.pt or summary. ValueError for a bad --reward or --value_model.
+    Reads the initial policy, also the frozen reference (--init, default out/<preset>/sft/model.pt), the reward
+    model (--reward_model, default out/<preset>/reward/model.pt; loaded with --reward=gold too, for the evaluation's
+    proxy column), the value model's init (--value_init, default the reward model; none with --value_model=shared),
+    the prompts (--prompts, default the world's rl_prompts.jsonl; those that leave fewer than 8 tokens of the
+    context are left out, counted in the summary's `prompts_left_out`, an error if none is left) and, with
+    --ptx_coef > 0, out/<preset>/pretrain/train.bin. Writes under out/<preset>/ppo/ (ppo_gold with the gold judge,
+    or --run_name) tokenizer.json, config.json, metrics.jsonl, samples.jsonl, eval_samples.jsonl (a few held-out
+    samples of every evaluation), ckpt.pt, model.pt and summary.json, and returns the summary (the prompts used and
+    left out, the last evaluation, speeds, `final_kl_coef` = the KL coefficient the last iteration shaped its
+    rewards with, as in its metrics row: the controller's update after it would serve only a next iteration,
+    `seconds`); on every rank under torchrun. A finished run with the same config and inputs is reused (not with
+    --force or --resume); --stop_after before the end returns {"stage", "iterations", "interrupted": True} without
+    model.pt or summary. ValueError for a bad --reward or --value_model.
     """
     from minirlhf.evaluate import judge_inputs, load_judge
     from minirlhf.world import judge

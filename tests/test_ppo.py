@@ -314,6 +314,8 @@ def test_prompts_too_long_for_the_context_are_left_out_and_counted(base, tmp_pat
                 iterations=1, batch_size=4, minibatch_size=4, max_new_tokens=8, progress=False)
     summary = run(make_config(PPOConfig, overrides=over))
     assert summary["prompts"] == 6 and summary["prompts_left_out"] == 1
+    rows = [json.loads(line) for line in open(tmp_path / "out" / "micro" / "ppo" / "metrics.jsonl")]
+    assert summary["final_kl_coef"] == rows[-1]["kl_coef"] == 0.2  # what the last iteration shaped with
     assert "left out 1 of 7 prompts too long for the context" in capsys.readouterr().out
     path.write_text(json.dumps({"prompt": long_prompt}) + "\n")
     with pytest.raises(ValueError, match="prompts.jsonl: every prompt leaves fewer than 8 tokens"):
