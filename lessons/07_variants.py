@@ -25,8 +25,8 @@ as the KL reference), so the rows are comparable. The losses (summed log-probs u
          (Meng et al. 2024, eq. 6)
   ORPO   SFT loss + lambda * -log sigmoid(log odds ratio), MEAN log-probs, no reference (Hong et al.
          2024, eqs. 6-7). ORPO folds SFT into preference training, so by design it starts from the BASE
-         (pretrained) model, not from SFT -- its KL to SFT measures how far it lands from the SFT model,
-         not a drift away from it
+         (pretrained) model, not from SFT, its chat tokens initialised as SFT initialises them -- its KL
+         to SFT measures how far it lands from the SFT model, not a drift away from it
   GRPO   online RL: sample G responses per prompt, score them with the reward model, advantage =
          reward minus the group mean, over the group std; clipped ratio + beta * k3 (Shao et al. 2024,
          eqs. 3-4)
@@ -46,7 +46,9 @@ What you should see
   1. A table: held-out gold, KL to SFT, length, time and peak memory per variant, under an SFT row.
      Each variant should beat SFT (gold above the SFT row); any that does not is marked "below SFT",
      and the lesson prints why. On tiny all land below it (measured, SFT 0.225: DPO 0.175, cDPO 0.211, IPO
-     0.224 -- the SFT level within the noise --, KTO -0.369, ORPO -0.739, SimPO 0.029, GRPO 0.076): the
+     0.224 -- the SFT level within the noise --, KTO -0.369, ORPO -0.247, SimPO 0.029, GRPO 0.076; ORPO's
+     row re-measured alone once its chat tokens started from the forum's markers as SFT's do: before,
+     -0.758 at KL 109, it almost never ended its turn, EOS rate 0.02 against 0.91 now): the
      reward model fitted to the same pairs ranks the SFT model's own samples at chance (lesson 03, step
      5), so the data carries style and the annotators' bias, not which of the policy's answers is right.
      With the reference precomputed, DPO, cDPO, IPO and KTO hold one model while training, like the

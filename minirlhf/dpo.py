@@ -69,7 +69,8 @@ from minirlhf.config import DPOConfig, fill_from_preset, stage_dir
 from minirlhf.data import DataError, read_kto, read_preferences_with_report
 from minirlhf.ops import logprobs_from_logits, masked_sum
 from minirlhf.reward import load_pairs, row_where
-from minirlhf.sft import batch_indices, eval_headline, stage_file, tokenizer_of, world_eval, world_file
+from minirlhf.sft import (batch_indices, eval_headline, init_chat_embeddings, stage_file, tokenizer_of, world_eval,
+                          world_file)
 from minirlhf.train_loop import micro_batch_size, train_loop
 
 STAGE = "dpo"
@@ -244,7 +245,8 @@ def preference_loss(name: str, cfg, pc, pr, nc, nr, ref_c=None, ref_r=None):
 def run(cfg: DPOConfig) -> dict:
     """`minirlhf dpo`: train a policy on preference data with `--loss` (dpo, cdpo, ipo, kto, simpo or orpo).
 
-    Reads the initial policy (--init, default out/<preset>/sft/model.pt; pretrain/model.pt for ORPO), the reference
+    Reads the initial policy (--init, default out/<preset>/sft/model.pt; pretrain/model.pt for ORPO, whose chat
+    tokens then start as SFT starts them: `sft.init_chat_embeddings`), the reference
     (--reference, default the SFT model), the pairs (--prefs, default out/<preset>/pairs/prefs.jsonl), the validation
     pairs (--eval_prefs, default the world's prefs_eval.jsonl) and, for KTO, --kto_data if given. Writes under
     out/<preset>/dpo/ (dpo_<loss> for another loss, or --run_name) tokenizer.json, config.json, the cached reference
@@ -315,7 +317,9 @@ def run(cfg: DPOConfig) -> dict:
         else:
             ref_model, _ = ck.load_model(ref_path, device)
             ref_model.eval().requires_grad_(False)
-    model, _ = ck.load_model(init, device)  # loaded after the reference is gone: one model in memory at a time
+    model, init_ckpt = ck.load_model(init, device)  # loaded after the reference is gone: one model in memory at a time
+    if init_ckpt.get("stage") == "pretrain":  # ORPO from the base model: its chat tokens start as SFT starts them
+        init_chat_embeddings(model, tok)
     ddp_model = dist.data_parallel(model)  # the model itself in one process; batch_loss runs through it
     dist.print0(f"[{cfg.loss}] {len(train)} {'examples' if cfg.loss == 'kto' else 'pairs'} ({len(val)} held out), "
           f"init {init}, reference "

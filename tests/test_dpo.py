@@ -53,6 +53,27 @@ def test_every_paired_loss_runs(sft_done, tmp_path, loss):
     assert summary["loss"] == loss and math.isfinite(summary["val_loss"])
 
 
+def test_orpo_from_the_base_model_starts_its_chat_tokens_as_sft_does(sft_done, tmp_path):
+    """ORPO folds SFT in, so from a pretrained model its chat tokens start from the forum's markers (the mean
+    embedding of "Q:", "\\nA:", "\\n"), as SFT's do, not from rows pretraining never trained; a run from SFT keeps
+    them as they are."""
+    from minirlhf.checkpoint import load_model
+
+    base_wte = load_model(sft_done["init"])[0].transformer.wte.weight.detach()  # (V, C)
+    tok = sft_done["tok"]
+    dpo.run(dpo_cfg(sft_done, tmp_path, loss="orpo", init=sft_done["init"], lr=1e-9, run_name="orpo_init"))
+    wte = load_model(os.path.join(sft_done["out"], "micro", "orpo_init", "model.pt"))[0].transformer.wte.weight
+    for token_id, text in ((tok.user_id, "Q:"), (tok.assistant_id, "\nA:"), (tok.end_id, "\n")):
+        by_hand = base_wte[tok.encode(text)].mean(0)  # (C,)
+        assert (wte[token_id] - by_hand).abs().max().item() < 1e-6, text
+        assert (base_wte[token_id] - by_hand).abs().max().item() > 1e-3, text  # a real change
+    sft_model = os.path.join(sft_done["out"], "micro", "sft", "model.pt")
+    dpo.run(dpo_cfg(sft_done, tmp_path, loss="orpo", init=sft_model, lr=1e-9, run_name="orpo_sft"))
+    wte = load_model(os.path.join(sft_done["out"], "micro", "orpo_sft", "model.pt"))[0].transformer.wte.weight
+    sft_wte = load_model(sft_model)[0].transformer.wte.weight
+    assert (wte[tok.end_id] - sft_wte[tok.end_id]).abs().max().item() < 1e-6
+
+
 def test_sequence_logps_sum_exactly_the_assistant_tokens(base):
     from minirlhf.checkpoint import load_model
 
