@@ -318,7 +318,7 @@ def run(cfg: DPOConfig) -> dict:
             ref_model, _ = ck.load_model(ref_path, device)
             ref_model.eval().requires_grad_(False)
     model, init_ckpt = ck.load_model(init, device)  # loaded after the reference is gone: one model in memory at a time
-    if init_ckpt.get("stage") == "pretrain":  # ORPO from the base model: its chat tokens start as SFT starts them
+    if cfg.loss == "orpo" and init_ckpt.get("stage") == "pretrain":  # ORPO folds SFT in: chat tokens start as in SFT
         init_chat_embeddings(model, tok)
     ddp_model = dist.data_parallel(model)  # the model itself in one process; batch_loss runs through it
     dist.print0(f"[{cfg.loss}] {len(train)} {'examples' if cfg.loss == 'kto' else 'pairs'} ({len(val)} held out), "
