@@ -169,14 +169,17 @@ def test_collective_error_hint_only_for_a_failed_collective_in_a_distributed_run
 
 
 def test_timeout_is_a_positive_number_of_seconds(monkeypatch):
-    """Unset or empty: 1800 s; '0', a negative number and 'nan' are ValueErrors naming the variable."""
+    """Unset or empty: 1800 s; '0', a negative number, 'nan', 'inf' and more than 1e9 s are ValueErrors naming the
+    variable ('inf' used to reach datetime.timedelta in init() as a bare OverflowError traceback); 1e9 s works."""
     monkeypatch.delenv(dist.TIMEOUT_ENV, raising=False)
     assert dist.timeout_seconds() == 1800.0
     monkeypatch.setenv(dist.TIMEOUT_ENV, "")
     assert dist.timeout_seconds() == 1800.0
     monkeypatch.setenv(dist.TIMEOUT_ENV, "2.5")
     assert dist.timeout_seconds() == 2.5
-    for raw in ("0", "-3", "nan"):
+    monkeypatch.setenv(dist.TIMEOUT_ENV, "1e9")
+    assert dist.datetime.timedelta(seconds=dist.timeout_seconds()).days == 11574
+    for raw in ("0", "-3", "nan", "inf", "1e300", "2e9"):
         monkeypatch.setenv(dist.TIMEOUT_ENV, raw)
         with pytest.raises(ValueError, match=f"MINIRLHF_DIST_TIMEOUT='{raw}': expected a positive number of seconds"):
             dist.timeout_seconds()
