@@ -123,7 +123,8 @@ def print0(*args, **kwargs) -> None:
 def timeout_seconds() -> float:
     """Seconds a collective may wait before it fails: MINIRLHF_DIST_TIMEOUT, or 1800 when it is unset or empty.
 
-    A ValueError naming the variable when it is not a positive number.
+    A ValueError naming the variable when it is not a positive number of at most 1e9 (about 31 years; 'inf'
+    would otherwise reach datetime.timedelta as an OverflowError).
     """
     raw = os.environ.get(TIMEOUT_ENV, "")
     if not raw:
@@ -132,8 +133,8 @@ def timeout_seconds() -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    if not 0 < value <= 1e9:
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: expected a positive number of seconds (at most 1e9)")
     return value
 
 

@@ -131,3 +131,55 @@ def test_load_checkpoint_refuses_arbitrary_objects(tmp_path):
     torch.save({"model": {}, "when": datetime.date(2020, 1, 1)}, path)
     with pytest.raises(RuntimeError, match=r"evil.pt is not a checkpoint written by minirlhf"):  # weights only
         ck.load_checkpoint(path)
+
+
+def test_model_files_load_where_asked_and_only_as_their_kind(tmp_path):
+    """model_payload unwraps DDP (.module) and torch.compile (._orig_mod) wrappers; load_model / load_checkpoint
+    honour the device / map_location; a policy passed as a reward model is refused by name."""
+    from minirlhf.model import ScalarModel
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, attr, inner):
+            super().__init__()
+            setattr(self, attr, inner)
+
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=11))
+    path = str(tmp_path / "m.pt")
+    ck.save_checkpoint(path, ck.model_payload(Wrapper("module", Wrapper("_orig_mod", model)), "sft"))
+    state = ck.load_checkpoint(path, map_location="meta")
+    assert state["model"].keys() == model.state_dict().keys() and state["model_config"]["n_embd"] == 8
+    assert all(t.device.type == "meta" for t in state["model"].values())
+    loaded, _ = ck.load_model(path, device="meta")
+    assert all(p.device.type == "meta" for p in loaded.parameters())
+    with pytest.raises(RuntimeError, match=r"m.pt is not a reward/value model checkpoint \(it has no scalar head\)"):
+        ck.load_scalar_model(path)
+    rm = str(tmp_path / "rm.pt")
+    ck.save_checkpoint(rm, ck.model_payload(ScalarModel(model), "reward"))
+    assert isinstance(ck.load_scalar_model(rm)[0], ScalarModel)
+
+
+def test_rng_state_round_trip_and_cuda_state_per_device(monkeypatch):
+    """set_rng_state(rng_state()) replays torch's and Python's draws (a pending gauss value included); a CUDA
+    state is set only where CUDA is available, and a list of per-GPU states gives this device its own entry
+    (the last one where there are fewer)."""
+    import random
+
+    random.gauss(0, 1)  # leaves the second normal of the pair pending in the state
+    state = ck.rng_state()
+    first = (torch.rand(3), random.random(), random.gauss(0, 1))
+    ck.set_rng_state(state)
+    second = (torch.rand(3), random.random(), random.gauss(0, 1))
+    assert torch.equal(first[0], second[0]) and first[1:] == second[1:]
+
+    set_cuda = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_cuda.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ck.set_rng_state({**state, "cuda": "gpu0"})
+    assert set_cuda == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for device, expected in [(0, "gpu0"), (1, "gpu1"), (3, "gpu1")]:
+        monkeypatch.setattr(torch.cuda, "current_device", lambda d=device: d)
+        ck.set_rng_state({**state, "cuda": ["gpu0", "gpu1"]})
+        assert set_cuda[-1] == expected, device
+    ck.set_rng_state({**state, "cuda": "one"})
+    assert set_cuda[-1] == "one"
