@@ -165,6 +165,42 @@ def test_added_tokens_are_special_only_where_a_file_marks_them(tmp_path):
         (folder / name).unlink()
 
 
+@pytest.mark.parametrize("name, text, message", [
+    ("tokenizer_config.json", "{not json", r"tokenizer_config.json: not a valid JSON file"),
+    ("special_tokens_map.json", "[1, 2]", r"special_tokens_map.json: expected one JSON object, got list"),
+    ("added_tokens.json", '{"<sep>": "260"}', r"added_tokens.json: \['<sep>'\] = '260'; an id must be an int >= 0"),
+    ("tokenizer_config.json", '{"added_tokens_decoder": {"260": {"special": true}}}',
+     r"tokenizer_config.json: added_tokens_decoder\['260'\] = \{'special': True\}; expected an id >= 0 mapped to an "
+     r"object with a string 'content'"),
+    ("tokenizer_config.json", '{"added_tokens_decoder": {"x": {"content": "<sep>", "special": true}}}',
+     r"added_tokens_decoder\['x'\] = .*expected an id >= 0"),
+    ("tokenizer_config.json", '{"added_tokens_decoder": ["<sep>"]}',
+     r"key 'added_tokens_decoder' must be an object mapping ids to tokens, got list"),
+])
+def test_malformed_tokenizer_side_files_are_one_line_errors(tmp_path, name, text, message):
+    """Bad JSON, or an entry of the wrong shape, in the files beside vocab.json is a ValueError naming the file and
+    the entry, not a bare JSONDecodeError / KeyError / AttributeError from inside the reader."""
+    folder = write_merges(tmp_path / "tok", MERGES)
+    (folder / name).write_text(text, encoding="utf-8")
+    if name == "special_tokens_map.json":  # read only to decide whether a legacy added token is special
+        (folder / "added_tokens.json").write_text(json.dumps({"<sep>": V}), encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        hf.load_hf_tokenizer(str(folder))
+
+
+def test_malformed_config_and_shard_index_are_one_line_errors(tmp_path):
+    """A config.json that is not one object, and a sharded index without a weight_map, are errors naming the file."""
+    folder, _ = folder_with(tmp_path, "m")
+    (folder / "config.json").write_text("[]", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"config.json: expected one JSON object, got list"):
+        hf.read_hf_config(str(folder))
+    index = tmp_path / "sharded"
+    index.mkdir()
+    (index / "model.safetensors.index.json").write_text('{"metadata": {}}', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"model.safetensors.index.json: key 'weight_map' missing or not an object"):
+        hf.read_hf_weights(str(index))
+
+
 def tokenizer_json(added=(), **pre):
     """A GPT-2-style tokenizer.json over the 260-id vocabulary (tokenizers' own format), `added` extra tokens."""
     u = bytes_to_unicode()
