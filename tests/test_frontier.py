@@ -40,6 +40,7 @@ def test_bad_sweep_is_a_clear_error():
     # every knob's range too, before the first run, under the sweep's own name
     for methods, sweep, value, rule in (("bon", "bon_ns", "1,2.5", "a whole number >= 1"),
                                         ("bon", "bon_ns", "0", "a whole number >= 1"),
+                                        ("bon", "bon_ns", "1,inf", "a whole number >= 1"),  # not an OverflowError
                                         ("bon,ppo", "ppo_kl_coefs", "0.1,-0.1", ">= 0"),
                                         ("bon,dpo", "dpo_betas", "-1", "> 0"),
                                         ("bon,grpo", "grpo_betas", "-0.5", ">= 0")):
