@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -499,7 +500,7 @@ def check_ranges(cfg) -> None:
     --seed in [0, SEED_MAX], --device auto / cpu / cuda / cuda:N, --dtype auto / float32 / bfloat16,
     --kl_estimator k1 or k3, a --prompt that is UTF-8 text. A temperature is > 0 in the stages that sample to
     learn or to choose (pairs, reward calibration, PPO, GRPO, best-of-n) and >= 0 in `sample` and `eval`,
-    where 0 is greedy decoding. NaN is outside every range.
+    where 0 is greedy decoding. NaN and infinity are outside every range.
     Checked by `fill_from_preset`, after the preset has replaced its "from preset" defaults, and by `make_config`
     for a config without a preset."""
     names = {f.name for f in fields(cfg)}
@@ -511,6 +512,8 @@ def check_ranges(cfg) -> None:
         name, value = f.name, getattr(cfg, f.name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
+        if not math.isfinite(value):  # --lr=inf trained until the loss was NaN; --kl_coef=inf made every reward -inf
+            bad(name, "a finite number")
         greedy = name == "temperature" and isinstance(cfg, (SampleConfig, EvalConfig))  # 0 = greedy decoding
         if name in _AT_LEAST_ONE and not value >= 1:
             bad(name, ">= 1")

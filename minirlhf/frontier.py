@@ -37,6 +37,7 @@ better with more steps is not tuned per point); KL is measured on the policy's o
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -129,9 +130,9 @@ def run(cfg: FrontierConfig) -> dict:
     sweeps = {m: parse_floats(getattr(cfg, knob[m]), knob[m]) for m in methods}
     for m, values in sweeps.items():
         ok, rule = KNOB_RANGES[m]
-        bad = [v for v in values if not ok(v)]
+        bad = [v for v in values if not (math.isfinite(v) and ok(v))]
         if bad:
-            raise ValueError(f"--{knob[m]}={getattr(cfg, knob[m])!r}: each must be {rule} "
+            raise ValueError(f"--{knob[m]}={getattr(cfg, knob[m])!r}: each must be a finite number, {rule} "
                              f"({', '.join(f'{v:g}' for v in bad)} is not)")
     out = stage_dir(cfg, "frontier")
     sft_path = stage_file(cfg, "sft", "model.pt")

@@ -75,7 +75,7 @@ def test_zero_is_kept_where_it_is_a_setting():
     ("--max_new_tokens=-1", "--max_new_tokens=-1: must be >= 1"),
     ("--num_samples=0", "--num_samples=0: must be >= 1"),  # not "no prompts to generate from"
     ("--temperature=-1", "--temperature=-1.0: must be >= 0"),  # not greedy in silence
-    ("--temperature=nan", "--temperature=nan: must be >= 0"),  # not torch's "probability tensor contains nan"
+    ("--temperature=nan", "--temperature=nan: must be a finite number"),  # not torch's "probability tensor contains nan"
     ("--device=foo", "--device='foo': expected auto, cpu, cuda or cuda:N (e.g. cuda:1)"),  # not torch's device list
     ("--seed=99999999999999999999", "--seed=99999999999999999999: must be in [0, 4294967295]"),  # not "Overflow"
     ("--seed=-1", "--seed=-1: must be in [0, 4294967295]"),
@@ -140,9 +140,12 @@ def test_other_ranks_leave_a_command_that_is_not_data_parallel_without_a_collect
     (["pretrain", "--dtype=fp8"], "--dtype='fp8': expected auto, float32 or bfloat16"),
     (["ppo", "--kl_estimator=k2"], "--kl_estimator='k2': expected k1 or k3"),
     (["sft", "--embedding_lr_scale=-1"], "--embedding_lr_scale=-1.0: must be >= 0"),
-    (["sft", "--embedding_lr_scale=nan"], "--embedding_lr_scale=nan: must be >= 0"),
+    (["sft", "--embedding_lr_scale=nan"], "--embedding_lr_scale=nan: must be a finite number"),
     (["ppo", "--cliprange=0"], "--cliprange=0.0: must be > 0"),
-    (["ppo", "--cliprange=nan"], "--cliprange=nan: must be > 0"),
+    (["ppo", "--cliprange=nan"], "--cliprange=nan: must be a finite number"),
+    (["ppo", "--kl_coef=inf"], "--kl_coef=inf: must be a finite number"),  # every reward -inf
+    (["pretrain", "--lr=inf"], "--lr=inf: must be a finite number"),  # trained until the loss was NaN
+    (["grpo", "--beta=-inf"], "--beta=-inf: must be a finite number"),
     (["ppo", "--kl_coef=-0.1"], "--kl_coef=-0.1: must be >= 0"),
     (["ppo", "--kl_target=0"], "--kl_target=0.0: must be > 0"),
     (["ppo", "--ptx_coef=-1"], "--ptx_coef=-1.0: must be >= 0"),  # PPO's -1 is not "from preset" (SFT's is)
@@ -153,7 +156,7 @@ def test_other_ranks_leave_a_command_that_is_not_data_parallel_without_a_collect
     (["pairs", "--temperature=-0.5"], "--temperature=-0.5: must be > 0"),
     (["reward", "--temperature=0"], "--temperature=0.0: must be > 0"),
     (["eval", "--temperature=-1"], "--temperature=-1.0: must be >= 0"),
-    (["eval", "--temperature=nan"], "--temperature=nan: must be >= 0"),
+    (["eval", "--temperature=nan"], "--temperature=nan: must be a finite number"),
     (["grpo", "--epsilon=1"], "--epsilon=1.0: must be in (0, 1)"),
     (["pairs", "--samples_per_prompt=1"], "--samples_per_prompt=1: must be >= 2"),
     (["pairs", "--samples_per_prompt=0"], "--samples_per_prompt=0: must be >= 2"),

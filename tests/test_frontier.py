@@ -33,7 +33,7 @@ def test_bad_sweep_is_a_clear_error():
         parse_floats("0.1,x", "dpo_betas")
     from minirlhf.config import FrontierConfig
     from minirlhf.frontier import run
-    with pytest.raises(ValueError, match="--temperatures='0.7,0': each must be > 0"):
+    with pytest.raises(ValueError, match="--temperatures='0.7,0': each must be a finite number, > 0"):
         run(FrontierConfig(preset="micro", out_dir="/nonexistent", methods="temp", temperatures="0.7,0"))
     with pytest.raises(ValueError, match="--grpo_betas='x'"):  # the last sweep, caught before the first runs
         run(FrontierConfig(preset="micro", out_dir="/nonexistent", methods="bon,ppo,grpo", grpo_betas="x"))
@@ -43,8 +43,10 @@ def test_bad_sweep_is_a_clear_error():
                                         ("bon", "bon_ns", "1,inf", "a whole number >= 1"),  # not an OverflowError
                                         ("bon,ppo", "ppo_kl_coefs", "0.1,-0.1", ">= 0"),
                                         ("bon,dpo", "dpo_betas", "-1", "> 0"),
-                                        ("bon,grpo", "grpo_betas", "-0.5", ">= 0")):
-        with pytest.raises(ValueError, match=rf"^--{sweep}='{value}': each must be {rule} "):
+                                        ("bon,grpo", "grpo_betas", "-0.5", ">= 0"),
+                                        ("bon,ppo", "ppo_kl_coefs", "0.1,inf", ">= 0"),  # the stage refuses inf
+                                        ("bon,grpo", "grpo_betas", "nan", ">= 0")):
+        with pytest.raises(ValueError, match=rf"^--{sweep}='{value}': each must be a finite number, {rule} "):
             run(FrontierConfig(preset="micro", out_dir="/nonexistent", methods=methods, **{sweep: value}))
     with pytest.raises(ValueError, match="--methods='': expected some of"):
         run(FrontierConfig(preset="micro", out_dir="/nonexistent", methods=""))

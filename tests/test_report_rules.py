@@ -190,7 +190,7 @@ def test_frontier_knob_ranges_at_their_edges(tmp_path):
     from minirlhf.config import FrontierConfig
     from minirlhf.frontier import parse_floats, run
 
-    with pytest.raises(ValueError, match=r"^--dpo_betas='0': each must be > 0 \(0 is not\)$"):
+    with pytest.raises(ValueError, match=r"^--dpo_betas='0': each must be a finite number, > 0 \(0 is not\)$"):
         run(FrontierConfig(preset="micro", out_dir=str(tmp_path), methods="dpo", dpo_betas="0"))
     for methods, sweep in (("ppo", "ppo_kl_coefs"), ("grpo", "grpo_betas")):
         with pytest.raises(FileNotFoundError, match="sft/model.pt does not exist"):
