@@ -178,7 +178,7 @@ def run(cfg: BestOfNConfig) -> dict:
     out = stage_dir(cfg, STAGE)
     key = config_key(cfg, {"init": file_digest(init), "rm": file_digest(rm_path), "prompts": file_digest(prompts_path),
                            **judge_inputs(cfg)})
-    if (summary := reusable(out, key, cfg.force, artifact="summary.json")) is not None:
+    if (summary := reusable(out, key, cfg.force, artifacts=("summary.json",))) is not None:
         print(f"[best-of-n] reusing {out}/summary.json (same config and inputs; --force to resample)")
         return summary
     device = resolve_device(cfg.device)

@@ -210,9 +210,11 @@ def check_resume(ckpt_path: str, recorded: dict | None, cfg, inputs: dict[str, s
                          "run without --resume to start over")
 
 
-def reusable(stage_dir: str, key: str, force: bool, artifact: str = "model.pt", resume: bool = False) -> dict | None:
+def reusable(stage_dir: str, key: str, force: bool, artifacts: tuple[str, ...] = ("model.pt", "metrics.jsonl"),
+             resume: bool = False) -> dict | None:
     """The stage's summary if its artifacts were made from the same key (and not --force or --resume, and the
-    run was not cut short by --max_minutes), else None: the caller is about to (re)build the stage.
+    run was not cut short by --max_minutes), else None: the caller is about to (re)build the stage. Every file in
+    `artifacts` must still be there (a training stage's model and the metrics its plots are drawn from).
 
     Nothing is removed here: the stage first reads and checks every input, and only then calls
     `begin_writing`, which removes the old summary. A run refused for bad data or a bad option leaves the
@@ -221,7 +223,7 @@ def reusable(stage_dir: str, key: str, force: bool, artifact: str = "model.pt", 
         return None
     path = os.path.join(stage_dir, "summary.json")
     summary = None
-    if not force and os.path.exists(path) and os.path.exists(os.path.join(stage_dir, artifact)):
+    if not force and os.path.exists(path) and all(os.path.exists(os.path.join(stage_dir, a)) for a in artifacts):
         with contextlib.suppress(FileNotFoundError):  # rank 0 may be removing it (`begin_writing`)
             summary = read_json(path)
     if summary is not None and summary.get("key") == key and not summary.get("stopped_early"):

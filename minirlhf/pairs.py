@@ -221,7 +221,7 @@ def run(cfg: PairsConfig) -> dict:
     key = config_key(cfg, {**{n: file_digest(p) for n, p in
                               (("init", init), ("prompts", prompts_path), ("templated", templated_path))},
                            **judge_inputs(cfg)})  # the annotators who label the pairs are the world's code
-    if (summary := reusable(out, key, cfg.force, artifact="prefs.jsonl")) is not None:
+    if (summary := reusable(out, key, cfg.force, artifacts=("prefs.jsonl",))) is not None:
         print(f"[pairs] reusing {out}/prefs.jsonl (same config and inputs; --force to rebuild)")
         return summary
 

@@ -351,7 +351,12 @@ def test_reusable_only_reads_and_begin_writing_removes_the_old_summary(tmp_path)
 
     (tmp_path / "model.pt").write_bytes(b"")
     write_json(str(tmp_path / "summary.json"), {"key": "a", "x": 1})
+    # a training stage without the metrics its plots are drawn from is not finished (the report would fail)
+    assert reusable(str(tmp_path), "a", force=False) is None
+    (tmp_path / "metrics.jsonl").write_text("")
     assert reusable(str(tmp_path), "a", force=False) == {"key": "a", "x": 1}
+    assert reusable(str(tmp_path), "a", force=False, artifacts=("summary.json",)) == {"key": "a", "x": 1}
+    assert reusable(str(tmp_path), "a", force=False, artifacts=("prefs.jsonl",)) is None
     assert reusable(str(tmp_path), "a", force=True) is None and reusable(str(tmp_path), "b", force=False) is None
     assert reusable(str(tmp_path), "a", force=False, resume=True) is None
     assert (tmp_path / "summary.json").exists()  # still there: nothing is removed by deciding
