@@ -163,18 +163,15 @@ def test_kto_first_step_is_half_and_precomputed_reference_matches(sft_done, tmp_
 
 
 def test_kto_weights_scale_the_first_step(sft_done, tmp_path):
-    """At step 0 every example's loss is lambda_y / 2, so the loss is the batch mean of lambda_y / 2."""
-    from minirlhf.data import read_preferences
-
-    c = dpo_cfg(sft_done, tmp_path, loss="kto", kto_desirable_weight=2.0, kto_undesirable_weight=1.0)
-    dpo.run(c)
-    row = first_row(sft_done["out"], "kto")
-    rows = dpo.kto_rows_from_pairs(read_preferences(sft_done["prefs"], on_identical="drop"))
-    labels = [r["label"] for r in rows]
-    first_batch = sft.batch_indices(len(rows), c.batch_size, 0, c.seed)
-    expected = sum(1.0 if labels[i] else 0.5 for i in first_batch) / len(first_batch)
-    assert 0 < sum(labels[i] for i in first_batch) < len(first_batch)  # both kinds in the batch
-    assert abs(row["loss"] - expected) < 1e-5, (row["loss"], expected)
+    """At step 0 every example's loss is lambda_y / 2, so the loss is the batch mean of lambda_y / 2: on a hand-written
+    file of 5 desirable and 3 undesirable examples, one batch of all 8, (5 * 2.0 / 2 + 3 * 1.0 / 2) / 8 = 0.8125."""
+    path = tmp_path / "kto.jsonl"
+    labels = [True, False, True, True, False, True, False, True]
+    path.write_text("".join(json.dumps({"prompt": f"Question {i}?", "completion": f"Answer {i}.", "label": y}) + "\n"
+                            for i, y in enumerate(labels)))
+    dpo.run(dpo_cfg(sft_done, tmp_path, loss="kto", kto_data=str(path), batch_size=8, kto_desirable_weight=2.0,
+                    kto_undesirable_weight=1.0))
+    assert abs(first_row(sft_done["out"], "kto")["loss"] - 0.8125) < 1e-5
 
 
 def test_kto_on_a_user_file_and_batch_of_one_is_refused(sft_done, tmp_path):
