@@ -58,6 +58,14 @@ def test_split_needs_two_documents_and_holds_out_at_least_one():
     assert (len(train), len(val)) == (9, 1)
 
 
+def test_a_large_validation_share_still_leaves_a_training_document():
+    """A val_fraction that rounds to every document (2 or 3 of them) keeps one for training (it used to keep none)."""
+    assert pretrain.split_documents(["first story", "second story"], 0.9, seed=0)[:2] in (
+        (["first story"], ["second story"]), (["second story"], ["first story"]))
+    train, val, _ = pretrain.split_documents(["a b", "c d", "e f"], 0.9, seed=0)
+    assert (len(train), len(val)) == (1, 2) and sorted(train + val) == ["a b", "c d", "e f"]
+
+
 def tokenizer_cfg(tmp_path, **kw):
     return PretrainConfig(preset="micro", out_dir=str(tmp_path), **kw)
 
