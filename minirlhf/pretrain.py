@@ -62,13 +62,13 @@ def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[li
     """A seeded split of whole documents into train and validation. A validation document whose exact text
     is also a training document is left out of validation (the corpus repeats some documents word for word;
     about 15 % of tiny's validation documents were such copies, and text the model trained on is not
-    held-out text). The training documents are the seeded split's, whatever the duplicates.
+    held-out text). The training documents are the seeded split's, whatever the duplicates, and never none.
     Returns (train documents, validation documents, how many validation documents were left out)."""
     if len(docs) < 2:
         raise ValueError(f"the corpus has {len(docs)} document(s); pretraining needs at least 2 "
                          "(documents are separated by <|endoftext|> in .txt, one per line in .jsonl)")
     order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, int(round(val_fraction * len(docs))))
+    n_val = min(len(docs) - 1, max(1, int(round(val_fraction * len(docs)))))  # a document on each side
     val = sorted(order[:n_val])
     train = sorted(order[n_val:])
     train_docs = [docs[i] for i in train]
