@@ -50,8 +50,9 @@ LABELS = {"ppo": "PPO (kl_coef)", "dpo": "DPO (beta)", "grpo": "GRPO (beta)", "b
 
 
 # what each method's knob may be (the ranges its stage accepts)
-KNOB_RANGES = {"bon": (lambda n: n >= 1 and float(n).is_integer(), "a whole number >= 1"), "ppo": (lambda c: c >= 0, ">= 0"),
-               "dpo": (lambda b: b > 0, "> 0"), "grpo": (lambda b: b >= 0, ">= 0"), "temp": (lambda t: t > 0, "> 0")}
+KNOB_RANGES = {"bon": (lambda n: n >= 1 and float(n).is_integer(), "a whole number >= 1"),
+               "ppo": (lambda c: c >= 0, ">= 0"), "dpo": (lambda b: b > 0, "> 0"), "grpo": (lambda b: b >= 0, ">= 0"),
+               "temp": (lambda t: t > 0, "> 0")}
 
 
 def parse_floats(spec: str, name: str) -> list[float]:
