@@ -512,7 +512,7 @@ def check_ranges(cfg) -> None:
         name, value = f.name, getattr(cfg, f.name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        if not math.isfinite(value):  # --lr=inf trained until the loss was NaN; --kl_coef=inf made every reward -inf
+        if not math.isfinite(value):  # --lr=inf trains to a NaN loss; --kl_coef=inf gives inf or NaN rewards
             bad(name, "a finite number")
         greedy = name == "temperature" and isinstance(cfg, (SampleConfig, EvalConfig))  # 0 = greedy decoding
         if name in _AT_LEAST_ONE and not value >= 1:
