@@ -116,6 +116,26 @@ def _refuse_surrogates(text: str, where: str) -> None:
                          "pair), which has no UTF-8 encoding")
 
 
+# Characters of many kinds (ASCII, whitespace runs, accents, CJK, Arabic digits, emoji, a combining mark,
+# no-break and zero-width spaces, a special token's string) that any pre-tokenisation pattern must cover.
+_PATTERN_PROBE = ("".join(map(chr, range(32, 127))) + " \t\n\r\x0b\x0c  \n\n\t x\u00a0y\u200bz caf\u00e9 "
+                  "e\u0301 Stra\u00dfe \u4e2d\u6587 \u0661\u0662 \U0001f642!! 3.14 don't <|end|>\n")
+
+
+def _pattern_gap(pattern: str, text: str) -> str:
+    """Where ``pattern``'s pre-tokens leave ``text`` uncovered or match "": a phrase for an error, or ""."""
+    pos = 0
+    for m in _compile(pattern).finditer(text):
+        if m.start() > pos:
+            return f"covers no pre-token at text[{pos}:{m.start()}] = {text[pos:m.start()][:20]!r}"
+        if m.end() == m.start():
+            return f"matches the empty string at text[{pos}] (before {text[pos:pos + 10]!r})"
+        pos = m.end()
+    if pos < len(text):
+        return f"covers no pre-token at text[{pos}:] = {text[pos:][:20]!r}"
+    return ""
+
+
 def _count_pretokens(text: str, pattern: str) -> Counter[bytes]:
     """Frequency of every pre-token (as UTF-8 bytes); special-token strings act as hard boundaries."""
     pat = _compile(pattern)
@@ -274,8 +294,10 @@ class Tokenizer:
     ``mergeable_ranks`` maps token bytes to ids; the special tokens get the given ids (by default the
     ids right after the largest rank, in ``SPECIAL_TOKENS`` order). Together they must use every id
     0..n_vocab-1 exactly once (tiktoken cannot decode an id that no token has). ``mergeable_ranks`` must
-    hold all 256 single bytes and no empty token, and ``pattern`` must not match the empty string (tiktoken
-    would accept them and then panic at encode, or silently encode differently); anything else is refused.
+    hold all 256 single bytes and no empty token, and ``pattern`` must cover all text with non-empty pre-tokens
+    (tiktoken would accept them and then panic at encode, or silently encode differently, or drop the
+    uncovered characters); anything else is refused. A pattern is tried on a test text of many scripts
+    here, and ``encode`` checks again on each text that the ids hold all of its bytes.
     """
 
     def __init__(
@@ -321,10 +343,18 @@ class Tokenizer:
         self.enc = tiktoken.Encoding(
             name=name, pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=self.special_tokens
         )
-        # after tiktoken has checked the syntax: a pre-token that may be empty makes tiktoken panic at encode
+        # after tiktoken has checked the syntax: a pre-token that may be empty makes tiktoken panic at encode,
+        # and text that no pre-token covers is dropped without a word (encode checks both again on real text)
         if _compile(pattern).fullmatch("") is not None:
             raise ValueError(f"tokenizer {name!r}: the pre-tokenisation pattern {pattern!r} matches the empty "
                              "string; every pre-token must hold at least one character")
+        problem = _pattern_gap(pattern, _PATTERN_PROBE)
+        if problem:
+            raise ValueError(f"tokenizer {name!r}: the pre-tokenisation pattern {pattern!r} {problem} of a test "
+                             "text; its pre-tokens must cover every character, each with at least one")
+        self._token_bytes = [0] * self.enc.n_vocab  # id -> its length in UTF-8 bytes (encode's coverage check)
+        for token, i in mergeable_ranks.items():
+            self._token_bytes[i] = len(token)
         self.eot_id = self.special_tokens[ENDOFTEXT]
         self.user_id = self.special_tokens[USER]
         self.assistant_id = self.special_tokens[ASSISTANT]
@@ -352,7 +382,20 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TypeError(f"Tokenizer.encode: expected str, got {type(text).__name__}")
         _refuse_surrogates(text, "Tokenizer.encode")
-        return self.enc.encode_ordinary(text)
+        try:
+            ids = self.enc.encode_ordinary(text)
+        except BaseException as e:  # tiktoken's Rust panic derives from BaseException, not Exception
+            if type(e).__name__ != "PanicException":
+                raise
+            raise ValueError(f"Tokenizer.encode: tiktoken panicked on this text ({e}): the pre-tokenisation pattern "
+                             f"{self.pattern!r} of tokenizer {self.name!r} "
+                             f"{_pattern_gap(self.pattern, text) or 'may match the empty string here'}") from None
+        # tiktoken encodes only what the pattern matches: the ids must hold every byte of the text
+        if sum(map(self._token_bytes.__getitem__, ids)) != len(text.encode("utf-8")):
+            raise ValueError(f"Tokenizer.encode: the pre-tokenisation pattern {self.pattern!r} of tokenizer "
+                             f"{self.name!r} {_pattern_gap(self.pattern, text) or 'does not cover the text'}; "
+                             "tiktoken encodes only what the pattern matches, so those characters would be lost")
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         """ids -> text. Control tokens decode to their strings; invalid UTF-8 becomes U+FFFD."""

@@ -466,6 +466,36 @@ def test_load_refuses_what_tiktoken_would_panic_on_or_encode_differently(tmp_pat
         Tokenizer("t", GPT2_SPLIT_PATTERN, ranks)
 
 
+def test_a_pattern_must_cover_every_character_with_non_empty_pre_tokens(tmp_path):
+    """tiktoken encodes only the pattern's matches (the rest is silently lost) and panics on some empty
+    matches. A pattern is tried on a test text when the tokenizer is built, and each encode checks that
+    its ids hold every byte of the text."""
+    ranks = {bytes([b]): b for b in range(256)}
+    words = r"\w+"  # punctuation and spaces would vanish
+    with pytest.raises(ValueError, match=re.escape(f"pattern {words!r} covers no pre-token at text[0:16] = ' !\"#")):
+        Tokenizer("t", words, dict(ranks))
+    with pytest.raises(ValueError, match=r"matches the empty string at text\[1\] \(before '!\"#"):
+        Tokenizer("t", r"(?=!)|[^!]+|!", dict(ranks))  # "" only in front of "!"
+    path = sample_tok().save(tmp_path / "tokenizer.json")
+    payload = json.loads(path.read_text())
+    payload["pattern"] = no_spaces = r"\S+"
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="tokenizer.json: .*" + re.escape(f"pattern {no_spaces!r} covers no pre-token "
+                                                                         "at text[0:1] = ' '")):
+        Tokenizer.load(path)
+    # patterns that pass the test text but fail on other text: refused on that text, nothing returned
+    skips_zhe = Tokenizer("t", "[^\u0416]+", dict(ranks))  # covers everything but one Cyrillic letter
+    assert skips_zhe.encode("ab c") == list(b"ab c")
+    with pytest.raises(ValueError, match=r"covers no pre-token at text\[3:4\] = '\u0416'; tiktoken encodes only"):
+        skips_zhe.encode("ab \u0416 c")
+    empty_before_zhe = Tokenizer("t", "(?=\u0416)|\\S+|\\s+", dict(ranks))
+    assert empty_before_zhe.encode("a b") == list(b"a b")
+    with pytest.raises(ValueError, match=r"matches the empty string at text\[2\]"):
+        empty_before_zhe.encode("a \u0416b")  # tiktoken drops the letter
+    with pytest.raises(ValueError, match=r"tiktoken panicked .*matches the empty string at text\[0\]"):
+        empty_before_zhe.encode("\u0416\u0416b")  # tiktoken's Rust code panics (a BaseException)
+
+
 def test_hf_vocabulary_with_an_unused_id_is_refused_at_import(tmp_path):
     u = bytes_to_unicode()
     vocab = {u[b]: b for b in range(256)}
