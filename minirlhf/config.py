@@ -122,7 +122,8 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     max_steps: int = 0  # optimiser steps; 0 = from preset
     batch_size: int = 0  # sequences per optimiser step; 0 = from preset
-    grad_accum: int = 1  # micro-batches per optimiser step (each of batch_size / grad_accum sequences)
+    grad_accum: int = 1  # micro-batches per optimiser step (each of batch_size / grad_accum sequences; validation
+    #                      and DPO's reference passes run in batches of that size too, so it bounds their memory)
     lr: float = 0.0  # peak learning rate; 0 = from preset
     min_lr_ratio: float = 0.1  # the cosine schedule decays to lr * min_lr_ratio
     warmup_steps: int = 50  # linear warm-up steps

@@ -266,6 +266,7 @@ def run(cfg: DPOConfig) -> dict:
     if cfg.rpo_alpha < 0 or (cfg.rpo_alpha and cfg.loss not in ("dpo", "cdpo", "ipo")):
         raise ValueError(f"--rpo_alpha={cfg.rpo_alpha}: must be >= 0, and is used with --loss=dpo, cdpo or ipo only "
                          f"(got --loss={cfg.loss}; ORPO has its own NLL term)")
+    micro = micro_batch_size(cfg)  # checks that grad_accum divides batch_size; reference and validation passes use it
     smallest = min(r.stop - r.start for r in dist.rank_slices(cfg.batch_size, cfg.grad_accum))
     if cfg.loss == "kto" and smallest < 2:
         raise ValueError(f"--loss=kto needs at least 2 examples per micro-batch (batch_size / grad_accum"
@@ -309,10 +310,10 @@ def run(cfg: DPOConfig) -> dict:
             # the precision and the batch size are part of the key: bf16 and fp32 reference log-probs differ,
             # and so (in the last bits) do batches of different shapes
             data_key = hashlib.sha256(f"{sorted(inputs.items())}-{cfg.truncate}-{cfg.loss == 'kto'}-{cfg.seed}-"
-                                      f"{cfg.dtype}-{device.type}-{cfg.batch_size}".encode()).hexdigest()[:16]
-            ref_train = cached_reference_logps(out, f"train_{data_key}", ref_path, train, tok.pad_id, cfg.batch_size,
+                                      f"{cfg.dtype}-{device.type}-{micro}".encode()).hexdigest()[:16]
+            ref_train = cached_reference_logps(out, f"train_{data_key}", ref_path, train, tok.pad_id, micro,
                                                device, keys, cfg.dtype)
-            ref_val = cached_reference_logps(out, f"val_{data_key}", ref_path, val, tok.pad_id, cfg.batch_size,
+            ref_val = cached_reference_logps(out, f"val_{data_key}", ref_path, val, tok.pad_id, micro,
                                              device, keys, cfg.dtype)
         else:
             ref_model, _ = ck.load_model(ref_path, device)
@@ -383,7 +384,6 @@ def run(cfg: DPOConfig) -> dict:
     # 3. train
     torch.manual_seed(cfg.seed)
     optimizer = make_adamw(model.optimizer_groups(cfg.weight_decay), cfg.lr, (cfg.beta1, cfg.beta2), device)
-    micro_batch_size(cfg)  # checks that grad_accum divides batch_size
 
     def batch_loss(step, rows):  # a mean over pairs: each micro-batch weighs its share of the global batch's pairs
         idx = batch_indices(len(train), cfg.batch_size, step, cfg.seed)[rows]
@@ -393,8 +393,8 @@ def run(cfg: DPOConfig) -> dict:
     def evaluate():  # under the training autocast, as the precomputed reference log-probs were computed
         model.eval()
         totals: dict[str, list[float]] = {}  # name -> [sum of weight * value, sum of weight]
-        for i in range(0, len(val), cfg.batch_size):
-            idx = list(range(i, min(i + cfg.batch_size, len(val))))
+        for i in range(0, len(val), micro):
+            idx = list(range(i, min(i + micro, len(val))))
             with autocast(device, cfg.dtype):
                 loss, metrics = batch_terms(idx, val, ref_val, model)
             for k, v in {"val_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}}.items():

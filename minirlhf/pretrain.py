@@ -167,18 +167,21 @@ def lm_loss(model, x, y):
 @torch.no_grad()
 def validation_loss(model, val_data, cfg, device) -> float:
     """Mean `lm_loss` over `cfg.eval_batches` batches of random validation windows (batch_size x block_size), under
-    the stage's autocast.
+    the stage's autocast. Each batch goes through the model in micro-batches of batch_size / grad_accum windows,
+    as training does (equal sizes, so the mean of their means is the batch's mean).
 
     The windows come from a generator seeded `cfg.seed + 1` at every call, so every evaluation scores the same ones.
     Leaves the model in train mode.
     """
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same windows at every evaluation
     model.eval()
+    micro = micro_batch_size(cfg)
     losses = []
     for _ in range(cfg.eval_batches):
-        x, y = get_batch(val_data, cfg.batch_size, cfg.block_size, gen, device)
-        with autocast(device, cfg.dtype):
-            losses.append(lm_loss(model, x, y))
+        x, y = get_batch(val_data, cfg.batch_size, cfg.block_size, gen, device)  # (batch_size, block_size) each
+        for i in range(0, cfg.batch_size, micro):
+            with autocast(device, cfg.dtype):
+                losses.append(lm_loss(model, x[i:i + micro], y[i:i + micro]))
     model.train()
     return torch.stack(losses).mean().item()
 

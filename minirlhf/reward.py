@@ -488,7 +488,7 @@ def run(cfg: RewardConfig) -> dict:
     dist.print0(f"[reward] {len(train)} training pairs, {len(val)} validation pairs, init {init}")
 
     # 3. train (the Bradley-Terry loss is a mean over pairs: each micro-batch weighs its share of the pairs)
-    micro_batch_size(cfg)  # checks that grad_accum divides batch_size
+    micro = micro_batch_size(cfg)  # checks that grad_accum divides batch_size; validation runs in micro-batches too
     ddp_model = dist.data_parallel(trained)  # the model itself in one process
 
     def batch_loss(step, rows):
@@ -501,7 +501,7 @@ def run(cfg: RewardConfig) -> dict:
         return loss, {"accuracy": m["accuracy"], "margin": m["margins"].mean()}
 
     def evaluate():
-        return pair_accuracy(model, val, tok.pad_id, cfg.batch_size, device, cfg.dtype)
+        return pair_accuracy(model, val, tok.pad_id, micro, device, cfg.dtype)
 
     result = train_loop(STAGE, cfg, trained, optimizer, out, batch_loss, evaluate, device, loss_name="bt_loss",
                         wrapped=ddp_model, inputs=inputs)
@@ -512,7 +512,7 @@ def run(cfg: RewardConfig) -> dict:
 
     # 4. normalise on SFT samples (of the prompts read in step 1)
     calib = normalise(model, policy, tok, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.seed, device)
-    final = pair_accuracy(model, val, tok.pad_id, cfg.batch_size, device, cfg.dtype)
+    final = pair_accuracy(model, val, tok.pad_id, micro, device, cfg.dtype)
     final.update(annotator_ceiling(eval_prefs))
     if not cfg.prefs:  # trained on the world's data: measure the taste it inherited from the annotators,
         final.update(measure_bias(model, tok, cfg.preset, cfg.seed))  # and how it ranks the policy's own samples

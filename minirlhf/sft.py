@@ -254,7 +254,7 @@ def run(cfg: SFTConfig) -> dict:
     optimizer = make_adamw(sft_param_groups(model, cfg), cfg.lr, (cfg.beta1, cfg.beta2), device)
     train_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
     ddp_model = dist.data_parallel(train_model)  # the model itself in one process
-    micro_batch_size(cfg)  # checks that grad_accum divides batch_size
+    micro = micro_batch_size(cfg)  # checks that grad_accum divides batch_size; validation runs in micro-batches too
 
     ptx_data = load_tokens(stage_file(cfg, "pretrain", "train.bin"), model.config.vocab_size) if cfg.ptx_coef > 0 else None
     ptx_windows = cfg.ptx_batch_size or cfg.batch_size  # pretraining windows per global batch
@@ -283,7 +283,7 @@ def run(cfg: SFTConfig) -> dict:
         return total, {"sft_loss": (loss.detach(), token_share), "ptx_loss": (ptx.detach(), (b - a) / ptx_windows)}, 1.0
 
     def evaluate():
-        return {"val_loss": sft_validation_loss(train_model, val, tok.pad_id, cfg.batch_size, device, cfg.dtype)}
+        return {"val_loss": sft_validation_loss(train_model, val, tok.pad_id, micro, device, cfg.dtype)}
 
     result = train_loop(STAGE, cfg, model, optimizer, out, batch_loss, evaluate, device, loss_name="sft_loss",
                         wrapped=ddp_model, inputs=inputs)

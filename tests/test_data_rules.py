@@ -163,7 +163,7 @@ class Recorder(torch.nn.Module):
 def test_validation_loss_scores_the_same_seeded_windows_in_eval_mode():
     """validation_loss: eval_batches batches seeded seed + 1, eval mode while scoring, train mode after, their mean."""
     val = np.random.default_rng(0).integers(0, 11, 300).astype(np.uint16)
-    cfg = SimpleNamespace(seed=4, eval_batches=3, batch_size=2, block_size=6, dtype="float32")
+    cfg = SimpleNamespace(seed=4, eval_batches=3, batch_size=2, block_size=6, dtype="float32", grad_accum=1)
     model = Recorder(11).train()
     loss = pretrain.validation_loss(model, val, cfg, torch.device("cpu"))
     gen = torch.Generator().manual_seed(5)
@@ -173,6 +173,13 @@ def test_validation_loss_scores_the_same_seeded_windows_in_eval_mode():
     mean = sum(F.cross_entropy(model.logits(x).view(-1, 11), y.view(-1)) for x, y in expected) / 3
     assert loss == pytest.approx(mean.item(), rel=1e-6)
     assert pretrain.validation_loss(model, val, cfg, torch.device("cpu")) == loss
+    # with --grad_accum=2 the same windows go through the model one at a time (a micro-batch), same mean
+    model.calls.clear()
+    cfg.grad_accum = 2
+    assert pretrain.validation_loss(model, val, cfg, torch.device("cpu")) == pytest.approx(loss, rel=1e-6)
+    assert [x.shape[0] for x, _ in model.calls] == [1] * 6
+    assert all(torch.equal(torch.cat([a, b]), e) for (a, _), (b, _), (e, _) in
+               zip(model.calls[0::2], model.calls[1::2], expected))
 
 
 def test_pretrain_files_and_summary_recomputed_from_the_token_files(tmp_path, monkeypatch):
