@@ -33,6 +33,7 @@ from minirlhf.tokenizer import (  # noqa: E402
 )
 
 from conftest import english_like_documents  # noqa: E402
+from hf_helpers import hf_logits, random_gpt2, write_merges  # noqa: E402
 
 TEXT = "<|endoftext|>".join(english_like_documents(120))
 N_MERGES = 40  # 256 bytes + 40 merges + <|endoftext|> = a 297-token vocabulary
@@ -45,18 +46,6 @@ def write_hf_tokenizer_files(folder, ranks, specials):
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
 
 
-def random_gpt2(seed=0, vocab_size=297, **kw):
-    """A tiny GPT2LMHeadModel whose every parameter is random (biases and LayerNorms included)."""
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=vocab_size, n_positions=64,
-                                     bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1, **kw)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.3 + (1.0 if p.dim() == 1 and p.numel() == 32 else 0.0))
-    return model
-
-
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
     """A saved random GPT-2 (model.safetensors) with a byte-level BPE that lacks our chat tokens."""
@@ -65,11 +54,6 @@ def hf_folder(tmp_path_factory):
     model.save_pretrained(folder)
     write_hf_tokenizer_files(folder, merges_to_ranks(train_bpe(TEXT, N_MERGES)), {"<|endoftext|>": 296})
     return folder, model
-
-
-def hf_logits(model, ids, **kw):
-    with torch.no_grad():
-        return model(ids, **kw).logits
 
 
 def test_import_gives_transformers_logits(hf_folder):
@@ -267,19 +251,6 @@ def test_bad_tokenizer_files_are_clear_errors(tmp_path, handwritten_files):
     (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     with pytest.raises(ValueError, match=r"no token for the single bytes \[97\]"):
         Tokenizer.from_vocab_merges(tmp_path / "vocab.json", tmp_path / "merges.txt")
-
-
-def write_merges(folder, merges):
-    """vocab.json + merges.txt: the 256 bytes at their own ids, merge i creating id 256 + i, then <|endoftext|>."""
-    u = bytes_to_unicode()
-    vocab = {u[b]: b for b in range(256)}
-    for a, b in merges:
-        vocab[a + b] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    folder.mkdir(exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    return folder
 
 
 def test_token_no_merge_creates_is_refused_unless_declared_special(tmp_path):

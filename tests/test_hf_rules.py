@@ -21,7 +21,7 @@ from minirlhf.hf_bpe import bytes_to_unicode, ranks_to_hf_bpe  # noqa: E402
 from minirlhf.model import GPT, ScalarModel  # noqa: E402
 from minirlhf.tokenizer import SPECIAL_TOKENS, Tokenizer  # noqa: E402
 
-from test_hf import hf_logits, random_gpt2, write_merges  # noqa: E402
+from hf_helpers import hf_logits, random_gpt2, write_merges  # noqa: E402
 
 MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he")]  # ids 256, 257, 258; <|endoftext|> = 259: 260 ids
 V = 260
