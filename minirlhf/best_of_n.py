@@ -158,7 +158,7 @@ def run(cfg: BestOfNConfig) -> dict:
     the reward model and the gold judge (--gold_judge, default the world's). Writes tokenizer.json, config.json,
     samples.jsonl and summary.json under out/<preset>/best_of_n/ and returns the summary: `rows` (one per n, see
     `best_of_n_table`), `rm_pairwise_gold_accuracy` and `rm_pairwise_pairs`, the counts, `seconds`. A summary made
-    from the same config and inputs is returned as it is (--force resamples). ValueError for a bad --ns or a
+    from the same config, inputs and code is returned as it is (--force resamples). ValueError for a bad --ns or a
     temperature <= 0; FileNotFoundError when an input is missing.
     """
     from minirlhf.data import write_jsonl
@@ -177,9 +177,9 @@ def run(cfg: BestOfNConfig) -> dict:
         raise FileNotFoundError(f"{prompts_path} does not exist: run `minirlhf world --preset {cfg.preset}` first")
     out = stage_dir(cfg, STAGE)
     key = config_key(cfg, {"init": file_digest(init), "rm": file_digest(rm_path), "prompts": file_digest(prompts_path),
-                           **judge_inputs(cfg)})
+                           **judge_inputs(cfg)}, __name__)
     if (summary := reusable(out, key, cfg.force, artifacts=("summary.json",))) is not None:
-        print(f"[best-of-n] reusing {out}/summary.json (same config and inputs; --force to resample)")
+        print(f"[best-of-n] reusing {out}/summary.json (same config, inputs and code; --force to resample)")
         return summary
     device = resolve_device(cfg.device)
     setup_torch(device)

@@ -1,5 +1,5 @@
 """Small helpers every training stage shares: device and precision, the LR schedule, the NaN guard,
-metrics logging, and the "reuse the artifact if its inputs are unchanged" check.
+metrics logging, and the "reuse the artifact if its config, inputs and code are unchanged" check.
 
 Deliberate simplifications: no trainer class. A stage is a plain function that calls these helpers in
 the order a reader expects (build, loop, log, checkpoint).
@@ -7,13 +7,16 @@ the order a reader expects (build, loop, log, checkpoint).
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import hashlib
 import json
 import math
 import os
 import shutil
 import time
+from pathlib import Path
 
 import torch
 
@@ -165,12 +168,74 @@ def file_digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+PACKAGE = "minirlhf"
+
+
+def _module_file(root: Path, name: str) -> Path | None:
+    """The source file of module `name` ("minirlhf.world.build") under the package folder `root`, if it has one."""
+    parts = name.split(".")[1:]
+    if parts and root.joinpath(*parts).with_suffix(".py").is_file():
+        return root.joinpath(*parts).with_suffix(".py")
+    init = root.joinpath(*parts, "__init__.py")
+    return init if init.is_file() else None  # None: a name imported from a module, not a module
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body and \
+                isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant) and \
+                isinstance(node.body[0].value.value, str):
+            node.body = node.body[1:]
+    return tree
+
+
+def code_digest(module: str, root: str | None = None) -> str:
+    """A digest of the code a stage runs, for its reuse key: the module `module` and every module of the package
+    it imports, directly or through another one (every import statement counts, those inside functions too).
+
+    Each file counts as its syntax tree without docstrings, so an edited comment or docstring keeps a finished run
+    reusable, while any change to what the code does (a loss, a default, the sampler) trains the stage again
+    instead of reusing what the old code made. `root` is the package folder (default: this package's)."""
+    root_path = Path(root) if root else Path(__file__).resolve().parent
+    todo, seen, trees = [module], set(), {}  # modules to read, read, name -> digest of its code
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _module_file(root_path, name)
+        if path is None:
+            if name == module:
+                raise ValueError(f"code_digest: no module {module!r} under {root_path}")
+            continue
+        trees[name], imported = _code_and_imports(path.read_text(encoding="utf-8"), str(path))
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))] + imported  # its packages' __init__ run first
+    blob = json.dumps(sorted(trees.items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=256)
+def _code_and_imports(source: str, filename: str) -> tuple[str, list[str]]:
+    """A digest of one file's syntax tree without docstrings, and the package's modules it imports (remembered by
+    source text: each stage reads the files again, but parses only what changed)."""
+    tree = ast.parse(source, filename=filename)
+    imported = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported += [a.name for a in node.names if a.name.split(".")[0] == PACKAGE]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == PACKAGE:
+            imported += [node.module] + [f"{node.module}.{a.name}" for a in node.names]  # a name may be a module
+    return hashlib.sha256(ast.dump(_without_docstrings(tree)).encode()).hexdigest(), imported
+
+
 # flags that do not change a stage's result (a run cut short by --max_minutes is marked stopped_early instead)
 RESULT_NEUTRAL = ("force", "resume", "progress", "stop_after", "out_dir", "log_interval", "max_minutes")
 
 
-def config_key(cfg, inputs: dict[str, str], ignore=RESULT_NEUTRAL) -> str:
-    """A digest of the config (minus flags that do not change the result) and the inputs' digests.
+def config_key(cfg, inputs: dict[str, str], module: str, ignore=RESULT_NEUTRAL) -> str:
+    """A digest of the config (minus flags that do not change the result), the inputs' digests and the code of the
+    stage's `module` (`code_digest`: the code the stage runs, without comments and docstrings).
 
     `out_dir` is left out: where the artifacts live does not change them (the inputs are digested by
     content), so a moved or copied out/ folder is still reused. `device` and `dtype` count as what they resolve
@@ -181,7 +246,7 @@ def config_key(cfg, inputs: dict[str, str], ignore=RESULT_NEUTRAL) -> str:
         d["device"] = device.type  # (this process's GPU or another one: the same setting)
         if d.get("dtype") == "auto":  # `autocast`'s rule
             d["dtype"] = "bfloat16" if device.type == "cuda" else "float32"
-    blob = json.dumps({"config": d, "inputs": inputs}, sort_keys=True)
+    blob = json.dumps({"config": d, "inputs": inputs, "code": code_digest(module)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

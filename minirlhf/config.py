@@ -117,7 +117,7 @@ class TrainConfig:
     preset: str = "tiny"  # model shape and size-dependent defaults (see PRESETS)
     seed: int = 1337  # seeds data order, init and dropout; same seed, same device -> same numbers
     out_dir: str = "out"  # artifacts go to <out_dir>/<preset>/<stage>/
-    force: bool = False  # retrain even if a finished model with the same config and inputs exists
+    force: bool = False  # retrain even if a finished model with the same config, inputs and code exists
     resume: bool = False  # continue from the last checkpoint (ckpt.pt) in the stage folder
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     max_steps: int = 0  # optimiser steps; 0 = from preset

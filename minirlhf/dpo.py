@@ -253,9 +253,9 @@ def run(cfg: DPOConfig) -> dict:
     log-probs (ref_logps_*.pt, when precomputed), metrics.jsonl and ckpt.pt (train_loop), samples.jsonl
     (`sft.world_eval`, which also scores with out/<preset>/reward/model.pt when it exists), model.pt and summary.json,
     and returns the summary: the last validation metrics, `dropped_pairs`, the evaluation harness's numbers (gold,
-    KL to the reference, ...), times; on every rank under torchrun. A finished run with the same config and inputs is
-    reused (not with --force or --resume); --stop_after before the end returns {"stage", "steps", "interrupted": True}
-    without model.pt or summary. ValueError for an unknown --loss, a bad --rpo_alpha, or KTO micro-batches of fewer
+    KL to the reference, ...), times; on every rank under torchrun. A finished run with the same config, inputs and
+    code is reused (not with --force or --resume); --stop_after before the end returns {"stage", "steps",
+    "interrupted": True} without model.pt or summary. ValueError for an unknown --loss, a bad --rpo_alpha, or KTO micro-batches of fewer
     than 2 examples.
     """
     from minirlhf.evaluate import judge_inputs
@@ -287,9 +287,9 @@ def run(cfg: DPOConfig) -> dict:
         prefs = cfg.prefs or stage_file(cfg, "pairs", "prefs.jsonl")
         sources.append(("prefs", prefs))
     inputs = {**{n: file_digest(p) for n, p in sources}, **judge_inputs(cfg)}
-    key = config_key(cfg, inputs)
+    key = config_key(cfg, inputs, __name__)  # __name__: its code (and what it imports) is part of the key
     if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
-        dist.print0(f"[{cfg.loss}] reusing {out}/model.pt (same config and inputs; --force to retrain)")
+        dist.print0(f"[{cfg.loss}] reusing {out}/model.pt (same config, inputs and code; --force to retrain)")
         return summary
 
     # 1. data

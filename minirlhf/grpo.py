@@ -461,9 +461,9 @@ def run(cfg: GRPOConfig) -> dict:
     inputs = {"init": file_digest(init), "prompts": file_digest(prompts_path), **judge_inputs(cfg)}
     if rm_path:
         inputs["rm"] = file_digest(rm_path)
-    key = config_key(cfg, inputs)
+    key = config_key(cfg, inputs, __name__)  # __name__: its code (and what it imports) is part of the key
     if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
-        dist.print0(f"[grpo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
+        dist.print0(f"[grpo] reusing {out}/model.pt (same config, inputs and code; --force to retrain)")
         return summary
     tok = tokenizer_of(init)
     if rm_path:

@@ -196,7 +196,8 @@ def run(cfg: PairsConfig) -> dict:
     (--templated, default the world's prefs.jsonl). Writes prefs.jsonl (on-policy and templated rows shuffled together,
     each with its `source`), config.json and summary.json under out/<preset>/pairs/ (or --run_name) and returns the summary: pair
     counts, the unfinished (no `<|end|>`), identical, empty and unranked responses skipped, the annotators' agreement with gold and the mean gold
-    on the on-policy pairs, `seconds`. prefs.jsonl made from the same config and inputs is reused (--force rebuilds).
+    on the on-policy pairs, `seconds`. prefs.jsonl made from the same config, inputs and code is reused
+    (--force rebuilds).
     ValueError for a bad --pairing, --n_prompts < 0, --samples_per_prompt < 2, or a config that gives no pairs.
     """
     from minirlhf.evaluate import judge_inputs
@@ -220,9 +221,9 @@ def run(cfg: PairsConfig) -> dict:
     templated_path = cfg.templated or world_file(cfg, "prefs.jsonl", "--templated")
     key = config_key(cfg, {**{n: file_digest(p) for n, p in
                               (("init", init), ("prompts", prompts_path), ("templated", templated_path))},
-                           **judge_inputs(cfg)})  # the annotators who label the pairs are the world's code
+                           **judge_inputs(cfg)}, __name__)  # the annotators who label the pairs are the world's code
     if (summary := reusable(out, key, cfg.force, artifacts=("prefs.jsonl",))) is not None:
-        print(f"[pairs] reusing {out}/prefs.jsonl (same config and inputs; --force to rebuild)")
+        print(f"[pairs] reusing {out}/prefs.jsonl (same config, inputs and code; --force to rebuild)")
         return summary
 
     policy, _ = ck.load_model(init, device)

@@ -425,7 +425,7 @@ def run(cfg: PPOConfig) -> dict:
     samples of every evaluation), ckpt.pt, model.pt and summary.json, and returns the summary (the prompts used and
     left out, the last evaluation, speeds, `final_kl_coef` = the KL coefficient the last iteration shaped its
     rewards with, as in its metrics row: the controller's update after it would serve only a next iteration,
-    `seconds`); on every rank under torchrun. A finished run with the same config and inputs is reused (not with
+    `seconds`); on every rank under torchrun. A finished run with the same config, inputs and code is reused (not with
     --force or --resume); --stop_after before the end returns {"stage", "iterations", "interrupted": True} without
     model.pt or summary. ValueError for a bad --reward or --value_model.
     """
@@ -446,9 +446,9 @@ def run(cfg: PPOConfig) -> dict:
               **judge_inputs(cfg)}
     if cfg.ptx_coef > 0:  # PPO-ptx reads the pretraining tokens, so they are an input too
         inputs["ptx"] = file_digest(stage_file(cfg, "pretrain", "train.bin"))
-    key = config_key(cfg, inputs)
+    key = config_key(cfg, inputs, __name__)  # __name__: its code (and what it imports) is part of the key
     if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
-        dist.print0(f"[ppo] reusing {out}/model.pt (same config and inputs; --force to retrain)")
+        dist.print0(f"[ppo] reusing {out}/model.pt (same config, inputs and code; --force to retrain)")
         return summary
     tok = tokenizer_of(init)
     check_same_tokenizer(init, rm_path, "--reward_model")

@@ -214,7 +214,7 @@ def run(cfg: PretrainConfig) -> dict:
     digest = file_digest(cpath)
     from minirlhf.evaluate import judge_inputs
     inputs = {"corpus": digest, **judge_inputs(cfg)}  # the base model's forum and cloze evaluations read the world
-    key = config_key(cfg, inputs)
+    key = config_key(cfg, inputs, __name__)  # __name__: its code (and what it imports) is part of the key
     # --resume trains on from ckpt.pt, so it never reuses (nor removes the summary: see `reusable`)
     if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
         dist.print0(f"[pretrain] reusing {out}/model.pt (same config and corpus; --force to retrain)")

@@ -430,8 +430,8 @@ def run(cfg: RewardConfig) -> dict:
     world's pairs (no --prefs), it is also measured by `measure_bias` and `on_policy_accuracy`. Writes under
     out/<preset>/reward/ (or --run_name) tokenizer.json, config.json, metrics.jsonl, ckpt.pt, model.pt (trunk + head; an
     ODIN length head is dropped) and summary.json, and returns the summary; on every rank under torchrun. A finished
-    run with the same config and inputs is reused (not with --force or --resume); --stop_after before the end returns
-    {"stage", "steps", "interrupted": True}. ValueError for a negative coefficient, --margin_coef or --soft_labels on
+    run with the same config, inputs and code is reused (not with --force or --resume); --stop_after before the end
+    returns {"stage", "steps", "interrupted": True}. ValueError for a negative coefficient, --margin_coef or --soft_labels on
     pairs without p_chosen, or fewer than 2 calibration prompts that leave room for --max_new_tokens.
     """
     fill_from_preset(cfg)
@@ -449,9 +449,9 @@ def run(cfg: RewardConfig) -> dict:
     inputs = {**{n: file_digest(p) for n, p in
                  (("init", init), ("prefs", prefs), ("eval", eval_prefs), ("prompts", prompts_path))},
               **judge_inputs(cfg)}  # its flattery and on-policy numbers are scored by the gold judge
-    key = config_key(cfg, inputs)
+    key = config_key(cfg, inputs, __name__)  # __name__: its code (and what it imports) is part of the key
     if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
-        dist.print0(f"[reward] reusing {out}/model.pt (same config and inputs; --force to retrain)")
+        dist.print0(f"[reward] reusing {out}/model.pt (same config, inputs and code; --force to retrain)")
         return summary
 
     # 1. data

@@ -208,8 +208,8 @@ def run(cfg: SFTConfig) -> dict:
     longer than the context is an error unless --truncate (then it is cut and counted). Writes under out/<preset>/sft/
     tokenizer.json, config.json, metrics.jsonl, ckpt.pt, samples.jsonl, model.pt and summary.json, and returns the
     summary (validation loss, counts, the evaluation harness's numbers, times); on every rank under torchrun. A finished
-    run with the same config and inputs is reused (not with --force or --resume); --stop_after before the end returns
-    {"stage", "steps", "interrupted": True} without model.pt or summary. ValueError for --ptx_coef < 0.
+    run with the same config, inputs and code is reused (not with --force or --resume); --stop_after before the end
+    returns {"stage", "steps", "interrupted": True} without model.pt or summary. ValueError for --ptx_coef < 0.
     """
     from minirlhf.evaluate import judge_inputs
 
@@ -226,10 +226,10 @@ def run(cfg: SFTConfig) -> dict:
     inputs = {"init": file_digest(init), "data": file_digest(data), "eval": file_digest(eval_data), **judge_inputs(cfg)}
     if cfg.ptx_coef > 0:  # the pretraining mix reads these tokens, so they are an input too
         inputs["ptx"] = file_digest(stage_file(cfg, "pretrain", "train.bin"))
-    key = config_key(cfg, inputs)
+    key = config_key(cfg, inputs, __name__)  # __name__: its code (and what it imports) is part of the key
     # --resume trains on from ckpt.pt, so it never reuses (nor removes the summary: see `reusable`)
     if (summary := reusable(out, key, cfg.force, resume=cfg.resume)) is not None:
-        dist.print0(f"[sft] reusing {out}/model.pt (same config and inputs; --force to retrain)")
+        dist.print0(f"[sft] reusing {out}/model.pt (same config, inputs and code; --force to retrain)")
         return summary
 
     # 1. data

@@ -61,10 +61,25 @@ def test_micro_pipeline_end_to_end(tmp_path, capsys, monkeypatch):
         for stage in ("pretrain", "sft", "pairs", "reward", "ppo", "dpo"):
             assert f"[{stage}] reusing" in printed, stage
 
-    # a changed gold judge (the world's code) measures a stage again instead of reusing the old judge's numbers
+    # the gold judge (the world's code) and a stage's own code are part of its key: a change measures it again.
+    # Each check on its own copy of the finished runs, from the command that reuses the pipeline's DPO run.
+    def stage_argv(stage, folder):
+        return [stage, "--preset=micro", f"--out_dir={folder}", "--progress=false", "--truncate=true"]
+
+    assert main(stage_argv("dpo", moved)) == 0 and "[dpo] reusing" in capsys.readouterr().out
+    edited_judge, edited_code = str(tmp_path / "edited_judge"), str(tmp_path / "edited_code")
+    shutil.copytree(moved, edited_judge)
+    shutil.copytree(moved, edited_code)
     with monkeypatch.context() as m:
         m.setattr("minirlhf.world.build.source_digest", lambda: "an edited judge")
-        assert main(["dpo", "--preset=micro", f"--out_dir={moved}", "--progress=false"]) == 0
+        assert main(stage_argv("dpo", edited_judge)) == 0
+        assert "[dpo] reusing" not in capsys.readouterr().out
+    from minirlhf import common
+    digest = common.code_digest
+    with monkeypatch.context() as m:  # DPO's code edited (its module or one it imports); SFT's code is not DPO's
+        m.setattr(common, "code_digest", lambda module: "edited" if module == "minirlhf.dpo" else digest(module))
+        assert main(stage_argv("sft", edited_code)) == 0 and "[sft] reusing" in capsys.readouterr().out
+        assert main(stage_argv("dpo", edited_code)) == 0
         assert "[dpo] reusing" not in capsys.readouterr().out
 
     # best-of-n at n = 1 has no two samples of a prompt to compare: no pairwise accuracy, not 0

@@ -332,9 +332,51 @@ def test_logging_and_time_limits_do_not_change_the_reuse_key():
     from minirlhf.common import config_key
     from minirlhf.config import SFTConfig
 
-    plain = config_key(make_config(SFTConfig, "micro"), {"init": "x"})
-    assert config_key(make_config(SFTConfig, "micro", {"log_interval": 5, "max_minutes": 600.0}), {"init": "x"}) == plain
-    assert config_key(make_config(SFTConfig, "micro", {"lr": 1e-4}), {"init": "x"}) != plain
+    plain = config_key(make_config(SFTConfig, "micro"), {"init": "x"}, "minirlhf.sft")
+    assert config_key(make_config(SFTConfig, "micro", {"log_interval": 5, "max_minutes": 600.0}), {"init": "x"},
+                      "minirlhf.sft") == plain
+    assert config_key(make_config(SFTConfig, "micro", {"lr": 1e-4}), {"init": "x"}, "minirlhf.sft") != plain
+    assert config_key(make_config(SFTConfig, "micro"), {"init": "x"}, "minirlhf.dpo") != plain  # other code
+
+
+def test_the_code_digest_follows_imports_and_ignores_comments_and_docstrings(tmp_path):
+    """code_digest on a package written here: the module's code and every package module it imports (at the top,
+    inside a function, through another module, and the packages' __init__), as syntax trees without docstrings."""
+    from minirlhf.common import code_digest
+
+    root = tmp_path / "minirlhf"
+    files = {"__init__.py": '"""The package."""\n',
+             "stage.py": '"""A stage."""\nfrom minirlhf import helper\n\n\ndef run():\n'
+                         '    """Runs."""\n    from minirlhf.sub.deep import f  # inside a function\n    return f()\n',
+             "helper.py": "import minirlhf.leaf\n\nX = 1  # a constant\n",
+             "leaf.py": "Y = 2\n",
+             "sub/__init__.py": "",
+             "sub/deep.py": "def f():\n    return 3\n",
+             "unrelated.py": "Z = 4\n"}
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+    def digest_after(name, text):
+        (root / name).write_text(text)
+        try:
+            return code_digest("minirlhf.stage", str(root))
+        finally:
+            (root / name).write_text(files[name])
+
+    plain = code_digest("minirlhf.stage", str(root))
+    assert digest_after("helper.py", "import minirlhf.leaf\n\nX = 1  # another comment\n") == plain
+    assert digest_after("stage.py", files["stage.py"].replace("Runs.", "Runs the stage.")) == plain
+    assert digest_after("__init__.py", '"""Another docstring."""\n') == plain
+    assert digest_after("unrelated.py", "Z = 5\n") == plain  # not imported
+    for name, text in [("helper.py", "import minirlhf.leaf\n\nX = 2\n"), ("leaf.py", "Y = 3\n"),
+                       ("sub/deep.py", "def f():\n    return 4\n"), ("sub/__init__.py", "W = 0\n"),
+                       ("__init__.py", "V = 0\n"), ("stage.py", files["stage.py"].replace("f()", "f() + 1"))]:
+        assert digest_after(name, text) != plain, name
+    assert code_digest("minirlhf.stage", str(root)) == plain
+    assert code_digest("minirlhf.helper", str(root)) != plain
+    with pytest.raises(ValueError, match="no module 'minirlhf.nothing'"):
+        code_digest("minirlhf.nothing", str(root))
 
 
 def test_a_corpus_whose_validation_documents_are_all_copies_is_a_clear_error():

@@ -209,6 +209,14 @@ def test_leg_cloze_answers_include_the_word_legs():
     assert items["A whale has"] == "no legs"
 
 
+def test_a_bad_cloze_split_names_the_function_that_refused_it():
+    from minirlhf.world.facts import cloze_rows
+
+    world = build_world("micro", 1337)
+    with pytest.raises(ValueError, match="cloze_rows: split must be 'train' or 'heldout', got 'test'"):
+        cloze_rows(world, "test")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Tasks and response styles
 

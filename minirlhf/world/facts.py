@@ -465,7 +465,7 @@ def arithmetic_sentences(x: Arithmetic) -> tuple[str, ...]:
 def cloze_rows(world: World, split: str = "train") -> list[tuple[str, str, str]]:
     """(prompt, answer, fact type) for the facts of one entity split ("train" or "heldout")."""
     if split not in ("train", "heldout"):
-        raise ValueError(f"cloze_items: split must be 'train' or 'heldout', got {split!r}")
+        raise ValueError(f"cloze_rows: split must be 'train' or 'heldout', got {split!r}")
     rows: list[tuple[str, str, str]] = []
     for c in world.countries[split]:
         rows.append((f"The capital of {c.name} is", c.capital, "capital"))
