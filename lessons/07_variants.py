@@ -1,6 +1,7 @@
 """Lesson 07 -- the preference-optimisation family side by side: DPO, cDPO, IPO, KTO, ORPO, SimPO and GRPO.
 
-Run:      python lessons/07_variants.py          (preset tiny: 15 minutes on a 2-core CPU after lesson 03, measured)
+Run:      python lessons/07_variants.py          (preset tiny: 15 minutes on a 2-core CPU after lesson 03, 31 on
+                                                   one half as fast; measured)
           python lessons/07_variants.py micro    (about a minute; learns little)
 Reads:    out/<preset>/sft/, out/<preset>/pairs/prefs.jsonl, out/<preset>/reward/ (lessons 02-03; run here
           if missing), out/<preset>/pretrain/model.pt (ORPO's starting point)
@@ -45,10 +46,10 @@ interpreter and torch itself (a few hundred MiB), so on micro and tiny the model
 What you should see
   1. A table: held-out gold, KL to SFT, length, time and peak memory per variant, under an SFT row.
      Each variant should beat SFT (gold above the SFT row); any that does not is marked "below SFT",
-     and the lesson prints why. On tiny all land below it (measured, SFT 0.225: DPO 0.175, cDPO 0.211, IPO
-     0.224 -- the SFT level within the noise --, KTO -0.369, ORPO -0.247, SimPO 0.029, GRPO 0.076; ORPO's
-     row re-measured alone once its chat tokens started from the forum's markers as SFT's do: before,
-     -0.758 at KL 109, it almost never ended its turn, EOS rate 0.02 against 0.91 now): the
+     and the lesson prints why. On tiny all land below it (measured, gold at KL: SFT 0.222; DPO 0.155 at
+     0.54, cDPO 0.176 at 0.17, IPO 0.200 at 0.03 -- it hardly moves --, KTO -0.217 at 6.3, ORPO -0.247 at
+     23.0, SimPO 0.119 at 5.5, GRPO 0.004 at 1.8; ORPO's chat tokens start from the forum's markers as
+     SFT's do: before they did, it reached -0.758 at KL 109 and almost never ended its turn): the
      reward model fitted to the same pairs ranks the SFT model's own samples at chance (lesson 03, step
      5), so the data carries style and the annotators' bias, not which of the policy's answers is right.
      With the reference precomputed, DPO, cDPO, IPO and KTO hold one model while training, like the
