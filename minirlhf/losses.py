@@ -139,7 +139,7 @@ def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
         loss = 0.5 * masked mean of max((V - R)^2, (v_clipped - R)^2)
 
     values (with grad), old_values (from the rollout), returns (GAE targets), mask: (B, N), all the same shape
-    (a ValueError otherwise: nothing is broadcast).
+    (a ValueError otherwise: nothing is broadcast); whatever padded positions hold, even inf or NaN, stays out.
     `cliprange_value=None` or `float("inf")` disables clipping (plain 0.5 * masked MSE).
 
     Metrics: `clipfrac` (fraction of real tokens where the clipped error is strictly larger, so the
@@ -148,6 +148,7 @@ def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
     _check_same_shape("ppo_value_loss", values=values, old_values=old_values, returns=returns, mask=mask)
     values, old_values, returns = upcast(values), upcast(old_values), upcast(returns)
     mask = mask.to(values.dtype)
+    values, old_values, returns = select(values, mask), select(old_values, mask), select(returns, mask)  # pads: 0
     err = (values - returns) ** 2  # (B, N)
     if cliprange_value is None or cliprange_value == float("inf"):
         loss = 0.5 * masked_mean(err, mask)

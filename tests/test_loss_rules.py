@@ -163,3 +163,23 @@ def test_grpo_rejects_logprobs_that_are_not_b_by_t(shape):
     x = torch.zeros(shape, dtype=D)
     with pytest.raises(ValueError, match=r"^grpo_loss: expected logprobs \(B, T\) and advantages \(B,\)"):
         L.grpo_loss(x, x, x, torch.zeros(shape[0], dtype=D), torch.ones(shape))
+
+# ------------------------------------------------------------------------- real bugs, fixed with these tests
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_ppo_value_loss_gradient_ignores_an_inf_or_nan_value_on_a_pad(bad):
+    """A value of inf or NaN on a pad left the loss finite but made its gradient NaN (0 * inf), which the
+    optimiser would have written into the value model; the pads are now selected out like the policy loss's."""
+    mask = t([1, 1, 0])
+    for clip in (0.2, None):
+        values = t([1.0, 0.0, bad]).requires_grad_()
+        loss, m = L.ppo_value_loss(values, t([0.5, 0.5, bad]), t([0.6, -1.0, bad]), mask, cliprange_value=clip)
+        (g,) = torch.autograd.grad(loss, values)
+        # err = [0.16, 1.0]; clipped: v_clipped = [0.7, 0.3], err_c = [0.01, 1.69] -> max = [0.16, 1.69]
+        if clip is None:
+            assert loss.item() == pytest.approx(0.5 * (0.16 + 1.0) / 2)
+            assert g.tolist()[0] == pytest.approx([0.5 * 2 * 0.4 / 2, 0.5 * 2 * 1.0 / 2, 0.0])
+        else:
+            assert loss.item() == pytest.approx(0.5 * (0.16 + 1.69) / 2) and m["clipfrac"].item() == 0.5
+            assert g.tolist()[0] == pytest.approx([0.5 * 2 * 0.4 / 2, 0.0, 0.0])  # token 1: the clipped branch
