@@ -46,8 +46,11 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None, center_coe
     the Bradley-Terry likelihood of q votes for chosen and 1 - q against. q = 1 is the plain loss; q = 1 - eps
     is the label smoothing of conservative DPO (Mitchell 2023), applied to a reward model.
 
+    All given tensors are (B,) (a ValueError otherwise: nothing is broadcast).
     Metrics: `accuracy` (chosen strictly above rejected; ties count as wrong), `margins` per pair.
     """
+    _check_same_shape("bradley_terry_loss", chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
+                      **{k: v for k, v in (("margin", margin), ("label_prob", label_prob)) if v is not None})
     diff = chosen_rewards - rejected_rewards  # (B,)
     if margin is not None:
         diff = diff - margin

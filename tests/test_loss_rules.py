@@ -183,3 +183,14 @@ def test_ppo_value_loss_gradient_ignores_an_inf_or_nan_value_on_a_pad(bad):
         else:
             assert loss.item() == pytest.approx(0.5 * (0.16 + 1.69) / 2) and m["clipfrac"].item() == 0.5
             assert g.tolist()[0] == pytest.approx([0.5 * 2 * 0.4 / 2, 0.0, 0.0])  # token 1: the clipped branch
+
+
+@pytest.mark.parametrize("name", ["rejected_rewards", "margin", "label_prob"])
+def test_bradley_terry_refuses_inputs_that_would_broadcast(name):
+    """A (B, 1) margin, soft label or rejected score broadcast against (B,) into a (B, B) loss without a word."""
+    args = {"chosen_rewards": t(1.0, 2.0), "rejected_rewards": t(0.0, 0.0), "margin": t(0.5, 0.5),
+            "label_prob": t(0.9, 0.9)}
+    args[name] = args[name][:, None]
+    with pytest.raises(ValueError, match=rf"^bradley_terry_loss: inputs must have the same shape, got .*'{name}': "
+                                         r"\(2, 1\)"):
+        L.bradley_terry_loss(**args)
