@@ -194,3 +194,13 @@ def test_bradley_terry_refuses_inputs_that_would_broadcast(name):
     with pytest.raises(ValueError, match=rf"^bradley_terry_loss: inputs must have the same shape, got .*'{name}': "
                                          r"\(2, 1\)"):
         L.bradley_terry_loss(**args)
+
+
+@pytest.mark.parametrize("lp_shape, ref_shape, mask_shape", [((2, 3), (2, 4), (2, 3)), ((2, 3), (2, 3), (2, 1)),
+                                                             ((3,), (3,), (3,))])
+def test_shape_rewards_refuses_inputs_that_are_not_all_b_by_n(lp_shape, ref_shape, mask_shape):
+    """Mismatched log-probs were a bare broadcasting RuntimeError, and a (B, 1) mask silently broadcast over N."""
+    with pytest.raises(ValueError, match=r"^shape_rewards: logprobs .*, ref_logprobs .* and mask .* must all be "
+                                         r"\(B, N\)$"):
+        shape_rewards(torch.zeros(lp_shape[0]), torch.zeros(lp_shape), torch.zeros(ref_shape), torch.ones(mask_shape),
+                      0.1)
