@@ -46,8 +46,11 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None, center_coe
     the Bradley-Terry likelihood of q votes for chosen and 1 - q against. q = 1 is the plain loss; q = 1 - eps
     is the label smoothing of conservative DPO (Mitchell 2023), applied to a reward model.
 
+    All given tensors are (B,) (a ValueError otherwise: nothing is broadcast).
     Metrics: `accuracy` (chosen strictly above rejected; ties count as wrong), `margins` per pair.
     """
+    _check_same_shape("bradley_terry_loss", chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
+                      **{k: v for k, v in (("margin", margin), ("label_prob", label_prob)) if v is not None})
     diff = chosen_rewards - rejected_rewards  # (B,)
     if margin is not None:
         diff = diff - margin
@@ -139,7 +142,7 @@ def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
         loss = 0.5 * masked mean of max((V - R)^2, (v_clipped - R)^2)
 
     values (with grad), old_values (from the rollout), returns (GAE targets), mask: (B, N), all the same shape
-    (a ValueError otherwise: nothing is broadcast).
+    (a ValueError otherwise: nothing is broadcast); whatever padded positions hold, even inf or NaN, stays out.
     `cliprange_value=None` or `float("inf")` disables clipping (plain 0.5 * masked MSE).
 
     Metrics: `clipfrac` (fraction of real tokens where the clipped error is strictly larger, so the
@@ -148,6 +151,7 @@ def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
     _check_same_shape("ppo_value_loss", values=values, old_values=old_values, returns=returns, mask=mask)
     values, old_values, returns = upcast(values), upcast(old_values), upcast(returns)
     mask = mask.to(values.dtype)
+    values, old_values, returns = select(values, mask), select(old_values, mask), select(returns, mask)  # pads: 0
     err = (values - returns) ** 2  # (B, N)
     if cliprange_value is None or cliprange_value == float("inf"):
         loss = 0.5 * masked_mean(err, mask)

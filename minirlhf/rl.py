@@ -51,10 +51,13 @@ def shape_rewards(scores, logprobs, ref_logprobs, mask, kl_coef: float, kl_estim
     with the log-ratio paid per token and the reward-model score r(x, y) arriving at the end of the
     episode (the last real token of the row, i.e. the last 1 in `mask`, never a pad).
 
-    scores: (B,); logprobs, ref_logprobs, mask: (B, N). `kl_estimator` is "k1" (log-ratio, the standard
-    choice) or "k3" (non-negative per token, see `ops.kl_k3`). Masked positions are 0. Nothing is
-    detached: pass detached rollout tensors (they carry no graph in a normal PPO step).
+    scores: (B,); logprobs, ref_logprobs, mask: (B, N) (a ValueError otherwise). `kl_estimator` is "k1"
+    (log-ratio, the standard choice) or "k3" (non-negative per token, see `ops.kl_k3`). Masked positions
+    are 0. Nothing is detached: pass detached rollout tensors (they carry no graph in a normal PPO step).
     """
+    if not (logprobs.shape == ref_logprobs.shape == mask.shape) or mask.dim() != 2:
+        raise ValueError(f"shape_rewards: logprobs {tuple(logprobs.shape)}, ref_logprobs {tuple(ref_logprobs.shape)} "
+                         f"and mask {tuple(mask.shape)} must all be (B, N)")
     logprobs, ref_logprobs = select(upcast(logprobs), mask), select(upcast(ref_logprobs), mask)  # (B, N), pads 0
     if kl_estimator == "k1":
         kl = kl_k1(logprobs, ref_logprobs)  # (B, N)
