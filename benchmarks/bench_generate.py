@@ -21,6 +21,9 @@ cache, timed on `--naive-tokens` new tokens because it is quadratic; its tokens/
 run), `transformers` generate with its default dynamic cache, and with `--hf-static` also with
 `cache_implementation="static"` compiled (Hugging Face's own fast path: on CUDA `generate` compiles the
 decode step itself; on CPU, where it does not, the script wraps the model's forward in `torch.compile`).
+The last eager row, "matmuls alone", is not a generator: it times only the Linear layers' and the LM head's
+matmuls of the same prefill and decode steps, the part both sides must do, so its ratio to transformers is the
+most any generator doing the same math in the same dtype could reach here.
 
 Ratios: every row against transformers' default (eager, dynamic cache), and against transformers in the
 same mode -- a compiled row against the static-cache compiled transformers row (`--hf-static`; "n/a"
@@ -106,6 +109,22 @@ def main() -> None:
                                    max_new_tokens=N, min_new_tokens=N, eos_token_id=None, pad_token_id=0, **kw)
         return run
 
+    def matmul_floor():
+        """The Linear layers' and the LM head's matmuls of the same prefill and decode steps, and nothing else (no
+        attention, norms, GELU, embeddings, sampling or cache writes): a lower bound on the time of any generator
+        that does this math in this dtype. The prefill runs every Linear on B*P rows and the LM head on the last
+        position's B rows; each of the N - 1 decode steps runs them all on B rows."""
+        linears = [m for block in ours.transformer.h for m in (block.attn.c_attn, block.attn.c_proj,
+                                                                 block.mlp.c_fc, block.mlp.c_proj)]
+        with torch.no_grad():
+            for rows_, lm_rows, times in ((B * P, B, 1), (B, B, N - 1)):
+                x = {n: torch.randn(rows_, n, device=device, dtype=dtype) for n in {m.in_features for m in linears}}
+                for _ in range(times):
+                    for m in linears:
+                        m(x[m.in_features])  # (rows, out_features)
+                    ours.lm_head(x[cfg.n_embd][:lm_rows])  # (lm_rows, V)
+        return None  # no tokens: warm_up does not count them for this row
+
     # (name, mode, new tokens, run, compiled): the eager rows are measured first, the compiled ones after them
     rows = [("engine.generate", "eager", N, engine_row(generate, N, sync_every=0), False)]
     if compile_rows:
@@ -117,6 +136,7 @@ def main() -> None:
         rows.append(("engine.generate_naive", f"eager, no cache, {naive_n} new tokens", naive_n,
                      engine_row(generate_naive, naive_n), False))
     rows.append(("transformers generate", "dynamic cache (default)", N, hf_row(hf), False))
+    rows.append(("matmuls alone (a floor)", "the same Linear and LM-head matmuls, nothing else", N, matmul_floor, False))
     if args.hf_static:  # a second copy, so that nothing compiled leaks into the row above
         hf_static = copy.deepcopy(hf)
         if cuda:
@@ -165,6 +185,9 @@ def main() -> None:
             try:
                 out = run()
                 sync(device)
+                if out is None:  # the matmul floor makes no tokens
+                    first[(name, mode)] = time.perf_counter() - t0
+                    continue
                 tokens = out.response.numel() if hasattr(out, "response") else out[:, P:].numel()
                 if tokens != B * n:
                     raise RuntimeError(f"produced {tokens} tokens, expected {B * n}")
