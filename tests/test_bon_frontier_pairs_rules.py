@@ -193,12 +193,12 @@ def test_pairs_stage_is_reproducible(scripted_pairs_stage):
 
 
 def test_pairs_stage_option_checks(scripted_pairs_stage, tmp_path):
-    """--n_prompts=0 is the templated pairs alone; with --mix_templated=false it leaves no pairs (ValueError); an
-    unknown pairing is refused before any file is read."""
+    """--n_prompts=0 is the templated pairs alone (no on-policy agreement or gold mean: None); with
+    --mix_templated=false it leaves no pairs (ValueError); an unknown pairing is refused before any file is read."""
     kwargs, calls = scripted_pairs_stage
     summary = pairs.run(PairsConfig(n_prompts=0, **kwargs))
     assert summary["on_policy_pairs"] == 0 and summary["templated_pairs"] == 4
-    assert summary["on_policy_agreement"] is None
+    assert summary["on_policy_agreement"] is None and summary["on_policy_gold_mean"] is None  # not a mean of 0.0
     assert {r["source"] for r in read_rows(kwargs)} == {"templated"}
     with pytest.raises(ValueError, match="leaves no pairs"):
         pairs.run(PairsConfig(n_prompts=0, mix_templated=False, **kwargs))
