@@ -196,7 +196,7 @@ def run(cfg: PairsConfig) -> dict:
     (--templated, default the world's prefs.jsonl). Writes prefs.jsonl (on-policy and templated rows shuffled together,
     each with its `source`), config.json and summary.json under out/<preset>/pairs/ (or --run_name) and returns the summary: pair
     counts, the unfinished (no `<|end|>`), identical, empty and unranked responses skipped, the annotators' agreement with gold and the mean gold
-    on the on-policy pairs, `seconds`. prefs.jsonl made from the same config, inputs and code is reused
+    on the on-policy pairs (both None without any), `seconds`. prefs.jsonl made from the same config, inputs and code is reused
     (--force rebuilds).
     ValueError for a bad --pairing, --n_prompts < 0, --samples_per_prompt < 2, or a config that gives no pairs.
     """
@@ -250,7 +250,7 @@ def run(cfg: PairsConfig) -> dict:
                "unfinished_skipped": skipped["unfinished"], "identical_skipped": skipped["identical"], "empty_skipped": skipped["empty"],
                "unranked_skipped": skipped["unranked"], "on_policy_agreement": stats.get("agreement"),
                "on_policy_gold_mean": round(sum(r["gold_chosen"] + r["gold_rejected"] for r in on_policy)
-                                            / max(1, 2 * len(on_policy)), 4),
+                                            / (2 * len(on_policy)), 4) if on_policy else None,
                "seconds": round(watch.seconds(), 2)}
     write_json(os.path.join(out, "summary.json"), summary)
     print(f"[pairs] {len(on_policy)} on-policy + {len(templated)} templated pairs "
