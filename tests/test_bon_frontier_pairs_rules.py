@@ -56,24 +56,6 @@ def test_frontier_names_an_unknown_method():
         run(FrontierConfig(preset="micro", out_dir="/nonexistent", methods="ppo,rlhf"))
 
 
-def test_frontier_json_keeps_best_of_n_points_when_the_next_stage_fails(tmp_path, monkeypatch):
-    """frontier.json is rewritten once best-of-n's rows are in: a PPO run failing after it keeps them."""
-    from minirlhf.config import FrontierConfig
-    from minirlhf.frontier import run
-
-    from test_report_rules import frontier_stubs
-
-    frontier_stubs(monkeypatch, tmp_path, fail_in="ppo")
-    out = str(tmp_path / "out")
-    with pytest.raises(RuntimeError, match="ppo failed"):
-        run(FrontierConfig(preset="micro", out_dir=out, methods="ppo,bon", bon_ns="2,1", ppo_kl_coefs="0.1",
-                           plots_dir=str(tmp_path / "plots")))
-    saved = json.load(open(os.path.join(out, "micro", "frontier", "frontier.json")))
-    assert saved["complete"] is False
-    assert [(p["method"], p["knob"], p["length"]) for p in saved["points"]] == [("sft", 0, 11.0), ("bon", 1, None),
-                                                                                 ("bon", 2, None)]
-
-
 # ---------------------------------------------------------------------------------------------------
 # pairs: the pairing rules
 

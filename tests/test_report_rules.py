@@ -306,6 +306,22 @@ def test_frontier_json_keeps_the_points_of_a_run_that_fails_half_way(tmp_path, m
     assert [(p["method"], p["knob"]) for p in saved["points"]] == [("sft", 0), ("bon", 1), ("ppo", 0.1)]
 
 
+def test_frontier_json_keeps_best_of_n_points_when_the_next_stage_fails(tmp_path, monkeypatch):
+    """frontier.json is rewritten once best-of-n's rows are in: a PPO run failing after it keeps them."""
+    from minirlhf.config import FrontierConfig
+    from minirlhf.frontier import run
+
+    frontier_stubs(monkeypatch, tmp_path, fail_in="ppo")
+    out = str(tmp_path / "out")
+    with pytest.raises(RuntimeError, match="ppo failed"):
+        run(FrontierConfig(preset="micro", out_dir=out, methods="ppo,bon", bon_ns="2,1", ppo_kl_coefs="0.1",
+                           plots_dir=str(tmp_path / "plots")))
+    saved = json.load(open(os.path.join(out, "micro", "frontier", "frontier.json")))
+    assert saved["complete"] is False
+    assert [(p["method"], p["knob"], p["length"]) for p in saved["points"]] == [("sft", 0, 11.0), ("bon", 1, None),
+                                                                                 ("bon", 2, None)]
+
+
 def test_frontier_plot_data(tmp_path, monkeypatch):
     """Gold vs KL: each trained method's line starts at the SFT point and runs in KL order, best-of-n's from its own
     n = 1; every point but the origin is labelled with its knob; proxy vs gold: the method's own points only."""
