@@ -1,6 +1,7 @@
-"""Rules of best-of-n, the frontier and the pairs stage that the other tests left open: best-of-n's checks of n and
---ns, the frontier's method check, and the pairs stage's pairing rules and bookkeeping (skips of unfinished, identical and empty samples, their counts summed over
-prompts, labels and gold scores in prefs.jsonl) on a small scripted run."""
+"""Rules of best-of-n, the frontier and the pairs stage that the other tests left open: best-of-n's checks of n
+and --ns, the frontier's method check, and the pairs stage's pairing rules and bookkeeping (skips of unfinished,
+identical and empty samples, their counts summed over prompts, labels and gold scores in prefs.jsonl) on a small
+scripted run."""
 
 import json
 import os
