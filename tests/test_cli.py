@@ -354,3 +354,11 @@ def test_a_cuda_device_with_an_index_is_a_valid_option():
 
     assert make_config(SampleConfig, overrides=["--device=cuda:1"]).device == "cuda:1"
     assert make_config(SampleConfig, overrides=["--seed=4294967295"]).seed == 4294967295
+
+
+def test_help_joins_a_comment_continued_on_the_next_line(capsys):
+    """An option whose comment goes on over two source lines gets all of it in --help, not a sentence cut off."""
+    assert main(["sft", "--help"]) == 0
+    line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("  --grad_accum "))
+    assert line.endswith("; validation and DPO's reference passes run in batches of that size too, so it bounds their "
+                         "memory)")
