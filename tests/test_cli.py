@@ -362,3 +362,10 @@ def test_help_joins_a_comment_continued_on_the_next_line(capsys):
     line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("  --grad_accum "))
     assert line.endswith("; validation and DPO's reference passes run in batches of that size too, so it bounds their "
                          "memory)")
+
+
+def test_an_override_of_the_preset_wins_over_the_preset_argument():
+    """make_config: defaults, then the `preset` argument, then the overrides (a --preset among them wins), as documented."""
+    cfg = make_config(PretrainConfig, "tiny", ["--preset=micro"])
+    assert (cfg.preset, cfg.n_layer, cfg.max_steps) == ("micro", 2, 60)
+    assert make_config(PretrainConfig, "micro", {"lr": 0.5}).lr == 0.5
