@@ -622,7 +622,7 @@ def make_config(cls, preset: str | None = None, overrides: list[str] | dict | No
         cfg.preset = preset
     if overrides:
         apply_overrides(cfg, overrides)
-    if hasattr(cfg, "preset") and cfg.preset:
+    if hasattr(cfg, "preset") and (cfg.preset or cls is not PipelineConfig):  # "" is a preset only for the pipeline
         fill_from_preset(cfg)  # which checks the ranges
     else:
         check_ranges(cfg)

@@ -369,3 +369,13 @@ def test_an_override_of_the_preset_wins_over_the_preset_argument():
     cfg = make_config(PretrainConfig, "tiny", ["--preset=micro"])
     assert (cfg.preset, cfg.n_layer, cfg.max_steps) == ("micro", 2, 60)
     assert make_config(PretrainConfig, "micro", {"lr": 0.5}).lr == 0.5
+
+
+@pytest.mark.parametrize("name", ["sft", "world", "eval"])
+def test_an_empty_preset_is_an_unknown_preset_except_for_the_pipeline(name, capsys, tmp_path):
+    """`--preset=` names no preset (only the pipeline's "" means "by device"): exit 2 listing the presets, not an
+    error about --max_steps=0 the user never gave, nor a stage run without one."""
+    out = tmp_path / "out"
+    assert main([name, "--preset=", f"--out_dir={out}"]) == 2
+    assert f"minirlhf {name}: unknown preset ''; valid presets: micro, tiny, small, gpt2\n" == capsys.readouterr().err
+    assert not out.exists()
