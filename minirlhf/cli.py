@@ -61,13 +61,20 @@ POSITIONAL = {"import-hf": ("path",), "export-hf": ("checkpoint", "out")}
 
 
 def field_help(cls) -> list[str]:
-    """Lines `--name (type, default): comment` read from the dataclass source."""
+    """Lines `--name (type, default): comment` read from the dataclass source (a comment continued on the next
+    lines, `#` alone before the text, is joined)."""
     comments = {}
     for klass in reversed(cls.__mro__[:-1]):  # base classes first, so a subclass's comment wins
+        name = None
         for line in inspect.getsource(klass).splitlines():
             m = re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.*)", line)
+            more = re.match(r"\s+#\s*(.*)", line)
             if m:
-                comments[m.group(1)] = m.group(2)
+                name, comments[m.group(1)] = m.group(1), m.group(2)
+            elif more and name:
+                comments[name] += " " + more.group(1)
+            else:
+                name = None
     lines = []
     for f in dataclasses.fields(cls):
         typ = f.type if isinstance(f.type, str) else f.type.__name__

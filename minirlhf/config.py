@@ -618,11 +618,11 @@ def make_config(cls, preset: str | None = None, overrides: list[str] | dict | No
     """Build a stage config: defaults, then `preset`, then overrides, then preset fill-in, then `check_ranges`
     (every config, with a preset or without one: sample, import-hf, export-hf, a pipeline's "" = by device)."""
     cfg = cls()
-    if overrides:
-        apply_overrides(cfg, overrides)
     if preset is not None:
         cfg.preset = preset
-    if hasattr(cfg, "preset") and cfg.preset:
+    if overrides:
+        apply_overrides(cfg, overrides)
+    if hasattr(cfg, "preset") and (cfg.preset or cls is not PipelineConfig):  # "" is a preset only for the pipeline
         fill_from_preset(cfg)  # which checks the ranges
     else:
         check_ranges(cfg)

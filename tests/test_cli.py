@@ -354,3 +354,28 @@ def test_a_cuda_device_with_an_index_is_a_valid_option():
 
     assert make_config(SampleConfig, overrides=["--device=cuda:1"]).device == "cuda:1"
     assert make_config(SampleConfig, overrides=["--seed=4294967295"]).seed == 4294967295
+
+
+def test_help_joins_a_comment_continued_on_the_next_line(capsys):
+    """An option whose comment goes on over two source lines gets all of it in --help, not a sentence cut off."""
+    assert main(["sft", "--help"]) == 0
+    line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("  --grad_accum "))
+    assert line.endswith("; validation and DPO's reference passes run in batches of that size too, so it bounds their "
+                         "memory)")
+
+
+def test_an_override_of_the_preset_wins_over_the_preset_argument():
+    """make_config: defaults, then the `preset` argument, then the overrides (a --preset among them wins), as documented."""
+    cfg = make_config(PretrainConfig, "tiny", ["--preset=micro"])
+    assert (cfg.preset, cfg.n_layer, cfg.max_steps) == ("micro", 2, 60)
+    assert make_config(PretrainConfig, "micro", {"lr": 0.5}).lr == 0.5
+
+
+@pytest.mark.parametrize("name", ["sft", "world", "eval"])
+def test_an_empty_preset_is_an_unknown_preset_except_for_the_pipeline(name, capsys, tmp_path):
+    """`--preset=` names no preset (only the pipeline's "" means "by device"): exit 2 listing the presets, not an
+    error about --max_steps=0 the user never gave, nor a stage run without one."""
+    out = tmp_path / "out"
+    assert main([name, "--preset=", f"--out_dir={out}"]) == 2
+    assert f"minirlhf {name}: unknown preset ''; valid presets: micro, tiny, small, gpt2\n" == capsys.readouterr().err
+    assert not out.exists()
